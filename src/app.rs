@@ -1,0 +1,67 @@
+//! The shared state every worker reads: configuration, secrets and the
+//! services (rate limiter, database, upstream client, stream slots,
+//! metrics). Built once at start-up; handlers get `&App`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::secret::Secret;
+use crate::streams::StreamSlots;
+
+pub struct App {
+    pub cfg: Config,
+    pub csrf_secret: Secret,
+    pub upstream_key: Option<Secret>,
+    pub streams: StreamSlots,
+    pub started: Instant,
+    shutting_down: AtomicBool,
+    stats: OnceLock<crate::server::ServerStats>,
+}
+
+impl App {
+    /// Builds the state; errors are start-up errors with a readable message.
+    pub fn new(cfg: Config) -> Result<App, String> {
+        std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| {
+            format!("cannot create data_dir {}: {}", cfg.server.data_dir.display(), e)
+        })?;
+        let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir)
+            .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
+        let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
+        let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        Ok(App {
+            streams,
+            cfg,
+            csrf_secret,
+            upstream_key,
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            stats: OnceLock::new(),
+        })
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn active_streams(&self) -> usize {
+        self.streams.active()
+    }
+
+    /// The server's gauges (connections, queue depth), once it runs.
+    pub fn set_stats(&self, stats: crate::server::ServerStats) {
+        let _ = self.stats.set(stats);
+    }
+
+    pub fn stats(&self) -> Option<&crate::server::ServerStats> {
+        self.stats.get()
+    }
+
+    /// Stops background threads (rate-limit sweeper...) at shutdown.
+    pub fn stop_background(&self) {}
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,240 @@
+//! The command line, without a framework crate:
+//! `portcullis [serve] [--config PATH]`,
+//! `portcullis check-config [--config PATH] [--production]`,
+//! `portcullis keys create --name NAME | keys list | keys revoke ID`,
+//! `portcullis audit [--since RFC3339] [--limit N]`, `--help`, `--version`.
+//!
+//! Exit codes: 0 success, 1 failure (bad configuration, failed checklist,
+//! start-up error), 2 usage error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::config::Config;
+
+pub const USAGE: &str = "\
+portcullis - a hardened chat backend for OpenAI-compatible LLM servers
+
+USAGE:
+    portcullis [serve] [--config PATH]        start the server (default)
+    portcullis check-config [--config PATH] [--production]
+                                              validate settings; --production runs
+                                              the deployment checklist
+    portcullis keys create --name NAME [--config PATH]
+                                              create an API key (printed once)
+    portcullis keys list [--config PATH]      list keys (never shows a key)
+    portcullis keys revoke ID [--config PATH] revoke a key at once
+    portcullis audit [--since TIME] [--limit N] [--config PATH]
+                                              print the audit trail
+    portcullis --help | --version
+
+Without --config, ./config.ini is read when it exists, else built-in defaults.
+Any setting can be overridden as PORTCULLIS_<SECTION>_<KEY>.
+";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    CheckConfig { production: bool },
+    KeysCreate { name: String },
+    KeysList,
+    KeysRevoke { id: String },
+    Audit { since: Option<String>, limit: usize },
+    Help,
+    Version,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub command: Command,
+    pub config: Option<PathBuf>,
+}
+
+/// Parses arguments (without the program name).
+pub fn parse(args: &[String]) -> Result<Invocation, String> {
+    let mut config = None;
+    let mut words: Vec<&str> = Vec::new();
+    let mut production = false;
+    let mut name = None;
+    let mut since = None;
+    let mut limit = 100usize;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let mut value = |flag: &str| -> Result<String, String> {
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{} needs a value", flag))
+        };
+        match a {
+            "-h" | "--help" => return Ok(Invocation { command: Command::Help, config }),
+            "-V" | "--version" => return Ok(Invocation { command: Command::Version, config }),
+            "--config" | "-c" => config = Some(PathBuf::from(value(a)?)),
+            "--production" => production = true,
+            "--name" => name = Some(value(a)?),
+            "--since" => since = Some(value(a)?),
+            "--limit" => {
+                limit = value(a)?
+                    .parse()
+                    .map_err(|_| "--limit needs a number".to_string())?
+            }
+            _ if a.starts_with("--config=") => config = Some(PathBuf::from(&a[9..])),
+            _ if a.starts_with('-') => return Err(format!("unknown option {}", a)),
+            _ => words.push(a),
+        }
+        i += 1;
+    }
+    let flag_misuse = |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("{} is not valid here", what)) };
+    let command = match words.as_slice() {
+        [] | ["serve"] => Command::Serve,
+        ["check-config"] => Command::CheckConfig { production },
+        ["keys", "create"] => Command::KeysCreate {
+            name: name.clone().ok_or("keys create needs --name NAME")?,
+        },
+        ["keys", "list"] => Command::KeysList,
+        ["keys", "revoke", id] => Command::KeysRevoke { id: id.to_string() },
+        ["keys", "revoke"] => return Err("keys revoke needs a key id".into()),
+        ["keys", ..] => return Err("keys takes create, list or revoke".into()),
+        ["audit"] => Command::Audit { since: since.clone(), limit },
+        [other, ..] => return Err(format!("unknown command `{}`", other)),
+    };
+    flag_misuse(!production || matches!(command, Command::CheckConfig { .. }), "--production")?;
+    flag_misuse(name.is_none() || matches!(command, Command::KeysCreate { .. }), "--name")?;
+    flag_misuse(since.is_none() || matches!(command, Command::Audit { .. }), "--since")?;
+    Ok(Invocation { command, config })
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let inv = match parse(&args) {
+        Ok(inv) => inv,
+        Err(e) => {
+            eprintln!("portcullis: {}\n\n{}", e, USAGE);
+            return 2;
+        }
+    };
+    match inv.command {
+        Command::Help => {
+            print!("{}", USAGE);
+            return 0;
+        }
+        Command::Version => {
+            println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        _ => {}
+    }
+    let cfg = match Config::load(inv.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("portcullis: invalid configuration: {}", e);
+            return 1;
+        }
+    };
+    match inv.command {
+        Command::Serve => serve(cfg),
+        Command::CheckConfig { production } => check_config(&cfg, production),
+        Command::KeysCreate { name } => crate::keys_cli::create(&cfg, &name),
+        Command::KeysList => crate::keys_cli::list(&cfg),
+        Command::KeysRevoke { id } => crate::keys_cli::revoke(&cfg, &id),
+        Command::Audit { since, limit } => crate::keys_cli::audit(&cfg, since.as_deref(), limit),
+        Command::Help | Command::Version => 0,
+    }
+}
+
+fn check_config(cfg: &Config, production: bool) -> i32 {
+    let from = cfg
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    if !production {
+        println!("configuration OK ({})", from);
+        return 0;
+    }
+    let secret_len = match std::env::var(crate::secret::CSRF_SECRET_ENV) {
+        Ok(v) => Some(v.len()),
+        Err(_) => std::fs::read(cfg.server.data_dir.join("csrf_secret")).ok().map(|b| b.len()),
+    };
+    let problems = cfg.production_problems(secret_len);
+    if problems.is_empty() {
+        println!("production checklist passed ({})", from);
+        0
+    } else {
+        eprintln!("production checklist failed ({}):", from);
+        for p in &problems {
+            eprintln!("  - {}", p);
+        }
+        1
+    }
+}
+
+fn serve(cfg: Config) -> i32 {
+    if let Err(e) = crate::logging::init(&cfg.logging) {
+        eprintln!("portcullis: cannot open log file: {}", e);
+        return 1;
+    }
+    crate::server::install_panic_hook();
+    let grace = cfg.server.shutdown_grace;
+    let app = match crate::app::App::new(cfg) {
+        Ok(app) => Arc::new(app),
+        Err(e) => {
+            crate::logging::error("start-up failed", &[("error", json!(e))]);
+            eprintln!("portcullis: {}", e);
+            return 1;
+        }
+    };
+    let signals = crate::signals::wait_for_shutdown();
+    let running = match crate::server::start(app.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::logging::error("cannot listen", &[("bind", json!(app.cfg.server.bind)), ("error", json!(e.to_string()))]);
+            eprintln!("portcullis: cannot listen on {}: {}", app.cfg.server.bind, e);
+            return 1;
+        }
+    };
+    app.set_stats(running.stats());
+    let addr_file = app.cfg.server.data_dir.join("portcullis.addr");
+    if let Err(e) = std::fs::write(&addr_file, format!("{}\n", running.addr)) {
+        crate::logging::warn("cannot write address file", &[("error", json!(e.to_string()))]);
+    }
+    crate::logging::info(
+        "listening",
+        &[
+            ("addr", json!(running.addr.to_string())),
+            ("version", json!(env!("CARGO_PKG_VERSION"))),
+            ("workers", json!(app.cfg.server.workers)),
+        ],
+    );
+    let sig = signals.recv().unwrap_or(libc::SIGTERM);
+    crate::logging::info("shutting down", &[("signal", json!(sig)), ("grace_s", json!(grace.as_secs()))]);
+    let drained = running.shutdown(grace);
+    app.stop_background();
+    crate::logging::info("stopped", &[("drained", json!(drained))]);
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Invocation, String> {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn command_line_table() {
+        assert_eq!(p(&[]).unwrap().command, Command::Serve);
+        assert_eq!(p(&["serve", "--config", "x.ini"]).unwrap().config, Some(PathBuf::from("x.ini")));
+        assert_eq!(p(&["check-config", "--production"]).unwrap().command, Command::CheckConfig { production: true });
+        assert_eq!(p(&["keys", "create", "--name", "ci"]).unwrap().command, Command::KeysCreate { name: "ci".into() });
+        assert_eq!(p(&["keys", "revoke", "k1"]).unwrap().command, Command::KeysRevoke { id: "k1".into() });
+        assert_eq!(p(&["--version"]).unwrap().command, Command::Version);
+        for bad in [&["bogus"][..], &["--nope"], &["keys"], &["keys", "create"], &["serve", "--production"], &["--config"]] {
+            assert!(p(bad).is_err(), "{:?}", bad);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The one error type of the request path. Its variants are exactly the
+//! contract's error codes (../shared/API.md "Errors"); `status` and `code`
+//! map them, and `to_body` renders the contract's JSON body. Internal errors
+//! are converted at the boundary (`From` impls in the modules that own them)
+//! and their private detail is only ever shown with `debug = true`.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    InvalidJson(String),
+    ValidationFailed { field: String, message: String },
+    Unauthorized,
+    OriginNotAllowed,
+    CsrfTokenInvalid,
+    NotFound,
+    MethodNotAllowed { allow: Vec<&'static str> },
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    HostNotAllowed,
+    RateLimited { retry_after_s: u64 },
+    /// A bug; `detail` is logged, and shown only in debug mode.
+    Internal { detail: String },
+    UpstreamUnavailable { detail: String },
+    UpstreamError { detail: String },
+    ServerBusy { retry_after_s: u64 },
+    UpstreamTimeout { detail: String },
+    /// 408: the client did not send its body in time (not a contract code,
+    /// the connection is closed after it).
+    RequestTimeout,
+}
+
+impl ApiError {
+    pub fn validation(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::ValidationFailed {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(detail: impl fmt::Display) -> ApiError {
+        ApiError::Internal {
+            detail: detail.to_string(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) | ValidationFailed { .. } => 400,
+            Unauthorized => 401,
+            OriginNotAllowed | CsrfTokenInvalid => 403,
+            NotFound => 404,
+            MethodNotAllowed { .. } => 405,
+            RequestTimeout => 408,
+            PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
+            HostNotAllowed => 421,
+            RateLimited { .. } => 429,
+            Internal { .. } => 500,
+            UpstreamUnavailable { .. } | UpstreamError { .. } => 502,
+            ServerBusy { .. } => 503,
+            UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) => "invalid_json",
+            ValidationFailed { .. } => "validation_failed",
+            Unauthorized => "unauthorized",
+            OriginNotAllowed => "origin_not_allowed",
+            CsrfTokenInvalid => "csrf_token_invalid",
+            NotFound => "not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            RequestTimeout => "request_timeout",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            HostNotAllowed => "host_not_allowed",
+            RateLimited { .. } => "rate_limited",
+            Internal { .. } => "internal",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
+            UpstreamError { .. } => "upstream_error",
+            ServerBusy { .. } => "server_busy",
+            UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// The human message: fixed text per variant, never internals.
+    pub fn message(&self) -> String {
+        use ApiError::*;
+        match self {
+            InvalidJson(why) => format!("request body is not valid JSON of the expected shape: {}", why),
+            ValidationFailed { field, message } => format!("{}: {}", field, message),
+            Unauthorized => "a valid API key is required (Authorization: Bearer <key>)".into(),
+            OriginNotAllowed => "the request's origin is not allowed".into(),
+            CsrfTokenInvalid => "the CSRF token is missing, invalid or expired".into(),
+            NotFound => "not found".into(),
+            MethodNotAllowed { .. } => "method not allowed for this path".into(),
+            RequestTimeout => "the request body did not arrive in time".into(),
+            PayloadTooLarge => "request body is too large".into(),
+            UnsupportedMediaType => "request body must be sent as Content-Type: application/json".into(),
+            HostNotAllowed => "the Host header names a host this server does not serve".into(),
+            RateLimited { retry_after_s } => format!("rate limit exceeded; retry in {} s", retry_after_s),
+            Internal { .. } => "internal error".into(),
+            UpstreamUnavailable { .. } => "the model server is unavailable".into(),
+            UpstreamError { .. } => "the model server returned an error".into(),
+            ServerBusy { .. } => "the server is busy; retry shortly".into(),
+            UpstreamTimeout { .. } => "the model server did not answer in time".into(),
+        }
+    }
+
+    /// Private detail, for logs and debug mode only.
+    pub fn detail(&self) -> Option<&str> {
+        use ApiError::*;
+        match self {
+            Internal { detail }
+            | UpstreamUnavailable { detail }
+            | UpstreamError { detail }
+            | UpstreamTimeout { detail } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// Extra response headers the contract asks for.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::MethodNotAllowed { allow } => vec![("Allow", allow.join(", "))],
+            ApiError::RateLimited { retry_after_s } | ApiError::ServerBusy { retry_after_s } => {
+                vec![("Retry-After", retry_after_s.to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `{"error":{"code","message","request_id"[,"field"][,"detail"]}}`.
+    pub fn to_body(&self, request_id: &str, debug: bool) -> Vec<u8> {
+        let mut err = serde_json::Map::new();
+        err.insert("code".into(), self.code().into());
+        err.insert("message".into(), self.message().into());
+        err.insert("request_id".into(), request_id.into());
+        if let ApiError::ValidationFailed { field, .. } = self {
+            err.insert("field".into(), field.as_str().into());
+        }
+        if debug {
+            if let Some(d) = self.detail() {
+                err.insert("detail".into(), crate::logging::redact_text(d).into());
+            }
+        }
+        let body = serde_json::json!({ "error": err });
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_contract_status_and_code() {
+        let table: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::InvalidJson("x".into()), 400, "invalid_json"),
+            (ApiError::validation("name", "too long"), 400, "validation_failed"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::OriginNotAllowed, 403, "origin_not_allowed"),
+            (ApiError::CsrfTokenInvalid, 403, "csrf_token_invalid"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::MethodNotAllowed { allow: vec!["GET"] }, 405, "method_not_allowed"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (ApiError::HostNotAllowed, 421, "host_not_allowed"),
+            (ApiError::RateLimited { retry_after_s: 3 }, 429, "rate_limited"),
+            (ApiError::internal("boom"), 500, "internal"),
+            (ApiError::UpstreamUnavailable { detail: String::new() }, 502, "upstream_unavailable"),
+            (ApiError::UpstreamError { detail: String::new() }, 502, "upstream_error"),
+            (ApiError::ServerBusy { retry_after_s: 1 }, 503, "server_busy"),
+            (ApiError::UpstreamTimeout { detail: String::new() }, 504, "upstream_timeout"),
+        ];
+        for (e, status, code) in table {
+            assert_eq!((e.status(), e.code()), (status, code));
+        }
+    }
+
+    #[test]
+    fn detail_only_in_debug_and_never_in_message() {
+        let e = ApiError::internal("SELECT * FROM secrets at /var/lib/x");
+        let plain = String::from_utf8(e.to_body("r1", false)).unwrap();
+        assert!(!plain.contains("SELECT") && !plain.contains("/var/lib"), "{}", plain);
+        let dbg = String::from_utf8(e.to_body("r1", true)).unwrap();
+        assert!(dbg.contains("\"detail\""), "{}", dbg);
+        let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!(v["error"]["code"], "internal");
+        assert_eq!(v["error"]["request_id"], "r1");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ApiError::validation("name", "required").to_body("r", false)).unwrap();
+        assert_eq!(v["error"]["field"], "name");
+    }
+}

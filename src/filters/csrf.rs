@@ -1,0 +1,10 @@
+//! Filter 8: CSRF tokens (placeholder).
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::Ctx;
+
+pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
+    let _ = (app, ctx);
+    Ok(())
+}

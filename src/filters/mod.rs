@@ -1,0 +1,45 @@
+//! The filter chain of ../shared/API.md, in contract order. Each filter is
+//! a plain function in its own module with its own tests; `run` is the one
+//! place the order is stated. Filter 1 (request id) runs in `server.rs`
+//! before this, since every answer (even a refusal) needs the id; filter 9
+//! (`headers::decorate`) runs on the way out of every response.
+
+pub mod auth;
+pub mod body_limit;
+pub mod client_ip;
+pub mod csrf;
+pub mod headers;
+pub mod host;
+pub mod origin;
+pub mod rate_limit;
+pub mod request_id;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::{Ctx, Method, Reply};
+
+/// Runs filters 2-8. `Ok(Some(reply))` answers now (a CORS preflight);
+/// `Ok(None)` lets the handler run; an error is the answer.
+pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
+    let sec = &app.cfg.security;
+    host::check(ctx.header("host"), &sec.allowed_hosts)?;
+    body_limit::check_declared(ctx, sec.max_body_bytes)?;
+    ctx.client = client_ip::resolve(ctx.peer, &ctx.header_all("x-forwarded-for"), &sec.trusted_proxies);
+
+    match crate::router::resolve(ctx.method, &ctx.path)? {
+        Some((route, params)) => {
+            ctx.route = Some(route);
+            ctx.params = params;
+        }
+        None => return origin::preflight(ctx, &sec.allowed_origins).map(Some),
+    }
+    if ctx.method == Method::Options {
+        return origin::preflight(ctx, &sec.allowed_origins).map(Some);
+    }
+
+    auth::check(app, ctx)?;
+    rate_limit::check(app, ctx)?;
+    origin::check(ctx, &sec.allowed_origins, ctx.key_id.is_some())?;
+    csrf::check(app, ctx)?;
+    Ok(None)
+}

@@ -1,0 +1,286 @@
+//! The request context and the reply that handlers work with. Handlers and
+//! filters never see tiny_http types: `server.rs` converts at the edge.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::router::Route;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Method {
+        match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+
+    /// POST/PUT/PATCH/DELETE: the methods the Origin and CSRF checks guard.
+    pub fn is_unsafe(self) -> bool {
+        matches!(self, Method::Post | Method::Put | Method::Patch | Method::Delete | Method::Other)
+    }
+}
+
+/// Per-rate-limit-decision data the response headers are built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateInfo {
+    pub policy: &'static str,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    pub window_s: u64,
+}
+
+/// One request as filters and handlers see it.
+pub struct Ctx {
+    pub request_id: String,
+    pub method: Method,
+    /// Path without the query string.
+    pub path: String,
+    /// The raw query string (without `?`), never logged.
+    pub query: String,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub peer: IpAddr,
+    /// The resolved client address (filter 4).
+    pub client: IpAddr,
+    /// Declared body length, if any.
+    pub content_length: Option<u64>,
+    /// True when the body is chunked (length unknown until read).
+    pub chunked: bool,
+    /// The body, read after the filters passed (bounded by the cap).
+    pub body: Vec<u8>,
+    pub route: Option<Route>,
+    pub params: Vec<String>,
+    /// The authenticated API key's id (filter 5).
+    pub key_id: Option<String>,
+    /// The request's Origin when it is allowed (for CORS headers).
+    pub cors_origin: Option<String>,
+    pub rate: Option<RateInfo>,
+    /// Set when the connection must close after the response (refused or
+    /// unread body): see tiny_http's patched `Request::close_connection`.
+    pub close_connection: bool,
+    pub started: Instant,
+}
+
+impl Ctx {
+    /// A context for tests and for synthetic requests.
+    pub fn new(method: Method, path_and_query: &str, peer: IpAddr) -> Ctx {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (path_and_query.to_string(), String::new()),
+        };
+        Ctx {
+            request_id: String::new(),
+            method,
+            path,
+            query,
+            headers: Vec::new(),
+            peer,
+            client: peer,
+            content_length: None,
+            chunked: false,
+            body: Vec::new(),
+            route: None,
+            params: Vec::new(),
+            key_id: None,
+            cors_origin: None,
+            rate: None,
+            close_connection: false,
+            started: Instant::now(),
+        }
+    }
+
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (lower-case), in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Ctx {
+        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v).unwrap_or_default())
+        })
+    }
+
+    /// Whether the request declares a body.
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length.unwrap_or(0) > 0
+    }
+}
+
+/// Decodes `%XX` and `+`; None on invalid escapes or invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A streamed body: runs on its own thread with the raw connection writer,
+/// after the server wrote the response head. It must flush what it writes.
+pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) + Send + 'static>;
+
+pub enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    Stream(StreamFn),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Empty"),
+            Body::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Body::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// What a handler answers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", "application/json".to_string())],
+            body: Body::Bytes(serde_json::to_vec(value).unwrap_or_default()),
+        }
+    }
+
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", content_type.to_string())],
+            body: Body::Bytes(body),
+        }
+    }
+
+    /// An SSE (or other streamed) reply; `run` gets the raw writer.
+    pub fn stream(status: u16, content_type: &str, run: StreamFn) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", content_type.to_string())],
+            body: Body::Stream(run),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.set_header(name, value);
+        self
+    }
+
+    /// Sets a header, replacing one of the same name.
+    pub fn set_header(&mut self, name: &'static str, value: impl Into<String>) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name, value.into()));
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The reply for an error, in the contract's shape.
+    pub fn error(err: &crate::error::ApiError, request_id: &str, debug: bool) -> Reply {
+        let mut r = Reply::bytes(err.status(), "application/json", err.to_body(request_id, debug));
+        for (n, v) in err.headers() {
+            r.set_header(n, v);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        let c = Ctx::new(Method::Get, "/x?a=1&project_id=ab%20c&flag", "127.0.0.1".parse().unwrap());
+        assert_eq!(c.query_param("project_id").as_deref(), Some("ab c"));
+        assert_eq!(c.query_param("flag").as_deref(), Some(""));
+        assert_eq!(c.query_param("none"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! portcullis: a hardened, self-hostable chat backend in front of an
+//! OpenAI-compatible LLM server. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod filters;
+pub mod http;
+pub mod ids;
+pub mod keys_cli;
+pub mod logging;
+pub mod router;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod signals;
+pub mod streams;
+pub mod time;

@@ -1,0 +1,13 @@
+//! `GET /health`: liveness, no database. (`/health/ready` lives with storage.)
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::{Ctx, Reply};
+
+pub fn live(_app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    Ok(Reply::bytes(
+        200,
+        "application/json",
+        format!("{{\"status\":\"ok\",\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION")).into_bytes(),
+    ))
+}

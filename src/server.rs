@@ -1,0 +1,374 @@
+//! The server layer: the listening socket, the (patched) tiny_http accept
+//! loop, the bounded request queue, the fixed worker pool, panic isolation,
+//! response writing (including raw streamed bodies) and graceful shutdown.
+//!
+//! Path of a request: tiny_http's accept thread (connection caps, socket
+//! timeouts) -> connection thread (head limits) -> bounded queue (full: 503
+//! at once, on the connection's thread) -> worker -> `handle`: request id,
+//! filters, router, body, handler -> `headers::decorate` -> response ->
+//! access log. See ARCHITECTURE.md.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::filters;
+use crate::http::{Body, Ctx, Method, Reply};
+use crate::logging;
+
+/// Stack for worker and stream threads: handlers are shallow, and 200 open
+/// streams must fit in a few tens of MiB.
+pub const THREAD_STACK_BYTES: usize = 256 * 1024;
+/// How often the drain loop re-checks for idle workers during shutdown.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    app: Arc<App>,
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    busy: Arc<AtomicUsize>,
+}
+
+/// Gauges the metrics endpoint reads.
+pub struct ServerStats {
+    server: Arc<tiny_http::Server>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl ServerStats {
+    pub fn open_connections(&self) -> usize {
+        self.server.open_connections()
+    }
+    pub fn queue_depth(&self) -> usize {
+        self.server.pending_requests()
+    }
+    pub fn busy_workers(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+}
+
+/// Binds and starts serving. The listener is ours (so port 0 works and the
+/// chosen address is known); tiny_http accepts on it under our `Limits`.
+pub fn start(app: Arc<App>) -> std::io::Result<Running> {
+    let cfg = &app.cfg.server;
+    let listener = TcpListener::bind(cfg.bind.as_str())?;
+    let addr = listener.local_addr()?;
+
+    let overflow_app = app.clone();
+    let limits = tiny_http::Limits {
+        max_connections: cfg.max_connections,
+        max_connections_per_ip: cfg.max_connections_per_ip,
+        read_timeout: Some(cfg.read_timeout),
+        write_timeout: Some(cfg.write_timeout),
+        max_request_line_bytes: cfg.max_request_line_bytes,
+        max_head_bytes: cfg.max_head_bytes,
+        max_headers: cfg.max_headers,
+        max_pending_requests: cfg.queue_capacity,
+        overflow: Some(Arc::new(move |rq| answer_busy(&overflow_app, rq))),
+    };
+    let server = Arc::new(
+        tiny_http::Server::from_listener_with_limits(listener, limits)
+            .map_err(|e| std::io::Error::other(e.to_string()))?,
+    );
+    let busy = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::with_capacity(cfg.workers);
+    for i in 0..cfg.workers {
+        let (server, app, busy) = (server.clone(), app.clone(), busy.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{}", i))
+            .stack_size(THREAD_STACK_BYTES.max(512 * 1024))
+            .spawn(move || worker_loop(&server, &app, &busy))?;
+        workers.push(handle);
+    }
+    Ok(Running {
+        addr,
+        app,
+        server,
+        workers,
+        busy,
+    })
+}
+
+impl Running {
+    pub fn stats(&self) -> ServerStats {
+        ServerStats {
+            server: self.server.clone(),
+            busy: self.busy.clone(),
+        }
+    }
+
+    /// Graceful shutdown: stop accepting (the port closes), let queued and
+    /// in-flight requests and streams finish within `grace`, stop workers.
+    /// Returns whether everything drained in time.
+    pub fn shutdown(self, grace: Duration) -> bool {
+        self.app.begin_shutdown();
+        self.server.stop_accepting();
+        let deadline = Instant::now() + grace;
+        let drained = loop {
+            let idle = self.busy.load(Ordering::Acquire) == 0
+                && self.server.pending_requests() == 0
+                && self.app.active_streams() == 0;
+            if idle {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(DRAIN_POLL);
+        };
+        // One unblock per worker releases each blocked recv() exactly once.
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        if drained {
+            for w in self.workers {
+                let _ = w.join();
+            }
+        }
+        drained
+    }
+}
+
+fn worker_loop(server: &tiny_http::Server, app: &App, busy: &AtomicUsize) {
+    loop {
+        let rq = match server.recv() {
+            Ok(rq) => rq,
+            Err(_) if app.shutting_down() => return,
+            Err(_) => continue,
+        };
+        busy.fetch_add(1, Ordering::AcqRel);
+        handle(app, rq);
+        busy.fetch_sub(1, Ordering::AcqRel);
+        logging::set_request_id(None);
+    }
+}
+
+/// Copies what filters and handlers need out of tiny_http's request.
+fn context_from(rq: &tiny_http::Request) -> Ctx {
+    let peer = rq
+        .remote_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let mut ctx = Ctx::new(Method::parse(rq.method().as_str()), rq.url(), peer);
+    ctx.headers = rq
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .collect();
+    ctx.chunked = ctx.header("transfer-encoding").is_some();
+    // tiny_http ignores Content-Length when Transfer-Encoding is present.
+    if !ctx.chunked {
+        ctx.content_length = match ctx.header("content-length") {
+            Some(v) => Some(v.trim().parse::<u64>().unwrap_or(u64::MAX)),
+            None => None,
+        };
+    }
+    ctx
+}
+
+/// Serves one request on a worker thread. Never panics: a panic in a
+/// filter or handler answers 500 `internal` and the worker lives on.
+fn handle(app: &App, mut rq: tiny_http::Request) {
+    let mut ctx = context_from(&rq);
+    ctx.request_id = filters::request_id::assign(
+        ctx.peer,
+        ctx.header("x-request-id"),
+        &app.cfg.security.trusted_proxies,
+    );
+    logging::set_request_id(Some(&ctx.request_id));
+
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| process(app, &mut ctx, rq.as_reader())));
+    let mut reply = match outcome {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(err)) => error_reply(app, &ctx, &err),
+        Err(_) => {
+            // The panic hook already logged message and location.
+            ctx.close_connection |= ctx.has_body();
+            error_reply(app, &ctx, &ApiError::internal("handler panicked"))
+        }
+    };
+    filters::headers::decorate(&mut reply, &ctx, &app.cfg);
+    let status = reply.status;
+    let bytes = send(app, rq, reply, &mut ctx);
+    access_log(&ctx, status, bytes);
+}
+
+/// Filters, routing, body, handler.
+fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read) -> Result<Reply, ApiError> {
+    if let Some(reply) = filters::run(app, ctx)? {
+        return Ok(reply);
+    }
+    let route = ctx.route.ok_or(ApiError::NotFound)?;
+    if route.takes_body() {
+        let sec = &app.cfg.security;
+        match filters::body_limit::read(body, sec.max_body_bytes, sec.body_timeout, Instant::now()) {
+            Ok(b) => ctx.body = b,
+            Err(e) => {
+                ctx.close_connection = true;
+                return Err(e);
+            }
+        }
+    }
+    crate::routes::dispatch(app, ctx, route)
+}
+
+fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
+    if err.status() >= 500 {
+        let mut fields = vec![("code", json!(err.code()))];
+        if let Some(d) = err.detail() {
+            fields.push(("detail", json!(logging::redact_text(d))));
+        }
+        logging::error("request failed", &fields);
+    }
+    Reply::error(err, &ctx.request_id, app.cfg.server.debug)
+}
+
+fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+/// Writes the reply; returns the body bytes sent (streams: 0, they log
+/// their own totals).
+fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize {
+    // A body we did not read completely must not be drained (no timeout)
+    // nor parsed as the next request (smuggling): close instead.
+    if ctx.has_body() && ctx.body.is_empty() {
+        ctx.close_connection = true;
+    }
+    if ctx.close_connection {
+        rq.close_connection();
+    }
+    let head_only = ctx.method == Method::Head;
+    match reply.body {
+        Body::Stream(run) => {
+            rq.close_connection();
+            let mut writer = rq.into_writer();
+            let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+            for (n, v) in &reply.headers {
+                head.push_str(n);
+                head.push_str(": ");
+                head.push_str(v);
+                head.push_str("\r\n");
+            }
+            head.push_str("Connection: close\r\n\r\n");
+            if writer.write_all(head.as_bytes()).and_then(|_| writer.flush()).is_err() {
+                return 0;
+            }
+            let request_id = ctx.request_id.clone();
+            // The stream runs on its own thread so the worker is free again;
+            // the handler bounded how many exist (stream slots).
+            let spawned = std::thread::Builder::new()
+                .name("stream".into())
+                .stack_size(THREAD_STACK_BYTES)
+                .spawn(move || {
+                    logging::set_request_id(Some(&request_id));
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut *writer)));
+                });
+            if spawned.is_err() {
+                logging::error("cannot start stream thread", &[]);
+            }
+            let _ = app;
+            0
+        }
+        body => {
+            let data = match body {
+                Body::Bytes(b) => b,
+                _ => Vec::new(),
+            };
+            let len = data.len();
+            let mut response = tiny_http::Response::from_data(data).with_status_code(reply.status);
+            for (n, v) in &reply.headers {
+                if let Some(h) = header(n, v) {
+                    response.add_header(h);
+                }
+            }
+            let _ = rq.respond(response);
+            if head_only {
+                0
+            } else {
+                len
+            }
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// Answers a request that found the queue full: 503 `server_busy` with
+/// `Retry-After`, on the connection's own thread, without queueing.
+fn answer_busy(app: &App, rq: tiny_http::Request) {
+    let mut ctx = context_from(&rq);
+    ctx.request_id = crate::ids::new_request_id();
+    let err = ApiError::ServerBusy { retry_after_s: 1 };
+    let mut reply = Reply::error(&err, &ctx.request_id, false);
+    filters::headers::decorate(&mut reply, &ctx, &app.cfg);
+    let status = reply.status;
+    let bytes = send(app, rq, reply, &mut ctx);
+    access_log(&ctx, status, bytes);
+}
+
+fn access_log(ctx: &Ctx, status: u16, bytes: usize) {
+    let path = if ctx.query.is_empty() {
+        ctx.path.clone()
+    } else {
+        logging::path_for_log(&format!("{}?{}", ctx.path, ctx.query))
+    };
+    logging::event(
+        log::Level::Info,
+        "request",
+        &[
+            ("request_id", json!(ctx.request_id)),
+            ("method", json!(ctx.method.as_str())),
+            ("path", json!(path)),
+            ("route", json!(ctx.route.map(|r| r.name()))),
+            ("status", json!(status)),
+            ("bytes", json!(bytes)),
+            ("duration_ms", json!((ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)),
+            ("client", json!(ctx.client.to_string())),
+        ],
+    );
+}
+
+/// Routes panics to the JSON log (message and location, no backtrace on
+/// the wire). Installed once at start-up.
+pub fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string());
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        logging::error(
+            "panic",
+            &[("panic", json!(logging::redact_text(&msg))), ("location", json!(location))],
+        );
+    }));
+}
