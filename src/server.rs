@@ -30,6 +30,11 @@ pub const THREAD_STACK_BYTES: usize = 256 * 1024;
 /// How often the drain loop re-checks for idle workers during shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
+/// Maps a routed request to its handler. `routes::dispatch` in production;
+/// tests substitute their own to exercise the server layer (panics, slow
+/// handlers) through real sockets.
+pub type Dispatch = fn(&App, &mut Ctx, crate::router::Route) -> Result<Reply, ApiError>;
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -60,6 +65,11 @@ impl ServerStats {
 /// Binds and starts serving. The listener is ours (so port 0 works and the
 /// chosen address is known); tiny_http accepts on it under our `Limits`.
 pub fn start(app: Arc<App>) -> std::io::Result<Running> {
+    start_with(app, crate::routes::dispatch)
+}
+
+/// As `start`, with a substitute dispatcher (tests).
+pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running> {
     let cfg = &app.cfg.server;
     let listener = TcpListener::bind(cfg.bind.as_str())?;
     let addr = listener.local_addr()?;
@@ -87,7 +97,7 @@ pub fn start(app: Arc<App>) -> std::io::Result<Running> {
         let handle = std::thread::Builder::new()
             .name(format!("worker-{}", i))
             .stack_size(THREAD_STACK_BYTES.max(512 * 1024))
-            .spawn(move || worker_loop(&server, &app, &busy))?;
+            .spawn(move || worker_loop(&server, &app, &busy, dispatch))?;
         workers.push(handle);
     }
     Ok(Running {
@@ -139,7 +149,7 @@ impl Running {
     }
 }
 
-fn worker_loop(server: &tiny_http::Server, app: &App, busy: &AtomicUsize) {
+fn worker_loop(server: &tiny_http::Server, app: &App, busy: &AtomicUsize, dispatch: Dispatch) {
     loop {
         let rq = match server.recv() {
             Ok(rq) => rq,
@@ -147,7 +157,7 @@ fn worker_loop(server: &tiny_http::Server, app: &App, busy: &AtomicUsize) {
             Err(_) => continue,
         };
         busy.fetch_add(1, Ordering::AcqRel);
-        handle(app, rq);
+        handle(app, rq, dispatch);
         busy.fetch_sub(1, Ordering::AcqRel);
         logging::set_request_id(None);
     }
@@ -178,7 +188,7 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
 
 /// Serves one request on a worker thread. Never panics: a panic in a
 /// filter or handler answers 500 `internal` and the worker lives on.
-fn handle(app: &App, mut rq: tiny_http::Request) {
+fn handle(app: &App, mut rq: tiny_http::Request, dispatch: Dispatch) {
     let mut ctx = context_from(&rq);
     ctx.request_id = filters::request_id::assign(
         ctx.peer,
@@ -187,7 +197,7 @@ fn handle(app: &App, mut rq: tiny_http::Request) {
     );
     logging::set_request_id(Some(&ctx.request_id));
 
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| process(app, &mut ctx, rq.as_reader())));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| process(app, &mut ctx, rq.as_reader(), dispatch)));
     let mut reply = match outcome {
         Ok(Ok(reply)) => reply,
         Ok(Err(err)) => error_reply(app, &ctx, &err),
@@ -204,7 +214,7 @@ fn handle(app: &App, mut rq: tiny_http::Request) {
 }
 
 /// Filters, routing, body, handler.
-fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read) -> Result<Reply, ApiError> {
+fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read, dispatch: Dispatch) -> Result<Reply, ApiError> {
     if let Some(reply) = filters::run(app, ctx)? {
         return Ok(reply);
     }
@@ -219,7 +229,7 @@ fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read) -> Result<Reply, ApiEr
             }
         }
     }
-    crate::routes::dispatch(app, ctx, route)
+    dispatch(app, ctx, route)
 }
 
 fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
