@@ -185,7 +185,48 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 /// A streamed body: runs on its own thread with the raw connection writer,
 /// after the server wrote the response head. It must flush what it writes.
-pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) + Send + 'static>;
+pub type StreamFn = Box<dyn FnOnce(&mut StreamOut) + Send + 'static>;
+
+/// The client side of a streamed response: a raw writer (each `flush`
+/// sends at once; nothing is buffered by tiny_http) and a probe that tells
+/// whether the client hung up, so a stream can stop its upstream request
+/// even while it has nothing to write.
+pub struct StreamOut {
+    writer: Box<dyn Write + Send>,
+    // Held so tiny_http's connection thread stays parked while we stream
+    // (see the patched `Request::into_writer_and_reader`).
+    _body: Option<Box<dyn std::io::Read + Send>>,
+    fd: Option<i32>,
+}
+
+impl StreamOut {
+    pub fn new(writer: Box<dyn Write + Send>, body: Option<Box<dyn std::io::Read + Send>>, fd: Option<i32>) -> StreamOut {
+        StreamOut { writer, _body: body, fd }
+    }
+
+    /// True when the peer closed or reset the connection. Never blocks.
+    pub fn client_gone(&self) -> bool {
+        let Some(fd) = self.fd else { return false };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout; the descriptor stays open
+        // while `writer` (its owner) lives, which outlives this call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    }
+}
+
+impl Write for StreamOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}
 
 pub enum Body {
     Empty,

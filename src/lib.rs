@@ -8,6 +8,7 @@ pub mod error;
 pub mod filters;
 pub mod http;
 pub mod ids;
+pub mod json_body;
 pub mod keys_cli;
 pub mod logging;
 pub mod router;

@@ -220,6 +220,9 @@ fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read, dispatch: Dispatch) ->
     }
     let route = ctx.route.ok_or(ApiError::NotFound)?;
     if route.takes_body() {
+        crate::json_body::require_json_content_type(ctx).inspect_err(|_| {
+            ctx.close_connection |= ctx.has_body();
+        })?;
         let sec = &app.cfg.security;
         match filters::body_limit::read(body, sec.max_body_bytes, sec.body_timeout, Instant::now()) {
             Ok(b) => ctx.body = b,
@@ -262,7 +265,9 @@ fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize
     match reply.body {
         Body::Stream(run) => {
             rq.close_connection();
-            let mut writer = rq.into_writer();
+            let fd = rq.socket_fd();
+            let (writer, body) = rq.into_writer_and_reader();
+            let mut out = crate::http::StreamOut::new(writer, Some(body), fd);
             let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
             for (n, v) in &reply.headers {
                 head.push_str(n);
@@ -271,7 +276,7 @@ fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize
                 head.push_str("\r\n");
             }
             head.push_str("Connection: close\r\n\r\n");
-            if writer.write_all(head.as_bytes()).and_then(|_| writer.flush()).is_err() {
+            if out.write_all(head.as_bytes()).and_then(|_| out.flush()).is_err() {
                 return 0;
             }
             let request_id = ctx.request_id.clone();
@@ -282,7 +287,7 @@ fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize
                 .stack_size(THREAD_STACK_BYTES)
                 .spawn(move || {
                     logging::set_request_id(Some(&request_id));
-                    let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut *writer)));
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
                 });
             if spawned.is_err() {
                 logging::error("cannot start stream thread", &[]);

@@ -44,6 +44,9 @@ pub struct ClientConnection {
     // portcullis patch: set by a `Request` whose connection must close after
     // its response (refused or abandoned body): the next head is never read.
     close_after: Arc<AtomicBool>,
+    // portcullis patch: descriptor of the write half (lives as long as a
+    // response writer does)
+    raw_fd: Option<i32>,
 }
 
 /// Error that can happen when reading a request.
@@ -70,6 +73,7 @@ impl ClientConnection {
         limits: &crate::Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
+        let raw_fd = write_socket.raw_fd();
         let secure = read_socket.secure();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
@@ -86,6 +90,7 @@ impl ClientConnection {
             max_head: limits.max_head_bytes,
             max_headers: limits.max_headers,
             close_after: Arc::new(AtomicBool::new(false)),
+            raw_fd,
         }
     }
 
@@ -205,6 +210,7 @@ impl ClientConnection {
             data_source,
             writer,
             self.close_after.clone(),
+            self.raw_fd,
         )
         .map_err(|e| {
             use crate::request;

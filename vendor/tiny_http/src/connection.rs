@@ -64,6 +64,22 @@ impl Connection {
         }
     }
 
+    /// portcullis patch: the descriptor, for readiness polls by the embedder.
+    pub(crate) fn raw_fd(&self) -> Option<i32> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            match self {
+                Self::Tcp(s) => Some(s.as_raw_fd()),
+                Self::Unix(s) => Some(s.as_raw_fd()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
     /// portcullis patch: socket timeouts and TCP_NODELAY on an accepted socket.
     pub(crate) fn apply_limits(&self, limits: &crate::Limits) {
         if let Self::Tcp(s) = self {

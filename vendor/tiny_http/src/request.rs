@@ -81,6 +81,9 @@ pub struct Request {
     // says `Connection: close`, an unread body is not drained and the
     // connection reads no further request.
     close_after: Arc<AtomicBool>,
+
+    // portcullis patch: the connection's descriptor (write half)
+    raw_fd: Option<i32>,
 }
 
 struct NotifyOnDrop<R> {
@@ -143,6 +146,7 @@ pub fn new_request<R, W>(
     mut source_data: R,
     writer: W,
     close_after: Arc<AtomicBool>,
+    raw_fd: Option<i32>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -248,6 +252,7 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
         close_after,
+        raw_fd,
     })
 }
 
@@ -264,6 +269,38 @@ impl Request {
     /// server is closing this connection).
     pub fn closes_connection(&self) -> bool {
         self.close_after.load(Ordering::Acquire)
+    }
+
+    /// portcullis patch: the connection's socket descriptor. It stays valid
+    /// while the response writer (from `into_writer_and_reader`) lives, so
+    /// the embedder can poll it to notice a client that hung up mid-stream.
+    pub fn socket_fd(&self) -> Option<i32> {
+        self.raw_fd
+    }
+
+    /// portcullis patch: like `into_writer`, but also hands over the body
+    /// reader. While the caller holds the reader, the connection's thread
+    /// stays parked (it cannot read or shut down the socket), so the caller
+    /// owns the socket alone for a long streamed response. Call
+    /// `close_connection` first: the connection then ends after the stream.
+    pub fn into_writer_and_reader(
+        mut self,
+    ) -> (Box<dyn Write + Send + 'static>, Box<dyn Read + Send + 'static>) {
+        let writer = self.into_writer_impl_notify();
+        let reader = self.extract_reader_impl();
+        (writer, reader)
+    }
+
+    fn into_writer_impl_notify(&mut self) -> Box<dyn Write + Send + 'static> {
+        let writer = self.extract_writer_impl();
+        if let Some(sender) = self.notify_when_responded.take() {
+            Box::new(NotifyOnDrop {
+                sender,
+                inner: writer,
+            })
+        } else {
+            writer
+        }
     }
 
     /// Returns true if the request was made through HTTPS.

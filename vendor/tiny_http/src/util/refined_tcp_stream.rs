@@ -122,6 +122,15 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// portcullis patch: the socket's descriptor (Unix), for readiness polls.
+    pub(crate) fn raw_fd(&self) -> Option<i32> {
+        match &self.stream {
+            Stream::Http(c) => c.raw_fd(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
 }
 
 impl Drop for RefinedTcpStream {
