@@ -15,6 +15,7 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
+    pub metrics: crate::metrics::Metrics,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -32,6 +33,7 @@ impl App {
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
         Ok(App {
             streams,
+            metrics: crate::metrics::Metrics::new(),
             cfg,
             csrf_secret,
             upstream_key,

@@ -88,6 +88,8 @@ pub struct Ctx {
     /// The request's Origin when it is allowed (for CORS headers).
     pub cors_origin: Option<String>,
     pub rate: Option<RateInfo>,
+    /// The contract error code this request was answered with, if any.
+    pub error_code: Option<&'static str>,
     /// Set when the connection must close after the response (refused or
     /// unread body): see tiny_http's patched `Request::close_connection`.
     pub close_connection: bool,
@@ -117,6 +119,7 @@ impl Ctx {
             key_id: None,
             cors_origin: None,
             rate: None,
+            error_code: None,
             close_connection: false,
             started: Instant::now(),
         }

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod json_body;
 pub mod keys_cli;
 pub mod logging;
+pub mod metrics;
 pub mod router;
 pub mod routes;
 pub mod secret;

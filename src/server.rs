@@ -200,16 +200,22 @@ fn handle(app: &App, mut rq: tiny_http::Request, dispatch: Dispatch) {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| process(app, &mut ctx, rq.as_reader(), dispatch)));
     let mut reply = match outcome {
         Ok(Ok(reply)) => reply,
-        Ok(Err(err)) => error_reply(app, &ctx, &err),
+        Ok(Err(err)) => {
+            ctx.error_code = Some(err.code());
+            error_reply(app, &ctx, &err)
+        }
         Err(_) => {
             // The panic hook already logged message and location.
             ctx.close_connection |= ctx.has_body();
+            ctx.error_code = Some("internal");
             error_reply(app, &ctx, &ApiError::internal("handler panicked"))
         }
     };
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
+    let error_code = ctx.error_code;
     let bytes = send(app, rq, reply, &mut ctx);
+    app.metrics.record(ctx.route, status, ctx.started.elapsed(), error_code);
     access_log(&ctx, status, bytes);
 }
 
@@ -341,10 +347,12 @@ fn answer_busy(app: &App, rq: tiny_http::Request) {
     let mut ctx = context_from(&rq);
     ctx.request_id = crate::ids::new_request_id();
     let err = ApiError::ServerBusy { retry_after_s: 1 };
+    app.metrics.record_queue_full();
     let mut reply = Reply::error(&err, &ctx.request_id, false);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
     let bytes = send(app, rq, reply, &mut ctx);
+    app.metrics.record(None, status, ctx.started.elapsed(), Some(err.code()));
     access_log(&ctx, status, bytes);
 }
 

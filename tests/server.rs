@@ -413,3 +413,29 @@ fn trusted_proxy_request_id_is_kept_and_bad_ones_replaced() {
     let r = s.req("GET", "/health", &[("X-Request-Id", "bad id with spaces")], None);
     assert_ne!(r.header("X-Request-Id"), Some("bad id with spaces"));
 }
+
+#[test]
+fn metrics_for_loopback_only_in_prometheus_format() {
+    let s = Server::start(Opts::new().no_auth());
+    assert_eq!(s.get("/health").status, 200);
+    assert_eq!(s.get("/nope").status, 404);
+    let m = s.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.header("Content-Type").unwrap().starts_with("text/plain"));
+    let text = m.text();
+    assert!(text.contains("portcullis_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1"), "{}", text);
+    assert!(text.contains("route=\"none\",status=\"404\"} 1"), "{}", text);
+    for name in [
+        "portcullis_request_duration_seconds_bucket",
+        "portcullis_rate_limited_total",
+        "portcullis_active_streams",
+        "portcullis_queue_depth",
+        "portcullis_db_pool_waits_total",
+        "portcullis_upstream_errors_total",
+    ] {
+        assert!(text.contains(name), "{} missing", name);
+    }
+    // A client behind the (trusted) loopback proxy is not local: 404.
+    let r = s.req("GET", "/metrics", &[("X-Forwarded-For", "203.0.113.9")], None);
+    assert_eq!(r.status, 404);
+}

@@ -1,0 +1,26 @@
+//! `GET /metrics`: Prometheus text. Only for loopback clients or trusted
+//! proxies themselves (a scraper on the proxy host); anyone else gets 404,
+//! so the endpoint's existence is not advertised to the internet.
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::{Ctx, Reply};
+use crate::metrics::Gauges;
+
+pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let client = crate::filters::client_ip::canonical(ctx.client);
+    if !(client.is_loopback() || app.cfg.security.trusted_proxies.contains(client)) {
+        return Err(ApiError::NotFound);
+    }
+    let mut g = Gauges {
+        active_streams: app.active_streams() as u64,
+        uptime_s: app.started.elapsed().as_secs(),
+        ..Default::default()
+    };
+    if let Some(s) = app.stats() {
+        g.queue_depth = s.queue_depth() as u64;
+        g.busy_workers = s.busy_workers() as u64;
+        g.open_connections = s.open_connections() as u64;
+    }
+    Ok(Reply::bytes(200, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render(&g).into_bytes()))
+}
