@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -13,6 +14,7 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
     match route {
         Route::Health => health::live(app, ctx),
         Route::Metrics => metrics::get(app, ctx),
+        Route::OpenApi => openapi::get(app, ctx),
         _ => Err(ApiError::NotFound),
     }
 }
