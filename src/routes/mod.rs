@@ -4,6 +4,7 @@
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -15,6 +16,8 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
         Route::Health => health::live(app, ctx),
         Route::Metrics => metrics::get(app, ctx),
         Route::OpenApi => openapi::get(app, ctx),
+        Route::Ui => ui::index(app, ctx),
+        Route::UiAsset => ui::asset(app, ctx),
         _ => Err(ApiError::NotFound),
     }
 }
