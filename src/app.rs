@@ -15,6 +15,7 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
+    pub db: crate::db::Db,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -30,8 +31,10 @@ impl App {
             .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        let db = crate::db::Db::open(&cfg)?;
         Ok(App {
             streams,
+            db,
             cfg,
             csrf_secret,
             upstream_key,

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod filters;
 pub mod http;
