@@ -15,10 +15,12 @@
 
 pub mod audit_log;
 pub mod conversations;
+pub mod keys;
 pub mod messages;
 pub mod page;
 pub mod pool;
 pub mod projects;
+pub mod ready;
 pub mod schema;
 
 use rusqlite::{ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
