@@ -527,7 +527,7 @@ fn new_message<'a>(conversation_id: &'a str, content: &'a str) -> portcullis::db
 }
 
 #[test]
-fn messages_page_oldest_first_while_another_process_appends() {
+fn messages_page_oldest_first_while_another_writer_appends() {
     let s = Server::start(Opts::new().no_auth());
     let c = s
         .json("POST", "/api/conversations", None, &json!({}))
