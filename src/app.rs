@@ -16,6 +16,8 @@ pub struct App {
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
     pub metrics: crate::metrics::Metrics,
+    pub db: crate::db::Db,
+    pub audit: crate::audit::Audit,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -31,9 +33,16 @@ impl App {
             .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        let db = crate::db::Db::open(&cfg)?;
+        if cfg.auth.mode == crate::config::AuthMode::ApiKey {
+            ensure_first_key(&db, &cfg.server.data_dir)?;
+        }
+        let audit = crate::audit::Audit::start(db.clone());
         Ok(App {
             streams,
             metrics: crate::metrics::Metrics::new(),
+            db,
+            audit,
             cfg,
             csrf_secret,
             upstream_key,
@@ -61,9 +70,27 @@ impl App {
     }
 
     /// Stops background threads (rate-limit sweeper...) at shutdown.
-    pub fn stop_background(&self) {}
+    pub fn stop_background(&self) {
+        self.audit.stop();
+    }
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
+}
+
+/// Name of the file the first API key is written to (mode 0600).
+pub const FIRST_KEY_FILE: &str = "first_api_key";
+
+/// In `api_key` mode with no key at all, creates one into
+/// `<data_dir>/first_api_key` and logs the file's path (never the key).
+fn ensure_first_key(db: &crate::db::Db, data_dir: &std::path::Path) -> Result<(), String> {
+    let file = data_dir.join(FIRST_KEY_FILE);
+    if db.ensure_first_key(&file)? {
+        crate::logging::warn(
+            "no API key existed: created one; read it from this file, then delete the file",
+            &[("file", serde_json::json!(file.display().to_string()))],
+        );
+    }
+    Ok(())
 }
