@@ -29,8 +29,6 @@ pub struct Metrics {
     rate_limited: [AtomicU64; 2],
     upstream_errors: [AtomicU64; 3],
     queue_full: AtomicU64,
-    pool_waits: AtomicU64,
-    pool_timeouts: AtomicU64,
 }
 
 fn route_index(route: Option<Route>) -> usize {
@@ -63,8 +61,6 @@ impl Metrics {
             rate_limited: Default::default(),
             upstream_errors: Default::default(),
             queue_full: AtomicU64::new(0),
-            pool_waits: AtomicU64::new(0),
-            pool_timeouts: AtomicU64::new(0),
         }
     }
 
@@ -102,14 +98,6 @@ impl Metrics {
 
     pub fn record_queue_full(&self) {
         self.queue_full.fetch_add(1, Relaxed);
-    }
-
-    /// A database checkout that had to wait (and whether it timed out).
-    pub fn record_pool_wait(&self, timed_out: bool) {
-        self.pool_waits.fetch_add(1, Relaxed);
-        if timed_out {
-            self.pool_timeouts.fetch_add(1, Relaxed);
-        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -160,8 +148,8 @@ impl Metrics {
         }
         let counters = [
             ("portcullis_queue_full_total", "Requests answered 503 because the work queue was full.", self.queue_full.load(Relaxed)),
-            ("portcullis_db_pool_waits_total", "Database checkouts that had to wait for a connection.", self.pool_waits.load(Relaxed)),
-            ("portcullis_db_pool_timeouts_total", "Database checkouts that timed out (503).", self.pool_timeouts.load(Relaxed)),
+            ("portcullis_db_pool_waits_total", "Database checkouts that had to wait for a connection.", gauges.pool_waits),
+            ("portcullis_db_pool_timeouts_total", "Database checkouts that timed out (503).", gauges.pool_timeouts),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(o, "# HELP {} {}\n# TYPE {} counter\n{} {}", name, help, name, name, v);
@@ -188,6 +176,8 @@ pub struct Gauges {
     pub busy_workers: u64,
     pub open_connections: u64,
     pub uptime_s: u64,
+    pub pool_waits: u64,
+    pub pool_timeouts: u64,
 }
 
 #[cfg(test)]

@@ -43,6 +43,13 @@ pub struct Db {
     pool: pool::Pool,
 }
 
+impl Db {
+    /// (checkouts that waited, checkouts that timed out), for metrics.
+    pub fn pool_wait_counts(&self) -> (u64, u64) {
+        self.pool.wait_counts()
+    }
+}
+
 impl From<rusqlite::Error> for ApiError {
     /// SQLITE_BUSY/LOCKED (the busy timeout ran out) is load, not a bug:
     /// 503 `server_busy`. Anything else is 500 with the detail for the log.

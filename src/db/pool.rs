@@ -52,6 +52,9 @@ struct Inner {
     cfg: PoolConfig,
     state: Mutex<State>,
     available: Condvar,
+    /// Checkouts that had to wait, and those that gave up (metrics).
+    waits: std::sync::atomic::AtomicU64,
+    timeouts: std::sync::atomic::AtomicU64,
 }
 
 /// Cheap to clone: all clones share one pool.
@@ -136,6 +139,8 @@ impl Pool {
                 cfg,
                 state: Mutex::new(State { idle, vacant: 0 }),
                 available: Condvar::new(),
+                waits: Default::default(),
+                timeouts: Default::default(),
             }),
         })
     }
@@ -149,9 +154,11 @@ impl Pool {
 
     /// As `get` with an explicit wait bound (readiness uses its own).
     pub fn get_within(&self, wait: Duration) -> Result<PooledConn, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let deadline = Instant::now() + wait;
         let taken = {
             let mut st = lock(&self.inner.state);
+            let mut waited = false;
             loop {
                 if let Some(slot) = st.idle.pop() {
                     break Some(slot);
@@ -160,8 +167,13 @@ impl Pool {
                     st.vacant -= 1;
                     break None;
                 }
+                if !waited {
+                    waited = true;
+                    self.inner.waits.fetch_add(1, Relaxed);
+                }
                 let now = Instant::now();
                 if now >= deadline {
+                    self.inner.timeouts.fetch_add(1, Relaxed);
                     return Err(ApiError::ServerBusy {
                         retry_after_s: BUSY_RETRY_AFTER_S,
                     });
@@ -211,6 +223,12 @@ impl Pool {
 
     pub fn checkout_timeout(&self) -> Duration {
         self.inner.cfg.checkout_timeout
+    }
+
+    /// (checkouts that waited, checkouts that timed out), for metrics.
+    pub fn wait_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.inner.waits.load(Relaxed), self.inner.timeouts.load(Relaxed))
     }
 
     /// (idle connections, pool size), for metrics and tests.

@@ -12,7 +12,10 @@ pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     if !(client.is_loopback() || app.cfg.security.trusted_proxies.contains(client)) {
         return Err(ApiError::NotFound);
     }
+    let (pool_waits, pool_timeouts) = app.db.pool_wait_counts();
     let mut g = Gauges {
+        pool_waits,
+        pool_timeouts,
         active_streams: app.active_streams() as u64,
         uptime_s: app.started.elapsed().as_secs(),
         ..Default::default()
