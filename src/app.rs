@@ -3,10 +3,11 @@
 //! metrics). Built once at start-up; handlers get `&App`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::filters::rate_limit::{Limiter, SweeperHandle};
 use crate::secret::Secret;
 use crate::streams::StreamSlots;
 
@@ -15,6 +16,9 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
+    pub limiter: Limiter,
+    /// The rate limiter's sweeper thread; `stop_background` ends it.
+    sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -29,9 +33,23 @@ impl App {
         let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir)
             .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
+        if cfg.security.csrf_tokens && csrf_secret.len() < crate::filters::csrf::MIN_SECRET_BYTES {
+            return Err(format!(
+                "csrf_tokens is on but the CSRF secret is {} bytes; at least {} are required ({})",
+                csrf_secret.len(),
+                crate::filters::csrf::MIN_SECRET_BYTES,
+                crate::secret::CSRF_SECRET_ENV
+            ));
+        }
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        let limiter = Limiter::new(&cfg.rate_limit);
+        let sweeper = limiter
+            .start_sweeper(cfg.rate_limit.sweep_interval)
+            .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         Ok(App {
             streams,
+            limiter,
+            sweeper: Mutex::new(Some(sweeper)),
             cfg,
             csrf_secret,
             upstream_key,
@@ -58,8 +76,14 @@ impl App {
         self.stats.get()
     }
 
-    /// Stops background threads (rate-limit sweeper...) at shutdown.
-    pub fn stop_background(&self) {}
+    /// Stops background threads (rate-limit sweeper...) at shutdown; returns
+    /// once they have ended. Safe to call more than once.
+    pub fn stop_background(&self) {
+        let sweeper = self.sweeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = sweeper {
+            s.stop();
+        }
+    }
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
