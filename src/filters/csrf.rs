@@ -203,7 +203,8 @@ mod tests {
         };
         use crate::http::Method::*;
         let origin = ("origin", "http://localhost:3000");
-        let cases: &[(crate::http::Method, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (crate::http::Method, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             (Post, &[origin], false),
             (Post, &[origin, ("x-csrf-token", "forged")], false),
             (Post, &[origin, ("x-csrf-token", token.as_str())], true),
