@@ -3,10 +3,11 @@
 //! metrics). Built once at start-up; handlers get `&App`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::filters::rate_limit::{Limiter, SweeperHandle};
 use crate::secret::Secret;
 use crate::streams::StreamSlots;
 
@@ -18,6 +19,9 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
+    pub limiter: Limiter,
+    /// The rate limiter's sweeper thread; `stop_background` ends it.
+    sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -32,17 +36,31 @@ impl App {
         let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir)
             .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
+        if cfg.security.csrf_tokens && csrf_secret.len() < crate::filters::csrf::MIN_SECRET_BYTES {
+            return Err(format!(
+                "csrf_tokens is on but the CSRF secret is {} bytes; at least {} are required ({})",
+                csrf_secret.len(),
+                crate::filters::csrf::MIN_SECRET_BYTES,
+                crate::secret::CSRF_SECRET_ENV
+            ));
+        }
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
         let db = crate::db::Db::open(&cfg)?;
         if cfg.auth.mode == crate::config::AuthMode::ApiKey {
             ensure_first_key(&db, &cfg.server.data_dir)?;
         }
         let audit = crate::audit::Audit::start(db.clone());
+        let limiter = Limiter::new(&cfg.rate_limit);
+        let sweeper = limiter
+            .start_sweeper(cfg.rate_limit.sweep_interval)
+            .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         Ok(App {
             streams,
             metrics: crate::metrics::Metrics::new(),
             db,
             audit,
+            limiter,
+            sweeper: Mutex::new(Some(sweeper)),
             cfg,
             csrf_secret,
             upstream_key,
@@ -69,8 +87,13 @@ impl App {
         self.stats.get()
     }
 
-    /// Stops background threads (rate-limit sweeper...) at shutdown.
+    /// Stops background threads (rate-limit sweeper, audit flusher) at
+    /// shutdown; returns once they have ended. Safe to call more than once.
     pub fn stop_background(&self) {
+        let sweeper = self.sweeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = sweeper {
+            s.stop();
+        }
         self.audit.stop();
     }
 

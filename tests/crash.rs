@@ -38,7 +38,7 @@ fn try_create(addr: SocketAddr, key: &str, name: &str) -> Option<String> {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     const MIN_ACKED: usize = 150;
-    let mut first = Server::start(Opts::new());
+    let mut first = Server::start(Opts::new().env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000000"));
     let dir = first.dir.clone();
     let key = std::fs::read_to_string(dir.join("first_api_key"))
         .unwrap()
@@ -76,7 +76,11 @@ fn acknowledged_writes_survive_sigkill() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= MIN_ACKED);
 
-    let second = Server::start(Opts::new().data_dir(&dir));
+    let second = Server::start(
+        Opts::new()
+            .data_dir(&dir)
+            .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000000"),
+    );
     let mut missing = Vec::new();
     for id in &acked {
         let r = second.req(

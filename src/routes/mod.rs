@@ -3,6 +3,7 @@
 
 pub mod conversations;
 pub mod fields;
+pub mod csrf;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
@@ -34,6 +35,7 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
         Route::ConversationUpdate => conversations::update(app, ctx),
         Route::ConversationDelete => conversations::delete(app, ctx),
         Route::MessagesList => conversations::messages(app, ctx),
+        Route::CsrfToken => csrf::token(app, ctx),
         _ => Err(ApiError::NotFound),
     }
 }

@@ -133,6 +133,10 @@ impl Server {
             .env("PORTCULLIS_SERVER_DATA_DIR", &dir)
             .env("PORTCULLIS_LOGGING_FILE", dir.join("portcullis.log"))
             .env("PORTCULLIS_LOGGING_LEVEL", "debug")
+            // Tests about other behaviour must not trip the rate limiter;
+            // rate-limit tests set their own limits (later env wins).
+            .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "100000")
+            .env("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", "100000")
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -141,10 +145,14 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        // The file may be seen created but not yet written: wait for an address.
+        let addr_written = || {
+            std::fs::read_to_string(&addr_file).is_ok_and(|t| t.trim().parse::<SocketAddr>().is_ok())
+        };
         let ok = wait_until(Duration::from_secs(20), || {
-            addr_file.exists() || matches!(child.try_wait(), Ok(Some(_)))
+            addr_written() || matches!(child.try_wait(), Ok(Some(_)))
         });
-        if !ok || !addr_file.exists() {
+        if !ok || !addr_written() {
             let _ = child.kill();
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {

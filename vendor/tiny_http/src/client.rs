@@ -137,6 +137,15 @@ impl ClientConnection {
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
+            // portcullis patch: once the previous request is done, close at
+            // once when it asked to (refused or abandoned body) instead of
+            // waiting for a next line that may never come (the connection
+            // would stay open until the read timeout).
+            self.next_header_source.wait_turn();
+            if self.close_after.load(Ordering::Acquire) {
+                return Err(ReadError::Closing);
+            }
+
             // reading the request line
             let mut head_budget = self.max_head;
             let (method, path, version) = {

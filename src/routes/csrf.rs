@@ -1,0 +1,53 @@
+//! `GET /api/csrf-token`: a fresh CSRF token for browser clients,
+//! `{"token":"...","expires_in":<csrf_token_ttl_s>}`. Served whether or not
+//! `csrf_tokens` is on (a token is harmless when it is not required). Auth
+//! exempt, rate limited as `other`; never cached (`Cache-Control: no-store`).
+
+use serde_json::json;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::filters::csrf;
+use crate::http::{Ctx, Reply};
+
+pub fn token(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let ttl_s = app.cfg.security.csrf_token_ttl.as_secs();
+    let token = csrf::issue(&app.csrf_secret, csrf::now_unix(), ttl_s);
+    Ok(Reply::json(
+        200,
+        &json!({ "token": token, "expires_in": ttl_s }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_a_token_that_verifies_with_the_configured_ttl() {
+        let mut c = crate::config::Config::default();
+        c.security.csrf_token_ttl = std::time::Duration::from_secs(120);
+        c.server.data_dir = std::env::temp_dir().join(format!(
+            "portcullis-csrf-route-{}",
+            crate::ids::random_hex(6)
+        ));
+        let app = App::new(c.clone()).unwrap();
+        let mut ctx = Ctx::new(
+            crate::http::Method::Get,
+            "/api/csrf-token",
+            "127.0.0.1".parse().unwrap(),
+        );
+        let r = token(&app, &mut ctx).unwrap();
+        assert_eq!(r.status, 200);
+        let crate::http::Body::Bytes(body) = &r.body else {
+            panic!("{:?}", r.body)
+        };
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["expires_in"], 120);
+        let t = v["token"].as_str().unwrap();
+        assert!(csrf::verify(&app.csrf_secret, t, csrf::now_unix()));
+        assert!(!csrf::verify(&app.csrf_secret, t, csrf::now_unix() + 121));
+        app.stop_background();
+        let _ = std::fs::remove_dir_all(&c.server.data_dir);
+    }
+}
