@@ -15,6 +15,13 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
+    /// The upstream client (the only outbound HTTP in the process).
+    pub upstream: crate::upstream::Upstream,
+    /// Bounds requests that hold a worker while waiting on the upstream
+    /// (non-streaming chat, the short wait for a stream's response head):
+    /// `workers - 1` (at least 1), so one worker always stays free for
+    /// health checks and resource requests. Full: 503 `server_busy`.
+    pub upstream_waits: StreamSlots,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -30,8 +37,12 @@ impl App {
             .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        let upstream = crate::upstream::Upstream::new(&cfg.upstream, upstream_key.clone());
+        let upstream_waits = StreamSlots::new(cfg.server.workers.saturating_sub(1).max(1));
         Ok(App {
             streams,
+            upstream,
+            upstream_waits,
             cfg,
             csrf_secret,
             upstream_key,
