@@ -24,6 +24,15 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// is noticed.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// A streamed `text/event-stream` reply with the contract's headers:
+/// `Cache-Control: no-store` and `X-Accel-Buffering: no` (so nginx does not
+/// buffer events).
+pub fn reply(run: crate::http::StreamFn) -> crate::http::Reply {
+    crate::http::Reply::stream(200, "text/event-stream", run)
+        .with_header("Cache-Control", "no-store")
+        .with_header("X-Accel-Buffering", "no")
+}
+
 /// `event: NAME\ndata: JSON\n\n`, flushed.
 pub fn event(out: &mut dyn Write, name: &str, data: &Value) -> io::Result<()> {
     let text = format!("event: {}\ndata: {}\n\n", name, data);

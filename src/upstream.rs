@@ -48,6 +48,9 @@ const MODELS_TIMEOUT: Duration = Duration::from_secs(5);
 /// After `[DONE]`, how much trailing body we read so the connection can go
 /// back to the pool.
 const DRAIN_AFTER_DONE_BYTES: u64 = 64 * 1024;
+/// How long a handler waits for a streamed answer's response head before
+/// it starts the SSE stream anyway (see `Upstream::head_grace`).
+const HEAD_GRACE_MAX: Duration = Duration::from_secs(2);
 /// Stack for reader threads (they parse lines and JSON; nothing deep).
 const READER_STACK_BYTES: usize = 256 * 1024;
 
@@ -206,6 +209,18 @@ impl Upstream {
             cfg: cfg.clone(),
             key,
         }
+    }
+
+    /// How long a streaming handler waits (holding its worker) for the
+    /// upstream's response head: errors seen by then (refused, error status,
+    /// a `timeout_s` shorter than this) are answered as plain JSON errors
+    /// with their real status; after it, the stream starts with 200 and any
+    /// later failure is an in-stream error event, while pings keep the
+    /// client informed. At most `HEAD_GRACE_MAX`, so a hanging upstream
+    /// holds a worker only briefly; a little over `timeout_s` when that is
+    /// shorter, so such a timeout is reliably a JSON 504.
+    pub fn head_grace(&self) -> Duration {
+        HEAD_GRACE_MAX.min(self.cfg.timeout + Duration::from_millis(500))
     }
 
     pub fn config(&self) -> &UpstreamConfig {
