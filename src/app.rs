@@ -22,6 +22,8 @@ pub struct App {
     /// `workers - 1` (at least 1), so one worker always stays free for
     /// health checks and resource requests. Full: 503 `server_busy`.
     pub upstream_waits: StreamSlots,
+    pub db: crate::db::Db,
+    pub audit: crate::audit::Audit,
     pub started: Instant,
     shutting_down: AtomicBool,
     stats: OnceLock<crate::server::ServerStats>,
@@ -39,10 +41,17 @@ impl App {
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
         let upstream = crate::upstream::Upstream::new(&cfg.upstream, upstream_key.clone());
         let upstream_waits = StreamSlots::new(cfg.server.workers.saturating_sub(1).max(1));
+        let db = crate::db::Db::open(&cfg)?;
+        if cfg.auth.mode == crate::config::AuthMode::ApiKey {
+            ensure_first_key(&db, &cfg.server.data_dir)?;
+        }
+        let audit = crate::audit::Audit::start(db.clone());
         Ok(App {
             streams,
             upstream,
             upstream_waits,
+            db,
+            audit,
             cfg,
             csrf_secret,
             upstream_key,
@@ -70,9 +79,27 @@ impl App {
     }
 
     /// Stops background threads (rate-limit sweeper...) at shutdown.
-    pub fn stop_background(&self) {}
+    pub fn stop_background(&self) {
+        self.audit.stop();
+    }
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
+}
+
+/// Name of the file the first API key is written to (mode 0600).
+pub const FIRST_KEY_FILE: &str = "first_api_key";
+
+/// In `api_key` mode with no key at all, creates one into
+/// `<data_dir>/first_api_key` and logs the file's path (never the key).
+fn ensure_first_key(db: &crate::db::Db, data_dir: &std::path::Path) -> Result<(), String> {
+    let file = data_dir.join(FIRST_KEY_FILE);
+    if db.ensure_first_key(&file)? {
+        crate::logging::warn(
+            "no API key existed: created one; read it from this file, then delete the file",
+            &[("file", serde_json::json!(file.display().to_string()))],
+        );
+    }
+    Ok(())
 }

@@ -1,23 +1,111 @@
-//! `portcullis keys ...` and `portcullis audit` (placeholder until storage lands).
+//! `portcullis keys create|list|revoke` and `portcullis audit`: operator
+//! commands on the same database file as the server (same `--config` and
+//! `PORTCULLIS_*` settings). They work while the server runs: WAL lets a
+//! second process write, and the server reads keys on every request.
+//!
+//! Output: `keys create` prints the key alone on standard output (so
+//! `KEY=$(portcullis keys create --name ci)` works) and its id on standard
+//! error; `keys list` and `audit` print one JSON object per line.
+
+use std::io::Write;
 
 use crate::config::Config;
+use crate::db::audit_log::Actor;
+use crate::db::keys::Revoke;
+use crate::db::Db;
 
-pub fn create(_cfg: &Config, _name: &str) -> i32 {
-    eprintln!("portcullis: keys are not available in this build");
+fn open(cfg: &Config) -> Option<Db> {
+    match Db::open_for_cli(cfg) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            eprintln!("portcullis: {}", e);
+            None
+        }
+    }
+}
+
+fn fail(what: &str, e: crate::error::ApiError) -> i32 {
+    eprintln!(
+        "portcullis: {}: {}",
+        what,
+        e.detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.message())
+    );
     1
 }
 
-pub fn list(_cfg: &Config) -> i32 {
-    eprintln!("portcullis: keys are not available in this build");
-    1
+/// Prints lines to stdout; a closed pipe (`| head`) is not an error.
+fn print_lines(lines: impl Iterator<Item = String>) -> i32 {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in lines {
+        if writeln!(out, "{}", line).is_err() {
+            return 0;
+        }
+    }
+    0
 }
 
-pub fn revoke(_cfg: &Config, _id: &str) -> i32 {
-    eprintln!("portcullis: keys are not available in this build");
-    1
+pub fn create(cfg: &Config, name: &str) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    match db.create_key(name, &Actor::cli()) {
+        Ok((key, secret)) => {
+            println!("{}", secret.expose_str());
+            eprintln!(
+                "created API key {} ({}); it is shown only this once: store it now",
+                key.id, key.name
+            );
+            0
+        }
+        Err(e) => fail("cannot create the key", e),
+    }
 }
 
-pub fn audit(_cfg: &Config, _since: Option<&str>, _limit: usize) -> i32 {
-    eprintln!("portcullis: audit is not available in this build");
-    1
+pub fn list(cfg: &Config) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    match db.list_keys() {
+        Ok(keys) => print_lines(keys.iter().map(|k| k.to_json().to_string())),
+        Err(e) => fail("cannot list keys", e),
+    }
+}
+
+pub fn revoke(cfg: &Config, id: &str) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    match db.revoke_key(id, &Actor::cli()) {
+        Ok(Revoke::Revoked) => {
+            eprintln!("revoked API key {}", id);
+            0
+        }
+        Ok(Revoke::AlreadyRevoked) => {
+            eprintln!("API key {} was already revoked", id);
+            0
+        }
+        Ok(Revoke::NotFound) => {
+            eprintln!("portcullis: no API key has id {}", id);
+            1
+        }
+        Err(e) => fail("cannot revoke the key", e),
+    }
+}
+
+/// Audit rows since `since` (RFC 3339), oldest first, at most `limit`;
+/// without `since`, the newest `limit` rows.
+pub fn audit(cfg: &Config, since: Option<&str>, limit: usize) -> i32 {
+    let since = match since.map(|s| (s, crate::time::parse_rfc3339_millis(s))) {
+        None => None,
+        Some((_, Some(ms))) => Some(ms),
+        Some((s, None)) => {
+            eprintln!(
+                "portcullis: --since {:?} is not an RFC 3339 UTC time like 2026-11-23T15:29:03Z",
+                s
+            );
+            return 2;
+        }
+    };
+    let Some(db) = open(cfg) else { return 1 };
+    match db.audit_rows(since, limit) {
+        Ok(rows) => print_lines(rows.iter().map(|r| r.to_json().to_string())),
+        Err(e) => fail("cannot read the audit trail", e),
+    }
 }

@@ -2,8 +2,10 @@
 //! OpenAI-compatible LLM server. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod filters;
 pub mod http;

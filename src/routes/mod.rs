@@ -1,8 +1,12 @@
 //! Handlers, one module per resource. `dispatch` maps a route to its
 //! handler; handlers get the app and the filtered request context.
 
+pub mod conversations;
+pub mod fields;
 pub mod health;
 pub mod openai;
+pub mod projects;
+pub mod ready;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -14,6 +18,18 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
         Route::Health => health::live(app, ctx),
         Route::ChatCompletions => openai::completions(app, ctx),
         Route::Models => openai::models(app, ctx),
+        Route::HealthReady => ready::ready(app, ctx),
+        Route::ProjectsCreate => projects::create(app, ctx),
+        Route::ProjectsList => projects::list(app, ctx),
+        Route::ProjectGet => projects::get(app, ctx),
+        Route::ProjectUpdate => projects::update(app, ctx),
+        Route::ProjectDelete => projects::delete(app, ctx),
+        Route::ConversationsCreate => conversations::create(app, ctx),
+        Route::ConversationsList => conversations::list(app, ctx),
+        Route::ConversationGet => conversations::get(app, ctx),
+        Route::ConversationUpdate => conversations::update(app, ctx),
+        Route::ConversationDelete => conversations::delete(app, ctx),
+        Route::MessagesList => conversations::messages(app, ctx),
         _ => Err(ApiError::NotFound),
     }
 }

@@ -1,0 +1,176 @@
+//! The `audit` table: one row per state change or security event, with
+//! time, event name, request id, API key id, client address and a JSON
+//! detail. Rows are written in the same transaction as the change they
+//! record (`insert`), or on their own (`Db::record_audit`). Never holds a
+//! key or token: callers pass ids and counts only.
+
+use rusqlite::params;
+use serde_json::{json, Value};
+
+use super::Db;
+use crate::error::ApiError;
+
+/// Who caused an event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub request_id: Option<String>,
+    pub key_id: Option<String>,
+    pub client: Option<String>,
+}
+
+impl Actor {
+    /// The request's id, authenticated key and resolved client address.
+    pub fn from_ctx(ctx: &crate::http::Ctx) -> Actor {
+        Actor {
+            request_id: Some(ctx.request_id.clone()),
+            key_id: ctx.key_id.clone(),
+            client: Some(ctx.client.to_string()),
+        }
+    }
+
+    /// The operator at the command line.
+    pub fn cli() -> Actor {
+        Actor {
+            request_id: None,
+            key_id: None,
+            client: Some("cli".to_string()),
+        }
+    }
+}
+
+/// Writes one row on `conn` (usually inside the caller's transaction).
+pub fn insert(
+    conn: &rusqlite::Connection,
+    event: &str,
+    actor: &Actor,
+    detail: &Value,
+) -> Result<(), ApiError> {
+    insert_at(conn, crate::time::now_millis(), event, actor, detail)
+}
+
+pub fn insert_at(
+    conn: &rusqlite::Connection,
+    time: i64,
+    event: &str,
+    actor: &Actor,
+    detail: &Value,
+) -> Result<(), ApiError> {
+    conn.execute(
+        "INSERT INTO audit (time, event, request_id, key_id, client, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![time, event, actor.request_id, actor.key_id, actor.client, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+/// One stored row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub time: i64,
+    pub event: String,
+    pub actor: Actor,
+    pub detail: Value,
+}
+
+impl AuditRow {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "time": crate::time::format_millis(self.time),
+            "event": self.event,
+            "request_id": self.actor.request_id,
+            "key_id": self.actor.key_id,
+            "client": self.actor.client,
+            "detail": self.detail,
+        })
+    }
+}
+
+impl Db {
+    /// Writes one audit row in its own transaction.
+    pub fn record_audit(&self, event: &str, actor: &Actor, detail: &Value) -> Result<(), ApiError> {
+        insert(&*self.conn()?, event, actor, detail)
+    }
+
+    /// Writes several rows (aggregated counters) in one transaction.
+    pub fn record_audit_batch(&self, rows: &[(i64, &str, Actor, Value)]) -> Result<(), ApiError> {
+        self.write(|tx| {
+            for (time, event, actor, detail) in rows {
+                insert_at(tx, *time, event, actor, detail)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Rows at or after `since` (epoch ms), oldest first, at most `limit`;
+    /// without `since`, the newest `limit` rows, still oldest first.
+    pub fn audit_rows(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditRow>, ApiError> {
+        let conn = self.conn()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let map = |r: &rusqlite::Row<'_>| {
+            let detail: Option<String> = r.get(6)?;
+            Ok(AuditRow {
+                id: r.get(0)?,
+                time: r.get(1)?,
+                event: r.get(2)?,
+                actor: Actor {
+                    request_id: r.get(3)?,
+                    key_id: r.get(4)?,
+                    client: r.get(5)?,
+                },
+                detail: detail
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .unwrap_or(Value::Null),
+            })
+        };
+        const COLUMNS: &str = "id, time, event, request_id, key_id, client, detail";
+        let rows = match since {
+            Some(t) => {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {} FROM audit WHERE time >= ?1 ORDER BY time, id LIMIT ?2",
+                    COLUMNS
+                ))?;
+                let rows = st.query_map(params![t, limit], map)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            None => {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {} FROM audit ORDER BY time DESC, id DESC LIMIT ?1",
+                    COLUMNS
+                ))?;
+                let rows = st.query_map(params![limit], map)?;
+                let mut rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+                rows.reverse();
+                rows
+            }
+        };
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::temp_db;
+
+    #[test]
+    fn rows_come_back_oldest_first_with_since_and_limit() {
+        let db = temp_db();
+        let rows: Vec<(i64, &str, Actor, Value)> = (0..5)
+            .map(|i| (1000 + i, "e", Actor::cli(), json!({ "n": i })))
+            .collect();
+        db.record_audit_batch(&rows).unwrap();
+        let last2 = db.audit_rows(None, 2).unwrap();
+        assert_eq!(
+            last2.iter().map(|r| r.time).collect::<Vec<_>>(),
+            [1003, 1004]
+        );
+        let since = db.audit_rows(Some(1001), 2).unwrap();
+        assert_eq!(
+            since.iter().map(|r| r.time).collect::<Vec<_>>(),
+            [1001, 1002]
+        );
+        assert_eq!(since[0].detail["n"], 1);
+        assert_eq!(since[0].to_json()["client"], "cli");
+    }
+}

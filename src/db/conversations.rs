@@ -1,0 +1,283 @@
+//! Conversations: an optional project, a title, a model and a system prompt.
+//! Listed newest first (by creation, so pages stay stable while
+//! conversations are updated); deleting one removes its messages (FK
+//! cascade).
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde_json::json;
+
+use super::audit_log::{self, Actor};
+use super::page::{Kind, Page, PageReq, Position};
+use super::{exists, monotonic_now, opt_json, Db};
+use crate::error::ApiError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: String,
+    pub project_id: Option<String>,
+    pub title: Option<String>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Conversation {
+    /// The contract's shape; times as RFC 3339 UTC with milliseconds.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "project_id": opt_json(&self.project_id),
+            "title": opt_json(&self.title),
+            "model": opt_json(&self.model),
+            "system_prompt": opt_json(&self.system_prompt),
+            "created_at": crate::time::format_millis(self.created_at),
+            "updated_at": crate::time::format_millis(self.updated_at),
+        })
+    }
+}
+
+/// A PATCH: the outer `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConversationPatch {
+    pub project_id: Option<Option<String>>,
+    pub title: Option<Option<String>>,
+    pub model: Option<Option<String>>,
+    pub system_prompt: Option<Option<String>>,
+}
+
+impl ConversationPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == ConversationPatch::default()
+    }
+}
+
+const COLUMNS: &str = "seq, id, project_id, title, model, system_prompt, created_at, updated_at";
+const NEWEST: &str = "SELECT created_at FROM conversations ORDER BY seq DESC LIMIT 1";
+const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = ?1";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
+    let c = Conversation {
+        id: r.get(1)?,
+        project_id: r.get(2)?,
+        title: r.get(3)?,
+        model: r.get(4)?,
+        system_prompt: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    };
+    let pos = Position {
+        created_at: c.created_at,
+        seq: r.get(0)?,
+    };
+    Ok((c, pos))
+}
+
+fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, ApiError> {
+    conn.query_row(
+        &format!("SELECT {} FROM conversations WHERE id = ?1", COLUMNS),
+        [id],
+        from_row,
+    )
+    .optional()?
+    .map(|(c, _)| c)
+    .ok_or(ApiError::NotFound)
+}
+
+impl Db {
+    /// Creates a conversation. An unknown `project_id` is a validation
+    /// error naming `project_id` (checked in the same transaction as the
+    /// insert, so a concurrent project delete cannot slip between).
+    pub fn create_conversation(
+        &self,
+        project_id: Option<&str>,
+        title: Option<&str>,
+        model: Option<&str>,
+        system_prompt: Option<&str>,
+    ) -> Result<Conversation, ApiError> {
+        self.write(|tx| {
+            if let Some(pid) = project_id {
+                if !exists(tx, PROJECT_EXISTS, pid)? {
+                    return Err(ApiError::validation("project_id", "no project has this id"));
+                }
+            }
+            let now = monotonic_now(tx, NEWEST)?;
+            let c = Conversation {
+                id: crate::ids::new_id(),
+                project_id: project_id.map(str::to_string),
+                title: title.map(str::to_string),
+                model: model.map(str::to_string),
+                system_prompt: system_prompt.map(str::to_string),
+                created_at: now,
+                updated_at: now,
+            };
+            tx.execute(
+                "INSERT INTO conversations (id, project_id, title, model, system_prompt, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.created_at, c.updated_at],
+            )?;
+            Ok(c)
+        })
+    }
+
+    /// One conversation, or `NotFound`.
+    pub fn get_conversation(&self, id: &str) -> Result<Conversation, ApiError> {
+        get_in(&*self.conn()?, id)
+    }
+
+    /// Conversations newest first, optionally of one project (an unknown
+    /// project is a validation error naming `project_id`).
+    pub fn list_conversations(
+        &self,
+        project_id: Option<&str>,
+        req: &PageReq,
+    ) -> Result<Page<Conversation>, ApiError> {
+        let conn = self.conn()?;
+        let before = req.after.unwrap_or(Position {
+            created_at: i64::MAX,
+            seq: i64::MAX,
+        });
+        let rows = match project_id {
+            Some(pid) => {
+                if !exists(&conn, PROJECT_EXISTS, pid)? {
+                    return Err(ApiError::validation("project_id", "no project has this id"));
+                }
+                let mut st = conn.prepare_cached(&format!(
+                    "SELECT {} FROM conversations WHERE project_id = ?1 AND (created_at, seq) < (?2, ?3)
+                     ORDER BY created_at DESC, seq DESC LIMIT ?4",
+                    COLUMNS
+                ))?;
+                let rows = st.query_map(
+                    params![pid, before.created_at, before.seq, req.fetch()],
+                    from_row,
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            None => {
+                let mut st = conn.prepare_cached(&format!(
+                    "SELECT {} FROM conversations WHERE (created_at, seq) < (?1, ?2)
+                     ORDER BY created_at DESC, seq DESC LIMIT ?3",
+                    COLUMNS
+                ))?;
+                let rows = st.query_map(
+                    params![before.created_at, before.seq, req.fetch()],
+                    from_row,
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+        };
+        Ok(Page::from_rows(rows, req, Kind::Conversations))
+    }
+
+    /// Applies a PATCH. An empty patch is a no-op that returns the
+    /// conversation unchanged (JSON merge-patch semantics); otherwise
+    /// `updated_at` moves forward.
+    pub fn update_conversation(
+        &self,
+        id: &str,
+        patch: &ConversationPatch,
+    ) -> Result<Conversation, ApiError> {
+        self.write(|tx| {
+            let mut c = get_in(tx, id)?;
+            if patch.is_empty() {
+                return Ok(c);
+            }
+            if let Some(Some(pid)) = &patch.project_id {
+                if !exists(tx, PROJECT_EXISTS, pid)? {
+                    return Err(ApiError::validation("project_id", "no project has this id"));
+                }
+            }
+            let set = |field: &mut Option<String>, v: &Option<Option<String>>| {
+                if let Some(v) = v {
+                    field.clone_from(v);
+                }
+            };
+            set(&mut c.project_id, &patch.project_id);
+            set(&mut c.title, &patch.title);
+            set(&mut c.model, &patch.model);
+            set(&mut c.system_prompt, &patch.system_prompt);
+            c.updated_at = crate::time::now_millis().max(c.updated_at);
+            tx.execute(
+                "UPDATE conversations SET project_id = ?2, title = ?3, model = ?4, system_prompt = ?5, updated_at = ?6
+                 WHERE id = ?1",
+                params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.updated_at],
+            )?;
+            Ok(c)
+        })
+    }
+
+    /// Deletes a conversation and its messages; audited in the same
+    /// transaction.
+    pub fn delete_conversation(&self, id: &str, actor: &Actor) -> Result<(), ApiError> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM conversations WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(ApiError::NotFound);
+            }
+            audit_log::insert(
+                tx,
+                "conversation_deleted",
+                actor,
+                &json!({ "conversation_id": id }),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::temp_db;
+
+    #[test]
+    fn create_get_update_delete() {
+        let db = temp_db();
+        let c = db
+            .create_conversation(None, Some("t"), None, Some("be brief"))
+            .unwrap();
+        assert_eq!(db.get_conversation(&c.id).unwrap(), c);
+        assert_eq!(
+            db.create_conversation(Some("nope"), None, None, None)
+                .unwrap_err(),
+            ApiError::validation("project_id", "no project has this id")
+        );
+        let same = db
+            .update_conversation(&c.id, &ConversationPatch::default())
+            .unwrap();
+        assert_eq!(same, c);
+        let patch = ConversationPatch {
+            title: Some(None),
+            model: Some(Some("m".into())),
+            ..Default::default()
+        };
+        let u = db.update_conversation(&c.id, &patch).unwrap();
+        assert_eq!(
+            (
+                u.title.as_deref(),
+                u.model.as_deref(),
+                u.system_prompt.as_deref()
+            ),
+            (None, Some("m"), Some("be brief"))
+        );
+        db.delete_conversation(&c.id, &Actor::default()).unwrap();
+        assert_eq!(db.get_conversation(&c.id), Err(ApiError::NotFound));
+        assert_eq!(
+            db.delete_conversation(&c.id, &Actor::default()),
+            Err(ApiError::NotFound)
+        );
+    }
+
+    #[test]
+    fn created_at_never_goes_backwards_in_commit_order() {
+        let db = temp_db();
+        let ids: Vec<i64> = (0..20)
+            .map(|_| {
+                db.create_conversation(None, None, None, None)
+                    .unwrap()
+                    .created_at
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

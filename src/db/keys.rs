@@ -1,0 +1,333 @@
+//! API keys. A key is `pcs_` + 48 hex characters (192 random bits from the
+//! OS CSPRNG); it is shown once when created and only its SHA-256 (hex) is
+//! stored, under a UNIQUE index that the auth filter looks it up by. The
+//! `prefix` column keeps the first characters so an operator can tell keys
+//! apart in `keys list` without the key itself.
+//!
+//! No cache: every authenticated request looks its key up (one indexed
+//! read, tens of microseconds), so a key revoked from the command line is
+//! refused on its very next request.
+
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
+
+use super::audit_log::{self, Actor};
+use super::Db;
+use crate::error::ApiError;
+use crate::secret::Secret;
+
+pub const KEY_PREFIX: &str = "pcs_";
+/// Random bytes per key: 192 bits, hex-encoded to 48 characters.
+const KEY_RANDOM_BYTES: usize = 24;
+const KEY_HEX_CHARS: usize = KEY_RANDOM_BYTES * 2;
+/// Characters of the key kept for display (`pcs_` + 8 hex: 32 bits, too
+/// few to help guessing the other 160).
+const DISPLAY_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
+pub const NAME_MAX_CHARS: usize = 100;
+
+/// A stored key, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl ApiKey {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": crate::time::format_millis(self.created_at),
+            "revoked_at": self.revoked_at.map(crate::time::format_millis),
+        })
+    }
+}
+
+/// What a presented key turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLookup {
+    Valid { id: String },
+    Revoked { id: String },
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoke {
+    Revoked,
+    AlreadyRevoked,
+    NotFound,
+}
+
+/// SHA-256 of the key's text, as lower-case hex.
+pub fn hash_key(key: &str) -> String {
+    crate::ids::hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+}
+
+/// Whether `s` has the shape of a portcullis key (checked before any
+/// database work, so junk costs nothing).
+pub fn well_formed(s: &str) -> bool {
+    s.strip_prefix(KEY_PREFIX).is_some_and(|hex| {
+        hex.len() == KEY_HEX_CHARS
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn new_key() -> Secret {
+    Secret::new(format!(
+        "{}{}",
+        KEY_PREFIX,
+        crate::ids::random_hex(KEY_RANDOM_BYTES)
+    ))
+}
+
+/// A key name: 1..100 characters, no control characters.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    let n = name.chars().count();
+    if n == 0 || n > NAME_MAX_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::validation(
+            "name",
+            format!(
+                "must be 1 to {} characters without control characters",
+                NAME_MAX_CHARS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    actor: &Actor,
+) -> Result<(ApiKey, Secret), ApiError> {
+    check_name(name)?;
+    let secret = new_key();
+    let key = ApiKey {
+        id: crate::ids::new_id(),
+        name: name.to_string(),
+        prefix: secret.expose_str()[..DISPLAY_PREFIX_CHARS].to_string(),
+        created_at: crate::time::now_millis(),
+        revoked_at: None,
+    };
+    tx.execute(
+        "INSERT INTO api_keys (id, name, prefix, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            key.id,
+            key.name,
+            key.prefix,
+            hash_key(secret.expose_str()),
+            key.created_at
+        ],
+    )?;
+    audit_log::insert(
+        tx,
+        "key_created",
+        actor,
+        &json!({ "key": key.id, "name": key.name }),
+    )?;
+    Ok((key, secret))
+}
+
+impl Db {
+    /// Creates a key; the secret is returned once and never stored.
+    pub fn create_key(&self, name: &str, actor: &Actor) -> Result<(ApiKey, Secret), ApiError> {
+        self.write(|tx| insert_key(tx, name, actor))
+    }
+
+    /// When no key exists at all, creates one and writes it to `file`
+    /// (mode 0600) before committing, so a key is never stored that nobody
+    /// can read. Returns whether a key was created.
+    pub fn ensure_first_key(&self, file: &Path) -> Result<bool, String> {
+        let r = self.write(|tx| {
+            let n: i64 = tx.query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))?;
+            if n > 0 {
+                return Ok(false);
+            }
+            let (_, secret) = insert_key(
+                tx,
+                "first",
+                &Actor {
+                    client: Some("startup".into()),
+                    ..Actor::default()
+                },
+            )?;
+            let mut contents = secret.expose().to_vec();
+            contents.push(b'\n');
+            crate::secret::write_private_file(file, &contents).map_err(|e| {
+                ApiError::internal(format!("cannot write {}: {}", file.display(), e))
+            })?;
+            Ok(true)
+        });
+        r.map_err(|e| {
+            format!(
+                "cannot create the first API key: {}",
+                e.detail().unwrap_or(&e.message())
+            )
+        })
+    }
+
+    /// Every key, oldest first (never the key itself).
+    pub fn list_keys(&self) -> Result<Vec<ApiKey>, ApiError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare(
+            "SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ApiKey {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                prefix: r.get(2)?,
+                created_at: r.get(3)?,
+                revoked_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Revokes a key at once (the next request with it is refused).
+    pub fn revoke_key(&self, id: &str, actor: &Actor) -> Result<Revoke, ApiError> {
+        self.write(|tx| {
+            let revoked: Option<Option<i64>> = tx
+                .query_row("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match revoked {
+                None => Ok(Revoke::NotFound),
+                Some(Some(_)) => Ok(Revoke::AlreadyRevoked),
+                Some(None) => {
+                    tx.execute(
+                        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                        params![id, crate::time::now_millis()],
+                    )?;
+                    audit_log::insert(tx, "key_revoked", actor, &json!({ "key": id }))?;
+                    Ok(Revoke::Revoked)
+                }
+            }
+        })
+    }
+
+    /// Looks a presented key up by its hash (indexed) and compares the
+    /// stored hash in constant time.
+    pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, ApiError> {
+        let hash = hash_key(presented);
+        let row: Option<(String, String, Option<i64>)> = self
+            .conn()?
+            .query_row(
+                "SELECT id, hash, revoked_at FROM api_keys WHERE hash = ?1",
+                [&hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            Some((id, stored, revoked))
+                if crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes()) =>
+            {
+                match revoked {
+                    None => KeyLookup::Valid { id },
+                    Some(_) => KeyLookup::Revoked { id },
+                }
+            }
+            _ => KeyLookup::Unknown,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::temp_db;
+
+    #[test]
+    fn keys_are_long_random_and_stored_only_as_hashes() {
+        let db = temp_db();
+        let (key, secret) = db.create_key("ci", &Actor::cli()).unwrap();
+        let text = secret.expose_str();
+        assert!(well_formed(text), "{}", text);
+        assert_eq!(text.len(), 4 + 48);
+        assert!(text.starts_with(&key.prefix));
+        let stored: String = db
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT group_concat(id || name || prefix || hash) FROM api_keys",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!stored.contains(text) && stored.contains(&hash_key(text)));
+        assert_eq!(
+            db.lookup_key(text).unwrap(),
+            KeyLookup::Valid { id: key.id.clone() }
+        );
+        let last = if text.ends_with('0') { '1' } else { '0' };
+        let other = format!("{}{}", &text[..text.len() - 1], last);
+        assert_eq!(db.lookup_key(&other).unwrap(), KeyLookup::Unknown);
+        assert_eq!(
+            db.revoke_key(&key.id, &Actor::cli()).unwrap(),
+            Revoke::Revoked
+        );
+        assert_eq!(
+            db.revoke_key(&key.id, &Actor::cli()).unwrap(),
+            Revoke::AlreadyRevoked
+        );
+        assert_eq!(
+            db.revoke_key("nope", &Actor::cli()).unwrap(),
+            Revoke::NotFound
+        );
+        assert_eq!(
+            db.lookup_key(text).unwrap(),
+            KeyLookup::Revoked { id: key.id.clone() }
+        );
+        assert!(db.list_keys().unwrap()[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn shape_table() {
+        let good = format!("pcs_{}", "a1".repeat(24));
+        assert!(well_formed(&good));
+        for bad in [
+            "".to_string(),
+            "pcs_".into(),
+            format!("pcs_{}", "A1".repeat(24)),
+            format!("pcs_{}", "a1".repeat(25)),
+            format!("sk-{}", "a1".repeat(24)),
+            format!("pcs_{}g", "a1".repeat(23)),
+        ] {
+            assert!(!well_formed(&bad), "{}", bad);
+        }
+        assert!(
+            check_name("").is_err()
+                && check_name("a\nb").is_err()
+                && check_name(&"x".repeat(101)).is_err()
+        );
+    }
+
+    #[test]
+    fn first_key_is_written_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let db = temp_db();
+        let file =
+            std::env::temp_dir().join(format!("portcullis-first-{}", crate::ids::random_hex(6)));
+        assert!(db.ensure_first_key(&file).unwrap());
+        assert!(!db.ensure_first_key(&file).unwrap());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(matches!(
+            db.lookup_key(text.trim()).unwrap(),
+            KeyLookup::Valid { .. }
+        ));
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let _ = std::fs::remove_file(&file);
+    }
+}

@@ -1,0 +1,300 @@
+//! Messages of a conversation, oldest first. Inserting or updating one
+//! moves its conversation's `updated_at` forward in the same transaction.
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde_json::json;
+
+use super::page::{Kind, Page, PageReq, Position};
+use super::{exists, monotonic_now, opt_json, Db};
+use crate::error::ApiError;
+
+pub const ROLES: &[&str] = &["system", "user", "assistant"];
+pub const STATUSES: &[&str] = &["complete", "partial", "error"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub model: Option<String>,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    pub usage: Option<serde_json::Value>,
+}
+
+impl Message {
+    /// The contract's shape; `usage` only when known.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = json!({
+            "id": self.id,
+            "conversation_id": self.conversation_id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "model": opt_json(&self.model),
+            "created_at": crate::time::format_millis(self.created_at),
+        });
+        if let Some(u) = &self.usage {
+            v["usage"] = u.clone();
+        }
+        v
+    }
+}
+
+/// A message to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage<'a> {
+    pub conversation_id: &'a str,
+    pub role: &'a str,
+    pub content: &'a str,
+    pub status: &'a str,
+    pub model: Option<&'a str>,
+    pub usage: Option<&'a serde_json::Value>,
+}
+
+const COLUMNS: &str = "seq, id, conversation_id, role, content, status, model, created_at, usage";
+const NEWEST: &str = "SELECT created_at FROM messages ORDER BY seq DESC LIMIT 1";
+const CONVERSATION_EXISTS: &str = "SELECT 1 FROM conversations WHERE id = ?1";
+const BUMP_CONVERSATION: &str =
+    "UPDATE conversations SET updated_at = max(updated_at, ?2) WHERE id = ?1";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(Message, Position)> {
+    let usage: Option<String> = r.get(8)?;
+    let m = Message {
+        id: r.get(1)?,
+        conversation_id: r.get(2)?,
+        role: r.get(3)?,
+        content: r.get(4)?,
+        status: r.get(5)?,
+        model: r.get(6)?,
+        created_at: r.get(7)?,
+        // Written by us as JSON; unreadable text is dropped, not fatal.
+        usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+    };
+    let pos = Position {
+        created_at: m.created_at,
+        seq: r.get(0)?,
+    };
+    Ok((m, pos))
+}
+
+fn check_enum(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            field,
+            format!("must be one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+impl Db {
+    /// Stores a message (unknown conversation: `NotFound`; bad role or
+    /// status: validation error naming the field).
+    pub fn insert_message(&self, m: &NewMessage<'_>) -> Result<Message, ApiError> {
+        check_enum("role", m.role, ROLES)?;
+        check_enum("status", m.status, STATUSES)?;
+        let usage_text = m.usage.map(|u| u.to_string());
+        self.write(|tx| {
+            if !exists(tx, CONVERSATION_EXISTS, m.conversation_id)? {
+                return Err(ApiError::NotFound);
+            }
+            let now = monotonic_now(tx, NEWEST)?;
+            let id = crate::ids::new_id();
+            tx.execute(
+                "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, m.conversation_id, m.role, m.content, m.status, m.model, usage_text, now],
+            )?;
+            tx.execute(BUMP_CONVERSATION, params![m.conversation_id, now])?;
+            Ok(Message {
+                id,
+                conversation_id: m.conversation_id.to_string(),
+                role: m.role.to_string(),
+                content: m.content.to_string(),
+                status: m.status.to_string(),
+                model: m.model.map(str::to_string),
+                created_at: now,
+                usage: m.usage.cloned(),
+            })
+        })
+    }
+
+    /// Replaces a message's content, status and usage (a streamed answer
+    /// being completed). Unknown id: `NotFound`.
+    pub fn update_message(
+        &self,
+        id: &str,
+        content: &str,
+        status: &str,
+        usage: Option<&serde_json::Value>,
+    ) -> Result<(), ApiError> {
+        check_enum("status", status, STATUSES)?;
+        let usage_text = usage.map(|u| u.to_string());
+        self.write(|tx| {
+            let conversation: Option<String> = tx
+                .query_row(
+                    "SELECT conversation_id FROM messages WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(conversation) = conversation else {
+                return Err(ApiError::NotFound);
+            };
+            tx.execute(
+                "UPDATE messages SET content = ?2, status = ?3, usage = ?4 WHERE id = ?1",
+                params![id, content, status, usage_text],
+            )?;
+            tx.execute(
+                BUMP_CONVERSATION,
+                params![conversation, crate::time::now_millis()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The last `max` messages of a conversation, returned oldest first
+    /// (the history sent upstream).
+    pub fn recent_messages(
+        &self,
+        conversation_id: &str,
+        max: usize,
+    ) -> Result<Vec<Message>, ApiError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {} FROM messages WHERE conversation_id = ?1 ORDER BY created_at DESC, seq DESC LIMIT ?2",
+            COLUMNS
+        ))?;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut rows = st
+            .query_map(params![conversation_id, limit], from_row)?
+            .map(|r| r.map(|(m, _)| m))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// A page of a conversation's messages, oldest first (unknown
+    /// conversation: `NotFound`).
+    pub fn list_messages(
+        &self,
+        conversation_id: &str,
+        req: &PageReq,
+    ) -> Result<Page<Message>, ApiError> {
+        let conn = self.conn()?;
+        if !exists(&conn, CONVERSATION_EXISTS, conversation_id)? {
+            return Err(ApiError::NotFound);
+        }
+        let after = req.after.unwrap_or(Position {
+            created_at: i64::MIN,
+            seq: i64::MIN,
+        });
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {} FROM messages WHERE conversation_id = ?1 AND (created_at, seq) > (?2, ?3)
+             ORDER BY created_at ASC, seq ASC LIMIT ?4",
+            COLUMNS
+        ))?;
+        let rows = st
+            .query_map(
+                params![conversation_id, after.created_at, after.seq, req.fetch()],
+                from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page::from_rows(rows, req, Kind::Messages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::temp_db;
+
+    fn msg<'a>(conversation_id: &'a str, content: &'a str) -> NewMessage<'a> {
+        NewMessage {
+            conversation_id,
+            role: "user",
+            content,
+            status: "complete",
+            model: None,
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn insert_bumps_conversation_and_recent_is_oldest_first() {
+        let db = temp_db();
+        let c = db.create_conversation(None, None, None, None).unwrap();
+        for i in 0..5 {
+            db.insert_message(&msg(&c.id, &i.to_string())).unwrap();
+        }
+        let recent = db.recent_messages(&c.id, 3).unwrap();
+        let texts: Vec<&str> = recent.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(texts, ["2", "3", "4"]);
+        let after = db.get_conversation(&c.id).unwrap();
+        assert!(after.updated_at >= recent[2].created_at);
+        assert_eq!(
+            db.insert_message(&msg("nope", "x")).unwrap_err(),
+            ApiError::NotFound
+        );
+        let bad_role = NewMessage {
+            role: "tool",
+            ..msg(&c.id, "x")
+        };
+        assert!(
+            matches!(db.insert_message(&bad_role), Err(ApiError::ValidationFailed { ref field, .. }) if field == "role")
+        );
+    }
+
+    #[test]
+    fn update_message_sets_content_status_and_usage() {
+        let db = temp_db();
+        let c = db.create_conversation(None, None, None, None).unwrap();
+        let m = db
+            .insert_message(&NewMessage {
+                role: "assistant",
+                status: "partial",
+                ..msg(&c.id, "")
+            })
+            .unwrap();
+        let usage = json!({"prompt_tokens": 3});
+        db.update_message(&m.id, "done", "complete", Some(&usage))
+            .unwrap();
+        let got = db.recent_messages(&c.id, 10).unwrap().remove(0);
+        assert_eq!(
+            (got.content.as_str(), got.status.as_str(), got.usage.clone()),
+            ("done", "complete", Some(usage))
+        );
+        assert_eq!(got.to_json()["usage"]["prompt_tokens"], 3);
+        assert_eq!(
+            db.update_message("nope", "x", "complete", None),
+            Err(ApiError::NotFound)
+        );
+    }
+
+    #[test]
+    fn pages_walk_every_message_once() {
+        let db = temp_db();
+        let c = db.create_conversation(None, None, None, None).unwrap();
+        for i in 0..7 {
+            db.insert_message(&msg(&c.id, &i.to_string())).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut req = PageReq {
+            limit: 3,
+            after: None,
+        };
+        loop {
+            let page = db.list_messages(&c.id, &req).unwrap();
+            seen.extend(page.items.iter().map(|m| m.content.clone()));
+            match page.next_cursor {
+                Some(cur) => req.after = crate::db::page::decode(&cur, Kind::Messages),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["0", "1", "2", "3", "4", "5", "6"]);
+    }
+}

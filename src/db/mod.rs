@@ -1,0 +1,210 @@
+//! Storage: SQLite behind a small connection pool. `Db` is the one handle
+//! handlers, the auth filter and the CLI use; it owns every SQL statement
+//! (all parameterised) and converts `rusqlite::Error` into `ApiError` at
+//! this boundary (busy/locked: 503 `server_busy`, anything else: 500
+//! `internal` with the detail kept for logs).
+//!
+//! Module map: `pool` (connections), `schema` (migrations), `page` (keyset
+//! cursors), `projects`, `conversations`, `messages`, `keys`, `audit_log`,
+//! `ready` (bounded health query).
+//!
+//! Invariant: a write that depends on a read (existence checks, monotonic
+//! `created_at`) runs in one `BEGIN IMMEDIATE` transaction, so it takes the
+//! write lock up front and the busy timeout applies; a deferred transaction
+//! upgrading from read to write could fail at once with SQLITE_BUSY.
+
+pub mod audit_log;
+pub mod conversations;
+pub mod keys;
+pub mod messages;
+pub mod page;
+pub mod pool;
+pub mod projects;
+pub mod ready;
+pub mod schema;
+
+use rusqlite::{ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+pub use conversations::Conversation;
+pub use messages::{Message, NewMessage};
+pub use page::{Page, PageReq};
+pub use pool::PooledConn;
+pub use projects::Project;
+
+/// How long a client is asked to wait after a busy database.
+const BUSY_RETRY_AFTER_S: u64 = 1;
+
+/// The database handle: cheap to clone, shared by every worker.
+#[derive(Clone)]
+pub struct Db {
+    pool: pool::Pool,
+}
+
+impl From<rusqlite::Error> for ApiError {
+    /// SQLITE_BUSY/LOCKED (the busy timeout ran out) is load, not a bug:
+    /// 503 `server_busy`. Anything else is 500 with the detail for the log.
+    fn from(e: rusqlite::Error) -> ApiError {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+                ApiError::ServerBusy {
+                    retry_after_s: BUSY_RETRY_AFTER_S,
+                }
+            }
+            _ => ApiError::internal(format!("database: {}", e)),
+        }
+    }
+}
+
+impl Db {
+    /// Opens the pool (`pool_size` connections) on the configured file and
+    /// brings the schema up to date. Start-up only; errors are readable.
+    pub fn open(cfg: &Config) -> Result<Db, String> {
+        Self::open_sized(cfg, cfg.database.pool_size)
+    }
+
+    /// As `open` with a one-connection pool: the command line's needs.
+    pub fn open_for_cli(cfg: &Config) -> Result<Db, String> {
+        Self::open_sized(cfg, 1)
+    }
+
+    fn open_sized(cfg: &Config, size: usize) -> Result<Db, String> {
+        let path = cfg.database_path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {}", dir.display(), e))?;
+        }
+        create_private(&path)
+            .map_err(|e| format!("cannot create database {}: {}", path.display(), e))?;
+        let pool = pool::Pool::open(pool::PoolConfig {
+            path: path.clone(),
+            size,
+            checkout_timeout: cfg.database.checkout_timeout,
+            busy_timeout: cfg.database.busy_timeout,
+            max_age: cfg.database.max_connection_age,
+            idle_check_after: cfg.database.idle_check_after,
+        })?;
+        {
+            let mut conn = pool
+                .get()
+                .map_err(|e| format!("cannot use database {}: {}", path.display(), e))?;
+            schema::migrate(&mut conn).map_err(|e| format!("{} ({})", e, path.display()))?;
+        }
+        Ok(Db { pool })
+    }
+
+    /// Checks out a connection (503 `server_busy` when the pool stays empty
+    /// for `checkout_timeout_ms`).
+    pub fn conn(&self) -> Result<PooledConn, ApiError> {
+        self.pool.get()
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f`
+    /// succeeds and rolled back when it fails.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn pool(&self) -> &pool::Pool {
+        &self.pool
+    }
+}
+
+/// Creates the database file readable by the owner only (it holds chats
+/// and key hashes). SQLite gives its -wal and -shm files the same mode.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `created_at` for a new row: now, but never before the newest row's
+/// (`newest_sql` selects it), so `(created_at, seq)` grows with commit
+/// order even when clocks of concurrent requests disagree by a millisecond
+/// or the wall clock steps back. Call inside the write transaction.
+fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, ApiError> {
+    let newest: Option<i64> = tx.query_row(newest_sql, [], |r| r.get(0)).optional()?;
+    Ok(crate::time::now_millis().max(newest.unwrap_or(i64::MIN)))
+}
+
+/// Whether `sql` (a `SELECT 1 ... WHERE id = ?1`) finds a row.
+fn exists(tx: &rusqlite::Connection, sql: &'static str, id: &str) -> Result<bool, ApiError> {
+    Ok(tx.query_row(sql, [id], |_| Ok(())).optional()?.is_some())
+}
+
+/// Optional strings as JSON: `null` when absent.
+fn opt_json(v: &Option<String>) -> serde_json::Value {
+    v.as_deref().map_or(serde_json::Value::Null, |s| s.into())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fresh database in its own temp directory.
+    pub fn temp_db() -> Db {
+        let dir = std::env::temp_dir().join(format!("portcullis-db-{}", crate::ids::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = Config::default();
+        cfg.server.data_dir = dir;
+        cfg.database.pool_size = 2;
+        Db::open(&cfg).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_and_locked_map_to_server_busy_and_others_to_internal() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert_eq!(
+            ApiError::from(busy),
+            ApiError::ServerBusy { retry_after_s: 1 }
+        );
+        let locked = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED),
+            None,
+        );
+        assert_eq!(ApiError::from(locked).status(), 503);
+        let other = ApiError::from(rusqlite::Error::InvalidQuery);
+        assert_eq!(other.status(), 500);
+        assert!(other.detail().unwrap().contains("database"));
+    }
+
+    #[test]
+    fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("portcullis-db-{}", crate::ids::random_hex(6)));
+        let mut cfg = Config::default();
+        cfg.server.data_dir = dir.clone();
+        Db::open(&cfg).unwrap();
+        let mode = std::fs::metadata(cfg.database_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,247 @@
+//! Projects: a name and a description that group conversations. Listed
+//! newest first; deleting one removes its conversations and their messages
+//! (FK cascade) and is audited in the same transaction.
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde_json::json;
+
+use super::audit_log::{self, Actor};
+use super::page::{Kind, Page, PageReq, Position};
+use super::{monotonic_now, opt_json, Db};
+use crate::error::ApiError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Project {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "description": opt_json(&self.description),
+            "created_at": crate::time::format_millis(self.created_at),
+            "updated_at": crate::time::format_millis(self.updated_at),
+        })
+    }
+}
+
+/// A PATCH: `None` leaves a field alone; `description: Some(None)` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProjectPatch {
+    pub name: Option<String>,
+    pub description: Option<Option<String>>,
+}
+
+const COLUMNS: &str = "seq, id, name, description, created_at, updated_at";
+const NEWEST: &str = "SELECT created_at FROM projects ORDER BY seq DESC LIMIT 1";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(Project, Position)> {
+    let p = Project {
+        id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
+    };
+    let pos = Position {
+        created_at: p.created_at,
+        seq: r.get(0)?,
+    };
+    Ok((p, pos))
+}
+
+fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, ApiError> {
+    conn.query_row(
+        &format!("SELECT {} FROM projects WHERE id = ?1", COLUMNS),
+        [id],
+        from_row,
+    )
+    .optional()?
+    .map(|(p, _)| p)
+    .ok_or(ApiError::NotFound)
+}
+
+impl Db {
+    pub fn create_project(
+        &self,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<Project, ApiError> {
+        self.write(|tx| {
+            let now = monotonic_now(tx, NEWEST)?;
+            let p = Project {
+                id: crate::ids::new_id(),
+                name: name.to_string(),
+                description: description.map(str::to_string),
+                created_at: now,
+                updated_at: now,
+            };
+            tx.execute(
+                "INSERT INTO projects (id, name, description, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p.id, p.name, p.description, p.created_at, p.updated_at],
+            )?;
+            Ok(p)
+        })
+    }
+
+    pub fn get_project(&self, id: &str) -> Result<Project, ApiError> {
+        get_in(&*self.conn()?, id)
+    }
+
+    /// Projects, newest first.
+    pub fn list_projects(&self, req: &PageReq) -> Result<Page<Project>, ApiError> {
+        let conn = self.conn()?;
+        let before = req.after.unwrap_or(Position {
+            created_at: i64::MAX,
+            seq: i64::MAX,
+        });
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {} FROM projects WHERE (created_at, seq) < (?1, ?2)
+             ORDER BY created_at DESC, seq DESC LIMIT ?3",
+            COLUMNS
+        ))?;
+        let rows = st
+            .query_map(
+                params![before.created_at, before.seq, req.fetch()],
+                from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Page::from_rows(rows, req, Kind::Projects))
+    }
+
+    /// Applies a PATCH; an empty one returns the project unchanged.
+    pub fn update_project(&self, id: &str, patch: &ProjectPatch) -> Result<Project, ApiError> {
+        self.write(|tx| {
+            let mut p = get_in(tx, id)?;
+            if *patch == ProjectPatch::default() {
+                return Ok(p);
+            }
+            if let Some(name) = &patch.name {
+                p.name.clone_from(name);
+            }
+            if let Some(d) = &patch.description {
+                p.description.clone_from(d);
+            }
+            p.updated_at = crate::time::now_millis().max(p.updated_at);
+            tx.execute(
+                "UPDATE projects SET name = ?2, description = ?3, updated_at = ?4 WHERE id = ?1",
+                params![p.id, p.name, p.description, p.updated_at],
+            )?;
+            Ok(p)
+        })
+    }
+
+    /// Deletes a project with its conversations and messages.
+    pub fn delete_project(&self, id: &str, actor: &Actor) -> Result<(), ApiError> {
+        self.write(|tx| {
+            let conversations: i64 = tx.query_row(
+                "SELECT count(*) FROM conversations WHERE project_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            let n = tx.execute("DELETE FROM projects WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(ApiError::NotFound);
+            }
+            audit_log::insert(
+                tx,
+                "project_deleted",
+                actor,
+                &json!({ "project_id": id, "conversations": conversations }),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::temp_db;
+    use crate::db::NewMessage;
+
+    #[test]
+    fn delete_cascades_to_conversations_and_messages() {
+        let db = temp_db();
+        let p = db.create_project("p", None).unwrap();
+        let c = db
+            .create_conversation(Some(&p.id), None, None, None)
+            .unwrap();
+        let other = db.create_conversation(None, None, None, None).unwrap();
+        db.insert_message(&NewMessage {
+            conversation_id: &c.id,
+            role: "user",
+            content: "hi",
+            status: "complete",
+            model: None,
+            usage: None,
+        })
+        .unwrap();
+        db.delete_project(&p.id, &Actor::default()).unwrap();
+        assert_eq!(db.get_conversation(&c.id), Err(ApiError::NotFound));
+        assert!(db.get_conversation(&other.id).is_ok());
+        let left: i64 = db
+            .conn()
+            .unwrap()
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+        let audited: String = db
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT detail FROM audit WHERE event = 'project_deleted'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            audited.contains(&p.id) && audited.contains("\"conversations\":1"),
+            "{}",
+            audited
+        );
+    }
+
+    #[test]
+    fn patch_keeps_absent_fields_and_clears_null_ones() {
+        let db = temp_db();
+        let p = db.create_project("p", Some("d")).unwrap();
+        assert_eq!(
+            db.update_project(&p.id, &ProjectPatch::default()).unwrap(),
+            p
+        );
+        let u = db
+            .update_project(
+                &p.id,
+                &ProjectPatch {
+                    name: Some("q".into()),
+                    description: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (u.name.as_str(), u.description.as_deref()),
+            ("q", Some("d"))
+        );
+        let u = db
+            .update_project(
+                &p.id,
+                &ProjectPatch {
+                    name: None,
+                    description: Some(None),
+                },
+            )
+            .unwrap();
+        assert_eq!(u.description, None);
+        assert_eq!(
+            db.update_project("nope", &ProjectPatch::default()),
+            Err(ApiError::NotFound)
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The schema, as numbered migrations kept in code. `migrate` applies the
+//! missing ones in one IMMEDIATE transaction at start-up and records the
+//! version in `PRAGMA user_version`; a database newer than this binary is
+//! refused with a clear message rather than half-understood.
+//!
+//! Every resource table has `seq INTEGER PRIMARY KEY AUTOINCREMENT` next to
+//! its opaque text `id`: `seq` follows commit order (SQLite serialises
+//! writers), so it is the tie-breaker of the keyset pagination on
+//! `(created_at, seq)` (see `db::page`). Indexes exist for each list order.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Migration `i` (0-based) brings the schema from version `i` to `i + 1`.
+/// Never edit a released migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: projects, conversations, messages, API keys, audit trail.
+    "
+    CREATE TABLE projects (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL UNIQUE,
+        name        TEXT NOT NULL,
+        description TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX projects_by_created ON projects (created_at, seq);
+
+    CREATE TABLE conversations (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        project_id    TEXT REFERENCES projects (id) ON DELETE CASCADE,
+        title         TEXT,
+        model         TEXT,
+        system_prompt TEXT,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    );
+    CREATE INDEX conversations_by_created ON conversations (created_at, seq);
+    -- Also serves the ON DELETE CASCADE lookup from projects.
+    CREATE INDEX conversations_by_project ON conversations (project_id, created_at, seq);
+
+    CREATE TABLE messages (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        role            TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content         TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('complete', 'partial', 'error')),
+        model           TEXT,
+        usage           TEXT,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at, seq);
+
+    CREATE TABLE api_keys (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        prefix     TEXT NOT NULL,
+        hash       TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX api_keys_by_created ON api_keys (created_at, id);
+
+    CREATE TABLE audit (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        time       INTEGER NOT NULL,
+        event      TEXT NOT NULL,
+        request_id TEXT,
+        key_id     TEXT,
+        client     TEXT,
+        detail     TEXT
+    );
+    CREATE INDEX audit_by_time ON audit (time, id);
+    ",
+];
+
+/// The schema version this binary writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to `LATEST` in one transaction, or explains why not.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let err = |e: rusqlite::Error| format!("database migration failed: {}", e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let current: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if current > LATEST {
+        return Err(format!(
+            "the database schema is version {}, newer than this portcullis knows (version {}); \
+             run the newer portcullis or restore a backup made by this version",
+            current, LATEST
+        ));
+    }
+    if current < 0 {
+        return Err(format!(
+            "the database has an invalid schema version {}",
+            current
+        ));
+    }
+    for sql in &MIGRATIONS[current as usize..] {
+        tx.execute_batch(sql).map_err(err)?;
+    }
+    if current != LATEST {
+        tx.pragma_update(None, "user_version", LATEST)
+            .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_fresh_database_once_and_is_idempotent() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c).unwrap();
+        migrate(&mut c).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, LATEST);
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('projects','conversations','messages','api_keys','audit')", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn refuses_a_newer_database() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.pragma_update(None, "user_version", LATEST + 1).unwrap();
+        let e = migrate(&mut c).unwrap_err();
+        assert!(e.contains("newer than this portcullis knows"), "{}", e);
+    }
+}

@@ -1,0 +1,85 @@
+//! `/api/conversations`: create (201), list (newest first, `?project_id=`
+//! filter, paginated), get, PATCH, DELETE (204, with its messages), and
+//! `/api/conversations/{id}/messages` (oldest first, paginated).
+//! Field rules: `fields.rs`.
+
+use serde_json::json;
+
+use super::fields::{patch_str, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
+use crate::app::App;
+use crate::db::audit_log::Actor;
+use crate::db::conversations::ConversationPatch;
+use crate::db::page::{Kind, PageReq};
+use crate::error::ApiError;
+use crate::http::{Ctx, Reply};
+use crate::json_body::{object, opt_str, reject_unknown};
+
+const FIELDS: &[&str] = &["project_id", "title", "model", "system_prompt"];
+
+fn id(ctx: &Ctx) -> Result<&str, ApiError> {
+    ctx.params
+        .first()
+        .map(String::as_str)
+        .ok_or(ApiError::NotFound)
+}
+
+pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let body = object(ctx)?;
+    reject_unknown(&body, FIELDS)?;
+    let project_id = opt_str(&body, "project_id", 1, ID_MAX)?;
+    let title = opt_str(&body, "title", 0, TITLE_MAX)?;
+    let model = opt_str(&body, "model", 1, MODEL_MAX)?;
+    let system_prompt = opt_str(&body, "system_prompt", 0, SYSTEM_PROMPT_MAX)?;
+    let c = app.db.create_conversation(
+        project_id.as_deref(),
+        title.as_deref(),
+        model.as_deref(),
+        system_prompt.as_deref(),
+    )?;
+    Ok(Reply::json(201, &c.to_json()))
+}
+
+pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let req = PageReq::from_query(ctx, Kind::Conversations)?;
+    let project_id = ctx.query_param("project_id");
+    if let Some(p) = &project_id {
+        if p.is_empty() || p.chars().count() > ID_MAX {
+            return Err(ApiError::validation("project_id", "no project has this id"));
+        }
+    }
+    let page = app.db.list_conversations(project_id.as_deref(), &req)?;
+    Ok(Reply::json(200, &page.to_json(|c| c.to_json())))
+}
+
+pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    Ok(Reply::json(
+        200,
+        &app.db.get_conversation(id(ctx)?)?.to_json(),
+    ))
+}
+
+pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let body = object(ctx)?;
+    reject_unknown(&body, FIELDS)?;
+    let patch = ConversationPatch {
+        project_id: patch_str(&body, "project_id", 1, ID_MAX)?,
+        title: patch_str(&body, "title", 0, TITLE_MAX)?,
+        model: patch_str(&body, "model", 1, MODEL_MAX)?,
+        system_prompt: patch_str(&body, "system_prompt", 0, SYSTEM_PROMPT_MAX)?,
+    };
+    let c = app.db.update_conversation(id(ctx)?, &patch)?;
+    Ok(Reply::json(200, &c.to_json()))
+}
+
+pub fn delete(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let id = id(ctx)?.to_string();
+    app.db.delete_conversation(&id, &Actor::from_ctx(ctx))?;
+    crate::logging::info("conversation deleted", &[("conversation_id", json!(id))]);
+    Ok(Reply::empty(204))
+}
+
+pub fn messages(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let req = PageReq::from_query(ctx, Kind::Messages)?;
+    let page = app.db.list_messages(id(ctx)?, &req)?;
+    Ok(Reply::json(200, &page.to_json(|m| m.to_json())))
+}
