@@ -1,6 +1,7 @@
 //! Handlers, one module per resource. `dispatch` maps a route to its
 //! handler; handlers get the app and the filtered request context.
 
+pub mod chat;
 pub mod conversations;
 pub mod fields;
 pub mod health;
@@ -16,6 +17,7 @@ use crate::router::Route;
 pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiError> {
     match route {
         Route::Health => health::live(app, ctx),
+        Route::Chat => chat::chat(app, ctx),
         Route::ChatCompletions => openai::completions(app, ctx),
         Route::Models => openai::models(app, ctx),
         Route::HealthReady => ready::ready(app, ctx),
