@@ -209,6 +209,10 @@ impl Pool {
         Ok(guard)
     }
 
+    pub fn checkout_timeout(&self) -> Duration {
+        self.inner.cfg.checkout_timeout
+    }
+
     /// (idle connections, pool size), for metrics and tests.
     pub fn idle_count(&self) -> (usize, usize) {
         let st = lock(&self.inner.state);

@@ -65,10 +65,14 @@ pub fn run_bounded<T>(
 
 impl Db {
     /// Checks that the database answers a cheap query within `limit`
-    /// (checkout included). Returns the latency.
+    /// (checkout included, itself bounded by the pool's checkout timeout:
+    /// a pool that would refuse requests is not ready). Returns the latency.
     pub fn check_ready(&self, limit: Duration) -> Result<Duration, (ReadyFailure, Duration)> {
         let started = Instant::now();
-        let conn = match self.pool().get_within(limit) {
+        let conn = match self
+            .pool()
+            .get_within(limit.min(self.pool().checkout_timeout()))
+        {
             Ok(c) => c,
             Err(ApiError::ServerBusy { .. }) => {
                 return Err((ReadyFailure::PoolExhausted, started.elapsed()))

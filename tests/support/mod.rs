@@ -35,7 +35,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        let p = std::env::temp_dir().join(format!("portcullis-{}-{}-{:x}", tag, std::process::id(), n));
+        let p =
+            std::env::temp_dir().join(format!("portcullis-{}-{}-{:x}", tag, std::process::id(), n));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -152,7 +153,10 @@ impl Server {
             return Err(format!("server failed to start: {}", err));
         }
         let text = std::fs::read_to_string(&addr_file).unwrap();
-        let addr: SocketAddr = text.trim().parse().map_err(|e| format!("{:?}: {}", text, e))?;
+        let addr: SocketAddr = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("{:?}: {}", text, e))?;
         Ok(Server {
             child: Some(child),
             addr,
@@ -173,7 +177,10 @@ impl Server {
     pub fn log_json(&self) -> Vec<serde_json::Value> {
         self.log_text()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("non-JSON log line {:?}: {}", l, e)))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("non-JSON log line {:?}: {}", l, e))
+            })
             .collect()
     }
 
@@ -216,12 +223,24 @@ impl Server {
     }
 
     /// A request with `Host: localhost` (and the given headers and body).
-    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
         request(self.addr, method, path, headers, body.map(|b| b.as_bytes()))
     }
 
     /// A JSON request sent as a non-browser client (no Origin) with a key.
-    pub fn json(&self, method: &str, path: &str, key: Option<&str>, body: &serde_json::Value) -> Resp {
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Resp {
         let auth = key.map(|k| format!("Bearer {}", k));
         let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
         if let Some(a) = &auth {
@@ -259,11 +278,15 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({}): {}", e, self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({}): {}", e, self.text()))
     }
     /// The contract's error code.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -352,7 +375,11 @@ pub fn read_response<R: BufRead>(r: &mut R) -> std::io::Result<Resp> {
     } else if status != 204 && status != 304 {
         r.read_to_end(&mut body)?;
     }
-    Ok(Resp { status, headers, body })
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Resident set size of a process in KiB (Linux /proc).
