@@ -26,7 +26,7 @@ mod abort;
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
@@ -97,23 +97,17 @@ impl StreamHandle {
     /// `Ok(false)`: still waiting (go on streaming, pings will cover the
     /// wait); `Err`: it failed before sending anything.
     pub fn wait_opened(&mut self, grace: Duration) -> Result<bool, ApiError> {
-        let deadline = Instant::now() + grace;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv_timeout(left) {
-                Ok(StreamEvent::Opened) => return Ok(true),
-                Ok(StreamEvent::Failed(e)) => return Err(e),
-                Ok(other) => {
-                    // Not reachable: the reader sends Opened first.
-                    return Err(ApiError::internal(format!(
-                        "unexpected {:?} before Opened",
-                        other
-                    )));
-                }
-                Err(RecvTimeoutError::Timeout) => return Ok(false),
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(ApiError::internal("upstream reader ended without a word"))
-                }
+        match self.recv_timeout(grace) {
+            Ok(StreamEvent::Opened) => Ok(true),
+            Ok(StreamEvent::Failed(e)) => Err(e),
+            // Not reachable: the reader sends Opened before anything else.
+            Ok(other) => Err(ApiError::internal(format!(
+                "unexpected {:?} before Opened",
+                other
+            ))),
+            Err(RecvTimeoutError::Timeout) => Ok(false),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ApiError::internal("upstream reader ended without a word"))
             }
         }
     }

@@ -47,6 +47,7 @@ fn post(s: &Server, path: &str, body: &Value) -> Resp {
 
 /// The server log and a client body must never hold upstream credentials.
 fn assert_no_leak(s: &Server, bodies: &[&str]) {
+    let _every_line_is_json = s.log_json();
     let log = s.log_text();
     for needle in [UPSTREAM_KEY, UPSTREAM_SECRET] {
         assert!(!log.contains(needle), "{} in the server log", needle);
@@ -403,6 +404,24 @@ fn upstream_error_status_is_502_and_its_secrets_never_leak() {
 }
 
 #[test]
+fn debug_mode_shows_a_redacted_detail_only() {
+    let up = FakeUpstream::start(Mode::Error {
+        status: 503,
+        body: format!("overloaded; key {} rejected", UPSTREAM_SECRET),
+    });
+    let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_SERVER_DEBUG", "true"));
+    let r = post(&s, "/v1/chat/completions", &user_says("hi"));
+    assert_eq!((r.status, r.code().as_str()), (502, "upstream_error"));
+    let detail = r.json()["error"]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("upstream status 503") && detail.contains("[redacted]"),
+        "{}",
+        detail
+    );
+    assert_no_leak(&s, &[&r.text()]);
+}
+
+#[test]
 fn garbage_and_oversized_answers_are_502_upstream_error() {
     let up = FakeUpstream::start(Mode::Garbage);
     let s = Server::start(
@@ -677,6 +696,10 @@ fn chat_answers_stores_both_messages_and_creates_the_conversation() {
     assert_eq!(v["message"]["model"], "gpt-oss:20b");
     assert_eq!(v["message"]["usage"]["total_tokens"], 12);
 
+    assert_eq!(
+        up.requests()[0].header("authorization"),
+        Some(&*format!("Bearer {}", UPSTREAM_KEY))
+    );
     let sent = up.requests()[0].json();
     assert_eq!(
         sent["messages"],

@@ -275,7 +275,7 @@ fn idle(sock: &TcpStream, d: Duration) -> bool {
             return true;
         }
         let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        match (&*sock).peek(&mut buf) {
+        match sock.peek(&mut buf) {
             Ok(0) => return false,
             Ok(_) => {
                 // Unexpected bytes while streaming: ignore, keep waiting.
