@@ -1,1 +1,55 @@
-fn main(){}
+//! A standalone mock of an OpenAI-compatible model server, for trying
+//! portcullis without a real LLM. It streams a few words slowly, answers
+//! non-streaming requests at once and lists two models. The same code is the
+//! fake upstream of the integration tests (tests/support/fake_upstream.rs).
+//!
+//! Usage: `cargo run --example mock_upstream -- [ADDR] [DELAY_MS]`
+//! (defaults 127.0.0.1:11434 and 150), then point portcullis at it:
+//! `PORTCULLIS_UPSTREAM_BASE_URL=http://127.0.0.1:11434/v1`.
+
+#[path = "../tests/support/fake_upstream.rs"]
+mod fake_upstream;
+
+use std::time::Duration;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:11434".to_string());
+    let delay_ms: u64 = args.next().and_then(|d| d.parse().ok()).unwrap_or(150);
+    let mode = fake_upstream::Mode::Slow {
+        delay: Duration::from_millis(delay_ms),
+    };
+    let fake = match fake_upstream::FakeUpstream::start_on(&addr, mode) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mock_upstream: cannot listen on {}: {}", addr, e);
+            std::process::exit(1);
+        }
+    };
+    fake.set_tokens(&[
+        "Hello",
+        "!",
+        " I",
+        " am",
+        " the",
+        " mock",
+        " upstream",
+        ":",
+        " every",
+        " word",
+        " arrives",
+        " after",
+        " a",
+        " short",
+        " pause",
+        ".",
+    ]);
+    println!(
+        "mock upstream listening on {} (base_url {})",
+        fake.addr,
+        fake.base_url()
+    );
+    loop {
+        std::thread::park();
+    }
+}

@@ -17,6 +17,13 @@ pub struct App {
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
     pub metrics: crate::metrics::Metrics,
+    /// The upstream client (the only outbound HTTP in the process).
+    pub upstream: crate::upstream::Upstream,
+    /// Bounds requests that hold a worker while waiting on the upstream
+    /// (non-streaming chat, the short wait for a stream's response head):
+    /// `workers - 1` (at least 1), so one worker always stays free for
+    /// health checks and resource requests. Full: 503 `server_busy`.
+    pub upstream_waits: StreamSlots,
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
     pub limiter: Limiter,
@@ -45,6 +52,8 @@ impl App {
             ));
         }
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        let upstream = crate::upstream::Upstream::new(&cfg.upstream, upstream_key.clone());
+        let upstream_waits = StreamSlots::new(cfg.server.workers.saturating_sub(1).max(1));
         let db = crate::db::Db::open(&cfg)?;
         if cfg.auth.mode == crate::config::AuthMode::ApiKey {
             ensure_first_key(&db, &cfg.server.data_dir)?;
@@ -57,6 +66,8 @@ impl App {
         Ok(App {
             streams,
             metrics: crate::metrics::Metrics::new(),
+            upstream,
+            upstream_waits,
             db,
             audit,
             limiter,

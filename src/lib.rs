@@ -19,5 +19,7 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod signals;
+pub mod sse;
 pub mod streams;
 pub mod time;
+pub mod upstream;

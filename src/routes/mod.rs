@@ -1,6 +1,7 @@
 //! Handlers, one module per resource. `dispatch` maps a route to its
 //! handler; handlers get the app and the filtered request context.
 
+pub mod chat;
 pub mod conversations;
 pub mod fields;
 pub mod csrf;
@@ -8,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod ui;
+pub mod openai;
 pub mod projects;
 pub mod ready;
 
@@ -23,6 +25,9 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
         Route::OpenApi => openapi::get(app, ctx),
         Route::Ui => ui::index(app, ctx),
         Route::UiAsset => ui::asset(app, ctx),
+        Route::Chat => chat::chat(app, ctx),
+        Route::ChatCompletions => openai::completions(app, ctx),
+        Route::Models => openai::models(app, ctx),
         Route::HealthReady => ready::ready(app, ctx),
         Route::ProjectsCreate => projects::create(app, ctx),
         Route::ProjectsList => projects::list(app, ctx),
@@ -36,6 +41,5 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
         Route::ConversationDelete => conversations::delete(app, ctx),
         Route::MessagesList => conversations::messages(app, ctx),
         Route::CsrfToken => csrf::token(app, ctx),
-        _ => Err(ApiError::NotFound),
     }
 }

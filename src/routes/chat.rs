@@ -1,0 +1,408 @@
+//! `POST /api/chat`: one user turn, answered by the upstream, stored.
+//!
+//! Body: `{"conversation_id"?, "project_id"?, "message", "model"?,
+//! "stream"?, "temperature"?, "max_tokens"?}`; unknown fields are refused.
+//! `message`: 1..32000 characters, not blank. `model`: 1..200 characters
+//! (default: the conversation's model, else `[upstream] model`).
+//! `temperature`: 0..2. `max_tokens`: 1..1000000. `project_id` is used when
+//! a conversation is created (no `conversation_id`); with a
+//! `conversation_id` it must be absent or name that conversation's project.
+//!
+//! Order of work: capacity first (a stream slot, a worker wait slot: 503
+//! `server_busy` before anything is written), then the conversation (found
+//! or created, titled from the message), the user message (stored before
+//! the upstream is called), the history, the assistant message, the
+//! upstream call. The upstream sees the system prompt and the most recent
+//! history that fits `history_max_messages` and `history_max_chars` (oldest
+//! dropped first; the new message is always sent).
+//!
+//! The assistant message is always stored: `complete` with the answer,
+//! `partial` with what arrived when the client left or the upstream broke
+//! off mid-answer, `error` (empty) when nothing arrived. A streamed answer's
+//! row is inserted as `partial` before the upstream is called and updated
+//! when the stream ends.
+//!
+//! Streaming failures: those seen within `Upstream::head_grace` (refused,
+//! error status, short timeouts) are plain JSON errors (502/504), like the
+//! non-streaming answer; later ones are an `event: error` after `start`.
+
+use std::io;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::fields::{ID_MAX, MODEL_MAX, TITLE_MAX};
+use crate::app::App;
+use crate::db::{Message, NewMessage};
+use crate::error::ApiError;
+use crate::http::{Ctx, Reply, StreamOut};
+use crate::json_body::{object, opt_bool, opt_f64, opt_str, opt_u64, reject_unknown, req_str};
+use crate::logging;
+use crate::sse::{self, Flow, PumpEnd};
+use crate::upstream::{self, StreamEvent};
+
+const FIELDS: &[&str] = &[
+    "conversation_id",
+    "project_id",
+    "message",
+    "model",
+    "stream",
+    "temperature",
+    "max_tokens",
+];
+/// Longest user message, in characters.
+pub const MESSAGE_MAX: usize = 32_000;
+const MAX_TOKENS_MAX: u64 = 1_000_000;
+/// A new conversation's title: the message's first line, this long at most.
+const AUTO_TITLE_CHARS: usize = 80;
+const BUSY: ApiError = ApiError::ServerBusy { retry_after_s: 1 };
+
+/// A validated chat request.
+struct ChatRequest {
+    conversation_id: Option<String>,
+    project_id: Option<String>,
+    message: String,
+    model: Option<String>,
+    stream: bool,
+    temperature: Option<f64>,
+    max_tokens: Option<u64>,
+}
+
+fn parse(ctx: &Ctx) -> Result<ChatRequest, ApiError> {
+    let body = object(ctx)?;
+    reject_unknown(&body, FIELDS)?;
+    let message = req_str(&body, "message", 1, MESSAGE_MAX)?;
+    if message.trim().is_empty() {
+        return Err(ApiError::validation("message", "must not be blank"));
+    }
+    Ok(ChatRequest {
+        conversation_id: opt_str(&body, "conversation_id", 1, ID_MAX)?,
+        project_id: opt_str(&body, "project_id", 1, ID_MAX)?,
+        message,
+        model: opt_str(&body, "model", 1, MODEL_MAX)?,
+        stream: opt_bool(&body, "stream")?.unwrap_or(false),
+        temperature: opt_f64(&body, "temperature", 0.0, 2.0)?,
+        max_tokens: opt_u64(&body, "max_tokens", 1, MAX_TOKENS_MAX)?,
+    })
+}
+
+fn auto_title(message: &str) -> String {
+    let first = message.trim().lines().next().unwrap_or("").trim();
+    first
+        .chars()
+        .take(AUTO_TITLE_CHARS.min(TITLE_MAX))
+        .collect()
+}
+
+/// The messages sent upstream: the system prompt, then the newest stored
+/// messages whose text fits in `max_chars` (counted in characters, the
+/// system prompt not included). Failed (`error`) and empty messages are
+/// skipped. The newest message (the user's new turn) is always included;
+/// from there, older ones are added until one does not fit.
+pub fn history(system_prompt: Option<&str>, stored: &[Message], max_chars: usize) -> Vec<Value> {
+    let mut picked: Vec<&Message> = Vec::new();
+    let mut used = 0usize;
+    let usable = stored.iter().rev().filter(|m| {
+        m.status != "error"
+            && !m.content.is_empty()
+            && matches!(m.role.as_str(), "user" | "assistant" | "system")
+    });
+    for m in usable {
+        let n = m.content.chars().count();
+        if !picked.is_empty() && used + n > max_chars {
+            break;
+        }
+        used += n;
+        picked.push(m);
+    }
+    let mut out = Vec::with_capacity(picked.len() + 1);
+    if let Some(p) = system_prompt.filter(|p| !p.is_empty()) {
+        out.push(json!({"role": "system", "content": p}));
+    }
+    out.extend(
+        picked
+            .iter()
+            .rev()
+            .map(|m| json!({"role": m.role, "content": m.content})),
+    );
+    out
+}
+
+pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let req = parse(ctx)?;
+    // Capacity before any write: a refused request leaves no trace.
+    let slot = match req.stream {
+        true => Some(app.streams.try_acquire().ok_or(BUSY)?),
+        false => None,
+    };
+    let wait = app.upstream_waits.try_acquire().ok_or(BUSY)?;
+
+    let conversation = match &req.conversation_id {
+        Some(id) => {
+            let c = app.db.get_conversation(id)?;
+            if req.project_id.is_some() && req.project_id != c.project_id {
+                return Err(ApiError::validation(
+                    "project_id",
+                    "does not match the conversation's project",
+                ));
+            }
+            c
+        }
+        None => {
+            let title = auto_title(&req.message);
+            app.db.create_conversation(
+                req.project_id.as_deref(),
+                Some(&title),
+                req.model.as_deref(),
+                None,
+            )?
+        }
+    };
+    let model = req
+        .model
+        .clone()
+        .or_else(|| conversation.model.clone())
+        .unwrap_or_else(|| app.cfg.upstream.model.clone());
+    let user = app.db.insert_message(&NewMessage {
+        conversation_id: &conversation.id,
+        role: "user",
+        content: &req.message,
+        status: "complete",
+        model: None,
+        usage: None,
+    })?;
+    let cfg = &app.cfg.upstream;
+    let stored = app
+        .db
+        .recent_messages(&conversation.id, cfg.history_max_messages)?;
+    let messages = history(
+        conversation.system_prompt.as_deref(),
+        &stored,
+        cfg.history_max_chars,
+    );
+    let mut extra: Vec<(&str, Value)> = Vec::new();
+    if let Some(t) = req.temperature {
+        extra.push(("temperature", json!(t)));
+    }
+    if let Some(n) = req.max_tokens {
+        extra.push(("max_tokens", json!(n)));
+    }
+    if req.stream {
+        extra.push(("stream_options", json!({"include_usage": true})));
+    }
+    let upstream_req = upstream::chat_request(&model, messages, req.stream, &extra);
+
+    let Some(slot) = slot else {
+        let answer = app.upstream.complete(&upstream_req);
+        drop(wait);
+        let answered = answer.and_then(|a| {
+            let content = upstream::answer_content(&a)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| ApiError::UpstreamError {
+                    detail: "answer without message content".into(),
+                })?
+                .to_string();
+            Ok((content, a.get("usage").filter(|u| u.is_object()).cloned()))
+        });
+        let (content, status, usage) = match &answered {
+            Ok((c, u)) => (c.as_str(), "complete", u.as_ref()),
+            Err(_) => ("", "error", None),
+        };
+        let assistant = app.db.insert_message(&NewMessage {
+            conversation_id: &conversation.id,
+            role: "assistant",
+            content,
+            status,
+            model: Some(&model),
+            usage,
+        })?;
+        answered?;
+        return Ok(Reply::json(
+            200,
+            &json!({"conversation_id": conversation.id, "user_message_id": user.id, "message": assistant.to_json()}),
+        ));
+    };
+
+    let assistant = app.db.insert_message(&NewMessage {
+        conversation_id: &conversation.id,
+        role: "assistant",
+        content: "",
+        status: "partial",
+        model: Some(&model),
+        usage: None,
+    })?;
+    let opened = app
+        .upstream
+        .open_stream(&upstream_req, &ctx.request_id)
+        .and_then(|mut h| h.wait_opened(app.upstream.head_grace()).map(|_| h));
+    drop(wait);
+    let mut handle = match opened {
+        Ok(h) => h,
+        Err(e) => {
+            store_end(app, &assistant.id, "", "error");
+            return Err(e);
+        }
+    };
+    let start = json!({"conversation_id": conversation.id, "user_message_id": user.id, "message_id": assistant.id});
+    let app_db = app.db.clone();
+    let ping_every = cfg.ping_interval;
+    Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
+        let _slot = slot;
+        let started = Instant::now();
+        let mut answer = Answer::default();
+        let end = match sse::event(out, "start", &start) {
+            Ok(()) => sse::pump(out, &mut handle, ping_every, |out, ev| {
+                answer.on_event(out, ev, &start["message_id"])
+            }),
+            Err(_) => {
+                handle.abort();
+                PumpEnd::ClientGone
+            }
+        };
+        let (status, outcome) = match (&end, &answer.failed) {
+            (PumpEnd::ClientGone, _) => ("partial", "client_gone"),
+            (PumpEnd::Finished, None) => ("complete", "complete"),
+            (PumpEnd::Finished, Some(_)) if answer.text.is_empty() => ("error", "upstream_failed"),
+            (PumpEnd::Finished, Some(_)) => ("partial", "upstream_failed"),
+        };
+        let id = start["message_id"].as_str().unwrap_or_default();
+        if let Err(e) = app_db.update_message(id, &answer.text, status, answer.usage.as_ref()) {
+            log_store_failure(&e);
+        }
+        super::openai::log_stream_end("/api/chat", outcome, started);
+    })))
+}
+
+/// What a streamed answer accumulates.
+#[derive(Default)]
+struct Answer {
+    text: String,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    failed: Option<ApiError>,
+}
+
+impl Answer {
+    /// Turns one upstream event into the contract's events.
+    fn on_event(
+        &mut self,
+        out: &mut StreamOut,
+        ev: StreamEvent,
+        message_id: &Value,
+    ) -> io::Result<Flow> {
+        match ev {
+            StreamEvent::Opened => Ok(Flow::Continue),
+            StreamEvent::Chunk(chunk) => {
+                if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+                    self.usage = Some(u.clone());
+                }
+                if let Some(r) = chunk.as_object().and_then(upstream::finish_reason) {
+                    self.finish_reason = Some(r.to_string());
+                }
+                if let Some(piece) = upstream::delta_content(&chunk).filter(|c| !c.is_empty()) {
+                    self.text.push_str(piece);
+                    sse::event(out, "delta", &json!({"content": piece}))?;
+                }
+                Ok(Flow::Continue)
+            }
+            StreamEvent::Done => {
+                let done = json!({
+                    "message_id": message_id,
+                    "finish_reason": self.finish_reason.as_deref().unwrap_or("stop"),
+                    "usage": self.usage,
+                });
+                sse::event(out, "done", &done)?;
+                Ok(Flow::Stop)
+            }
+            StreamEvent::Failed(err) => {
+                upstream::log_failure(&err);
+                let body = json!({"code": err.code(), "message": err.message()});
+                self.failed = Some(err);
+                sse::event(out, "error", &body)?;
+                Ok(Flow::Stop)
+            }
+        }
+    }
+}
+
+/// Final update of an assistant message; a failure is logged (the reply
+/// already reflects the upstream outcome).
+fn store_end(app: &App, id: &str, content: &str, status: &str) {
+    if let Err(e) = app.db.update_message(id, content, status, None) {
+        log_store_failure(&e);
+    }
+}
+
+fn log_store_failure(e: &ApiError) {
+    logging::error(
+        "cannot store the assistant message",
+        &[
+            ("code", json!(e.code())),
+            (
+                "detail",
+                json!(logging::redact_text(e.detail().unwrap_or(""))),
+            ),
+        ],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str, status: &str) -> Message {
+        Message {
+            id: String::new(),
+            conversation_id: String::new(),
+            role: role.into(),
+            content: content.into(),
+            status: status.into(),
+            model: None,
+            created_at: 0,
+            usage: None,
+        }
+    }
+
+    fn contents(v: &[Value]) -> Vec<&str> {
+        v.iter().map(|m| m["content"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn history_drops_oldest_first_and_keeps_the_new_turn() {
+        let stored = vec![
+            msg("user", "aaaa", "complete"),
+            msg("assistant", "bbbb", "complete"),
+            msg("assistant", "", "error"),
+            msg("user", "cc", "complete"),
+            msg("assistant", "dd", "partial"),
+            msg("user", "new", "complete"),
+        ];
+        let table: Vec<(usize, Vec<&str>)> = vec![
+            (100, vec!["sys", "aaaa", "bbbb", "cc", "dd", "new"]),
+            (11, vec!["sys", "bbbb", "cc", "dd", "new"]),
+            (10, vec!["sys", "cc", "dd", "new"]),
+            (7, vec!["sys", "cc", "dd", "new"]),
+            (6, vec!["sys", "dd", "new"]),
+            (1, vec!["sys", "new"]),
+        ];
+        for (max, want) in table {
+            assert_eq!(
+                contents(&history(Some("sys"), &stored, max)),
+                want,
+                "max_chars {}",
+                max
+            );
+        }
+        let none = history(None, &stored[5..], 1);
+        assert_eq!(none, vec![json!({"role": "user", "content": "new"})]);
+    }
+
+    #[test]
+    fn titles_come_from_the_first_line() {
+        assert_eq!(auto_title("  Hello there\nsecond line"), "Hello there");
+        assert_eq!(
+            auto_title(&"x".repeat(500)).chars().count(),
+            AUTO_TITLE_CHARS
+        );
+    }
+}

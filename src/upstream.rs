@@ -1,0 +1,580 @@
+//! The upstream client: the only module that makes outbound requests.
+//!
+//! One shared ureq `Agent` (no proxy from the environment, keep-alive pool
+//! of `max_idle_connections`, statuses handled here, not as errors) talks to
+//! the OpenAI-compatible server at `base_url`. The key (from the variable
+//! named by `api_key_env`, see `secret.rs`) is sent as `Authorization:
+//! Bearer` and nowhere else; it is never logged.
+//!
+//! Timeouts: `connect_timeout_s` for the connection; `timeout_s` until the
+//! response head and, without streaming, for the whole exchange;
+//! `stream_idle_timeout_s` between two reads of a streamed answer (ureq's
+//! per-read timeout, which also applies while waiting for the head).
+//!
+//! Failures map to the contract (see `classify`): refused, unreachable,
+//! unknown host or a connect timeout -> 502 `upstream_unavailable`; any
+//! other timeout -> 504 `upstream_timeout`; an error status, a garbled,
+//! truncated or oversized answer -> 502 `upstream_error`. The upstream's own
+//! words go only into the private `detail` (logged after `redact_text`).
+//!
+//! Streaming runs on a reader thread per request (`open_stream`), which
+//! sends `StreamEvent`s over a bounded channel to the stream thread that
+//! owns the client socket; the stream thread can stop the reader at once
+//! with `StreamHandle::abort` (see `abort.rs` for how).
+
+mod abort;
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+pub use abort::Abort;
+
+use crate::config::UpstreamConfig;
+use crate::error::ApiError;
+use crate::logging;
+use crate::secret::Secret;
+use crate::sse;
+
+/// How many upstream events may wait for a slow client before the reader
+/// blocks (back-pressure instead of buffering a whole answer).
+const CHANNEL_DEPTH: usize = 256;
+/// How much of an upstream error body we keep for the log.
+const ERROR_SNIPPET_BYTES: u64 = 2048;
+/// `/v1/models` must answer promptly even when the upstream hangs.
+const MODELS_TIMEOUT: Duration = Duration::from_secs(5);
+/// After `[DONE]`, how much trailing body we read so the connection can go
+/// back to the pool.
+const DRAIN_AFTER_DONE_BYTES: u64 = 64 * 1024;
+/// How long a handler waits for a streamed answer's response head before
+/// it starts the SSE stream anyway (see `Upstream::head_grace`).
+const HEAD_GRACE_MAX: Duration = Duration::from_secs(2);
+/// Stack for reader threads (they parse lines and JSON; nothing deep).
+const READER_STACK_BYTES: usize = 256 * 1024;
+
+/// The upstream client, shared by all workers (`App::upstream`).
+pub struct Upstream {
+    agent: ureq::Agent,
+    cfg: UpstreamConfig,
+    key: Option<Secret>,
+}
+
+/// What the reader thread of a streamed request reports, in order:
+/// `Opened` once (the upstream accepted), then `Chunk`s, then exactly one
+/// of `Done` or `Failed`.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Opened,
+    /// One `data:` payload of the upstream, a JSON object.
+    Chunk(Value),
+    /// `data: [DONE]`, or the end of a stream whose last chunk carried a
+    /// `finish_reason`.
+    Done,
+    Failed(ApiError),
+}
+
+/// The consumer's side of a streamed upstream request. Dropping it before
+/// the stream finished aborts the request.
+pub struct StreamHandle {
+    rx: Receiver<StreamEvent>,
+    abort: Abort,
+    finished: bool,
+}
+
+impl StreamHandle {
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<StreamEvent, RecvTimeoutError> {
+        let ev = self.rx.recv_timeout(timeout)?;
+        if matches!(ev, StreamEvent::Done | StreamEvent::Failed(_)) {
+            self.finished = true;
+        }
+        Ok(ev)
+    }
+
+    /// Waits up to `grace` for the upstream to accept. `Ok(true)`: it did;
+    /// `Ok(false)`: still waiting (go on streaming, pings will cover the
+    /// wait); `Err`: it failed before sending anything.
+    pub fn wait_opened(&mut self, grace: Duration) -> Result<bool, ApiError> {
+        match self.recv_timeout(grace) {
+            Ok(StreamEvent::Opened) => Ok(true),
+            Ok(StreamEvent::Failed(e)) => Err(e),
+            // Not reachable: the reader sends Opened before anything else.
+            Ok(other) => Err(ApiError::internal(format!(
+                "unexpected {:?} before Opened",
+                other
+            ))),
+            Err(RecvTimeoutError::Timeout) => Ok(false),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ApiError::internal("upstream reader ended without a word"))
+            }
+        }
+    }
+
+    /// Stops the upstream request now (the reader's socket is shut down).
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abort.abort();
+        }
+    }
+}
+
+/// Where a failure happened: before the response head everything but a
+/// protocol error means the upstream was not reachable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Head,
+    Body,
+}
+
+/// Maps a ureq failure to the contract's code (see the module doc).
+fn classify(err: ureq::Error, phase: Phase) -> ApiError {
+    use ureq::Timeout as T;
+    let detail = format!("{:?}: {}", phase, err);
+    match err {
+        ureq::Error::Timeout(T::Connect | T::Resolve) => ApiError::UpstreamUnavailable { detail },
+        ureq::Error::Timeout(_) => ApiError::UpstreamTimeout { detail },
+        ureq::Error::Io(ref e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            ApiError::UpstreamTimeout { detail }
+        }
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+            ApiError::UpstreamUnavailable { detail }
+        }
+        ureq::Error::Io(_) | ureq::Error::Tls(_) | ureq::Error::Rustls(_)
+            if phase == Phase::Head =>
+        {
+            ApiError::UpstreamUnavailable { detail }
+        }
+        ureq::Error::BodyExceedsLimit(n) => ApiError::UpstreamError {
+            detail: format!("answer larger than max_response_bytes ({} bytes)", n),
+        },
+        _ => ApiError::UpstreamError { detail },
+    }
+}
+
+/// An upstream error body, shortened, for the private detail.
+fn error_detail(status: u16, body: &mut ureq::Body) -> String {
+    let mut buf = Vec::new();
+    let _ = body
+        .with_config()
+        .limit(ERROR_SNIPPET_BYTES)
+        .reader()
+        .take(ERROR_SNIPPET_BYTES)
+        .read_to_end(&mut buf);
+    format!(
+        "upstream status {}: {}",
+        status,
+        String::from_utf8_lossy(&buf)
+    )
+}
+
+impl Upstream {
+    /// Builds the client. Nothing is contacted until the first request.
+    pub fn new(cfg: &UpstreamConfig, key: Option<Secret>) -> Upstream {
+        let config = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections(cfg.max_idle_connections)
+            .max_idle_connections_per_host(cfg.max_idle_connections)
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_recv_response(Some(cfg.timeout))
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            abort::AbortableConnector::new(),
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
+        Upstream {
+            agent,
+            cfg: cfg.clone(),
+            key,
+        }
+    }
+
+    /// How long a streaming handler waits (holding its worker) for the
+    /// upstream's response head: errors seen by then (refused, error status,
+    /// a `timeout_s` shorter than this) are answered as plain JSON errors
+    /// with their real status; after it, the stream starts with 200 and any
+    /// later failure is an in-stream error event, while pings keep the
+    /// client informed. At most `HEAD_GRACE_MAX`, so a hanging upstream
+    /// holds a worker only briefly; a little over `timeout_s` when that is
+    /// shorter, so such a timeout is reliably a JSON 504.
+    pub fn head_grace(&self) -> Duration {
+        HEAD_GRACE_MAX.min(self.cfg.timeout + Duration::from_millis(500))
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.base_url, path)
+    }
+
+    fn authorize<B>(&self, rb: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.key {
+            Some(k) => rb.header("Authorization", format!("Bearer {}", k.expose_str())),
+            None => rb,
+        }
+    }
+
+    /// A non-streaming chat completion: the upstream's JSON answer (an
+    /// object), read within `timeout_s` and `max_response_bytes`.
+    pub fn complete(&self, request: &Value) -> Result<Value, ApiError> {
+        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+        let rb = self
+            .authorize(self.agent.post(self.url("/chat/completions")))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .config()
+            .timeout_per_call(Some(self.cfg.connect_timeout + self.cfg.timeout))
+            .build();
+        let mut res = rb.send(&body[..]).map_err(|e| classify(e, Phase::Head))?;
+        let status = res.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ApiError::UpstreamError {
+                detail: error_detail(status, res.body_mut()),
+            });
+        }
+        let bytes = res
+            .into_body()
+            .into_with_config()
+            .limit(self.cfg.max_response_bytes)
+            .read_to_vec()
+            .map_err(|e| classify(e, Phase::Body))?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            _ => Err(ApiError::UpstreamError {
+                detail: format!("answer is not a JSON object ({} bytes)", bytes.len()),
+            }),
+        }
+    }
+
+    /// The upstream's model list (`GET /models`), within `MODELS_TIMEOUT`.
+    pub fn models(&self) -> Result<Value, ApiError> {
+        let rb = self
+            .authorize(self.agent.get(self.url("/models")))
+            .header("Accept", "application/json")
+            .config()
+            .timeout_per_call(Some(
+                MODELS_TIMEOUT.min(self.cfg.connect_timeout + self.cfg.timeout),
+            ))
+            .build();
+        let mut res = rb.call().map_err(|e| classify(e, Phase::Head))?;
+        let status = res.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ApiError::UpstreamError {
+                detail: error_detail(status, res.body_mut()),
+            });
+        }
+        let bytes = res
+            .into_body()
+            .into_with_config()
+            .limit(self.cfg.max_response_bytes)
+            .read_to_vec()
+            .map_err(|e| classify(e, Phase::Body))?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::UpstreamError {
+            detail: format!("model list is not JSON: {}", e),
+        })
+    }
+
+    /// Starts a streamed chat completion on a reader thread and returns at
+    /// once. `request` must already hold `"stream": true`.
+    pub fn open_stream(&self, request: &Value, request_id: &str) -> Result<StreamHandle, ApiError> {
+        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+        let rb = self
+            .authorize(self.agent.post(self.url("/chat/completions")))
+            .header("Content-Type", "application/json")
+            .header("Accept", "text/event-stream")
+            .config()
+            .timeout_recv_body(None)
+            .timeout_per_read(Some(self.cfg.stream_idle_timeout))
+            .build();
+        let (tx, rx) = sync_channel(CHANNEL_DEPTH);
+        let abort = Abort::new();
+        let reader_abort = abort.clone();
+        let limit = self.cfg.max_response_bytes;
+        let request_id = request_id.to_string();
+        std::thread::Builder::new()
+            .name("upstream-reader".into())
+            .stack_size(READER_STACK_BYTES)
+            .spawn(move || {
+                logging::set_request_id(Some(&request_id));
+                let _scope = reader_abort.enter();
+                let end = read_stream(rb, &body, limit, &tx, &reader_abort);
+                if let Some(ev) = end {
+                    let _ = tx.send(ev);
+                }
+            })
+            .map_err(|e| ApiError::internal(format!("cannot start upstream reader: {}", e)))?;
+        Ok(StreamHandle {
+            rx,
+            abort,
+            finished: false,
+        })
+    }
+}
+
+/// The reader thread's body: sends `Opened` and `Chunk`s on `tx`; returns
+/// the final event (None when the consumer is gone or aborted).
+fn read_stream(
+    rb: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    body: &[u8],
+    limit: u64,
+    tx: &SyncSender<StreamEvent>,
+    abort: &Abort,
+) -> Option<StreamEvent> {
+    let mut res = match rb.send(body) {
+        Ok(r) => r,
+        Err(_) if abort.is_aborted() => return None,
+        Err(e) => return Some(StreamEvent::Failed(classify(e, Phase::Head))),
+    };
+    let status = res.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Some(StreamEvent::Failed(ApiError::UpstreamError {
+            detail: error_detail(status, res.body_mut()),
+        }));
+    }
+    tx.send(StreamEvent::Opened).ok()?;
+    let mut reader = BufReader::new(res.into_body().into_with_config().limit(limit).reader());
+    let mut parser = sse::Parser::default();
+    let mut line = Vec::new();
+    let mut saw_finish = false;
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(sse::MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(n) => n,
+            Err(_) if abort.is_aborted() => return None,
+            Err(e) => {
+                return Some(StreamEvent::Failed(classify(
+                    ureq::Error::from(e),
+                    Phase::Body,
+                )))
+            }
+        };
+        if abort.is_aborted() {
+            return None;
+        }
+        if n == 0 {
+            if let Some(incoming) = parser.finish() {
+                if let Some(end) = on_incoming(incoming, tx, &mut saw_finish) {
+                    return end;
+                }
+            }
+            if saw_finish {
+                return Some(StreamEvent::Done);
+            }
+            return Some(StreamEvent::Failed(ApiError::UpstreamError {
+                detail: "stream ended before [DONE]".into(),
+            }));
+        }
+        if line.len() > sse::MAX_LINE_BYTES {
+            return Some(StreamEvent::Failed(ApiError::UpstreamError {
+                detail: "stream line longer than the limit".into(),
+            }));
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            return Some(StreamEvent::Failed(ApiError::UpstreamError {
+                detail: "stream is not UTF-8".into(),
+            }));
+        };
+        let Some(incoming) = parser.line(text.trim_end_matches('\n')) else {
+            continue;
+        };
+        if incoming.data.trim() == "[DONE]" {
+            drain(&mut reader);
+            return Some(StreamEvent::Done);
+        }
+        if let Some(end) = on_incoming(incoming, tx, &mut saw_finish) {
+            return end;
+        }
+    }
+}
+
+/// Handles one upstream event that is not `[DONE]`: forwards a chunk, or
+/// says how the stream ends (`Some(None)`: the consumer is gone).
+fn on_incoming(
+    incoming: sse::Incoming,
+    tx: &SyncSender<StreamEvent>,
+    saw_finish: &mut bool,
+) -> Option<Option<StreamEvent>> {
+    if incoming.data.trim() == "[DONE]" {
+        return Some(Some(StreamEvent::Done));
+    }
+    let chunk = match serde_json::from_str::<Value>(&incoming.data) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Some(Some(StreamEvent::Failed(ApiError::UpstreamError {
+                detail: format!(
+                    "stream event is not a JSON object ({} bytes)",
+                    incoming.data.len()
+                ),
+            })))
+        }
+    };
+    if chunk.contains_key("error") || incoming.event.as_deref() == Some("error") {
+        return Some(Some(StreamEvent::Failed(ApiError::UpstreamError {
+            detail: format!("upstream stream error: {}", Value::Object(chunk)),
+        })));
+    }
+    *saw_finish |= finish_reason(&chunk).is_some();
+    match tx.send(StreamEvent::Chunk(Value::Object(chunk))) {
+        Ok(()) => None,
+        Err(_) => Some(None),
+    }
+}
+
+/// Reads what follows `[DONE]` (normally nothing), boundedly, so ureq sees
+/// the body end and can pool the connection.
+fn drain(reader: &mut impl Read) {
+    let _ = std::io::copy(
+        &mut reader.take(DRAIN_AFTER_DONE_BYTES),
+        &mut std::io::sink(),
+    );
+}
+
+/// `choices[0].finish_reason` of a chunk or answer, when set.
+pub fn finish_reason(chunk: &Map<String, Value>) -> Option<&str> {
+    chunk.get("choices")?.get(0)?.get("finish_reason")?.as_str()
+}
+
+/// The text a streamed chunk adds: `choices[0].delta.content`.
+pub fn delta_content(chunk: &Value) -> Option<&str> {
+    chunk
+        .get("choices")?
+        .get(0)?
+        .get("delta")?
+        .get("content")?
+        .as_str()
+}
+
+/// The assistant's text of a non-streamed answer: `choices[0].message.content`.
+pub fn answer_content(answer: &Value) -> Option<&str> {
+    answer
+        .get("choices")?
+        .get(0)?
+        .get("message")?
+        .get("content")?
+        .as_str()
+}
+
+/// A chat request body for the upstream.
+pub fn chat_request(
+    model: &str,
+    messages: Vec<Value>,
+    stream: bool,
+    extra: &[(&str, Value)],
+) -> Value {
+    let mut m = Map::new();
+    m.insert("model".into(), json!(model));
+    m.insert("messages".into(), Value::Array(messages));
+    m.insert("stream".into(), json!(stream));
+    for (k, v) in extra {
+        m.insert((*k).to_string(), v.clone());
+    }
+    Value::Object(m)
+}
+
+/// Logs an upstream failure that is not answered as an error reply (those
+/// are logged by the server): stream failures after the head was sent.
+pub fn log_failure(err: &ApiError) {
+    let mut fields = vec![("code", json!(err.code()))];
+    if let Some(d) = err.detail() {
+        fields.push(("detail", json!(logging::redact_text(d))));
+    }
+    logging::warn("upstream failed during stream", &fields);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        use std::io::{Error as IoError, ErrorKind as K};
+        let cases: Vec<(ureq::Error, Phase, &str)> = vec![
+            (
+                ureq::Error::Io(IoError::from(K::ConnectionRefused)),
+                Phase::Head,
+                "upstream_unavailable",
+            ),
+            (
+                ureq::Error::HostNotFound,
+                Phase::Head,
+                "upstream_unavailable",
+            ),
+            (
+                ureq::Error::Timeout(ureq::Timeout::Connect),
+                Phase::Head,
+                "upstream_unavailable",
+            ),
+            (
+                ureq::Error::Timeout(ureq::Timeout::RecvResponse),
+                Phase::Head,
+                "upstream_timeout",
+            ),
+            (
+                ureq::Error::Timeout(ureq::Timeout::PerRead),
+                Phase::Body,
+                "upstream_timeout",
+            ),
+            (
+                ureq::Error::Io(IoError::from(K::TimedOut)),
+                Phase::Body,
+                "upstream_timeout",
+            ),
+            (
+                ureq::Error::Io(IoError::from(K::ConnectionReset)),
+                Phase::Head,
+                "upstream_unavailable",
+            ),
+            (
+                ureq::Error::Io(IoError::from(K::ConnectionReset)),
+                Phase::Body,
+                "upstream_error",
+            ),
+            (
+                ureq::Error::BodyExceedsLimit(10),
+                Phase::Body,
+                "upstream_error",
+            ),
+        ];
+        for (err, phase, code) in cases {
+            let shown = format!("{:?}", err);
+            assert_eq!(
+                classify(err, phase).code(),
+                code,
+                "{} in {:?}",
+                shown,
+                phase
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_accessors() {
+        let c = json!({"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]});
+        assert_eq!(delta_content(&c), Some("hi"));
+        assert_eq!(finish_reason(c.as_object().unwrap()), Some("stop"));
+        let a = json!({"choices":[{"message":{"role":"assistant","content":"yo"}}]});
+        assert_eq!(answer_content(&a), Some("yo"));
+        assert_eq!(delta_content(&json!({"choices":[]})), None);
+    }
+}
