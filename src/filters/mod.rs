@@ -39,7 +39,8 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
 
     auth::check(app, ctx)?;
     rate_limit::check(app, ctx)?;
-    origin::check(ctx, &sec.allowed_origins, ctx.key_id.is_some())?;
+    let own = origin::own_origin(ctx, &sec.trusted_proxies);
+    origin::check(ctx, &sec.allowed_origins, own.as_deref(), ctx.key_id.is_some())?;
     csrf::check(app, ctx)?;
     Ok(None)
 }

@@ -66,9 +66,25 @@ fn is_allowed(origin: &str, allowed: &[String]) -> bool {
     }
 }
 
+/// The request's own origin (`scheme://Host`), used to accept same-origin
+/// requests from the built-in page. The Host header has already passed the
+/// allowlist (filter 2), so a DNS-rebinding page cannot claim it; the
+/// scheme is https only when a trusted proxy says so (X-Forwarded-Proto).
+pub fn own_origin(ctx: &Ctx, trusted: &crate::filters::client_ip::TrustedProxies) -> Option<String> {
+    let host = ctx.header("host")?.trim();
+    let https = trusted.contains(ctx.peer)
+        && ctx
+            .header("x-forwarded-proto")
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    parse_origin(&format!("{}://{}", if https { "https" } else { "http" }, host))
+}
+
 /// Records an allowed `Origin` for CORS (any method) and enforces the
-/// check on unsafe methods. `has_valid_key` is the auth filter's verdict.
-pub fn check(ctx: &mut Ctx, allowed: &[String], has_valid_key: bool) -> Result<(), ApiError> {
+/// check on unsafe methods. Allowed: an origin listed in `allowed_origins`
+/// or the server's own origin (same-origin requests of the built-in page).
+/// `has_valid_key` is the auth filter's verdict.
+pub fn check(ctx: &mut Ctx, allowed: &[String], own: Option<&str>, has_valid_key: bool) -> Result<(), ApiError> {
+    let same_origin = |o: &str| own.is_some() && parse_origin(o).as_deref() == own;
     let origin = ctx.header("origin").map(str::to_string);
     if let Some(o) = &origin {
         if is_allowed(o, allowed) {
@@ -79,11 +95,11 @@ pub fn check(ctx: &mut Ctx, allowed: &[String], has_valid_key: bool) -> Result<(
         return Ok(());
     }
     match origin {
-        Some(o) if ctx.cors_origin.is_some() || is_allowed(&o, allowed) => Ok(()),
+        Some(o) if ctx.cors_origin.is_some() || is_allowed(&o, allowed) || same_origin(&o) => Ok(()),
         Some(_) => Err(ApiError::OriginNotAllowed),
         None => match ctx.header("referer") {
             Some(r) => match referer_origin(r) {
-                Some(o) if allowed.iter().any(|a| parse_origin(a).as_deref() == Some(o.as_str())) => Ok(()),
+                Some(o) if allowed.iter().any(|a| parse_origin(a).as_deref() == Some(o.as_str())) || same_origin(&o) => Ok(()),
                 _ => Err(ApiError::OriginNotAllowed),
             },
             None if has_valid_key => Ok(()),
@@ -158,18 +174,38 @@ mod tests {
         ];
         for (m, h, key, ok) in cases {
             let mut c = ctx(*m, h);
-            assert_eq!(check(&mut c, &allowed(), *key).is_ok(), *ok, "{:?} {:?} key={}", m, h, key);
+            assert_eq!(check(&mut c, &allowed(), None, *key).is_ok(), *ok, "{:?} {:?} key={}", m, h, key);
         }
     }
 
     #[test]
     fn cors_origin_only_echoed_when_allowed() {
         let mut c = ctx(Method::Get, &[("origin", "http://evil.example")]);
-        check(&mut c, &allowed(), false).unwrap();
+        check(&mut c, &allowed(), None, false).unwrap();
         assert_eq!(c.cors_origin, None);
         let mut c = ctx(Method::Get, &[("origin", "http://localhost:3000")]);
-        check(&mut c, &allowed(), false).unwrap();
+        check(&mut c, &allowed(), None, false).unwrap();
         assert_eq!(c.cors_origin.as_deref(), Some("http://localhost:3000"));
+    }
+
+    #[test]
+    fn same_origin_requests_are_allowed_and_scheme_comes_from_trusted_proxies_only() {
+        let trusted = crate::filters::client_ip::TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
+        let c = ctx(Method::Post, &[("host", "localhost:8000")]);
+        let own = own_origin(&c, &trusted);
+        assert_eq!(own.as_deref(), Some("http://localhost:8000"));
+        let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("origin", "http://localhost:8000")]);
+        assert!(check(&mut c, &allowed(), own.as_deref(), false).is_ok());
+        let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("origin", "http://localhost:8001")]);
+        assert!(check(&mut c, &allowed(), own.as_deref(), false).is_err());
+        let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("referer", "http://localhost:8000/")]);
+        assert!(check(&mut c, &allowed(), own.as_deref(), false).is_ok());
+        // X-Forwarded-Proto believed from a trusted peer only.
+        let c = ctx(Method::Post, &[("host", "chat.example"), ("x-forwarded-proto", "https")]);
+        assert_eq!(own_origin(&c, &trusted).as_deref(), Some("https://chat.example"));
+        let mut c = ctx(Method::Post, &[("host", "chat.example"), ("x-forwarded-proto", "https")]);
+        c.peer = "8.8.8.8".parse().unwrap();
+        assert_eq!(own_origin(&c, &trusted).as_deref(), Some("http://chat.example"));
     }
 
     #[test]
