@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub max_request_line_bytes: usize,
     pub max_head_bytes: usize,
     pub max_headers: usize,
+    pub head_timeout: Duration,
+    pub prebuffer_body_bytes: usize,
     pub debug: bool,
     pub ui: bool,
 }
@@ -156,6 +158,8 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("server", "max_request_line_bytes", "16384"),
     ("server", "max_head_bytes", "65536"),
     ("server", "max_headers", "100"),
+    ("server", "head_timeout_s", "10"),
+    ("server", "prebuffer_body_bytes", "16384"),
     ("server", "debug", "false"),
     ("server", "ui", "true"),
     ("security", "max_body_bytes", "10485760"),
@@ -509,6 +513,8 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
         max_request_line_bytes: r.usize("server", "max_request_line_bytes", 256, 1 << 20)?,
         max_head_bytes: r.usize("server", "max_head_bytes", 1024, 1 << 22)?,
         max_headers: r.usize("server", "max_headers", 8, 10_000)?,
+        head_timeout: r.secs("server", "head_timeout_s", 1, 3600)?,
+        prebuffer_body_bytes: r.usize("server", "prebuffer_body_bytes", 0, 1 << 20)?,
         debug: r.boolean("server", "debug")?,
         ui: r.boolean("server", "ui")?,
     };

@@ -83,6 +83,13 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
         max_request_line_bytes: cfg.max_request_line_bytes,
         max_head_bytes: cfg.max_head_bytes,
         max_headers: cfg.max_headers,
+        head_timeout: Some(cfg.head_timeout),
+        // Bodies over the cap must reach the body-cap filter unread (413
+        // before any byte is read), so they are never prebuffered.
+        prebuffer_body_bytes: cfg
+            .prebuffer_body_bytes
+            .min(usize::try_from(app.cfg.security.max_body_bytes).unwrap_or(usize::MAX)),
+        prebuffer_timeout: Some(app.cfg.security.body_timeout),
         max_pending_requests: cfg.queue_capacity,
         overflow: Some(Arc::new(move |rq| answer_busy(&overflow_app, rq))),
     };

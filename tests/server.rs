@@ -439,3 +439,71 @@ fn metrics_for_loopback_only_in_prometheus_format() {
     let r = s.req("GET", "/metrics", &[("X-Forwarded-For", "203.0.113.9")], None);
     assert_eq!(r.status, 404);
 }
+
+#[test]
+fn trickled_head_is_cut_at_head_timeout_even_when_each_byte_is_on_time() {
+    // Each byte arrives well within read_timeout_s; only the whole-head
+    // deadline can end this (slowloris keeping one connection forever).
+    let s = Server::start(
+        Opts::new()
+            .no_auth()
+            .env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "30")
+            .env("PORTCULLIS_SERVER_HEAD_TIMEOUT_S", "1"),
+    );
+    let mut c = connect(s.addr);
+    c.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        if c.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a trickled head must be cut (got {:?})", String::from_utf8_lossy(&got));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[test]
+fn stalled_small_bodies_never_hold_a_worker() {
+    // One worker, long timeouts: if a stalled body reached the worker,
+    // /health would wait for the body timeout (30 s).
+    let s = Server::start(
+        Opts::new()
+            .no_auth()
+            .env("PORTCULLIS_SERVER_WORKERS", "1")
+            .env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "30")
+            .env("PORTCULLIS_SECURITY_BODY_TIMEOUT_S", "30"),
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect(s.addr);
+        c.write_all(
+            b"POST /api/projects HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"name\":",
+        )
+        .unwrap();
+        stalled.push(c);
+    }
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(s.get("/health").status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "health waited {:?} behind stalled bodies", started.elapsed());
+    drop(stalled);
+}

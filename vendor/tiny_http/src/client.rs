@@ -41,6 +41,10 @@ pub struct ClientConnection {
     max_line: usize,
     max_head: usize,
     max_headers: usize,
+    head_timeout: Option<std::time::Duration>,
+    head_deadline: Option<std::time::Instant>,
+    prebuffer_body_bytes: usize,
+    prebuffer_timeout: Option<std::time::Duration>,
     // portcullis patch: set by a `Request` whose connection must close after
     // its response (refused or abandoned body): the next head is never read.
     close_after: Arc<AtomicBool>,
@@ -89,6 +93,10 @@ impl ClientConnection {
             max_line: limits.max_request_line_bytes,
             max_head: limits.max_head_bytes,
             max_headers: limits.max_headers,
+            head_timeout: limits.head_timeout,
+            head_deadline: None,
+            prebuffer_body_bytes: limits.prebuffer_body_bytes,
+            prebuffer_timeout: limits.prebuffer_timeout,
             close_after: Arc::new(AtomicBool::new(false)),
             raw_fd,
         }
@@ -107,29 +115,46 @@ impl ClientConnection {
     /// portcullis patch: a line of `limit` bytes without CRLF is an error of
     /// kind `InvalidData`, so memory stays bounded whatever a client sends.
     fn read_next_line(&mut self, limit: usize) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
+        use std::io::BufRead;
+        let head_timeout = self.head_timeout;
+        let deadline = &mut self.head_deadline;
+        let reader = self
+            .next_header_source
+            .turn_mut()
+            .ok_or_else(|| IoError::new(ErrorKind::ConnectionAborted, "connection closed"))?;
+        let mut buf: Vec<u8> = Vec::new();
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+            let available = reader.fill_buf()?;
+            if available.is_empty() {
+                return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"));
+            }
+            // portcullis patch: the whole head must arrive within
+            // `head_timeout` of its first byte; checked whenever data is
+            // needed, so a trickling client is cut however it paces bytes.
+            let now = std::time::Instant::now();
+            match *deadline {
+                None => *deadline = head_timeout.map(|t| now + t),
+                Some(d) if now > d => {
+                    return Err(IoError::new(ErrorKind::TimedOut, "request head too slow"))
+                }
+                Some(_) => {}
+            }
+            let (take, found) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
             };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
+            // portcullis patch: a line longer than `limit` is refused
+            // without buffering it (stock tiny_http grew without bound).
+            if buf.len() + take > limit + 2 {
+                return Err(IoError::new(ErrorKind::InvalidData, "line too long"));
+            }
+            buf.extend_from_slice(&available[..take]);
+            reader.consume(take);
+            if found && buf.len() >= 2 && buf[buf.len() - 2] == b'\r' {
+                buf.truncate(buf.len() - 2);
                 return AsciiString::from_ascii(buf)
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            if buf.len() >= limit {
-                return Err(IoError::new(ErrorKind::InvalidData, "line too long"));
-            }
-            buf.push(byte);
         }
     }
 
@@ -145,6 +170,7 @@ impl ClientConnection {
             if self.close_after.load(Ordering::Acquire) {
                 return Err(ReadError::Closing);
             }
+            self.head_deadline = None;
 
             // reading the request line
             let mut head_budget = self.max_head;
@@ -220,6 +246,8 @@ impl ClientConnection {
             writer,
             self.close_after.clone(),
             self.raw_fd,
+            self.prebuffer_body_bytes,
+            self.prebuffer_timeout,
         )
         .map_err(|e| {
             use crate::request;

@@ -35,6 +35,16 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most header lines; more answers 431.
     pub max_headers: usize,
+    /// A request head must be complete this long after its first byte
+    /// arrives (a trickling client cannot hold a connection forever); 408.
+    pub head_timeout: Option<Duration>,
+    /// Bodies declared up to this size are read on the connection's own
+    /// thread before the request is queued, so a client that stalls its
+    /// body holds its connection thread, never a worker.
+    pub prebuffer_body_bytes: usize,
+    /// A prebuffered body must arrive within this time, else the connection
+    /// is closed.
+    pub prebuffer_timeout: Option<Duration>,
     /// Requests waiting for a worker; beyond this `overflow` answers them.
     pub max_pending_requests: usize,
     /// Answers requests that find the queue full (default: bare 503).
@@ -51,6 +61,9 @@ impl Default for Limits {
             max_request_line_bytes: 16 * 1024,
             max_head_bytes: 64 * 1024,
             max_headers: 100,
+            head_timeout: Some(Duration::from_secs(10)),
+            prebuffer_body_bytes: 1024,
+            prebuffer_timeout: Some(Duration::from_secs(30)),
             max_pending_requests: 1024,
             overflow: None,
         }

@@ -147,6 +147,8 @@ pub fn new_request<R, W>(
     writer: W,
     close_after: Arc<AtomicBool>,
     raw_fd: Option<i32>,
+    prebuffer_limit: usize,
+    prebuffer_timeout: Option<std::time::Duration>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -203,14 +205,18 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
+        } else if content_length <= prebuffer_limit && !expects_continue {
+            // portcullis patch: bodies up to `prebuffer_limit` (stock: 1024)
+            // are read here, on the connection's thread, before the request
+            // is queued, so a stalled body never holds a worker. The buffer
+            // grows with the bytes received (a declared length costs
+            // nothing), and the whole body must arrive within the timeout.
+            let deadline = prebuffer_timeout.map(|t| std::time::Instant::now() + t);
+            let mut buffer: Vec<u8> = Vec::with_capacity(std::cmp::min::<usize>(content_length, 8 * 1024));
+            let mut chunk = [0u8; 8 * 1024];
+            while buffer.len() != content_length {
+                let want = (content_length - buffer.len()).min(chunk.len());
+                let read = source_data.read(&mut chunk[..want])?;
                 if read == 0 {
                     // the socket returned EOF, but we were before the expected content-length
                     // aborting
@@ -218,8 +224,11 @@ where
                     let err = IoError::new(ErrorKind::ConnectionAborted, info);
                     return Err(RequestCreationError::CreationIoError(err));
                 }
-
-                offset += read;
+                buffer.extend_from_slice(&chunk[..read]);
+                if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                    let err = IoError::new(ErrorKind::TimedOut, "request body too slow");
+                    return Err(RequestCreationError::CreationIoError(err));
+                }
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>

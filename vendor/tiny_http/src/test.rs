@@ -75,6 +75,8 @@ impl From<TestRequest> for Request {
             std::io::sink(),
             Default::default(),
             None,
+            1024,
+            None,
         )
         .unwrap()
     }

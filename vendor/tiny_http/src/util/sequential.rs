@@ -120,6 +120,16 @@ impl<R: Read + Send> SequentialReader<R> {
             }
         }
     }
+
+    /// portcullis patch: the underlying reader once it is our turn (so the
+    /// head parser can use `BufRead` directly instead of byte-wise reads).
+    pub fn turn_mut(&mut self) -> Option<&mut R> {
+        self.wait_turn();
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => Some(reader),
+            _ => None,
+        }
+    }
 }
 
 impl<R: Read + Send> Read for SequentialReader<R> {
