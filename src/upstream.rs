@@ -59,6 +59,8 @@ pub struct Upstream {
     agent: ureq::Agent,
     cfg: UpstreamConfig,
     key: Option<Secret>,
+    /// Last reachability probe (time, result), see `reachability`.
+    probe: std::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
 }
 
 /// What the reader thread of a streamed request reports, in order:
@@ -202,7 +204,50 @@ impl Upstream {
             agent,
             cfg: cfg.clone(),
             key,
+            probe: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether the upstream accepts TCP connections, for `/health/ready`:
+    /// `{"status":"ok","latency_ms":..}` or `{"status":"fail","error":..}`.
+    /// A plain connect (no request, so no tokens are spent and no key is
+    /// sent), bounded by `min(connect_timeout_s, wait)`; name resolution
+    /// runs on a helper thread so a slow resolver cannot stretch the wait.
+    /// The result is cached for `PROBE_CACHE` so an unauthenticated
+    /// readiness endpoint cannot be used to flood the model server.
+    pub fn reachability(&self, wait: Duration) -> serde_json::Value {
+        const PROBE_CACHE: Duration = Duration::from_secs(5);
+        if let Some((at, v)) = self.probe.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if at.elapsed() < PROBE_CACHE {
+                return v.clone();
+            }
+        }
+        let wait = wait.min(self.cfg.connect_timeout);
+        let target = host_port(&self.cfg.base_url);
+        let started = std::time::Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("upstream-probe".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                use std::net::ToSocketAddrs;
+                let result = match target.and_then(|t| t.to_socket_addrs().ok()).and_then(|mut a| a.next()) {
+                    Some(addr) => std::net::TcpStream::connect_timeout(&addr, wait).map(|_| ()).map_err(|_| "unreachable"),
+                    None => Err("unresolvable"),
+                };
+                let _ = tx.send(result);
+            });
+        let outcome = match spawned {
+            Ok(_) => rx.recv_timeout(wait + Duration::from_millis(50)).unwrap_or(Err("timeout")),
+            Err(_) => Err("probe_unavailable"),
+        };
+        let ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let v = match outcome {
+            Ok(()) => serde_json::json!({ "status": "ok", "latency_ms": ms }),
+            Err(e) => serde_json::json!({ "status": "fail", "latency_ms": ms, "error": e }),
+        };
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), v.clone()));
+        v
     }
 
     /// How long a streaming handler waits (holding its worker) for the
@@ -451,6 +496,25 @@ fn drain(reader: &mut impl Read) {
 }
 
 /// `choices[0].finish_reason` of a chunk or answer, when set.
+/// `host:port` of a base URL (default ports for http/https).
+fn host_port(base_url: &str) -> Option<String> {
+    let (scheme, rest) = base_url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(i) => authority[i..].contains(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        Some(authority.to_string())
+    } else {
+        Some(format!("{}:{}", authority, if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 }))
+    }
+}
+
 pub fn finish_reason(chunk: &Map<String, Value>) -> Option<&str> {
     chunk.get("choices")?.get(0)?.get("finish_reason")?.as_str()
 }
@@ -505,6 +569,16 @@ pub fn log_failure(err: &ApiError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_of_base_urls() {
+        assert_eq!(host_port("http://127.0.0.1:11434/v1").as_deref(), Some("127.0.0.1:11434"));
+        assert_eq!(host_port("https://api.openai.com/v1").as_deref(), Some("api.openai.com:443"));
+        assert_eq!(host_port("http://[::1]:8080/v1").as_deref(), Some("[::1]:8080"));
+        assert_eq!(host_port("http://[::1]/v1").as_deref(), Some("[::1]:80"));
+        assert_eq!(host_port("http://user:pw@h:81/x").as_deref(), Some("h:81"));
+        assert_eq!(host_port("nonsense"), None);
+    }
 
     #[test]
     fn classification_table() {

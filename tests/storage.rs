@@ -961,14 +961,29 @@ fn an_exhausted_pool_answers_503_quickly_instead_of_hanging() {
 
 #[test]
 fn readiness_reports_database_and_upstream() {
-    let s = Server::start(Opts::new());
+    // An upstream that is down is reported but does not fail readiness.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let s = Server::start(Opts::new().env("PORTCULLIS_UPSTREAM_BASE_URL", &format!("http://{}/v1", closed)));
     let r = s.get("/health/ready");
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["status"], "ok");
     assert_eq!(v["checks"]["database"]["status"], "ok");
     assert!(v["checks"]["database"]["latency_ms"].as_f64().unwrap() >= 0.0);
-    assert_eq!(v["checks"]["upstream"]["status"], "unknown");
+    assert_eq!(v["checks"]["upstream"]["status"], "fail", "{}", v);
+    assert_eq!(v["checks"]["upstream"]["error"], "unreachable");
+
+    // A listening upstream is reported ok.
+    let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = Server::start(Opts::new().env(
+        "PORTCULLIS_UPSTREAM_BASE_URL",
+        &format!("http://{}/v1", live.local_addr().unwrap()),
+    ));
+    let v = s.get("/health/ready").json();
+    assert_eq!(v["checks"]["upstream"]["status"], "ok", "{}", v);
 }
 
 #[test]

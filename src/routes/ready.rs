@@ -13,9 +13,9 @@ fn millis(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
-/// The upstream's state: "unknown" until a probe exists.
-fn upstream_check(_app: &App) -> Value {
-    json!({ "status": "unknown" })
+/// The upstream's reachability (a bounded, cached TCP connect).
+fn upstream_check(app: &App) -> Value {
+    app.upstream.reachability(app.cfg.database.ready_timeout)
 }
 
 pub fn ready(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
