@@ -16,7 +16,8 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
-    pub metrics: crate::metrics::Metrics,
+    /// Shared with stream threads, which count their own upstream failures.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The upstream client (the only outbound HTTP in the process).
     pub upstream: crate::upstream::Upstream,
     /// Bounds requests that hold a worker while waiting on the upstream
@@ -65,7 +66,7 @@ impl App {
             .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         Ok(App {
             streams,
-            metrics: crate::metrics::Metrics::new(),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
             upstream,
             upstream_waits,
             db,

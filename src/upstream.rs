@@ -495,7 +495,6 @@ fn drain(reader: &mut impl Read) {
     );
 }
 
-/// `choices[0].finish_reason` of a chunk or answer, when set.
 /// `host:port` of a base URL (default ports for http/https).
 fn host_port(base_url: &str) -> Option<String> {
     let (scheme, rest) = base_url.split_once("://")?;
@@ -515,6 +514,7 @@ fn host_port(base_url: &str) -> Option<String> {
     }
 }
 
+/// `choices[0].finish_reason` of a chunk or answer, when set.
 pub fn finish_reason(chunk: &Map<String, Value>) -> Option<&str> {
     chunk.get("choices")?.get(0)?.get("finish_reason")?.as_str()
 }

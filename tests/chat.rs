@@ -971,6 +971,13 @@ fn chat_reset_mid_stream_sends_an_error_event_and_stores_partial() {
         .to_string();
     let m = final_assistant(&s, &cid, "partial");
     assert_eq!(m["content"], "Hello from");
+    // The failure after the 200 is still counted by kind.
+    let metrics = s.get("/metrics").text();
+    assert!(
+        metrics.contains("portcullis_upstream_errors_total{kind=\"upstream_error\"} 1"),
+        "{}",
+        metrics
+    );
 }
 
 #[test]

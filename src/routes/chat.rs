@@ -245,6 +245,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     };
     let start = json!({"conversation_id": conversation.id, "user_message_id": user.id, "message_id": assistant.id});
     let app_db = app.db.clone();
+    let metrics = app.metrics.clone();
     let ping_every = cfg.ping_interval;
     Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
         let _slot = slot;
@@ -265,6 +266,9 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             (PumpEnd::Finished, Some(_)) if answer.text.is_empty() => ("error", "upstream_failed"),
             (PumpEnd::Finished, Some(_)) => ("partial", "upstream_failed"),
         };
+        if let Some(err) = &answer.failed {
+            metrics.record_upstream_error(err.code());
+        }
         let id = start["message_id"].as_str().unwrap_or_default();
         if let Err(e) = app_db.update_message(id, &answer.text, status, answer.usage.as_ref()) {
             log_store_failure(&e);

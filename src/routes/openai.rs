@@ -174,6 +174,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     };
     let ping_every = app.cfg.upstream.ping_interval;
     let request_id = ctx.request_id.clone();
+    let metrics = app.metrics.clone();
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
@@ -184,6 +185,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             StreamEvent::Done => sse::done_marker(out).map(|_| Flow::Stop),
             StreamEvent::Failed(err) => {
                 upstream::log_failure(&err);
+                metrics.record_upstream_error(err.code());
                 outcome = err.code();
                 sse::data(out, &error_value(&err, &request_id)).map(|_| Flow::Stop)
             }
