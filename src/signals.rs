@@ -17,6 +17,15 @@ pub fn block_shutdown_signals() {
     }
 }
 
+/// Ignores SIGXFSZ: writes past RLIMIT_FSIZE then fail with EFBIG, which
+/// SQLite reports as a full disk (503), instead of killing the server.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Starts the thread that waits for SIGTERM/SIGINT; the receiver gets the
 /// signal number once.
 pub fn wait_for_shutdown() -> Receiver<i32> {

@@ -52,10 +52,18 @@ impl Db {
 
 impl From<rusqlite::Error> for ApiError {
     /// SQLITE_BUSY/LOCKED (the busy timeout ran out) is load, not a bug:
-    /// 503 `server_busy`. Anything else is 500 with the detail for the log.
+    /// 503 `server_busy`. So is SQLITE_FULL (disk or file-size limit full):
+    /// the write was rolled back, nothing is corrupted, and it may succeed
+    /// once space is freed. Anything else is 500 with the detail for the log.
     fn from(e: rusqlite::Error) -> ApiError {
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+                ApiError::ServerBusy {
+                    retry_after_s: BUSY_RETRY_AFTER_S,
+                }
+            }
+            Some(ErrorCode::DiskFull) => {
+                crate::logging::error("database: disk full", &[]);
                 ApiError::ServerBusy {
                     retry_after_s: BUSY_RETRY_AFTER_S,
                 }
