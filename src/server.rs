@@ -185,10 +185,10 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
     ctx.chunked = ctx.header("transfer-encoding").is_some();
     // tiny_http ignores Content-Length when Transfer-Encoding is present.
     if !ctx.chunked {
-        ctx.content_length = match ctx.header("content-length") {
-            Some(v) => Some(v.trim().parse::<u64>().unwrap_or(u64::MAX)),
-            None => None,
-        };
+        // An unparsable length counts as huge: refused, never guessed.
+        ctx.content_length = ctx
+            .header("content-length")
+            .map(|v| v.trim().parse::<u64>().unwrap_or(u64::MAX));
     }
     ctx
 }

@@ -127,11 +127,8 @@ fn header_bombs_in_parallel_keep_memory_bounded() {
                 while sent < 32 << 20 {
                     let mut c = connect(addr);
                     let _ = c.write_all(b"GET /health HTTP/1.1\r\nX-Bomb: ");
-                    loop {
-                        match c.write(&chunk) {
-                            Ok(n) => sent += n,
-                            Err(_) => break,
-                        }
+                    while let Ok(n) = c.write(&chunk) {
+                        sent += n;
                         if sent >= 32 << 20 {
                             break;
                         }

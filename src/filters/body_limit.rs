@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn body_past_deadline_times_out() {
-        let data = vec![b'a'; 10];
+        let data = [b'a'; 10];
         let past = Instant::now() - Duration::from_secs(10);
         assert_eq!(read(&mut &data[..], 100, Duration::from_secs(1), past), Err(ApiError::RequestTimeout));
     }

@@ -32,7 +32,7 @@ pub fn host_name(value: &str) -> Option<String> {
 
 pub fn check(host: Option<&str>, allowed: &[String]) -> Result<(), ApiError> {
     match host.and_then(host_name) {
-        Some(name) if allowed.iter().any(|a| *a == name) => Ok(()),
+        Some(name) if allowed.contains(&name) => Ok(()),
         _ => Err(ApiError::HostNotAllowed),
     }
 }

@@ -157,9 +157,12 @@ mod tests {
         }
     }
 
+    /// (method, headers, has a valid key, allowed?)
+    type Case<'a> = (Method, &'a [(&'a str, &'a str)], bool, bool);
+
     #[test]
     fn origin_check_table() {
-        let cases: &[(Method, &[(&str, &str)], bool, bool)] = &[
+        let cases: &[Case] = &[
             (Method::Post, &[("origin", "http://localhost:3000")], false, true),
             (Method::Post, &[("origin", "https://app.example:443")], false, true),
             (Method::Post, &[("origin", "http://localhost:3001")], true, false),
