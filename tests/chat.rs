@@ -833,7 +833,7 @@ fn chat_stream_sends_start_deltas_done_and_stores_the_answer() {
         .collect();
     let names: Vec<&str> = frames.iter().map(|f| f.event.as_deref().unwrap()).collect();
     let mut want = vec!["start"];
-    want.extend(std::iter::repeat("delta").take(5));
+    want.extend(std::iter::repeat_n("delta", 5));
     want.push("done");
     assert_eq!(names, want);
     let start = data_json(&frames[0]);

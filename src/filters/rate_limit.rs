@@ -298,7 +298,7 @@ impl Limiter {
                 Some(bucket.take(limit, now))
             } else {
                 if shard.buckets.len() >= inner.per_shard_cap {
-                    let due = shard.last_evict_scan.map_or(true, |t| {
+                    let due = shard.last_evict_scan.is_none_or(|t| {
                         now.saturating_duration_since(t) >= EVICT_SCAN_INTERVAL
                     });
                     if due {
