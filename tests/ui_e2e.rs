@@ -20,7 +20,15 @@ const CSRF_SECRET: &str = "ui-e2e-csrf-secret-0123456789abcdef-0123456789abcdef"
 /// A normal answer: ten tokens, one every `TOKEN_GAP`, so the page shows
 /// the first ones well before the last arrives.
 const TOKENS: &[&str] = &[
-    "Streaming", " answers", " arrive", " token", " by", " token", " from", " the", " fake",
+    "Streaming",
+    " answers",
+    " arrive",
+    " token",
+    " by",
+    " token",
+    " from",
+    " the",
+    " fake",
     " model.",
 ];
 const TOKEN_GAP: Duration = Duration::from_millis(150);
@@ -207,14 +215,20 @@ fn page_and_assets_carry_etags_and_revalidate_with_304() {
     ] {
         let r = s.get(path);
         assert_eq!(r.status, 200, "{path}");
-        assert!(r.header("content-type").unwrap().starts_with(content_type), "{path}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(content_type),
+            "{path}"
+        );
         let csp = r.header("content-security-policy").unwrap();
         assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
         assert_eq!(r.header("cache-control"), Some("no-cache"), "{path}");
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
         assert!(!r.body.is_empty());
         let etag = r.header("etag").expect("ETag").to_string();
-        assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
+        assert!(
+            etag.starts_with('"') && etag.ends_with('"'),
+            "strong ETag: {etag}"
+        );
 
         let again = s.req("GET", path, &[("If-None-Match", &etag)], None);
         assert_eq!(again.status, 304, "{path}");
@@ -230,7 +244,12 @@ fn page_and_assets_carry_etags_and_revalidate_with_304() {
         assert_eq!(stale.body, r.body);
     }
     // Only the embedded assets exist under /ui/.
-    for path in ["/ui/index.html", "/ui/nope.js", "/ui/..%2fCargo.toml", "/ui/"] {
+    for path in [
+        "/ui/index.html",
+        "/ui/nope.js",
+        "/ui/..%2fCargo.toml",
+        "/ui/",
+    ] {
         let r = s.get(path);
         assert_eq!(r.status, 404, "{path}");
     }
@@ -245,7 +264,9 @@ fn ui_false_turns_the_page_and_its_assets_off() {
         assert_eq!(r.code(), "not_found", "{path}");
         assert!(r.header("etag").is_none(), "{path}");
         assert!(
-            r.header("content-security-policy").unwrap().starts_with("default-src 'none'"),
+            r.header("content-security-policy")
+                .unwrap()
+                .starts_with("default-src 'none'"),
             "{path}: the API's CSP, not the page's"
         );
     }

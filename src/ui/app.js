@@ -229,7 +229,8 @@ async function loadMessages() {
   do {
     const page = await apiJson("GET", `/api/conversations/${encodeURIComponent(state.conversation.id)}/messages?limit=200` + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
     for (const m of page.items) {
-      items.push(messageItem(m.role, m.content, m.status === "error" && !m.content ? "error" : m.status, m.created_at));
+      const content = m.status === "error" && !m.content ? "No answer was received." : m.content;
+      items.push(messageItem(m.role, content, m.status, m.created_at));
     }
     cursor = page.next_cursor;
   } while (cursor);
@@ -370,6 +371,8 @@ async function restoreFromAddress() {
 
 function init() {
   $("api-key").value = state.key;
+  // The address's #fragment holds the open conversation: focus, don't jump.
+  $("skip").addEventListener("click", (ev) => { ev.preventDefault(); $("message").focus(); });
   $("key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.key = $("api-key").value.trim();

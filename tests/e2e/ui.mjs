@@ -123,7 +123,6 @@ try {
     const t = b && b.querySelector(".text").textContent;
     return t ? { text: t, stopEnabled: !document.getElementById("stop").disabled, cls: b.className } : false;
   }, null, { timeout: 15000, polling: 20 })).jsonValue();
-  step("first tokens", first);
   check(first.stopEnabled && first.cls.includes("streaming"), "first tokens arrive while the answer is still streaming: " + JSON.stringify(first));
   await page.waitForFunction(() => document.getElementById("stop").disabled, null, { timeout: 30000 });
   const full = await page.evaluate(lastAnswer);
@@ -196,6 +195,14 @@ try {
   await page.screenshot({ path: SHOTS + "/phone.png", fullPage: true });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 0, `horizontal overflow at phone width: ${overflow}px`);
+  // The skip link leads to the message box; Tab then reaches Send.
+  await page.locator("body").focus();
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  check(await page.evaluate(() => document.activeElement.id) === "message", "the skip link focuses the message box");
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.id) === "send", "Tab from the message box reaches Send");
+  check(/#c=/.test(page.url()), "the address still names the conversation");
   step("phone width", { overflow });
 
   // 9. Auth mode none: no key needed; CSRF tokens still fetched and sent.
