@@ -1,6 +1,6 @@
 // portcullis built-in chat page. No framework, no build step, no inline
 // script: served from /ui/app.js under `default-src 'self'`. Everything is
-// rendered with textContent (never innerHTML), so message text is inert.
+// rendered with textContent (never parsed as HTML), so message text is inert.
 "use strict";
 
 const KEY_STORE = "portcullis.apiKey";
