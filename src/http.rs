@@ -222,6 +222,25 @@ impl StreamOut {
     }
 }
 
+/// A streamed body is close-delimited (`Connection: close`), so its end is
+/// the end of the connection: shut the socket down rather than wait for
+/// tiny_http's connection thread. That thread is parked only while it
+/// waits for a large body; a small one (<= 1 KiB) was read ahead, so it is
+/// already blocked reading a next request that never comes, and the client
+/// would see the end of the answer only at `read_timeout_s`.
+impl Drop for StreamOut {
+    fn drop(&mut self) {
+        let _ = self.writer.flush();
+        if let Some(fd) = self.fd {
+            // SAFETY: the descriptor is open while `writer` lives, and it
+            // is dropped only after this body.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
 impl Write for StreamOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.writer.write(buf)

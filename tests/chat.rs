@@ -861,6 +861,36 @@ fn chat_stream_sends_start_deltas_done_and_stores_the_answer() {
     assert_eq!(m["usage"]["total_tokens"], 12);
 }
 
+// A streamed body is close-delimited: a client (curl, the built-in page)
+// sees the end of the answer only when the connection closes. A small
+// request body is read ahead by tiny_http, whose connection thread then
+// waited for a next request until `read_timeout_s` (found by issue 7's
+// browser test: Stop stayed lit for seconds after `done`).
+#[test]
+fn chat_stream_closes_the_connection_right_after_done() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "30"));
+    for path in ["/api/chat", "/v1/chat/completions"] {
+        let body = match path {
+            "/api/chat" => json!({"message": "short", "stream": true}),
+            _ => json!({"messages": [{"role": "user", "content": "short"}], "stream": true}),
+        };
+        let mut c = SseClient::open(s.addr, path, &body);
+        assert_eq!(c.status, 200, "{path}");
+        let frames = c.all(Duration::from_secs(25));
+        let last = frames.iter().rev().find(|f| !f.comment).expect("frames");
+        assert!(
+            last.event.as_deref() == Some("done") || last.data == "[DONE]",
+            "{path}: {last:?}"
+        );
+        let closed_after = last.at.elapsed();
+        assert!(
+            closed_after < Duration::from_secs(2),
+            "{path}: the connection stayed open {closed_after:?} after the last event"
+        );
+    }
+}
+
 #[test]
 fn chat_failures_answer_the_contract_codes_and_store_an_error_message() {
     let secret_body = format!(r#"{{"error":{{"message":"bad key {}"}}}}"#, UPSTREAM_SECRET);

@@ -1,9 +1,18 @@
 // portcullis built-in chat page. No framework, no build step, no inline
-// script: served from /ui/app.js under `default-src 'self'`.
+// script: served from /ui/app.js under `default-src 'self'`. Everything is
+// rendered with textContent (never parsed as HTML), so message text is inert.
 "use strict";
 
 const KEY_STORE = "portcullis.apiKey";
-const state = { key: sessionStorage.getItem(KEY_STORE) || "", csrf: null, projects: [], project: null, conversations: [], conversation: null, controller: null };
+const state = {
+  key: sessionStorage.getItem(KEY_STORE) || "",
+  csrf: null,
+  projects: [],
+  project: null,
+  conversations: [],
+  conversation: null,
+  controller: null,
+};
 const $ = (id) => document.getElementById(id);
 
 function setStatus(text, kind) {
@@ -18,16 +27,20 @@ async function describeError(res) {
   try { body = await res.json(); } catch (_) { /* not JSON */ }
   const err = body && body.error ? body.error : {};
   const code = err.code || "";
+  const retry = res.headers.get("Retry-After");
   switch (code) {
-    case "rate_limited": return `Too many requests: try again in ${res.headers.get("Retry-After") || "a few"} seconds.`;
+    case "rate_limited": return `Too many requests: please wait ${retry ? retry + " seconds" : "a moment"} and try again.`;
     case "unauthorized": return "The API key is missing or not valid. Enter a key above.";
-    case "upstream_unavailable": return "The model server cannot be reached right now.";
-    case "upstream_timeout": return "The model server did not answer in time.";
-    case "upstream_error": return "The model server returned an error.";
-    case "server_busy": return "The server is busy; try again shortly.";
-    case "validation_failed": return `Please check ${err.field || "the input"}: ${err.message || ""}`;
-    case "csrf_token_invalid": return "The page's security token expired; please retry.";
-    default: return err.message ? `${err.message} (${code})` : `Request failed (${res.status}).`;
+    case "upstream_unavailable": return "The model server cannot be reached right now. Try again later.";
+    case "upstream_timeout": return "The model server did not answer in time. Try again.";
+    case "upstream_error": return "The model server returned an error. Try again, or check its logs.";
+    case "server_busy": return `The server is busy; try again ${retry ? "in " + retry + " seconds" : "shortly"}.`;
+    case "validation_failed": return `Please check ${err.field || "the input"}: ${err.message || "not valid"}.`;
+    case "csrf_token_invalid": return "The page's security token expired. Please retry.";
+    case "origin_not_allowed": return "The server refused a request from this page's address (origin).";
+    case "not_found": return "That item no longer exists. The lists have been refreshed.";
+    case "payload_too_large": return "That message is too large for the server.";
+    default: return err.message ? `${err.message} (${code || res.status})` : `The request failed (HTTP ${res.status}).`;
   }
 }
 
@@ -39,25 +52,30 @@ async function csrfToken(refresh) {
   return state.csrf;
 }
 
-// fetch with the key, JSON and (for unsafe methods) the CSRF token.
+// fetch with the key, JSON and (for unsafe methods) the CSRF token; a
+// refused token is fetched anew and the request sent once more.
 async function api(method, path, body, opts) {
-  const headers = { "Accept": "application/json" };
+  const headers = { "Accept": opts && opts.stream ? "text/event-stream, application/json" : "application/json" };
   if (state.key) headers["Authorization"] = "Bearer " + state.key;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const unsafe = method !== "GET";
-  for (let attempt = 0; attempt < 2; attempt++) {
+  for (let attempt = 0; ; attempt++) {
     if (unsafe) {
       const token = await csrfToken(attempt > 0);
       if (token) headers["X-CSRF-Token"] = token;
     }
-    const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: opts && opts.signal });
+    const res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: opts && opts.signal,
+      cache: "no-store",
+    });
     if (res.status === 403 && unsafe && attempt === 0) {
-      const copy = res.clone();
-      try { if ((await copy.json()).error.code === "csrf_token_invalid") continue; } catch (_) { /* fall through */ }
+      try { if ((await res.clone().json()).error.code === "csrf_token_invalid") continue; } catch (_) { /* not ours */ }
     }
     return res;
   }
-  throw new Error("unreachable");
 }
 
 async function apiJson(method, path, body) {
@@ -76,95 +94,173 @@ function button(label, cls, onClick, aria) {
   return b;
 }
 
-function renderList(ul, items, current, label, pick, rename, remove) {
+// One list row per item: a button that opens it, then Rename and Delete.
+function renderList(ul, items, current, label, actions) {
   ul.replaceChildren();
+  if (items.length === 0) {
+    const li = document.createElement("li");
+    li.className = "empty";
+    li.textContent = actions.empty;
+    ul.append(li);
+    return;
+  }
   for (const item of items) {
     const li = document.createElement("li");
-    if (current && current.id === item.id) li.className = "active";
     const name = label(item);
-    const p = button(name, "pick", () => pick(item), "Open " + name);
-    if (current && current.id === item.id) p.setAttribute("aria-current", "true");
-    li.append(p, button("Rename", "small", () => rename(item), "Rename " + name), button("Delete", "small", () => remove(item), "Delete " + name));
+    const open = button(name, "pick", () => actions.pick(item), "Open " + name);
+    open.title = name;
+    if (current && current.id === item.id) {
+      li.className = "active";
+      open.setAttribute("aria-current", "true");
+    }
+    li.append(open,
+      button("Rename", "small", () => actions.rename(item), "Rename " + name),
+      button("Delete", "small danger", () => actions.remove(item), "Delete " + name));
     ul.append(li);
   }
+}
+
+function conversationLabel(c) {
+  return c.title || "Untitled, " + c.created_at.slice(0, 16).replace("T", " ");
+}
+
+// The open conversation lives in the address (#c=ID), so a reload finds it.
+function rememberConversation() {
+  const hash = state.conversation ? "#c=" + encodeURIComponent(state.conversation.id) : "";
+  if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname);
+}
+
+function pickProject(p) {
+  state.project = state.project && state.project.id === p.id ? null : p;
+  state.conversation = null;
+  refresh();
 }
 
 async function loadProjects() {
   const page = await apiJson("GET", "/api/projects?limit=200");
   state.projects = page.items;
-  renderList($("projects"), state.projects, state.project, (p) => p.name,
-    (p) => { state.project = state.project && state.project.id === p.id ? null : p; state.conversation = null; refresh(); },
-    async (p) => {
+  if (state.project) state.project = state.projects.find((p) => p.id === state.project.id) || null;
+  renderList($("projects"), state.projects, state.project, (p) => p.name, {
+    empty: "No projects yet.",
+    pick: pickProject,
+    rename: async (p) => {
       const name = prompt("New name for the project", p.name);
-      if (!name) return;
-      await guarded(() => apiJson("PATCH", "/api/projects/" + encodeURIComponent(p.id), { name }));
+      if (!name || !name.trim()) return;
+      await guarded(() => apiJson("PATCH", "/api/projects/" + encodeURIComponent(p.id), { name: name.trim() }));
       refresh();
     },
-    async (p) => {
-      if (!confirm(`Delete project "${p.name}" with all its conversations?`)) return;
-      await guarded(() => apiJson("DELETE", "/api/projects/" + encodeURIComponent(p.id)));
-      if (state.project && state.project.id === p.id) { state.project = null; state.conversation = null; }
+    remove: async (p) => {
+      if (!confirm(`Delete the project "${p.name}" with all its conversations?`)) return;
+      const done = await guarded(() => apiJson("DELETE", "/api/projects/" + encodeURIComponent(p.id)), "Project deleted.");
+      if (done !== undefined && state.project && state.project.id === p.id) { state.project = null; state.conversation = null; }
       refresh();
-    });
+    },
+  });
 }
 
 async function loadConversations() {
   const q = state.project ? "&project_id=" + encodeURIComponent(state.project.id) : "";
   const page = await apiJson("GET", "/api/conversations?limit=200" + q);
   state.conversations = page.items;
-  $("conv-scope").textContent = state.project ? "in " + state.project.name : "(all)";
-  renderList($("conversations"), state.conversations, state.conversation, (c) => c.title || "Untitled " + c.created_at.slice(0, 16).replace("T", " "),
-    (c) => { state.conversation = c; refresh(); },
-    async (c) => {
+  if (state.conversation) {
+    const fresh = state.conversations.find((c) => c.id === state.conversation.id);
+    if (fresh) state.conversation = fresh;
+  }
+  $("conv-scope").textContent = state.project ? "in " + state.project.name : "(all projects)";
+  renderList($("conversations"), state.conversations, state.conversation, conversationLabel, {
+    empty: "No conversations yet: write a message to start one.",
+    pick: (c) => { state.conversation = c; refresh().then(() => $("message").focus()); },
+    rename: async (c) => {
       const title = prompt("New title for the conversation", c.title || "");
       if (title === null) return;
-      await guarded(() => apiJson("PATCH", "/api/conversations/" + encodeURIComponent(c.id), { title: title || null }));
+      await guarded(() => apiJson("PATCH", "/api/conversations/" + encodeURIComponent(c.id), { title: title.trim() || null }));
       refresh();
     },
-    async (c) => {
-      if (!confirm("Delete this conversation?")) return;
-      await guarded(() => apiJson("DELETE", "/api/conversations/" + encodeURIComponent(c.id)));
-      if (state.conversation && state.conversation.id === c.id) state.conversation = null;
+    remove: async (c) => {
+      if (!confirm(`Delete the conversation "${conversationLabel(c)}"?`)) return;
+      const done = await guarded(() => apiJson("DELETE", "/api/conversations/" + encodeURIComponent(c.id)), "Conversation deleted.");
+      if (done !== undefined && state.conversation && state.conversation.id === c.id) state.conversation = null;
       refresh();
-    });
+    },
+  });
 }
 
+const STATUS_LABEL = { partial: "partial answer", error: "no answer", streaming: "answering…" };
+
+// A message bubble. Its status (complete, partial, error, streaming) is a
+// class for the colour and words in the meta line for everyone.
 function messageItem(role, content, status, when) {
   const li = document.createElement("li");
-  li.className = `msg ${role} ${status || "complete"}`;
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = (role === "user" ? "You" : role === "assistant" ? "Assistant" : "System") + (when ? " · " + when.slice(11, 19) : "");
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = content;
   li.append(meta, text);
+  setMessageStatus(li, role, status || "complete", when);
   return li;
+}
+
+function setMessageStatus(li, role, status, when) {
+  if (when) li.dataset.when = when;
+  li.className = `msg ${role} ${status}`;
+  const who = role === "user" ? "You" : role === "assistant" ? "Assistant" : "System";
+  const parts = [who];
+  if (li.dataset.when) parts.push(new Date(li.dataset.when).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+  if (STATUS_LABEL[status]) parts.push(STATUS_LABEL[status]);
+  li.querySelector(".meta").textContent = parts.join(" · ");
+}
+
+function showTitle() {
+  $("chat-title").textContent = state.conversation ? conversationLabel(state.conversation) : "New conversation";
 }
 
 async function loadMessages() {
   const ol = $("messages");
-  ol.replaceChildren();
-  if (!state.conversation) { $("chat-title").textContent = "No conversation selected"; return; }
-  $("chat-title").textContent = state.conversation.title || "Conversation";
+  showTitle();
+  rememberConversation();
+  if (!state.conversation) {
+    ol.replaceChildren();
+    $("empty-chat").hidden = false;
+    return;
+  }
+  const items = [];
   let cursor = null;
   do {
     const page = await apiJson("GET", `/api/conversations/${encodeURIComponent(state.conversation.id)}/messages?limit=200` + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
-    for (const m of page.items) ol.append(messageItem(m.role, m.content, m.status, m.created_at));
+    for (const m of page.items) {
+      const content = m.status === "error" && !m.content ? "No answer was received." : m.content;
+      items.push(messageItem(m.role, content, m.status, m.created_at));
+    }
     cursor = page.next_cursor;
   } while (cursor);
+  ol.replaceChildren(...items);
+  $("empty-chat").hidden = items.length > 0;
+  scrollToEnd();
+}
+
+function scrollToEnd() {
+  const ol = $("messages");
   ol.scrollTop = ol.scrollHeight;
 }
 
-async function guarded(fn) {
-  try { const r = await fn(); setStatus(""); return r; } catch (e) { setStatus(e.message, "error"); return null; }
+// Runs fn; shows its error in the status line. Returns undefined on error.
+async function guarded(fn, okText) {
+  try {
+    const r = await fn();
+    setStatus(okText || "");
+    return r;
+  } catch (e) {
+    setStatus(e.message, "error");
+    return undefined;
+  }
 }
 
 async function refresh() {
   await guarded(async () => { await loadProjects(); await loadConversations(); await loadMessages(); });
 }
 
-// Parses a text/event-stream body incrementally: calls onEvent(name, data).
+// Parses a text/event-stream body as it arrives: onEvent(name, data).
 async function readSse(res, onEvent) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
@@ -172,68 +268,124 @@ async function readSse(res, onEvent) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buf += decoder.decode(value, { stream: true });
+    buf += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
     let cut;
     while ((cut = buf.indexOf("\n\n")) >= 0) {
       const block = buf.slice(0, cut);
       buf = buf.slice(cut + 2);
-      let name = "message", data = "";
+      let name = "message";
+      const data = [];
       for (const line of block.split("\n")) {
         if (line.startsWith(":")) continue; // ping
         if (line.startsWith("event:")) name = line.slice(6).trim();
-        else if (line.startsWith("data:")) data += line.slice(5).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
-      if (data) onEvent(name, JSON.parse(data));
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
     }
   }
 }
 
+function setBusy(busy) {
+  $("stop").disabled = !busy;
+  $("send").disabled = busy;
+  $("messages").setAttribute("aria-busy", busy ? "true" : "false");
+}
+
 async function send(text) {
   const ol = $("messages");
-  ol.append(messageItem("user", text, "complete", new Date().toISOString()));
-  const bubble = messageItem("assistant", "", "partial", new Date().toISOString());
+  $("empty-chat").hidden = true;
+  const mine = messageItem("user", text, "complete", new Date().toISOString());
+  const bubble = messageItem("assistant", "", "streaming", new Date().toISOString());
   const out = bubble.querySelector(".text");
-  ol.append(bubble);
-  ol.scrollTop = ol.scrollHeight;
+  ol.append(mine, bubble);
+  scrollToEnd();
   const controller = new AbortController();
   state.controller = controller;
-  $("stop").disabled = false;
-  $("send").disabled = true;
-  setStatus("Answering…");
+  setBusy(true);
+  setStatus("Answering… (Stop or Escape ends the answer)");
   const body = { message: text, stream: true };
   if (state.conversation) body.conversation_id = state.conversation.id;
   else if (state.project) body.project_id = state.project.id;
+  const end = (status, message, kind) => {
+    setMessageStatus(bubble, "assistant", status);
+    setStatus(message, kind);
+  };
   try {
-    const res = await api("POST", "/api/chat", body, { signal: controller.signal });
-    if (!res.ok) { bubble.className = "msg assistant error"; setStatus(await describeError(res), "error"); return; }
+    const res = await api("POST", "/api/chat", body, { signal: controller.signal, stream: true });
+    if (!res.ok) {
+      const why = await describeError(res);
+      if (res.status >= 500 && res.status !== 503) {
+        // The server kept the message and recorded the failed answer.
+        out.textContent = why;
+        end("error", why, "error");
+      } else {
+        // Refused before anything was stored: give the text back to retry.
+        mine.remove();
+        bubble.remove();
+        $("message").value = text;
+        setStatus(why, "error");
+      }
+      return;
+    }
     let finished = false;
+    let failed = false;
     await readSse(res, (name, data) => {
-      if (name === "start" && !state.conversation) state.conversation = { id: data.conversation_id, title: null, created_at: new Date().toISOString() };
-      else if (name === "delta") { out.textContent += data.content; ol.scrollTop = ol.scrollHeight; }
-      else if (name === "done") { finished = true; bubble.className = "msg assistant complete"; setStatus(""); }
-      else if (name === "error") { bubble.className = "msg assistant " + (out.textContent ? "partial" : "error"); setStatus(data.message || "The answer failed.", "error"); }
+      if (name === "start" && !state.conversation) {
+        state.conversation = { id: data.conversation_id, title: null, created_at: new Date().toISOString() };
+        rememberConversation();
+      } else if (name === "delta") {
+        out.textContent += data.content;
+        scrollToEnd();
+      } else if (name === "done") {
+        finished = true;
+        end("complete", "");
+      } else if (name === "error") {
+        failed = true;
+        end(out.textContent ? "partial" : "error", (data.message || "The answer failed.") + " (" + (data.code || "error") + ")", "error");
+      }
     });
-    if (!finished && !$("status").classList.contains("error")) setStatus("The answer ended early.", "warn");
+    if (!finished && !failed) end(out.textContent ? "partial" : "error", "The answer ended early.", "warn");
   } catch (e) {
-    if (e.name === "AbortError") { bubble.className = "msg assistant partial"; setStatus("Stopped."); }
-    else { bubble.className = "msg assistant error"; setStatus("Network error: " + e.message, "error"); }
+    if (e.name === "AbortError") end(out.textContent ? "partial" : "error", "Stopped. The partial answer is kept.");
+    else end(out.textContent ? "partial" : "error", "Network error: the server could not be reached.", "error");
   } finally {
     state.controller = null;
-    $("stop").disabled = true;
-    $("send").disabled = false;
-    guarded(async () => { await loadConversations(); });
+    setBusy(false);
+    const keep = $("status").textContent;
+    const kind = $("status").className.replace("status", "").trim();
+    await guarded(loadConversations);
+    showTitle();
+    setStatus(keep, kind);
   }
+}
+
+async function restoreFromAddress() {
+  const m = /^#c=(.+)$/.exec(location.hash);
+  if (!m) return;
+  try {
+    const id = decodeURIComponent(m[1]);
+    const res = await api("GET", "/api/conversations/" + encodeURIComponent(id));
+    if (res.ok) state.conversation = await res.json();
+  } catch (_) { /* fall back to no selection */ }
 }
 
 function init() {
   $("api-key").value = state.key;
+  // The address's #fragment holds the open conversation: focus, don't jump.
+  $("skip").addEventListener("click", (ev) => { ev.preventDefault(); $("message").focus(); });
   $("key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.key = $("api-key").value.trim();
-    sessionStorage.setItem(KEY_STORE, state.key);
-    refresh();
+    if (state.key) sessionStorage.setItem(KEY_STORE, state.key);
+    else sessionStorage.removeItem(KEY_STORE);
+    refresh().then(() => { if (!$("status").classList.contains("error")) setStatus(state.key ? "Key saved for this browser tab." : ""); });
   });
-  $("forget-key").addEventListener("click", () => { state.key = ""; sessionStorage.removeItem(KEY_STORE); $("api-key").value = ""; setStatus("Key forgotten."); });
+  $("forget-key").addEventListener("click", () => {
+    state.key = "";
+    sessionStorage.removeItem(KEY_STORE);
+    $("api-key").value = "";
+    setStatus("Key forgotten.");
+  });
   $("new-project").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const name = $("project-name").value.trim();
@@ -243,7 +395,7 @@ function init() {
   });
   $("new-conversation").addEventListener("click", async () => {
     const c = await guarded(() => apiJson("POST", "/api/conversations", state.project ? { project_id: state.project.id } : {}));
-    if (c) { state.conversation = c; refresh(); $("message").focus(); }
+    if (c) { state.conversation = c; await refresh(); $("message").focus(); }
   });
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -253,10 +405,11 @@ function init() {
     send(text);
   });
   $("message").addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("composer").requestSubmit(); }
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("composer").requestSubmit(); }
+    else if (ev.key === "Escape" && state.controller) { ev.preventDefault(); state.controller.abort(); }
   });
-  $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
-  refresh();
+  $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); $("message").focus(); });
+  restoreFromAddress().then(refresh);
 }
 
 document.addEventListener("DOMContentLoaded", init);

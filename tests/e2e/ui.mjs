@@ -1,136 +1,270 @@
-// End-to-end test of the built-in chat page in headless Chromium.
-// Started by tests/ui_e2e.rs with a running portcullis (CSRF tokens on,
-// origin check on) in front of a fake upstream that streams slowly.
+// End-to-end test of the built-in chat page in headless Chromium, as a
+// person would use it. Started by tests/ui_e2e.rs, which runs portcullis
+// (api_key auth, CSRF tokens and the Origin check on, a low chat rate
+// limit) in front of a fake upstream that streams a token every ~150 ms,
+// streams very slowly for a message holding "slowly", and fails with 500
+// for a message holding "fail". A second portcullis (NOAUTH_URL) runs with
+// auth mode none, where the Origin check is the only defence.
 //
-// Env: BASE_URL, API_KEY, SHOT_DIR, CHROMIUM (executable path).
+// Env: BASE_URL, NOAUTH_URL, API_KEY, SHOT_DIR, CHROMIUM (executable).
+// Prints one JSON line per step; exits 1 with {"failures": [...]}.
 import { chromium } from "playwright-core";
 import http from "node:http";
+import assert from "node:assert/strict";
 
 const BASE = process.env.BASE_URL;
+const NOAUTH = process.env.NOAUTH_URL;
 const KEY = process.env.API_KEY;
 const SHOTS = process.env.SHOT_DIR;
-const step = (name, extra) => console.log(JSON.stringify({ step: name, ...extra }));
+const t0 = Date.now();
+const step = (name, extra) => console.log(JSON.stringify({ step: name, ms: Date.now() - t0, ...extra }));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function apiCount(path) {
-  const res = await fetch(BASE + path, { headers: { Authorization: "Bearer " + KEY } });
+async function projectCount(base, key) {
+  const headers = key ? { Authorization: "Bearer " + key } : {};
+  const res = await fetch(base + "/api/projects?limit=200", { headers });
+  assert.equal(res.status, 200);
   return (await res.json()).items.length;
 }
+
+// The newest assistant bubble's text and classes, and whether Stop is on.
+const lastAnswer = () => {
+  const b = [...document.querySelectorAll("li.msg.assistant")].pop();
+  return b && {
+    text: b.querySelector(".text").textContent,
+    meta: b.querySelector(".meta").textContent,
+    cls: b.className,
+    stopEnabled: !document.getElementById("stop").disabled,
+  };
+};
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 const failures = [];
-const cspViolations = [];
+const pageProblems = [];
+const check = (ok, what) => { if (!ok) failures.push(what); };
+
+// A page that records CSP violations and script errors, and answers
+// prompt()/confirm() from a queue the test fills.
+async function newPage(context, name) {
+  const page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error" && /Content Security Policy|Refused to/.test(m.text())) pageProblems.push(`${name}: ${m.text()}`); });
+  page.on("pageerror", (e) => pageProblems.push(`${name}: ${e.message}`));
+  page.answers = [];
+  page.on("dialog", (d) => {
+    const a = page.answers.shift();
+    if (a === false) d.dismiss(); else d.accept(d.type() === "prompt" ? a : undefined);
+  });
+  return page;
+}
+
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
-  page.on("console", (m) => { if (/Content Security Policy|Refused to/.test(m.text())) cspViolations.push(m.text()); });
-  page.on("dialog", (d) => d.accept(d.type() === "prompt" ? "Renamed project" : undefined));
+  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const page = await newPage(context, "page");
 
-  // 1. Load the page, enter the key.
+  // 1. The page loads; every control has a label; the key goes in by keyboard.
   await page.goto(BASE + "/");
-  await page.getByLabel("API key").fill(KEY);
-  await page.getByRole("button", { name: "Use key" }).click();
-  step("loaded");
+  await page.getByText("The API key is missing or not valid").waitFor();
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, textarea, button")]
+    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.textContent.trim())
+    .map((el) => el.id || el.outerHTML.slice(0, 60)));
+  check(unlabelled.length === 0, "unlabelled controls: " + unlabelled.join(", "));
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.textContent) === "Skip to the message box", "first Tab stop is the skip link");
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.id) === "api-key", "second Tab stop is the key field");
+  await page.keyboard.type(KEY);
+  await page.keyboard.press("Enter");
+  await page.getByText("No projects yet.").waitFor();
+  check(await page.evaluate((k) => sessionStorage.getItem("portcullis.apiKey") === k, KEY), "key kept in sessionStorage");
+  step("page loaded, key entered by keyboard");
 
-  // 2. Create a project and rename it.
-  await page.getByLabel("New project name").fill("E2E project");
-  await page.getByRole("button", { name: "Add" }).click();
-  await page.getByRole("button", { name: "Open E2E project" }).waitFor();
+  // 2. Projects: create two, rename one, delete the other.
+  for (const name of ["E2E project", "Scratch"]) {
+    await page.getByLabel("New project name").fill(name);
+    await page.getByLabel("New project name").press("Enter");
+    await page.getByRole("button", { name: "Open " + name }).waitFor();
+  }
+  page.answers.push("Renamed project");
   await page.getByRole("button", { name: "Rename E2E project" }).click();
   await page.getByRole("button", { name: "Open Renamed project" }).waitFor();
-  step("project created and renamed");
+  page.answers.push(true);
+  await page.getByRole("button", { name: "Delete Scratch" }).click();
+  await page.getByRole("button", { name: "Open Scratch" }).waitFor({ state: "detached" });
+  await page.getByRole("button", { name: "Open Renamed project" }).click();
+  await page.getByText("in Renamed project").waitFor();
+  step("projects created, renamed, deleted");
 
-  // 3. New conversation, send a message, see the answer stream in.
+  // 3. Conversations: create one, rename it; create and delete another.
   await page.getByRole("button", { name: "New conversation" }).click();
-  await page.getByLabel("Message").fill("hello there");
-  await page.getByLabel("Message").press("Enter");
-  const answer = page.locator("li.msg.assistant").last();
-  // Streaming: text appears while the Stop button is still enabled.
-  await page.waitForFunction(() => {
-    const b = [...document.querySelectorAll("li.msg.assistant .text")].pop();
-    return b && b.textContent.length > 0 && !document.getElementById("stop").disabled;
-  }, null, { timeout: 15000 });
-  step("first tokens visible before the answer finished");
+  await page.locator("#conversations li.active").waitFor();
+  page.answers.push("Throwaway");
+  await page.locator("#conversations li.active button", { hasText: "Rename" }).click();
+  await page.getByRole("button", { name: "Open Throwaway" }).waitFor();
+  page.answers.push(true);
+  await page.getByRole("button", { name: "Delete Throwaway" }).click();
+  await page.getByRole("button", { name: "Open Throwaway" }).waitFor({ state: "detached" });
+  await page.getByRole("button", { name: "New conversation" }).click();
+  await page.locator("#conversations li.active").waitFor();
+  page.answers.push("Streaming test");
+  await page.locator("#conversations li.active button", { hasText: "Rename" }).click();
+  await page.getByRole("heading", { name: "Streaming test" }).waitFor();
+  step("conversations created, renamed, deleted");
+
+  // 4. Send with Enter; the answer shows up token by token, before it ends.
+  await page.getByLabel("Message", { exact: true }).fill("hello there");
+  await page.getByLabel("Message", { exact: true }).press("Enter");
+  const first = await (await page.waitForFunction(() => {
+    const b = [...document.querySelectorAll("li.msg.assistant")].pop();
+    const t = b && b.querySelector(".text").textContent;
+    return t ? { text: t, stopEnabled: !document.getElementById("stop").disabled, cls: b.className } : false;
+  }, null, { timeout: 15000, polling: 20 })).jsonValue();
+  check(first.stopEnabled && first.cls.includes("streaming"), "first tokens arrive while the answer is still streaming: " + JSON.stringify(first));
   await page.waitForFunction(() => document.getElementById("stop").disabled, null, { timeout: 30000 });
-  if (!(await answer.getAttribute("class")).includes("complete")) failures.push("answer not marked complete");
-  const full = await answer.locator(".text").textContent();
-  step("answer complete", { chars: full.length });
+  const full = await page.evaluate(lastAnswer);
+  check(full.cls.includes("complete"), "answer marked complete: " + full.cls);
+  check(full.text.length > first.text.length && full.text.startsWith(first.text), `answer grew after the first tokens (${first.text.length} -> ${full.text.length})`);
+  check(await page.evaluate(() => document.activeElement.id) === "message", "focus stays in the message box");
+  step("answer streamed", { first_chars: first.text.length, final_chars: full.text.length });
   await page.screenshot({ path: SHOTS + "/chat.png" });
 
-  // 4. Stop a slow answer after its first token.
-  await page.getByLabel("Message").fill("please answer slowly");
-  await page.getByLabel("Message").press("Enter");
+  // 5. Stop a slow answer after its first token (the Stop button).
+  await page.getByLabel("Message", { exact: true }).fill("please answer slowly");
+  await page.keyboard.press("Enter");
   await page.waitForFunction(() => {
     const b = [...document.querySelectorAll("li.msg.assistant .text")].pop();
     return b && b.textContent.length > 0;
   }, null, { timeout: 15000 });
   await page.getByRole("button", { name: "Stop" }).click();
-  await page.waitForFunction(() => document.getElementById("status").textContent.includes("Stopped"), null, { timeout: 5000 });
-  step("slow answer stopped");
+  await page.getByText("Stopped. The partial answer is kept.").waitFor({ timeout: 5000 });
+  const stopped = await page.evaluate(lastAnswer);
+  check(stopped.cls.includes("partial") && stopped.meta.includes("partial answer"), "stopped answer shown as partial: " + JSON.stringify(stopped));
+  check(!stopped.stopEnabled, "Stop is off once stopped");
+  step("slow answer stopped", { chars: stopped.text.length });
 
-  // 5. Reload: the history is there, the stopped answer marked partial.
-  let partial = 0;
-  for (let i = 0; i < 50 && partial === 0; i++) {
+  // 6. Reload: the same conversation comes back with its history, the
+  //    stopped answer marked partial (stored once the server noticed).
+  let history = null;
+  for (let i = 0; i < 40; i++) {
     await page.reload();
-    await page.getByRole("button", { name: "Open Renamed project" }).click();
-    const conv = page.locator("#conversations li .pick").first();
-    await conv.click();
-    await page.locator("li.msg.user").first().waitFor();
-    partial = await page.locator("li.msg.assistant.partial").count();
-    if (partial === 0) await new Promise((r) => setTimeout(r, 100));
+    await page.getByRole("heading", { name: "Streaming test" }).waitFor();
+    await page.locator("li.msg.user").nth(1).waitFor();
+    history = await page.evaluate(() => ({
+      users: document.querySelectorAll("li.msg.user").length,
+      complete: document.querySelectorAll("li.msg.assistant.complete").length,
+      partial: [...document.querySelectorAll("li.msg.assistant.partial .meta")].map((m) => m.textContent),
+      listed: [...document.querySelectorAll("#conversations .pick")].map((b) => b.textContent),
+    }));
+    if (history.partial.length === 1 && history.users === 2) break;
+    await sleep(250);
   }
-  const users = await page.locator("li.msg.user").count();
-  const completes = await page.locator("li.msg.assistant.complete").count();
-  if (users !== 2 || completes !== 1 || partial !== 1) failures.push(`history after reload: users=${users} complete=${completes} partial=${partial}`);
-  step("history after reload", { users, completes, partial });
-  await page.screenshot({ path: SHOTS + "/history.png", fullPage: true });
+  check(history.users === 2 && history.complete === 1 && history.partial.length === 1, "history after reload: " + JSON.stringify(history));
+  check(history.partial.every((m) => m.includes("partial answer")), "partial answer labelled in words");
+  check(history.listed.includes("Streaming test"), "conversation listed after reload");
+  step("history after reload", history);
+  await page.screenshot({ path: SHOTS + "/history.png" });
 
-  // 6. Phone width stays usable.
-  await page.setViewportSize({ width: 390, height: 800 });
+  // 7. Errors read as sentences: the upstream fails (502), then the chat
+  //    rate limit is reached (429, with its Retry-After).
+  await page.getByLabel("Message", { exact: true }).fill("this one will fail");
+  await page.keyboard.press("Enter");
+  await page.getByText("The model server returned an error.").first().waitFor({ timeout: 10000 });
+  const failedAnswer = await page.evaluate(lastAnswer);
+  check(failedAnswer.cls.includes("error") && failedAnswer.meta.includes("no answer"), "failed answer marked: " + JSON.stringify(failedAnswer));
+  let limited = null;
+  for (let i = 0; i < 20 && !limited; i++) {
+    await page.getByLabel("Message", { exact: true }).fill("fail again " + i);
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.getElementById("send").disabled === false && document.getElementById("status").textContent !== "", null, { timeout: 10000 });
+    const status = await page.locator("#status").textContent();
+    if (status.startsWith("Too many requests")) limited = { after: i + 1, status, composer: await page.getByLabel("Message", { exact: true }).inputValue() };
+  }
+  check(limited && /please wait \d+ seconds/.test(limited.status), "429 shown as a sentence: " + JSON.stringify(limited));
+  check(limited && limited.composer.startsWith("fail again"), "a refused message goes back into the box");
+  step("errors shown", { upstream: failedAnswer.text, limited });
+  await page.screenshot({ path: SHOTS + "/errors.png" });
+
+  // 8. Phone width: no sideways scrolling, controls still reachable.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.reload();
+  await page.locator("li.msg.user").first().waitFor();
   await page.screenshot({ path: SHOTS + "/phone.png", fullPage: true });
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
-  if (overflow) failures.push("horizontal overflow at phone width");
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `horizontal overflow at phone width: ${overflow}px`);
+  // The skip link leads to the message box; Tab then reaches Send.
+  await page.locator("body").focus();
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  check(await page.evaluate(() => document.activeElement.id) === "message", "the skip link focuses the message box");
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.id) === "send", "Tab from the message box reaches Send");
+  check(/#c=/.test(page.url()), "the address still names the conversation");
+  step("phone width", { overflow });
 
-  // 7. A page on another origin cannot POST to portcullis.
-  const before = await apiCount("/api/projects?limit=200");
+  // 9. Auth mode none: no key needed; CSRF tokens still fetched and sent.
+  const open = await newPage(context, "open");
+  await open.goto(NOAUTH + "/");
+  await open.getByLabel("New project name").fill("Keyless");
+  await open.getByLabel("New project name").press("Enter");
+  await open.getByRole("button", { name: "Open Keyless" }).waitFor();
+  step("auth mode none works without a key");
+
+  // 10. A page on another origin cannot POST to portcullis.
   const evil = http.createServer((req, res) => {
+    const target = new URL(req.url, "http://x").searchParams.get("target");
     res.setHeader("Content-Type", "text/html");
-    res.end(`<!doctype html><form id="f" method="POST" action="${BASE}/api/projects" enctype="text/plain">
+    res.end(`<!doctype html><form id="f" method="POST" action="${target}/api/projects" enctype="text/plain">
       <input name='{"name":"csrf","x":"' value='"}'></form>`);
   });
   await new Promise((r) => evil.listen(0, "127.0.0.1", r));
-  const evilUrl = `http://127.0.0.1:${evil.address().port}/`;
-  const other = await browser.newPage();
-  await other.goto(evilUrl);
-  // a) fetch with the victim's key would need CORS: the preflight is refused.
-  const fetchResult = await other.evaluate(async ([base, key]) => {
-    try {
-      const r = await fetch(base + "/api/projects", { method: "POST", headers: { "Content-Type": "application/json", Authorization: "Bearer " + key }, body: '{"name":"cross-site"}' });
-      return "status " + r.status;
-    } catch (e) { return "blocked: " + e.name; }
-  }, [BASE, KEY]);
-  // b) a plain cross-site form POST (no preflight) reaches the server and is refused.
-  const [formResponse] = await Promise.all([
-    other.waitForResponse((r) => r.url().startsWith(BASE + "/api/projects"), { timeout: 10000 }),
-    other.evaluate(() => document.getElementById("f").submit()),
-  ]);
-  const formStatus = formResponse.status();
-  const after = await apiCount("/api/projects?limit=200");
+  const evilOrigin = `http://localhost:${evil.address().port}`;
+  const attack = async (target, key) => {
+    const other = await newPage(await browser.newContext(), "evil");
+    await other.goto(`${evilOrigin}/?target=${encodeURIComponent(target)}`);
+    const before = await projectCount(target, key);
+    // a) fetch with JSON needs a CORS preflight, which is refused.
+    const fetched = await other.evaluate(async (t) => {
+      try {
+        const r = await fetch(t + "/api/projects", { method: "POST", headers: { "Content-Type": "application/json" }, body: '{"name":"cross-site"}' });
+        return "status " + r.status;
+      } catch (e) { return "blocked: " + e.name; }
+    }, target);
+    // b) neither can it read the API.
+    const read = await other.evaluate(async (t) => {
+      try { const r = await fetch(t + "/api/projects"); return "read " + r.status; } catch (e) { return "blocked: " + e.name; }
+    }, target);
+    // c) a plain form POST (no preflight) reaches the server and is refused.
+    const [resp] = await Promise.all([
+      other.waitForResponse((r) => r.url().startsWith(target + "/api/projects") && r.request().method() === "POST", { timeout: 10000 }),
+      other.evaluate(() => document.getElementById("f").submit()),
+    ]);
+    let code = null;
+    try { code = (await resp.json()).error.code; } catch (_) { /* body not available */ }
+    const after = await projectCount(target, key);
+    await other.context().close();
+    return { fetched, read, form: resp.status(), code, before, after };
+  };
+  const noAuth = await attack(NOAUTH, null);
+  const withAuth = await attack(BASE, KEY);
   evil.close();
-  step("cross-origin", { fetchResult, formStatus, before, after });
-  if (!fetchResult.startsWith("blocked")) failures.push("cross-origin fetch was not blocked: " + fetchResult);
-  if (formStatus !== 403) failures.push("cross-site form POST got " + formStatus);
-  if (after !== before) failures.push("a cross-site request created a project");
-  if (cspViolations.length) failures.push("CSP violations: " + cspViolations.join(" | "));
+  step("cross-origin", { evilOrigin, noAuth, withAuth });
+  check(noAuth.fetched.startsWith("blocked") && withAuth.fetched.startsWith("blocked"), "cross-origin fetch blocked");
+  check(noAuth.read.startsWith("blocked"), "cross-origin read blocked");
+  check(noAuth.form === 403 && (noAuth.code === null || noAuth.code === "origin_not_allowed"), "auth none: cross-site form POST refused 403 origin_not_allowed: " + JSON.stringify(noAuth));
+  check(withAuth.form === 401 || withAuth.form === 403, "api_key: cross-site form POST refused");
+  check(noAuth.after === noAuth.before && withAuth.after === withAuth.before, "no cross-site request created a project");
 } catch (e) {
-  failures.push(String(e && e.stack || e));
+  failures.push(String((e && e.stack) || e));
 } finally {
   await browser.close();
 }
+if (pageProblems.length) failures.push("CSP violations or script errors: " + pageProblems.join(" | "));
 if (failures.length) {
   console.log(JSON.stringify({ failures }));
   process.exit(1);
 }
-console.log(JSON.stringify({ result: "pass" }));
+console.log(JSON.stringify({ result: "pass", ms: Date.now() - t0 }));

@@ -37,6 +37,34 @@ pub enum Mode {
     Garbage,
     /// 200 with a JSON answer whose content is `bytes` long.
     Huge { bytes: usize },
+    /// Chosen per request by the text of its last message: the mode of the
+    /// first rule whose word it contains, else `default`. Lets a browser
+    /// test steer the fake through what a person types ("slowly", "fail").
+    ByMessage {
+        rules: Vec<(String, Mode)>,
+        default: Box<Mode>,
+    },
+}
+
+impl Mode {
+    /// The mode that answers `req` (`ByMessage` resolved, others as is).
+    fn for_request(self, req: &Recorded) -> Mode {
+        let Mode::ByMessage { rules, default } = self else {
+            return self;
+        };
+        let body = req.json();
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_string();
+        rules
+            .into_iter()
+            .find(|(word, _)| last.contains(word.as_str()))
+            .map_or(*default, |(_, mode)| mode)
+            .for_request(req)
+    }
 }
 
 /// One request as the fake received it.
@@ -156,6 +184,11 @@ impl FakeUpstream {
         self.shared.state.lock().unwrap().token_times.clone()
     }
 
+    /// Whether the client closed connection `conn` (see `Recorded::conn`).
+    pub fn is_closed(&self, conn: usize) -> bool {
+        self.shared.state.lock().unwrap().closed.contains(&conn)
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.state.lock().unwrap().accepted
@@ -251,7 +284,7 @@ fn serve_connection(shared: &Shared, conn: TcpStream, id: usize) {
             st.requests.push(req.clone());
             shared.changed.notify_all();
         }
-        let mode = shared.mode.lock().unwrap().clone();
+        let mode = shared.mode.lock().unwrap().clone().for_request(&req);
         let tokens = shared.tokens.lock().unwrap().clone();
         let keep_going = answer(shared, &mut w, r.get_ref(), &req, &mode, &tokens);
         if !keep_going {
