@@ -223,11 +223,9 @@ impl StreamOut {
 }
 
 /// A streamed body is close-delimited (`Connection: close`), so its end is
-/// the end of the connection: shut the socket down rather than wait for
-/// tiny_http's connection thread. That thread is parked only while it
-/// waits for a large body; a small one (<= 1 KiB) was read ahead, so it is
-/// already blocked reading a next request that never comes, and the client
-/// would see the end of the answer only at `read_timeout_s`.
+/// the end of the connection: shut the socket down at once rather than rely
+/// on tiny_http's connection thread noticing (it wakes when our body reader
+/// is dropped and closes, but only after this writer is gone).
 impl Drop for StreamOut {
     fn drop(&mut self) {
         let _ = self.writer.flush();

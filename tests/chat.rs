@@ -1190,3 +1190,19 @@ fn tiny_http_buffered_response_figure() {
         silence
     );
 }
+
+#[test]
+fn a_stream_outlives_the_idle_read_timeout_of_its_connection() {
+    // The request body is small (read ahead by the connection thread), the
+    // answer takes ~3 s and read_timeout_s is 1: the connection's idle
+    // timeout must not be mistaken for the client leaving.
+    let up = FakeUpstream::start(Mode::Slow { delay: Duration::from_millis(600) });
+    let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "1"));
+    let mut c = chat_stream(&s, json!({"message": "take your time", "stream": true}));
+    let frames: Vec<Frame> = c.all(Duration::from_secs(30)).into_iter().filter(|f| !f.comment).collect();
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_deref().unwrap()).collect();
+    assert_eq!(names.first(), Some(&"start"));
+    assert_eq!(names.last(), Some(&"done"), "{:?}", names);
+    let cid = data_json(&frames[0])["conversation_id"].as_str().unwrap().to_string();
+    final_assistant(&s, &cid, "complete");
+}

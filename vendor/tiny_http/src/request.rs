@@ -110,6 +110,19 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
+/// portcullis patch: a body read ahead of time, holding the connection's
+/// reader so the next request is read only after this one is finished.
+struct Prebuffered<R> {
+    body: Cursor<Vec<u8>>,
+    _connection: R,
+}
+
+impl<R> Read for Prebuffered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(buf)
+    }
+}
+
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
 pub enum RequestCreationError {
@@ -204,7 +217,10 @@ where
         Box::new(source_data) as Box<dyn Read + Send + 'static>
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
+            Box::new(Prebuffered {
+            body: Cursor::new(Vec::new()),
+            _connection: source_data,
+        }) as Box<dyn Read + Send + 'static>
         } else if content_length <= prebuffer_limit && !expects_continue {
             // portcullis patch: bodies up to `prebuffer_limit` (stock: 1024)
             // are read here, on the connection's thread, before the request
@@ -231,7 +247,15 @@ where
                 }
             }
 
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+            // portcullis patch: the read-ahead body keeps the connection's
+            // reader (`source_data`) until the request is done with it, so
+            // the connection thread stays parked: it does not start reading
+            // (and, on its idle timeout, shutting down) the socket while a
+            // response may still be streaming on it.
+            Box::new(Prebuffered {
+                body: Cursor::new(buffer),
+                _connection: source_data,
+            }) as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, _) =
                 EqualReader::new(source_data, content_length, close_after.clone());
@@ -245,7 +269,10 @@ where
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
         // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
+        Box::new(Prebuffered {
+            body: Cursor::new(Vec::new()),
+            _connection: source_data,
+        }) as Box<dyn Read + Send + 'static>
     };
 
     Ok(Request {
