@@ -23,6 +23,7 @@
 //! with `StreamHandle::abort` (see `abort.rs` for how).
 
 mod abort;
+mod resolver;
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -198,7 +199,7 @@ impl Upstream {
         let agent = ureq::Agent::with_parts(
             config,
             abort::AbortableConnector::new(),
-            ureq::unversioned::resolver::DefaultResolver::default(),
+            resolver::CachingResolver::default(),
         );
         Upstream {
             agent,

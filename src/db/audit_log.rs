@@ -4,6 +4,7 @@
 //! record (`insert`), or on their own (`Db::record_audit`). Never holds a
 //! key or token: callers pass ids and counts only.
 
+use super::Cached;
 use rusqlite::params;
 use serde_json::{json, Value};
 
@@ -55,7 +56,7 @@ pub fn insert_at(
     actor: &Actor,
     detail: &Value,
 ) -> Result<(), ApiError> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO audit (time, event, request_id, key_id, client, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![time, event, actor.request_id, actor.key_id, actor.client, detail.to_string()],
     )?;

@@ -3,6 +3,7 @@
 //! conversations are updated); deleting one removes its messages (FK
 //! cascade).
 
+use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
@@ -75,7 +76,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
 }
 
 fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, ApiError> {
-    conn.query_row(
+    conn.query_row_cached(
         &format!("SELECT {} FROM conversations WHERE id = ?1", COLUMNS),
         [id],
         from_row,
@@ -112,7 +113,7 @@ impl Db {
                 created_at: now,
                 updated_at: now,
             };
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO conversations (id, project_id, title, model, system_prompt, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.created_at, c.updated_at],
@@ -198,7 +199,7 @@ impl Db {
             set(&mut c.model, &patch.model);
             set(&mut c.system_prompt, &patch.system_prompt);
             c.updated_at = crate::time::now_millis().max(c.updated_at);
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE conversations SET project_id = ?2, title = ?3, model = ?4, system_prompt = ?5, updated_at = ?6
                  WHERE id = ?1",
                 params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.updated_at],
@@ -211,7 +212,7 @@ impl Db {
     /// transaction.
     pub fn delete_conversation(&self, id: &str, actor: &Actor) -> Result<(), ApiError> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM conversations WHERE id = ?1", [id])?;
+            let n = tx.execute_cached("DELETE FROM conversations WHERE id = ?1", [id])?;
             if n == 0 {
                 return Err(ApiError::NotFound);
             }

@@ -8,6 +8,7 @@
 //! read, tens of microseconds), so a key revoked from the command line is
 //! refused on its very next request.
 
+use super::Cached;
 use std::path::Path;
 
 use rusqlite::{params, OptionalExtension};
@@ -117,7 +118,7 @@ fn insert_key(
         created_at: crate::time::now_millis(),
         revoked_at: None,
     };
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO api_keys (id, name, prefix, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             key.id,
@@ -147,7 +148,7 @@ impl Db {
     /// can read. Returns whether a key was created.
     pub fn ensure_first_key(&self, file: &Path) -> Result<bool, String> {
         let r = self.write(|tx| {
-            let n: i64 = tx.query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))?;
+            let n: i64 = tx.query_row_cached("SELECT count(*) FROM api_keys", [], |r| r.get(0))?;
             if n > 0 {
                 return Ok(false);
             }
@@ -196,7 +197,7 @@ impl Db {
     pub fn revoke_key(&self, id: &str, actor: &Actor) -> Result<Revoke, ApiError> {
         self.write(|tx| {
             let revoked: Option<Option<i64>> = tx
-                .query_row("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| {
+                .query_row_cached("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| {
                     r.get(0)
                 })
                 .optional()?;
@@ -204,7 +205,7 @@ impl Db {
                 None => Ok(Revoke::NotFound),
                 Some(Some(_)) => Ok(Revoke::AlreadyRevoked),
                 Some(None) => {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
                         params![id, crate::time::now_millis()],
                     )?;
@@ -221,7 +222,7 @@ impl Db {
         let hash = hash_key(presented);
         let row: Option<(String, String, Option<i64>)> = self
             .conn()?
-            .query_row(
+            .query_row_cached(
                 "SELECT id, hash, revoked_at FROM api_keys WHERE hash = ?1",
                 [&hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -257,7 +258,7 @@ mod tests {
         let stored: String = db
             .conn()
             .unwrap()
-            .query_row(
+            .query_row_cached(
                 "SELECT group_concat(id || name || prefix || hash) FROM api_keys",
                 [],
                 |r| r.get(0),

@@ -1,6 +1,7 @@
 //! Messages of a conversation, oldest first. Inserting or updating one
 //! moves its conversation's `updated_at` forward in the same transaction.
 
+use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
@@ -104,12 +105,12 @@ impl Db {
             }
             let now = monotonic_now(tx, NEWEST)?;
             let id = crate::ids::new_id();
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![id, m.conversation_id, m.role, m.content, m.status, m.model, usage_text, now],
             )?;
-            tx.execute(BUMP_CONVERSATION, params![m.conversation_id, now])?;
+            tx.execute_cached(BUMP_CONVERSATION, params![m.conversation_id, now])?;
             Ok(Message {
                 id,
                 conversation_id: m.conversation_id.to_string(),
@@ -136,7 +137,7 @@ impl Db {
         let usage_text = usage.map(|u| u.to_string());
         self.write(|tx| {
             let conversation: Option<String> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT conversation_id FROM messages WHERE id = ?1",
                     [id],
                     |r| r.get(0),
@@ -145,11 +146,11 @@ impl Db {
             let Some(conversation) = conversation else {
                 return Err(ApiError::NotFound);
             };
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE messages SET content = ?2, status = ?3, usage = ?4 WHERE id = ?1",
                 params![id, content, status, usage_text],
             )?;
-            tx.execute(
+            tx.execute_cached(
                 BUMP_CONVERSATION,
                 params![conversation, crate::time::now_millis()],
             )?;

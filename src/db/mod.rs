@@ -50,6 +50,31 @@ impl Db {
     }
 }
 
+/// Statements through each connection's prepared-statement cache: the hot
+/// queries (the key lookup on every authenticated request, inserts, gets)
+/// are parsed once per connection instead of once per call.
+pub(crate) trait Cached {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl Cached for rusqlite::Connection {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 impl From<rusqlite::Error> for ApiError {
     /// SQLITE_BUSY/LOCKED (the busy timeout ran out) is load, not a bug:
     /// 503 `server_busy`. So is SQLITE_FULL (disk or file-size limit full):
@@ -155,13 +180,13 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 /// order even when clocks of concurrent requests disagree by a millisecond
 /// or the wall clock steps back. Call inside the write transaction.
 fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, ApiError> {
-    let newest: Option<i64> = tx.query_row(newest_sql, [], |r| r.get(0)).optional()?;
+    let newest: Option<i64> = tx.query_row_cached(newest_sql, [], |r| r.get(0)).optional()?;
     Ok(crate::time::now_millis().max(newest.unwrap_or(i64::MIN)))
 }
 
 /// Whether `sql` (a `SELECT 1 ... WHERE id = ?1`) finds a row.
 fn exists(tx: &rusqlite::Connection, sql: &'static str, id: &str) -> Result<bool, ApiError> {
-    Ok(tx.query_row(sql, [id], |_| Ok(())).optional()?.is_some())
+    Ok(tx.query_row_cached(sql, [id], |_| Ok(())).optional()?.is_some())
 }
 
 /// Optional strings as JSON: `null` when absent.

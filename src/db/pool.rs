@@ -90,9 +90,14 @@ pub fn reuse_decision(
     }
 }
 
+/// Prepared statements kept per connection (we have a few dozen).
+const STATEMENT_CACHE: usize = 64;
+
 /// Opens one connection with the settings every pooled connection shares.
 pub fn open_connection(cfg: &PoolConfig) -> rusqlite::Result<Connection> {
     let conn = Connection::open(&cfg.path)?;
+    // Room for every distinct statement we run, so none is re-parsed.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Before anything that takes a lock, so even switching the journal mode
     // waits for a concurrent writer instead of failing at once.
     conn.busy_timeout(cfg.busy_timeout)?;

@@ -2,6 +2,7 @@
 //! newest first; deleting one removes its conversations and their messages
 //! (FK cascade) and is audited in the same transaction.
 
+use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
@@ -58,7 +59,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Project, Position)> {
 }
 
 fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, ApiError> {
-    conn.query_row(
+    conn.query_row_cached(
         &format!("SELECT {} FROM projects WHERE id = ?1", COLUMNS),
         [id],
         from_row,
@@ -83,7 +84,7 @@ impl Db {
                 created_at: now,
                 updated_at: now,
             };
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO projects (id, name, description, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![p.id, p.name, p.description, p.created_at, p.updated_at],
             )?;
@@ -130,7 +131,7 @@ impl Db {
                 p.description.clone_from(d);
             }
             p.updated_at = crate::time::now_millis().max(p.updated_at);
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE projects SET name = ?2, description = ?3, updated_at = ?4 WHERE id = ?1",
                 params![p.id, p.name, p.description, p.updated_at],
             )?;
@@ -141,12 +142,12 @@ impl Db {
     /// Deletes a project with its conversations and messages.
     pub fn delete_project(&self, id: &str, actor: &Actor) -> Result<(), ApiError> {
         self.write(|tx| {
-            let conversations: i64 = tx.query_row(
+            let conversations: i64 = tx.query_row_cached(
                 "SELECT count(*) FROM conversations WHERE project_id = ?1",
                 [id],
                 |r| r.get(0),
             )?;
-            let n = tx.execute("DELETE FROM projects WHERE id = ?1", [id])?;
+            let n = tx.execute_cached("DELETE FROM projects WHERE id = ?1", [id])?;
             if n == 0 {
                 return Err(ApiError::NotFound);
             }
@@ -189,13 +190,13 @@ mod tests {
         let left: i64 = db
             .conn()
             .unwrap()
-            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .query_row_cached("SELECT count(*) FROM messages", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
         let audited: String = db
             .conn()
             .unwrap()
-            .query_row(
+            .query_row_cached(
                 "SELECT detail FROM audit WHERE event = 'project_deleted'",
                 [],
                 |r| r.get(0),
