@@ -16,10 +16,13 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
+    /// Threads for non-streaming upstream calls (`Body::Deferred`), so a
+    /// slow model never holds a worker; at most `max_concurrent_streams`.
+    pub relays: crate::relay_pool::RelayPool,
     /// Shared with stream threads, which count their own upstream failures.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The upstream client (the only outbound HTTP in the process).
-    pub upstream: crate::upstream::Upstream,
+    pub upstream: std::sync::Arc<crate::upstream::Upstream>,
     /// Bounds requests that hold a worker while waiting on the upstream
     /// (non-streaming chat, the short wait for a stream's response head):
     /// `workers - 1` (at least 1), so one worker always stays free for
@@ -53,7 +56,7 @@ impl App {
             ));
         }
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
-        let upstream = crate::upstream::Upstream::new(&cfg.upstream, upstream_key.clone());
+        let upstream = std::sync::Arc::new(crate::upstream::Upstream::new(&cfg.upstream, upstream_key.clone()));
         let upstream_waits = StreamSlots::new(cfg.server.workers.saturating_sub(1).max(1));
         let db = crate::db::Db::open(&cfg)?;
         if cfg.auth.mode == crate::config::AuthMode::ApiKey {
@@ -64,8 +67,13 @@ impl App {
         let sweeper = limiter
             .start_sweeper(cfg.rate_limit.sweep_interval)
             .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
+        let relays = crate::relay_pool::RelayPool::new(
+            cfg.server.max_concurrent_streams,
+            crate::server::THREAD_STACK_BYTES,
+        );
         Ok(App {
             streams,
+            relays,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
             upstream,
             upstream_waits,

@@ -248,10 +248,15 @@ impl Write for StreamOut {
     }
 }
 
+/// Work that waits on the upstream, run on a relay thread (not a worker);
+/// its reply is decorated and written like any other.
+pub type DeferredFn = Box<dyn FnOnce() -> Result<Reply, crate::error::ApiError> + Send + 'static>;
+
 pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     Stream(StreamFn),
+    Deferred(DeferredFn),
 }
 
 impl std::fmt::Debug for Body {
@@ -260,15 +265,19 @@ impl std::fmt::Debug for Body {
             Body::Empty => f.write_str("Empty"),
             Body::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             Body::Stream(_) => f.write_str("Stream"),
+            Body::Deferred(_) => f.write_str("Deferred"),
         }
     }
 }
+
+/// A header value: static text costs no allocation.
+pub type HeaderValue = std::borrow::Cow<'static, str>;
 
 /// What a handler answers.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, HeaderValue)>,
     pub body: Body,
 }
 
@@ -276,7 +285,7 @@ impl Reply {
     pub fn json(status: u16, value: &serde_json::Value) -> Reply {
         Reply {
             status,
-            headers: vec![("Content-Type", "application/json".to_string())],
+            headers: vec![("Content-Type", "application/json".into())],
             body: Body::Bytes(serde_json::to_vec(value).unwrap_or_default()),
         }
     }
@@ -289,32 +298,62 @@ impl Reply {
         }
     }
 
-    pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+    pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
         Reply {
             status,
-            headers: vec![("Content-Type", content_type.to_string())],
+            headers: vec![("Content-Type", content_type.into())],
             body: Body::Bytes(body),
         }
     }
 
     /// An SSE (or other streamed) reply; `run` gets the raw writer.
-    pub fn stream(status: u16, content_type: &str, run: StreamFn) -> Reply {
+    pub fn stream(status: u16, content_type: &'static str, run: StreamFn) -> Reply {
         Reply {
             status,
-            headers: vec![("Content-Type", content_type.to_string())],
+            headers: vec![("Content-Type", content_type.into())],
             body: Body::Stream(run),
         }
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    /// A reply computed later on a relay thread (`server::defer`), so the
+    /// worker is free while the upstream thinks.
+    pub fn deferred(run: DeferredFn) -> Reply {
+        Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Deferred(run),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<HeaderValue>) -> Reply {
         self.set_header(name, value);
         self
     }
 
     /// Sets a header, replacing one of the same name.
-    pub fn set_header(&mut self, name: &'static str, value: impl Into<String>) {
+    pub fn set_header(&mut self, name: &'static str, value: impl Into<HeaderValue>) {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.headers.push((name, value.into()));
+    }
+
+    /// Adds a header the caller knows is not set yet (no search).
+    pub fn push_header(&mut self, name: &'static str, value: impl Into<HeaderValue>) {
+        self.headers.push((name, value.into()));
+    }
+
+    /// The header block as raw lines (`Name: value\r\n`), skipping any
+    /// header whose name or value holds a control character, so no value
+    /// (some echo request data) can split the response.
+    pub fn render_headers(&self, out: &mut Vec<u8>) {
+        let clean = |s: &str| !s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f);
+        for (n, v) in &self.headers {
+            if clean(n) && clean(v) {
+                out.extend_from_slice(n.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 
     pub fn has_header(&self, name: &str) -> bool {

@@ -14,6 +14,7 @@ pub mod json_body;
 pub mod keys_cli;
 pub mod logging;
 pub mod metrics;
+pub mod relay_pool;
 pub mod router;
 pub mod routes;
 pub mod secret;

@@ -104,7 +104,7 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
         let handle = std::thread::Builder::new()
             .name(format!("worker-{}", i))
             .stack_size(THREAD_STACK_BYTES.max(512 * 1024))
-            .spawn(move || worker_loop(&server, &app, &busy, dispatch))?;
+            .spawn(move || worker_loop(&server, app, &busy, dispatch))?;
         workers.push(handle);
     }
     Ok(Running {
@@ -156,7 +156,7 @@ impl Running {
     }
 }
 
-fn worker_loop(server: &tiny_http::Server, app: &App, busy: &AtomicUsize, dispatch: Dispatch) {
+fn worker_loop(server: &tiny_http::Server, app: Arc<App>, busy: &AtomicUsize, dispatch: Dispatch) {
     loop {
         let rq = match server.recv() {
             Ok(rq) => rq,
@@ -164,7 +164,7 @@ fn worker_loop(server: &tiny_http::Server, app: &App, busy: &AtomicUsize, dispat
             Err(_) => continue,
         };
         busy.fetch_add(1, Ordering::AcqRel);
-        handle(app, rq, dispatch);
+        handle(&app, rq, dispatch);
         busy.fetch_sub(1, Ordering::AcqRel);
         logging::set_request_id(None);
     }
@@ -195,7 +195,7 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
 
 /// Serves one request on a worker thread. Never panics: a panic in a
 /// filter or handler answers 500 `internal` and the worker lives on.
-fn handle(app: &App, mut rq: tiny_http::Request, dispatch: Dispatch) {
+fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch) {
     let mut ctx = context_from(&rq);
     ctx.request_id = filters::request_id::assign(
         ctx.peer,
@@ -218,12 +218,85 @@ fn handle(app: &App, mut rq: tiny_http::Request, dispatch: Dispatch) {
             error_reply(app, &ctx, &ApiError::internal("handler panicked"))
         }
     };
+    if let Body::Deferred(_) = reply.body {
+        match app.relays.try_reserve() {
+            Some(ticket) => {
+                let Body::Deferred(run) = std::mem::replace(&mut reply.body, Body::Empty) else {
+                    return;
+                };
+                return defer(app.clone(), rq, ctx, run, ticket);
+            }
+            None => {
+                let err = ApiError::ServerBusy { retry_after_s: 1 };
+                ctx.error_code = Some(err.code());
+                reply = error_reply(app, &ctx, &err);
+            }
+        }
+    }
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
     let error_code = ctx.error_code;
     let bytes = send(app, rq, reply, &mut ctx);
     app.metrics.record(ctx.route, status, ctx.started.elapsed(), error_code);
     access_log(&ctx, status, bytes);
+}
+
+/// Finishes a `Body::Deferred` reply on a relay thread: the worker returns
+/// at once, the relay waits on the upstream, then the reply is decorated,
+/// written on the raw connection (keep-alive is preserved: the response is
+/// complete with Content-Length) and logged.
+fn defer(app: Arc<App>, rq: tiny_http::Request, mut ctx: Ctx, run: crate::http::DeferredFn, ticket: crate::relay_pool::Ticket) {
+    if ctx.has_body() && ctx.body.is_empty() {
+        ctx.close_connection = true;
+    }
+    if ctx.close_connection {
+        rq.close_connection();
+    }
+    let (mut writer, body) = rq.into_writer_and_reader();
+    ticket.run(Box::new(move || {
+        logging::set_request_id(Some(&ctx.request_id));
+        let mut reply = match panic::catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(r)) => r,
+            Ok(Err(err)) => {
+                ctx.error_code = Some(err.code());
+                error_reply(&app, &ctx, &err)
+            }
+            Err(_) => {
+                ctx.error_code = Some("internal");
+                error_reply(&app, &ctx, &ApiError::internal("deferred handler panicked"))
+            }
+        };
+        if let Body::Stream(_) | Body::Deferred(_) = reply.body {
+            ctx.error_code = Some("internal");
+            reply = error_reply(&app, &ctx, &ApiError::internal("a deferred reply cannot stream"));
+        }
+        filters::headers::decorate(&mut reply, &ctx, &app.cfg);
+        let data = match std::mem::replace(&mut reply.body, Body::Empty) {
+            Body::Bytes(b) => b,
+            _ => Vec::new(),
+        };
+        let mut head = Vec::with_capacity(1024);
+        head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).as_bytes());
+        head.extend_from_slice(format!("Date: {}\r\n", crate::time::http_date(std::time::SystemTime::now())).as_bytes());
+        reply.render_headers(&mut head);
+        head.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes());
+        if ctx.close_connection {
+            head.extend_from_slice(b"Connection: close\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let head_only = ctx.method == Method::Head;
+        let sent = writer
+            .write_all(&head)
+            .and_then(|_| if head_only { Ok(()) } else { writer.write_all(&data) })
+            .and_then(|_| writer.flush());
+        let bytes = if sent.is_ok() && !head_only { data.len() } else { 0 };
+        // Releases the connection: its thread reads the next request.
+        drop(writer);
+        drop(body);
+        app.metrics.record(ctx.route, reply.status, ctx.started.elapsed(), ctx.error_code);
+        access_log(&ctx, reply.status, bytes);
+        logging::set_request_id(None);
+    }));
 }
 
 /// Filters, routing, body, handler.
@@ -259,13 +332,9 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
     Reply::error(err, &ctx.request_id, app.cfg.server.debug)
 }
 
-fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
 /// Writes the reply; returns the body bytes sent (streams: 0, they log
 /// their own totals).
-fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize {
+fn send(app: &App, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> usize {
     // A body we did not read completely must not be drained (no timeout)
     // nor parsed as the next request (smuggling): close instead.
     if ctx.has_body() && ctx.body.is_empty() {
@@ -275,21 +344,16 @@ fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize
         rq.close_connection();
     }
     let head_only = ctx.method == Method::Head;
-    match reply.body {
+    match std::mem::replace(&mut reply.body, Body::Empty) {
         Body::Stream(run) => {
             rq.close_connection();
             let fd = rq.socket_fd();
             let (writer, body) = rq.into_writer_and_reader();
             let mut out = crate::http::StreamOut::new(writer, Some(body), fd);
-            let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
-            for (n, v) in &reply.headers {
-                head.push_str(n);
-                head.push_str(": ");
-                head.push_str(v);
-                head.push_str("\r\n");
-            }
-            head.push_str("Connection: close\r\n\r\n");
-            if out.write_all(head.as_bytes()).and_then(|_| out.flush()).is_err() {
+            let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
+            reply.render_headers(&mut head);
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            if out.write_all(&head).and_then(|_| out.flush()).is_err() {
                 return 0;
             }
             let request_id = ctx.request_id.clone();
@@ -314,12 +378,11 @@ fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize
                 _ => Vec::new(),
             };
             let len = data.len();
-            let mut response = tiny_http::Response::from_data(data).with_status_code(reply.status);
-            for (n, v) in &reply.headers {
-                if let Some(h) = header(n, v) {
-                    response.add_header(h);
-                }
-            }
+            let mut block = Vec::with_capacity(768);
+            reply.render_headers(&mut block);
+            let response = tiny_http::Response::from_data(data)
+                .with_status_code(reply.status)
+                .with_raw_headers(block);
             let _ = rq.respond(response);
             if head_only {
                 0
@@ -333,6 +396,7 @@ fn send(app: &App, rq: tiny_http::Request, reply: Reply, ctx: &mut Ctx) -> usize
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",

@@ -35,6 +35,26 @@ pub fn format_millis(ms: i64) -> String {
     )
 }
 
+/// An HTTP date (IMF-fixdate): `Mon, 23 Nov 2026 15:29:03 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -94,5 +114,8 @@ mod tests {
             assert_eq!(parse_rfc3339_millis(&format_millis(ms)), Some(ms));
         }
         assert_eq!(parse_rfc3339_millis("nope"), None);
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_447_743_123);
+        assert_eq!(http_date(t), "Mon, 23 Nov 2026 15:29:03 GMT");
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_upstream::{FakeUpstream, Mode};
-use support::{Opts, Resp, Server};
+use support::{connect, read_response, request, Opts, Resp, Server};
 
 const UPSTREAM_KEY: &str = "sk-test-UPSTREAMKEY-0123456789";
 const UPSTREAM_SECRET: &str = "sk-UPSTREAMSECRET";
@@ -1205,4 +1205,63 @@ fn a_stream_outlives_the_idle_read_timeout_of_its_connection() {
     assert_eq!(names.last(), Some(&"done"), "{:?}", names);
     let cid = data_json(&frames[0])["conversation_id"].as_str().unwrap().to_string();
     final_assistant(&s, &cid, "complete");
+}
+
+#[test]
+fn non_streaming_relays_wait_on_relay_threads_not_workers() {
+    // One worker, an upstream that never answers: three pending relays
+    // must not keep /health or resource requests waiting.
+    let up = FakeUpstream::start(Mode::Hang);
+    let s = Server::start(
+        opts_for(&up.base_url())
+            .env("PORTCULLIS_SERVER_WORKERS", "1")
+            .env("PORTCULLIS_UPSTREAM_TIMEOUT_S", "20"),
+    );
+    let addr = s.addr;
+    let pending: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("Origin", "http://localhost:3000"), ("Content-Type", "application/json")],
+                    Some(user_says("hello").to_string().as_bytes()),
+                )
+            })
+        })
+        .collect();
+    assert!(up.wait_requests(3, Duration::from_secs(10)), "all three reached the upstream");
+    let t = Instant::now();
+    assert_eq!(s.get("/health").status, 200);
+    assert_eq!(s.get("/api/projects").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(2), "waited {:?}", t.elapsed());
+    drop(s); // the pending clients see their connections end
+    for p in pending {
+        let _ = p.join();
+    }
+}
+
+#[test]
+fn deferred_replies_keep_the_connection_alive() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let s = start(&up);
+    let mut c = connect(s.addr);
+    let body = user_says("hi").to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    let mut reader = std::io::BufReader::new(c.try_clone().unwrap());
+    for _ in 0..3 {
+        c.write_all(req.as_bytes()).unwrap();
+        let r = read_response(&mut reader).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["choices"].is_array());
+        assert!(r.header("X-Request-Id").is_some() && r.header("Content-Security-Policy").is_some());
+        assert!(r.header("Date").is_some());
+    }
+    c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
 }

@@ -10,36 +10,39 @@ pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 const HSTS_VALUE: &str = "max-age=31536000; includeSubDomains";
 
 pub fn decorate(reply: &mut Reply, ctx: &Ctx, cfg: &Config) {
-    reply.set_header("X-Request-Id", ctx.request_id.clone());
-    reply.set_header("X-Content-Type-Options", "nosniff");
-    reply.set_header("X-Frame-Options", "DENY");
-    reply.set_header("X-XSS-Protection", "0");
-    reply.set_header("Referrer-Policy", "no-referrer");
-    reply.set_header("Cross-Origin-Resource-Policy", "same-origin");
+    // Handlers may set their own CSP and Cache-Control (the chat page and
+    // its assets); every other header here is ours alone, so it is pushed
+    // without searching.
     if !reply.has_header("Content-Security-Policy") {
-        reply.set_header("Content-Security-Policy", API_CSP);
+        reply.push_header("Content-Security-Policy", API_CSP);
     }
     if !reply.has_header("Cache-Control") {
-        reply.set_header("Cache-Control", "no-store");
+        reply.push_header("Cache-Control", "no-store");
     }
+    reply.push_header("X-Request-Id", ctx.request_id.clone());
+    reply.push_header("X-Content-Type-Options", "nosniff");
+    reply.push_header("X-Frame-Options", "DENY");
+    reply.push_header("X-XSS-Protection", "0");
+    reply.push_header("Referrer-Policy", "no-referrer");
+    reply.push_header("Cross-Origin-Resource-Policy", "same-origin");
     if cfg.security.hsts {
-        reply.set_header("Strict-Transport-Security", HSTS_VALUE);
+        reply.push_header("Strict-Transport-Security", HSTS_VALUE);
     }
-    reply.set_header("Server", "portcullis");
-    reply.set_header("Vary", "Origin");
+    reply.push_header("Server", "portcullis");
+    reply.push_header("Vary", "Origin");
     if let Some(origin) = &ctx.cors_origin {
-        reply.set_header("Access-Control-Allow-Origin", origin.clone());
-        reply.set_header(
+        reply.push_header("Access-Control-Allow-Origin", origin.clone());
+        reply.push_header(
             "Access-Control-Expose-Headers",
             "X-Request-Id, Retry-After, RateLimit, RateLimit-Policy, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset",
         );
     }
     if let Some(rate) = &ctx.rate {
-        reply.set_header("RateLimit-Policy", format!("\"{}\";q={};w={}", rate.policy, rate.limit, rate.window_s));
-        reply.set_header("RateLimit", format!("\"{}\";r={};t={}", rate.policy, rate.remaining, rate.reset_s));
-        reply.set_header("RateLimit-Limit", rate.limit.to_string());
-        reply.set_header("RateLimit-Remaining", rate.remaining.to_string());
-        reply.set_header("RateLimit-Reset", rate.reset_s.to_string());
+        reply.push_header("RateLimit-Policy", format!("\"{}\";q={};w={}", rate.policy, rate.limit, rate.window_s));
+        reply.push_header("RateLimit", format!("\"{}\";r={};t={}", rate.policy, rate.remaining, rate.reset_s));
+        reply.push_header("RateLimit-Limit", rate.limit.to_string());
+        reply.push_header("RateLimit-Remaining", rate.remaining.to_string());
+        reply.push_header("RateLimit-Reset", rate.reset_s.to_string());
     }
 }
 
@@ -49,7 +52,7 @@ mod tests {
     use crate::http::{Method, RateInfo};
 
     fn get<'a>(r: &'a Reply, n: &str) -> Option<&'a str> {
-        r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str())
+        r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_ref())
     }
 
     #[test]

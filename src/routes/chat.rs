@@ -135,7 +135,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         true => Some(app.streams.try_acquire().ok_or(BUSY)?),
         false => None,
     };
-    let wait = app.upstream_waits.try_acquire().ok_or(BUSY)?;
+    // Streams wait for the upstream's head on the worker (briefly), so
+    // they count against `upstream_waits`; non-streaming turns wait on a
+    // relay thread instead.
+    let wait = match req.stream {
+        true => Some(app.upstream_waits.try_acquire().ok_or(BUSY)?),
+        false => None,
+    };
 
     let conversation = match &req.conversation_id {
         Some(id) => {
@@ -193,34 +199,37 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let upstream_req = upstream::chat_request(&model, messages, req.stream, &extra);
 
     let Some(slot) = slot else {
-        let answer = app.upstream.complete(&upstream_req);
         drop(wait);
-        let answered = answer.and_then(|a| {
-            let content = upstream::answer_content(&a)
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| ApiError::UpstreamError {
-                    detail: "answer without message content".into(),
-                })?
-                .to_string();
-            Ok((content, a.get("usage").filter(|u| u.is_object()).cloned()))
-        });
-        let (content, status, usage) = match &answered {
-            Ok((c, u)) => (c.as_str(), "complete", u.as_ref()),
-            Err(_) => ("", "error", None),
-        };
-        let assistant = app.db.insert_message(&NewMessage {
-            conversation_id: &conversation.id,
-            role: "assistant",
-            content,
-            status,
-            model: Some(&model),
-            usage,
-        })?;
-        answered?;
-        return Ok(Reply::json(
-            200,
-            &json!({"conversation_id": conversation.id, "user_message_id": user.id, "message": assistant.to_json()}),
-        ));
+        let (up, db) = (app.upstream.clone(), app.db.clone());
+        let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
+        return Ok(Reply::deferred(Box::new(move || {
+            let answered = up.complete(&upstream_req).and_then(|a| {
+                let content = upstream::answer_content(&a)
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| ApiError::UpstreamError {
+                        detail: "answer without message content".into(),
+                    })?
+                    .to_string();
+                Ok((content, a.get("usage").filter(|u| u.is_object()).cloned()))
+            });
+            let (content, status, usage) = match &answered {
+                Ok((c, u)) => (c.as_str(), "complete", u.as_ref()),
+                Err(_) => ("", "error", None),
+            };
+            let assistant = db.insert_message(&NewMessage {
+                conversation_id: &conversation_id,
+                role: "assistant",
+                content,
+                status,
+                model: Some(&model),
+                usage,
+            })?;
+            answered?;
+            Ok(Reply::json(
+                200,
+                &json!({"conversation_id": conversation_id, "user_message_id": user_id, "message": assistant.to_json()}),
+            ))
+        })));
     };
 
     let assistant = app.db.insert_message(&NewMessage {

@@ -151,12 +151,12 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let body = json_body::object(ctx)?;
     let (request, stream) = relay_request(&body, &app.cfg.upstream.model)?;
     if !stream {
-        let _wait = app
-            .upstream_waits
-            .try_acquire()
-            .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
-        let answer = app.upstream.complete(&request)?;
-        return Ok(Reply::json(200, &answer));
+        // Waits on a relay thread, not a worker (`server::defer`).
+        let up = app.upstream.clone();
+        return Ok(Reply::deferred(Box::new(move || {
+            let answer = up.complete(&request)?;
+            Ok(Reply::json(200, &answer))
+        })));
     }
 
     let slot = app
@@ -198,10 +198,15 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn models(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let listed = match app.upstream_waits.try_acquire() {
-        Some(_wait) => app.upstream.models(),
-        None => Err(ApiError::ServerBusy { retry_after_s: 1 }),
-    };
+    let up = app.upstream.clone();
+    let configured = app.cfg.upstream.model.clone();
+    Ok(Reply::deferred(Box::new(move || models_reply(&up, &configured))))
+}
+
+/// `/v1/models`, on a relay thread: the upstream's list, or the configured
+/// model when the upstream cannot list.
+fn models_reply(up: &crate::upstream::Upstream, configured: &str) -> Result<Reply, ApiError> {
+    let listed = up.models();
     let data = match &listed {
         Ok(list) => normalize_models(list),
         Err(_) => None,
@@ -215,7 +220,7 @@ pub fn models(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
             "upstream cannot list models; answering the configured model",
             &[("detail", json!(logging::redact_text(&why)))],
         );
-        vec![model_entry(&app.cfg.upstream.model, 0, "portcullis")]
+        vec![model_entry(configured, 0, "portcullis")]
     });
     Ok(Reply::json(200, &json!({"object": "list", "data": data})))
 }

@@ -43,6 +43,8 @@ pub struct Response<R> {
     headers: Vec<Header>,
     data_length: Option<usize>,
     chunked_threshold: Option<usize>,
+    // portcullis patch: pre-rendered header lines written as they are
+    raw_headers: Vec<u8>,
 }
 
 /// A `Response` without a template parameter.
@@ -81,6 +83,7 @@ fn write_message_header<W>(
     http_version: &HTTPVersion,
     status_code: &StatusCode,
     headers: &[Header],
+    raw_headers: &[u8],
 ) -> IoResult<()>
 where
     W: Write,
@@ -102,6 +105,8 @@ where
         writer.write_all(header.value.as_str().as_ref())?;
         write!(&mut writer, "\r\n")?;
     }
+
+    writer.write_all(raw_headers)?;
 
     // separator between header and data
     write!(&mut writer, "\r\n")?;
@@ -206,6 +211,7 @@ where
             headers: Vec::with_capacity(16),
             data_length,
             chunked_threshold: None,
+            raw_headers: Vec::new(),
         };
 
         for h in headers {
@@ -247,6 +253,16 @@ where
     }
 
     /// Adds a header to the list.
+    /// portcullis patch: header lines rendered by the caller (`Name: value\r\n`
+    /// each), written after the others without per-header allocation. The
+    /// caller guarantees there is no CR or LF inside a name or value and
+    /// that none of Content-Length, Transfer-Encoding, Connection is among
+    /// them (tiny_http decides those).
+    pub fn with_raw_headers(mut self, block: Vec<u8>) -> Self {
+        self.raw_headers = block;
+        self
+    }
+
     /// portcullis patch: marks the response `Connection: close` (add_header
     /// refuses that header on purpose).
     pub(crate) fn with_connection_close(mut self) -> Self {
@@ -328,6 +344,7 @@ where
             status_code: self.status_code,
             data_length,
             chunked_threshold: self.chunked_threshold,
+            raw_headers: self.raw_headers,
         }
     }
 
@@ -428,6 +445,7 @@ where
             &http_version,
             &self.status_code,
             &self.headers,
+            &self.raw_headers,
         )?;
 
         // sending the body
@@ -484,6 +502,7 @@ where
             headers: self.headers,
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
+            raw_headers: self.raw_headers,
         }
     }
 }
@@ -572,6 +591,7 @@ impl Clone for Response<io::Empty> {
             headers: self.headers.clone(),
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
+            raw_headers: self.raw_headers.clone(),
         }
     }
 }
