@@ -214,6 +214,7 @@ fn serve(cfg: Config) -> i32 {
     let drained = running.shutdown(grace);
     app.stop_background();
     crate::logging::info("stopped", &[("drained", json!(drained))]);
+    crate::logging::flush();
     0
 }
 

@@ -126,6 +126,7 @@ pub struct UpstreamConfig {
 pub struct LoggingConfig {
     pub level: log::LevelFilter,
     pub file: Option<PathBuf>,
+    pub flush_interval: Duration,
 }
 
 /// The whole validated configuration.
@@ -199,6 +200,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("upstream", "max_idle_connections", "16"),
     ("logging", "level", "info"),
     ("logging", "file", ""),
+    ("logging", "flush_interval_ms", "100"),
 ];
 
 const SECTIONS: &[&str] = &[
@@ -634,6 +636,7 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
     let logging = LoggingConfig {
         level,
         file: (!file.is_empty()).then(|| PathBuf::from(file)),
+        flush_interval: r.millis("logging", "flush_interval_ms", 0, 10_000)?,
     };
 
     Ok(Config {

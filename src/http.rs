@@ -270,6 +270,16 @@ impl std::fmt::Debug for Body {
     }
 }
 
+/// Room for the headers a reply usually ends up with after `decorate`, so
+/// the list is allocated once.
+const REPLY_HEADERS: usize = 20;
+
+fn with_content_type(value: HeaderValue) -> Vec<(&'static str, HeaderValue)> {
+    let mut h = Vec::with_capacity(REPLY_HEADERS);
+    h.push(("Content-Type", value));
+    h
+}
+
 /// A header value: static text costs no allocation.
 pub type HeaderValue = std::borrow::Cow<'static, str>;
 
@@ -285,7 +295,7 @@ impl Reply {
     pub fn json(status: u16, value: &serde_json::Value) -> Reply {
         Reply {
             status,
-            headers: vec![("Content-Type", "application/json".into())],
+            headers: with_content_type("application/json".into()),
             body: Body::Bytes(serde_json::to_vec(value).unwrap_or_default()),
         }
     }
@@ -293,7 +303,7 @@ impl Reply {
     pub fn empty(status: u16) -> Reply {
         Reply {
             status,
-            headers: Vec::new(),
+            headers: Vec::with_capacity(REPLY_HEADERS),
             body: Body::Empty,
         }
     }
@@ -301,7 +311,7 @@ impl Reply {
     pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
         Reply {
             status,
-            headers: vec![("Content-Type", content_type.into())],
+            headers: with_content_type(content_type.into()),
             body: Body::Bytes(body),
         }
     }
@@ -310,7 +320,7 @@ impl Reply {
     pub fn stream(status: u16, content_type: &'static str, run: StreamFn) -> Reply {
         Reply {
             status,
-            headers: vec![("Content-Type", content_type.into())],
+            headers: with_content_type(content_type.into()),
             body: Body::Stream(run),
         }
     }

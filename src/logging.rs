@@ -20,28 +20,69 @@ use serde_json::{Map, Value};
 const OUR_TARGET: &str = "portcullis::json";
 
 thread_local! {
-    static REQUEST_ID: RefCell<Option<String>> = const { RefCell::new(None) };
+    // Reused buffer: setting the id allocates only the first time.
+    static REQUEST_ID: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// Sets (or clears) the request id attached to this thread's log lines.
 pub fn set_request_id(id: Option<&str>) {
-    REQUEST_ID.with(|r| *r.borrow_mut() = id.map(str::to_string));
+    REQUEST_ID.with(|r| {
+        let mut r = r.borrow_mut();
+        r.clear();
+        if let Some(id) = id {
+            r.push_str(id);
+        }
+    });
 }
 
 fn current_request_id() -> Option<String> {
-    REQUEST_ID.with(|r| r.borrow().clone())
+    REQUEST_ID.with(|r| {
+        let r = r.borrow();
+        (!r.is_empty()).then(|| r.clone())
+    })
 }
+
+/// Where lines go: a buffer in front of the file or standard error.
+/// With `flush_interval_ms > 0`, info and debug lines wait in the buffer
+/// (at most 64 KiB, at most that long: a background thread flushes),
+/// saving a system call per request; warnings and errors are written at
+/// once. With 0 every line is written as it is logged.
+pub struct Sink {
+    out: Mutex<std::io::BufWriter<Box<dyn Write + Send>>>,
+    buffered: bool,
+}
+
+impl Sink {
+    fn write_line(&self, level: log::Level, line: &[u8]) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = out.write_all(line);
+        if !self.buffered || level <= log::Level::Warn {
+            let _ = out.flush();
+        }
+    }
+
+    fn flush(&self) {
+        let _ = self.out.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    }
+}
+
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
+static SINK: std::sync::OnceLock<std::sync::Arc<Sink>> = std::sync::OnceLock::new();
 
 pub struct JsonLogger {
     level: log::LevelFilter,
-    out: Mutex<Box<dyn Write + Send>>,
+    sink: std::sync::Arc<Sink>,
 }
 
 impl JsonLogger {
     pub fn new(level: log::LevelFilter, out: Box<dyn Write + Send>) -> JsonLogger {
         JsonLogger {
             level,
-            out: Mutex::new(out),
+            sink: std::sync::Arc::new(Sink {
+                out: Mutex::new(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, out)),
+                buffered: false,
+            }),
         }
     }
 }
@@ -57,10 +98,38 @@ pub fn init(cfg: &crate::config::LoggingConfig) -> std::io::Result<()> {
         ),
         None => Box::new(std::io::stderr()),
     };
-    if log::set_boxed_logger(Box::new(JsonLogger::new(cfg.level, out))).is_ok() {
+    let sink = std::sync::Arc::new(Sink {
+        out: Mutex::new(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, out)),
+        buffered: !cfg.flush_interval.is_zero(),
+    });
+    if SINK.set(sink.clone()).is_err() {
+        return Ok(());
+    }
+    let logger = JsonLogger {
+        level: cfg.level,
+        sink: sink.clone(),
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(cfg.level);
     }
+    if sink.buffered {
+        let every = cfg.flush_interval;
+        std::thread::Builder::new()
+            .name("log-flush".into())
+            .stack_size(64 * 1024)
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                sink.flush();
+            })?;
+    }
     Ok(())
+}
+
+/// Writes out buffered lines (shutdown, and after a panic).
+pub fn flush() {
+    if let Some(s) = SINK.get() {
+        s.flush();
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -96,14 +165,11 @@ impl log::Log for JsonLogger {
             Value::Object(m).to_string()
         };
         line.push('\n');
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = out.write_all(line.as_bytes());
-        let _ = out.flush();
+        self.sink.write_line(record.level(), line.as_bytes());
     }
 
     fn flush(&self) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = out.flush();
+        self.sink.flush();
     }
 }
 
@@ -124,6 +190,40 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, Value)]) {
         m.insert((*k).to_string(), v.clone());
     }
     log::log!(target: OUR_TARGET, level, "{}", Value::Object(m));
+}
+
+/// Appends `s` as a JSON string literal (quotes and escapes included).
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Writes an already-built JSON object line (without newline) straight to
+/// the sink, when `level` is enabled: the per-request access line, which
+/// needs no formatting through the `log` facade.
+pub fn write_line(level: log::Level, mut line: String) {
+    if level > log::max_level() {
+        return;
+    }
+    line.push('\n');
+    match SINK.get() {
+        Some(sink) => sink.write_line(level, line.as_bytes()),
+        None => log::log!(target: OUR_TARGET, level, "{}", line.trim_end()),
+    }
 }
 
 pub fn info(msg: &str, fields: &[(&str, Value)]) {
@@ -225,6 +325,17 @@ mod tests {
         }
         assert_eq!(redact_text("plain words"), "plain words");
         assert_eq!(redact_text("desk-top"), "desk-top");
+    }
+
+    #[test]
+    fn json_strings_are_escaped_like_serde_json() {
+        for s in ["plain", "quote\" back\\slash", "new\nline\r\t", "\u{1}ctl", "ünï\u{2028}"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, s);
+            assert!(!out.contains('\n'));
+        }
     }
 
     #[test]

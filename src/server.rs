@@ -428,25 +428,40 @@ fn answer_busy(app: &App, rq: tiny_http::Request) {
 }
 
 fn access_log(ctx: &Ctx, status: u16, bytes: usize) {
-    let path = if ctx.query.is_empty() {
-        ctx.path.clone()
+    if log::Level::Info > log::max_level() {
+        return;
+    }
+    let micros = ctx.started.elapsed().as_micros() as u64;
+    // Built by hand into one buffer rather than through a serde_json map:
+    // this line is written for every request. Every string that comes from
+    // the request goes through `push_json_str`.
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(320);
+    line.push_str("{\"time\":\"");
+    line.push_str(&crate::time::format_rfc3339_millis(std::time::SystemTime::now()));
+    line.push_str("\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
+    logging::push_json_str(&mut line, &ctx.request_id);
+    let _ = write!(line, ",\"method\":\"{}\",\"path\":", ctx.method.as_str());
+    if ctx.query.is_empty() {
+        logging::push_json_str(&mut line, &ctx.path);
     } else {
-        logging::path_for_log(&format!("{}?{}", ctx.path, ctx.query))
-    };
-    logging::event(
-        log::Level::Info,
-        "request",
-        &[
-            ("request_id", json!(ctx.request_id)),
-            ("method", json!(ctx.method.as_str())),
-            ("path", json!(path)),
-            ("route", json!(ctx.route.map(|r| r.name()))),
-            ("status", json!(status)),
-            ("bytes", json!(bytes)),
-            ("duration_ms", json!((ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)),
-            ("client", json!(ctx.client.to_string())),
-        ],
+        logging::push_json_str(&mut line, &logging::path_for_log(&format!("{}?{}", ctx.path, ctx.query)));
+    }
+    line.push_str(",\"route\":");
+    match ctx.route {
+        Some(r) => logging::push_json_str(&mut line, r.name()),
+        None => line.push_str("null"),
+    }
+    let _ = write!(
+        line,
+        ",\"status\":{},\"bytes\":{},\"duration_ms\":{}.{:03},\"client\":\"{}\"}}",
+        status,
+        bytes,
+        micros / 1000,
+        micros % 1000,
+        ctx.client
     );
+    logging::write_line(log::Level::Info, line);
 }
 
 /// Routes panics to the JSON log (message and location, no backtrace on

@@ -39,8 +39,7 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
 
     auth::check(app, ctx)?;
     rate_limit::check(app, ctx)?;
-    let own = origin::own_origin(ctx, &sec.trusted_proxies);
-    origin::check(ctx, &sec.allowed_origins, own.as_deref(), ctx.key_id.is_some())?;
+    origin::check(ctx, &sec.allowed_origins, &sec.trusted_proxies, ctx.key_id.is_some())?;
     csrf::check(app, ctx)?;
     Ok(None)
 }

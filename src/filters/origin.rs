@@ -83,8 +83,19 @@ pub fn own_origin(ctx: &Ctx, trusted: &crate::filters::client_ip::TrustedProxies
 /// check on unsafe methods. Allowed: an origin listed in `allowed_origins`
 /// or the server's own origin (same-origin requests of the built-in page).
 /// `has_valid_key` is the auth filter's verdict.
-pub fn check(ctx: &mut Ctx, allowed: &[String], own: Option<&str>, has_valid_key: bool) -> Result<(), ApiError> {
-    let same_origin = |o: &str| own.is_some() && parse_origin(o).as_deref() == own;
+pub fn check(
+    ctx: &mut Ctx,
+    allowed: &[String],
+    trusted: &crate::filters::client_ip::TrustedProxies,
+    has_valid_key: bool,
+) -> Result<(), ApiError> {
+    // The own origin is needed only for an unsafe request whose origin is
+    // not listed, so it is computed only then.
+    let own = |ctx: &Ctx| own_origin(ctx, trusted);
+    let same_origin = |ctx: &Ctx, o: &str| {
+        let own = own(ctx);
+        own.is_some() && parse_origin(o) == own
+    };
     let origin = ctx.header("origin").map(str::to_string);
     if let Some(o) = &origin {
         if is_allowed(o, allowed) {
@@ -95,11 +106,11 @@ pub fn check(ctx: &mut Ctx, allowed: &[String], own: Option<&str>, has_valid_key
         return Ok(());
     }
     match origin {
-        Some(o) if ctx.cors_origin.is_some() || is_allowed(&o, allowed) || same_origin(&o) => Ok(()),
+        Some(o) if ctx.cors_origin.is_some() || is_allowed(&o, allowed) || same_origin(ctx, &o) => Ok(()),
         Some(_) => Err(ApiError::OriginNotAllowed),
         None => match ctx.header("referer") {
             Some(r) => match referer_origin(r) {
-                Some(o) if allowed.iter().any(|a| parse_origin(a).as_deref() == Some(o.as_str())) || same_origin(&o) => Ok(()),
+                Some(o) if allowed.iter().any(|a| parse_origin(a).as_deref() == Some(o.as_str())) || same_origin(ctx, &o) => Ok(()),
                 _ => Err(ApiError::OriginNotAllowed),
             },
             None if has_valid_key => Ok(()),
@@ -135,6 +146,10 @@ pub fn guarded(method: Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_proxies() -> crate::filters::client_ip::TrustedProxies {
+        crate::filters::client_ip::TrustedProxies::default()
+    }
 
     fn allowed() -> Vec<String> {
         vec!["http://localhost:3000".into(), "https://app.example".into()]
@@ -177,17 +192,17 @@ mod tests {
         ];
         for (m, h, key, ok) in cases {
             let mut c = ctx(*m, h);
-            assert_eq!(check(&mut c, &allowed(), None, *key).is_ok(), *ok, "{:?} {:?} key={}", m, h, key);
+            assert_eq!(check(&mut c, &allowed(), &no_proxies(), *key).is_ok(), *ok, "{:?} {:?} key={}", m, h, key);
         }
     }
 
     #[test]
     fn cors_origin_only_echoed_when_allowed() {
         let mut c = ctx(Method::Get, &[("origin", "http://evil.example")]);
-        check(&mut c, &allowed(), None, false).unwrap();
+        check(&mut c, &allowed(), &no_proxies(), false).unwrap();
         assert_eq!(c.cors_origin, None);
         let mut c = ctx(Method::Get, &[("origin", "http://localhost:3000")]);
-        check(&mut c, &allowed(), None, false).unwrap();
+        check(&mut c, &allowed(), &no_proxies(), false).unwrap();
         assert_eq!(c.cors_origin.as_deref(), Some("http://localhost:3000"));
     }
 
@@ -198,11 +213,11 @@ mod tests {
         let own = own_origin(&c, &trusted);
         assert_eq!(own.as_deref(), Some("http://localhost:8000"));
         let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("origin", "http://localhost:8000")]);
-        assert!(check(&mut c, &allowed(), own.as_deref(), false).is_ok());
+        assert!(check(&mut c, &allowed(), &trusted, false).is_ok());
         let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("origin", "http://localhost:8001")]);
-        assert!(check(&mut c, &allowed(), own.as_deref(), false).is_err());
+        assert!(check(&mut c, &allowed(), &trusted, false).is_err());
         let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("referer", "http://localhost:8000/")]);
-        assert!(check(&mut c, &allowed(), own.as_deref(), false).is_ok());
+        assert!(check(&mut c, &allowed(), &trusted, false).is_ok());
         // X-Forwarded-Proto believed from a trusted peer only.
         let c = ctx(Method::Post, &[("host", "chat.example"), ("x-forwarded-proto", "https")]);
         assert_eq!(own_origin(&c, &trusted).as_deref(), Some("https://chat.example"));

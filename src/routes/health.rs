@@ -5,9 +5,6 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 
 pub fn live(_app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    Ok(Reply::bytes(
-        200,
-        "application/json",
-        format!("{{\"status\":\"ok\",\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION")).into_bytes(),
-    ))
+    const BODY: &str = concat!("{\"status\":\"ok\",\"version\":\"", env!("CARGO_PKG_VERSION"), "\"}");
+    Ok(Reply::bytes(200, "application/json", BODY.as_bytes().to_vec()))
 }

@@ -133,6 +133,8 @@ impl Server {
             .env("PORTCULLIS_SERVER_DATA_DIR", &dir)
             .env("PORTCULLIS_LOGGING_FILE", dir.join("portcullis.log"))
             .env("PORTCULLIS_LOGGING_LEVEL", "debug")
+            // Tests read the log right after a request: no buffering.
+            .env("PORTCULLIS_LOGGING_FLUSH_INTERVAL_MS", "0")
             // Tests about other behaviour must not trip the rate limiter;
             // rate-limit tests set their own limits (later env wins).
             .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "100000")
