@@ -164,7 +164,7 @@ fn worker_loop(server: &tiny_http::Server, app: Arc<App>, busy: &AtomicUsize, di
             Err(_) => continue,
         };
         busy.fetch_add(1, Ordering::AcqRel);
-        handle(&app, rq, dispatch);
+        handle(&app, rq, dispatch, busy);
         busy.fetch_sub(1, Ordering::AcqRel);
         logging::set_request_id(None);
     }
@@ -195,7 +195,7 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
 
 /// Serves one request on a worker thread. Never panics: a panic in a
 /// filter or handler answers 500 `internal` and the worker lives on.
-fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch) {
+fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: &AtomicUsize) {
     let mut ctx = context_from(&rq);
     ctx.request_id = filters::request_id::assign(
         ctx.peer,
@@ -218,18 +218,29 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch) {
             error_reply(app, &ctx, &ApiError::internal("handler panicked"))
         }
     };
-    if let Body::Deferred(_) = reply.body {
-        match app.relays.try_reserve() {
-            Some(ticket) => {
-                let Body::Deferred(run) = std::mem::replace(&mut reply.body, Body::Empty) else {
-                    return;
-                };
-                return defer(app.clone(), rq, ctx, run, ticket);
-            }
-            None => {
-                let err = ApiError::ServerBusy { retry_after_s: 1 };
-                ctx.error_code = Some(err.code());
-                reply = error_reply(app, &ctx, &err);
+    let deferred = match std::mem::replace(&mut reply.body, Body::Empty) {
+        Body::Deferred(run) => Some(run),
+        other => {
+            reply.body = other;
+            None
+        }
+    };
+    if let Some(run) = deferred {
+        // While at least half the workers are idle, wait on the upstream
+        // right here (no thread handoff: the lightly loaded case stays
+        // fast). Each such call keeps its worker busy, so at most half the
+        // workers ever wait on the upstream; beyond that the relay pool
+        // takes the call and the worker is free at once.
+        if busy.load(Ordering::Acquire) * 2 <= app.cfg.server.workers {
+            reply = run_deferred(app, &mut ctx, run);
+        } else {
+            match app.relays.try_reserve() {
+                Some(ticket) => return defer(app.clone(), rq, ctx, run, ticket),
+                None => {
+                    let err = ApiError::ServerBusy { retry_after_s: 1 };
+                    ctx.error_code = Some(err.code());
+                    reply = error_reply(app, &ctx, &err);
+                }
             }
         }
     }
@@ -255,21 +266,7 @@ fn defer(app: Arc<App>, rq: tiny_http::Request, mut ctx: Ctx, run: crate::http::
     let (mut writer, body) = rq.into_writer_and_reader();
     ticket.run(Box::new(move || {
         logging::set_request_id(Some(&ctx.request_id));
-        let mut reply = match panic::catch_unwind(AssertUnwindSafe(run)) {
-            Ok(Ok(r)) => r,
-            Ok(Err(err)) => {
-                ctx.error_code = Some(err.code());
-                error_reply(&app, &ctx, &err)
-            }
-            Err(_) => {
-                ctx.error_code = Some("internal");
-                error_reply(&app, &ctx, &ApiError::internal("deferred handler panicked"))
-            }
-        };
-        if let Body::Stream(_) | Body::Deferred(_) = reply.body {
-            ctx.error_code = Some("internal");
-            reply = error_reply(&app, &ctx, &ApiError::internal("a deferred reply cannot stream"));
-        }
+        let mut reply = run_deferred(&app, &mut ctx, run);
         filters::headers::decorate(&mut reply, &ctx, &app.cfg);
         let data = match std::mem::replace(&mut reply.body, Body::Empty) {
             Body::Bytes(b) => b,
@@ -297,6 +294,26 @@ fn defer(app: Arc<App>, rq: tiny_http::Request, mut ctx: Ctx, run: crate::http::
         access_log(&ctx, reply.status, bytes);
         logging::set_request_id(None);
     }));
+}
+
+/// Runs a deferred handler body; panics and errors become error replies.
+fn run_deferred(app: &App, ctx: &mut Ctx, run: crate::http::DeferredFn) -> Reply {
+    let reply = match panic::catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(err)) => {
+            ctx.error_code = Some(err.code());
+            error_reply(app, ctx, &err)
+        }
+        Err(_) => {
+            ctx.error_code = Some("internal");
+            error_reply(app, ctx, &ApiError::internal("deferred handler panicked"))
+        }
+    };
+    if let Body::Stream(_) | Body::Deferred(_) = reply.body {
+        ctx.error_code = Some("internal");
+        return error_reply(app, ctx, &ApiError::internal("a deferred reply cannot stream"));
+    }
+    reply
 }
 
 /// Filters, routing, body, handler.

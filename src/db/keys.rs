@@ -9,7 +9,7 @@
 //! refused on its very next request.
 
 use super::Cached;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
@@ -140,7 +140,9 @@ fn insert_key(
 impl Db {
     /// Creates a key; the secret is returned once and never stored.
     pub fn create_key(&self, name: &str, actor: &Actor) -> Result<(ApiKey, Secret), ApiError> {
-        self.write(|tx| insert_key(tx, name, actor))
+        let r = self.write(|tx| insert_key(tx, name, actor));
+        self.key_cache.bump_stamp();
+        r
     }
 
     /// When no key exists at all, creates one and writes it to `file`
@@ -167,6 +169,7 @@ impl Db {
             })?;
             Ok(true)
         });
+        self.key_cache.bump_stamp();
         r.map_err(|e| {
             format!(
                 "cannot create the first API key: {}",
@@ -195,6 +198,14 @@ impl Db {
 
     /// Revokes a key at once (the next request with it is refused).
     pub fn revoke_key(&self, id: &str, actor: &Actor) -> Result<Revoke, ApiError> {
+        let r = self.revoke_in_db(id, actor);
+        // After the commit: a server that sees the new stamp finds the key
+        // revoked in the database.
+        self.key_cache.bump_stamp();
+        r
+    }
+
+    fn revoke_in_db(&self, id: &str, actor: &Actor) -> Result<Revoke, ApiError> {
         self.write(|tx| {
             let revoked: Option<Option<i64>> = tx
                 .query_row_cached("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| {
@@ -220,11 +231,23 @@ impl Db {
     /// stored hash in constant time.
     pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, ApiError> {
         let hash = hash_key(presented);
+        let stamp = self.key_cache.current_stamp();
+        if let Some(id) = self.key_cache.get(&hash, stamp) {
+            return Ok(KeyLookup::Valid { id });
+        }
+        let found = self.lookup_key_in_db(&hash)?;
+        if let KeyLookup::Valid { id } = &found {
+            self.key_cache.put(hash, id.clone(), stamp);
+        }
+        Ok(found)
+    }
+
+    fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, ApiError> {
         let row: Option<(String, String, Option<i64>)> = self
             .conn()?
             .query_row_cached(
                 "SELECT id, hash, revoked_at FROM api_keys WHERE hash = ?1",
-                [&hash],
+                [hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
@@ -242,9 +265,103 @@ impl Db {
     }
 }
 
+/// Valid keys recently seen, so an authenticated request does not query
+/// SQLite. Correctness rests on the key stamp: a file beside the database
+/// that every key change (create, revoke, here or from the CLI in another
+/// process) rewrites after its commit. Each lookup stats the file (one
+/// cheap system call); when its modification time differs from the one the
+/// cache was filled under, the cache is dropped. So a key revoked with the
+/// CLI is refused on its next request, as without a cache. Only valid keys
+/// are cached (unknown ones always reach the database), at most
+/// `KEY_CACHE_MAX` of them.
+pub struct KeyCache {
+    stamp_path: PathBuf,
+    inner: std::sync::Mutex<(Option<std::time::SystemTime>, std::collections::HashMap<String, String>)>,
+}
+
+const KEY_CACHE_MAX: usize = 4096;
+
+impl KeyCache {
+    pub fn new(db_path: &Path) -> KeyCache {
+        let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".keys-stamp");
+        KeyCache {
+            stamp_path: db_path.with_file_name(name),
+            inner: std::sync::Mutex::new((None, std::collections::HashMap::new())),
+        }
+    }
+
+    /// The stamp's current modification time (None: no stamp yet).
+    pub fn current_stamp(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(&self.stamp_path).and_then(|m| m.modified()).ok()
+    }
+
+    fn get(&self, hash: &str, stamp: Option<std::time::SystemTime>) -> Option<String> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.0 != stamp {
+            inner.0 = stamp;
+            inner.1.clear();
+            return None;
+        }
+        inner.1.get(hash).cloned()
+    }
+
+    /// Caches a valid key found under `stamp` (read before the query), unless
+    /// the keys changed meanwhile.
+    fn put(&self, hash: String, id: String, stamp: Option<std::time::SystemTime>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.0 != stamp {
+            return;
+        }
+        if inner.1.len() >= KEY_CACHE_MAX {
+            inner.1.clear();
+        }
+        inner.1.insert(hash, id);
+    }
+
+    /// Marks a key change for every process using this database.
+    pub fn bump_stamp(&self) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        if let Err(e) = std::fs::write(&self.stamp_path, nanos.to_string()) {
+            crate::logging::error(
+                "cannot write the key stamp; running servers may accept a revoked key until restarted",
+                &[("error", json!(e.to_string()))],
+            );
+        }
+        // This process drops its cache at once, whatever the clock says.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0 = None;
+        inner.1.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_cache_follows_the_stamp_and_refuses_stale_fills() {
+        let dir = std::env::temp_dir().join(format!("pc-keycache-{}", crate::ids::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = KeyCache::new(&dir.join("x.db"));
+        let s0 = cache.current_stamp();
+        assert_eq!(s0, None);
+        assert_eq!(cache.get("h", s0), None);
+        cache.put("h".into(), "id1".into(), s0);
+        assert_eq!(cache.get("h", s0).as_deref(), Some("id1"));
+        // A key change elsewhere: the stamp moves, the cache empties.
+        cache.bump_stamp();
+        let s1 = cache.current_stamp();
+        assert!(s1.is_some());
+        assert_eq!(cache.get("h", s1), None);
+        // A fill that began under the old stamp is refused.
+        cache.put("h".into(), "id1".into(), s0);
+        assert_eq!(cache.get("h", s1), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use crate::db::testing::temp_db;
 
     #[test]

@@ -41,6 +41,8 @@ const BUSY_RETRY_AFTER_S: u64 = 1;
 #[derive(Clone)]
 pub struct Db {
     pool: pool::Pool,
+    /// Valid API keys recently seen (see `keys::KeyCache`).
+    key_cache: std::sync::Arc<keys::KeyCache>,
 }
 
 impl Db {
@@ -132,7 +134,10 @@ impl Db {
                 .map_err(|e| format!("cannot use database {}: {}", path.display(), e))?;
             schema::migrate(&mut conn).map_err(|e| format!("{} ({})", e, path.display()))?;
         }
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            key_cache: std::sync::Arc::new(keys::KeyCache::new(&path)),
+        })
     }
 
     /// Checks out a connection (503 `server_busy` when the pool stays empty
