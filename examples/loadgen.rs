@@ -3,8 +3,9 @@
 //!
 //! Subcommands:
 //!   upstream ADDR [stream_gap_ms]      a fast OpenAI-compatible upstream
-//!       (keep-alive; non-streaming answers at once; streams send a first
-//!       token at once, then one token every `stream_gap_ms`, 5 tokens).
+//!       (keep-alive; non-streaming answers at once; streams send the head at
+//!       once, then 5 tokens `stream_gap_ms` apart, the first after one gap
+//!       as a model's prefill would).
 //!   stream-latency URL KEY STREAMS ROUNDS UPSTREAM_ADDR
 //!       runs the upstream in-process on UPSTREAM_ADDR (portcullis must be
 //!       configured to use it) and measures, per stream, the time from the
@@ -117,6 +118,10 @@ fn upstream_conn(conn: TcpStream, gap_ms: u64, stamps: &Stamps, hold: bool) -> s
             .to_string();
         write!(w, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")?;
         w.flush()?;
+        // Like a model's prefill: the head goes out at once, the first
+        // token a little later (so the figure is relay latency, not the
+        // stream's set-up racing the first token).
+        std::thread::sleep(Duration::from_millis(gap_ms));
         for i in 0..5 {
             let chunk = format!(
                 "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{} \"}},\"finish_reason\":null}}]}}\n\n",

@@ -176,7 +176,12 @@ impl Connector<()> for AbortableConnector {
         };
         let transport = self.inner.connect(&ours, chained)?;
         let handles = std::mem::take(&mut *captured.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(transport.map(|inner| AbortableTransport { inner, handles }))
+        Ok(transport.map(|inner| AbortableTransport {
+            inner,
+            handles,
+            pending: Vec::new(),
+            pending_timeout: None,
+        }))
     }
 }
 
@@ -184,6 +189,34 @@ impl Connector<()> for AbortableConnector {
 pub struct AbortableTransport {
     inner: Box<dyn Transport>,
     handles: Vec<Weak<dyn ShutdownHandle>>,
+    /// Output held back until the next read, so a request's head and body
+    /// leave in one write: ureq transmits them separately, which costs the
+    /// upstream an extra wake-up (measured on loopback: tens of µs per
+    /// relayed request).
+    pending: Vec<u8>,
+    pending_timeout: Option<NextTimeout>,
+}
+
+impl AbortableTransport {
+    /// Sends what `transmit_output` held back.
+    fn flush_pending(&mut self) -> Result<(), ureq::Error> {
+        let Some(timeout) = self.pending_timeout.take() else {
+            return Ok(());
+        };
+        let mut sent = 0;
+        while sent < self.pending.len() {
+            let out = self.inner.buffers().output();
+            let n = out.len().min(self.pending.len() - sent);
+            if n == 0 {
+                break;
+            }
+            out[..n].copy_from_slice(&self.pending[sent..sent + n]);
+            self.inner.transmit_output(n, timeout)?;
+            sent += n;
+        }
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 impl fmt::Debug for AbortableTransport {
@@ -194,28 +227,38 @@ impl fmt::Debug for AbortableTransport {
     }
 }
 
+/// Held-back output above this is sent without waiting for a read.
+const COALESCE_MAX_BYTES: usize = 64 * 1024;
+
 impl Transport for AbortableTransport {
     fn buffers(&mut self) -> &mut dyn Buffers {
         self.inner.buffers()
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        // Held back (see `pending`); a large body goes out as it comes.
+        let out = &self.inner.buffers().output()[..amount];
+        self.pending.extend_from_slice(out);
+        self.pending_timeout = Some(timeout);
+        if self.pending.len() < COALESCE_MAX_BYTES {
+            return Ok(());
+        }
         let scope = publish(&self.handles);
-        let r = self.inner.transmit_output(amount, timeout);
+        let r = self.flush_pending();
         withdraw(scope);
         r
     }
 
     fn maybe_await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         let scope = publish(&self.handles);
-        let r = self.inner.maybe_await_input(timeout);
+        let r = self.flush_pending().and_then(|_| self.inner.maybe_await_input(timeout));
         withdraw(scope);
         r
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         let scope = publish(&self.handles);
-        let r = self.inner.await_input(timeout);
+        let r = self.flush_pending().and_then(|_| self.inner.await_input(timeout));
         withdraw(scope);
         r
     }
