@@ -13,9 +13,11 @@ fn main() {
             let server = server.clone();
             std::thread::spawn(move || {
                 while let Ok(rq) = server.recv() {
-                    let header =
-                        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                            .expect("static header");
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"application/json"[..],
+                    )
+                    .expect("static header");
                     let _ = rq.respond(
                         tiny_http::Response::from_string("{\"status\":\"ok\"}").with_header(header),
                     );

@@ -38,9 +38,25 @@ fn main() {
             let stamps = Arc::new(Mutex::new(Vec::new()));
             serve_upstream(&a(1), n(2, 20), stamps, false);
         }
-        "stream-latency" => stream_latency(&a(1), &a(2), n(3, 20) as usize, n(4, 5) as usize, &a(5), false),
-        "direct-latency" => stream_latency("", "", n(1, 20) as usize, n(2, 5) as usize, &a(3), true),
-        "hold-streams" => hold_streams(&a(1), &a(2), n(3, 200) as usize, n(4, 0) as i32, n(5, 5), &a(6)),
+        "stream-latency" => stream_latency(
+            &a(1),
+            &a(2),
+            n(3, 20) as usize,
+            n(4, 5) as usize,
+            &a(5),
+            false,
+        ),
+        "direct-latency" => {
+            stream_latency("", "", n(1, 20) as usize, n(2, 5) as usize, &a(3), true)
+        }
+        "hold-streams" => hold_streams(
+            &a(1),
+            &a(2),
+            n(3, 200) as usize,
+            n(4, 0) as i32,
+            n(5, 5),
+            &a(6),
+        ),
         "abuse" => abuse(&a(1), n(2, 0) as i32, n(3, 1000) as usize, n(4, 10)),
         _ => {
             eprintln!("usage: see the doc comment of examples/loadgen.rs");
@@ -96,7 +112,12 @@ fn upstream_conn(conn: TcpStream, gap_ms: u64, stamps: &Stamps, hold: bool) -> s
         let body = String::from_utf8_lossy(&body).into_owned();
         if path.ends_with("/models") {
             let b = r#"{"object":"list","data":[{"id":"bench","object":"model","created":1,"owned_by":"bench"}]}"#;
-            write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}", b.len(), b)?;
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                b.len(),
+                b
+            )?;
             continue;
         }
         if !body.contains("\"stream\":true") {
@@ -150,10 +171,17 @@ fn upstream_conn(conn: TcpStream, gap_ms: u64, stamps: &Stamps, hold: bool) -> s
 // ---- HTTP client bits ---------------------------------------------------------
 
 fn host_port(url: &str) -> String {
-    url.trim_start_matches("http://").trim_end_matches('/').to_string()
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
-fn post_stream(addr: &str, path: &str, key: &str, content: &str) -> std::io::Result<BufReader<TcpStream>> {
+fn post_stream(
+    addr: &str,
+    path: &str,
+    key: &str,
+    content: &str,
+) -> std::io::Result<BufReader<TcpStream>> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -161,7 +189,11 @@ fn post_stream(addr: &str, path: &str, key: &str, content: &str) -> std::io::Res
         "{{\"model\":\"bench\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         content
     );
-    let auth = if key.is_empty() { String::new() } else { format!("Authorization: Bearer {}\r\n", key) };
+    let auth = if key.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {}\r\n", key)
+    };
     let req = format!(
         "POST {} HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
         path,
@@ -195,7 +227,14 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
     sorted[i]
 }
 
-fn stream_latency(url: &str, key: &str, streams: usize, rounds: usize, upstream: &str, direct: bool) {
+fn stream_latency(
+    url: &str,
+    key: &str,
+    streams: usize,
+    rounds: usize,
+    upstream: &str,
+    direct: bool,
+) {
     let stamps: Stamps = Arc::new(Mutex::new(Vec::new()));
     {
         let (u, s) = (upstream.to_string(), stamps.clone());
@@ -227,7 +266,12 @@ fn stream_latency(url: &str, key: &str, streams: usize, rounds: usize, upstream:
         for h in handles {
             match h.join() {
                 Ok(Ok((tag, got))) => {
-                    let sent = stamps.lock().unwrap().iter().find(|(t, _)| *t == tag).map(|(_, i)| *i);
+                    let sent = stamps
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|(t, _)| *t == tag)
+                        .map(|(_, i)| *i);
                     match sent {
                         Some(sent) => deltas.push(got.saturating_duration_since(sent).as_micros()),
                         None => failures += 1,
@@ -268,7 +312,8 @@ fn health_once(addr: &str, local: Option<&str>) -> Option<Duration> {
         None => TcpStream::connect(addr).ok()?,
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     buf.starts_with(b"HTTP/1.1 200").then(|| t.elapsed())
@@ -330,7 +375,9 @@ fn hold_streams(url: &str, key: &str, n: usize, pid: i32, seconds: u64, upstream
 fn connect_from(local: &str, addr: SocketAddr) -> Option<TcpStream> {
     use std::os::unix::io::FromRawFd;
     let local: std::net::Ipv4Addr = local.parse().ok()?;
-    let SocketAddr::V4(remote) = addr else { return None };
+    let SocketAddr::V4(remote) = addr else {
+        return None;
+    };
     // SAFETY: a fresh socket, bound and connected with valid sockaddr_in
     // values; ownership passes to TcpStream (or it is closed on error).
     unsafe {
@@ -393,7 +440,9 @@ fn abuse(url: &str, pid: i32, slow: usize, seconds: u64) {
             let mut sent = 0u64;
             let end = Instant::now() + MAX_RUN;
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-                let Some(mut c) = connect_from("127.0.0.3", addr) else { break };
+                let Some(mut c) = connect_from("127.0.0.3", addr) else {
+                    break;
+                };
                 let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
                 let _ = c.write_all(b"GET /health HTTP/1.1\r\nX-Bomb: ");
                 while !stop.load(Ordering::Relaxed) {

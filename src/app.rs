@@ -23,11 +23,6 @@ pub struct App {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The upstream client (the only outbound HTTP in the process).
     pub upstream: std::sync::Arc<crate::upstream::Upstream>,
-    /// Bounds requests that hold a worker while waiting on the upstream
-    /// (non-streaming chat, the short wait for a stream's response head):
-    /// `workers - 1` (at least 1), so one worker always stays free for
-    /// health checks and resource requests. Full: 503 `server_busy`.
-    pub upstream_waits: StreamSlots,
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
     pub limiter: Limiter,
@@ -42,10 +37,19 @@ impl App {
     /// Builds the state; errors are start-up errors with a readable message.
     pub fn new(cfg: Config) -> Result<App, String> {
         std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| {
-            format!("cannot create data_dir {}: {}", cfg.server.data_dir.display(), e)
+            format!(
+                "cannot create data_dir {}: {}",
+                cfg.server.data_dir.display(),
+                e
+            )
         })?;
-        let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir)
-            .map_err(|e| format!("cannot load or create the CSRF secret in {}: {}", cfg.server.data_dir.display(), e))?;
+        let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir).map_err(|e| {
+            format!(
+                "cannot load or create the CSRF secret in {}: {}",
+                cfg.server.data_dir.display(),
+                e
+            )
+        })?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
         if cfg.security.csrf_tokens && csrf_secret.len() < crate::filters::csrf::MIN_SECRET_BYTES {
             return Err(format!(
@@ -56,8 +60,10 @@ impl App {
             ));
         }
         let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
-        let upstream = std::sync::Arc::new(crate::upstream::Upstream::new(&cfg.upstream, upstream_key.clone()));
-        let upstream_waits = StreamSlots::new(cfg.server.workers.saturating_sub(1).max(1));
+        let upstream = std::sync::Arc::new(crate::upstream::Upstream::new(
+            &cfg.upstream,
+            upstream_key.clone(),
+        ));
         let db = crate::db::Db::open(&cfg)?;
         if cfg.auth.mode == crate::config::AuthMode::ApiKey {
             ensure_first_key(&db, &cfg.server.data_dir)?;
@@ -76,7 +82,6 @@ impl App {
             relays,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
             upstream,
-            upstream_waits,
             db,
             audit,
             limiter,
@@ -110,7 +115,11 @@ impl App {
     /// Stops background threads (rate-limit sweeper, audit flusher) at
     /// shutdown; returns once they have ended. Safe to call more than once.
     pub fn stop_background(&self) {
-        let sweeper = self.sweeper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sweeper = self
+            .sweeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(s) = sweeper {
             s.stop();
         }

@@ -159,7 +159,13 @@ impl Audit {
     /// As `record_rate_limited`, keeping the first refused request's id,
     /// key id and client address on the minute's row.
     pub fn rate_limited(&self, ctx: &Ctx, key: &str) {
-        self.count_at(crate::time::now_millis(), "rate_limited", key, "", Actor::from_ctx(ctx));
+        self.count_at(
+            crate::time::now_millis(),
+            "rate_limited",
+            key,
+            "",
+            Actor::from_ctx(ctx),
+        );
     }
 
     /// Counts one authentication failure of the request's client.

@@ -70,8 +70,18 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                 .ok_or_else(|| format!("{} needs a value", flag))
         };
         match a {
-            "-h" | "--help" => return Ok(Invocation { command: Command::Help, config }),
-            "-V" | "--version" => return Ok(Invocation { command: Command::Version, config }),
+            "-h" | "--help" => {
+                return Ok(Invocation {
+                    command: Command::Help,
+                    config,
+                })
+            }
+            "-V" | "--version" => {
+                return Ok(Invocation {
+                    command: Command::Version,
+                    config,
+                })
+            }
             "--config" | "-c" => config = Some(PathBuf::from(value(a)?)),
             "--production" => production = true,
             "--name" => name = Some(value(a)?),
@@ -87,7 +97,13 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         }
         i += 1;
     }
-    let flag_misuse = |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("{} is not valid here", what)) };
+    let flag_misuse = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{} is not valid here", what))
+        }
+    };
     let command = match words.as_slice() {
         [] | ["serve"] => Command::Serve,
         ["check-config"] => Command::CheckConfig { production },
@@ -98,12 +114,24 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         ["keys", "revoke", id] => Command::KeysRevoke { id: id.to_string() },
         ["keys", "revoke"] => return Err("keys revoke needs a key id".into()),
         ["keys", ..] => return Err("keys takes create, list or revoke".into()),
-        ["audit"] => Command::Audit { since: since.clone(), limit },
+        ["audit"] => Command::Audit {
+            since: since.clone(),
+            limit,
+        },
         [other, ..] => return Err(format!("unknown command `{}`", other)),
     };
-    flag_misuse(!production || matches!(command, Command::CheckConfig { .. }), "--production")?;
-    flag_misuse(name.is_none() || matches!(command, Command::KeysCreate { .. }), "--name")?;
-    flag_misuse(since.is_none() || matches!(command, Command::Audit { .. }), "--since")?;
+    flag_misuse(
+        !production || matches!(command, Command::CheckConfig { .. }),
+        "--production",
+    )?;
+    flag_misuse(
+        name.is_none() || matches!(command, Command::KeysCreate { .. }),
+        "--name",
+    )?;
+    flag_misuse(
+        since.is_none() || matches!(command, Command::Audit { .. }),
+        "--since",
+    )?;
     Ok(Invocation { command, config })
 }
 
@@ -157,7 +185,9 @@ fn check_config(cfg: &Config, production: bool) -> i32 {
     }
     let secret_len = match std::env::var(crate::secret::CSRF_SECRET_ENV) {
         Ok(v) => Some(v.len()),
-        Err(_) => std::fs::read(cfg.server.data_dir.join("csrf_secret")).ok().map(|b| b.len()),
+        Err(_) => std::fs::read(cfg.server.data_dir.join("csrf_secret"))
+            .ok()
+            .map(|b| b.len()),
     };
     let problems = cfg.production_problems(secret_len);
     if problems.is_empty() {
@@ -191,15 +221,27 @@ fn serve(cfg: Config) -> i32 {
     let running = match crate::server::start(app.clone()) {
         Ok(r) => r,
         Err(e) => {
-            crate::logging::error("cannot listen", &[("bind", json!(app.cfg.server.bind)), ("error", json!(e.to_string()))]);
-            eprintln!("portcullis: cannot listen on {}: {}", app.cfg.server.bind, e);
+            crate::logging::error(
+                "cannot listen",
+                &[
+                    ("bind", json!(app.cfg.server.bind)),
+                    ("error", json!(e.to_string())),
+                ],
+            );
+            eprintln!(
+                "portcullis: cannot listen on {}: {}",
+                app.cfg.server.bind, e
+            );
             return 1;
         }
     };
     app.set_stats(running.stats());
     let addr_file = app.cfg.server.data_dir.join("portcullis.addr");
     if let Err(e) = std::fs::write(&addr_file, format!("{}\n", running.addr)) {
-        crate::logging::warn("cannot write address file", &[("error", json!(e.to_string()))]);
+        crate::logging::warn(
+            "cannot write address file",
+            &[("error", json!(e.to_string()))],
+        );
     }
     crate::logging::info(
         "listening",
@@ -210,7 +252,10 @@ fn serve(cfg: Config) -> i32 {
         ],
     );
     let sig = signals.recv().unwrap_or(libc::SIGTERM);
-    crate::logging::info("shutting down", &[("signal", json!(sig)), ("grace_s", json!(grace.as_secs()))]);
+    crate::logging::info(
+        "shutting down",
+        &[("signal", json!(sig)), ("grace_s", json!(grace.as_secs()))],
+    );
     let drained = running.shutdown(grace);
     app.stop_background();
     crate::logging::info("stopped", &[("drained", json!(drained))]);
@@ -229,12 +274,31 @@ mod tests {
     #[test]
     fn command_line_table() {
         assert_eq!(p(&[]).unwrap().command, Command::Serve);
-        assert_eq!(p(&["serve", "--config", "x.ini"]).unwrap().config, Some(PathBuf::from("x.ini")));
-        assert_eq!(p(&["check-config", "--production"]).unwrap().command, Command::CheckConfig { production: true });
-        assert_eq!(p(&["keys", "create", "--name", "ci"]).unwrap().command, Command::KeysCreate { name: "ci".into() });
-        assert_eq!(p(&["keys", "revoke", "k1"]).unwrap().command, Command::KeysRevoke { id: "k1".into() });
+        assert_eq!(
+            p(&["serve", "--config", "x.ini"]).unwrap().config,
+            Some(PathBuf::from("x.ini"))
+        );
+        assert_eq!(
+            p(&["check-config", "--production"]).unwrap().command,
+            Command::CheckConfig { production: true }
+        );
+        assert_eq!(
+            p(&["keys", "create", "--name", "ci"]).unwrap().command,
+            Command::KeysCreate { name: "ci".into() }
+        );
+        assert_eq!(
+            p(&["keys", "revoke", "k1"]).unwrap().command,
+            Command::KeysRevoke { id: "k1".into() }
+        );
         assert_eq!(p(&["--version"]).unwrap().command, Command::Version);
-        for bad in [&["bogus"][..], &["--nope"], &["keys"], &["keys", "create"], &["serve", "--production"], &["--config"]] {
+        for bad in [
+            &["bogus"][..],
+            &["--nope"],
+            &["keys"],
+            &["keys", "create"],
+            &["serve", "--production"],
+            &["--config"],
+        ] {
             assert!(p(bad).is_err(), "{:?}", bad);
         }
     }

@@ -221,7 +221,10 @@ fn is_known(section: &str, key: &str) -> bool {
 }
 
 /// Parses INI text. Unknown sections and keys are errors naming file and line.
-pub fn parse_ini(text: &str, path: &Path) -> Result<Vec<(String, String, String, usize)>, ConfigError> {
+pub fn parse_ini(
+    text: &str,
+    path: &Path,
+) -> Result<Vec<(String, String, String, usize)>, ConfigError> {
     let mut out = Vec::new();
     let mut section: Option<String> = None;
     for (i, raw_line) in text.lines().enumerate() {
@@ -248,7 +251,11 @@ pub fn parse_ini(text: &str, path: &Path) -> Result<Vec<(String, String, String,
             continue;
         }
         let (key, value) = line.split_once('=').ok_or_else(|| {
-            ConfigError(format!("{}: expected `key = value`, found {:?}", at(), line))
+            ConfigError(format!(
+                "{}: expected `key = value`, found {:?}",
+                at(),
+                line
+            ))
         })?;
         let key = key.trim();
         let value = value.trim();
@@ -278,7 +285,12 @@ pub fn parse_ini(text: &str, path: &Path) -> Result<Vec<(String, String, String,
                 section
             )));
         }
-        out.push((section.to_string(), key.to_string(), value.to_string(), line_no));
+        out.push((
+            section.to_string(),
+            key.to_string(),
+            value.to_string(),
+            line_no,
+        ));
     }
     Ok(out)
 }
@@ -297,10 +309,18 @@ impl Config {
     }
 
     /// As `load`, with an explicit environment (tests).
-    pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let mut raw: Raw = DEFAULTS
             .iter()
-            .map(|(s, k, v)| ((s.to_string(), k.to_string()), (v.to_string(), Origin::Default)))
+            .map(|(s, k, v)| {
+                (
+                    (s.to_string(), k.to_string()),
+                    (v.to_string(), Origin::Default),
+                )
+            })
             .collect();
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
@@ -314,7 +334,16 @@ impl Config {
                 ConfigError(format!("cannot read config file {}: {}", file.display(), e))
             })?;
             for (s, k, v, line) in parse_ini(&text, file)? {
-                raw.insert((s, k), (v, Origin::File { path: file.clone(), line }));
+                raw.insert(
+                    (s, k),
+                    (
+                        v,
+                        Origin::File {
+                            path: file.clone(),
+                            line,
+                        },
+                    ),
+                );
             }
         }
         apply_env(&mut raw, env)?;
@@ -371,7 +400,8 @@ impl Config {
                 ));
             }
             if addr.port() == 0 {
-                problems.push("[server] bind uses port 0 (a random port) in production".to_string());
+                problems
+                    .push("[server] bind uses port 0 (a random port) in production".to_string());
             }
         }
         if self.security.allowed_hosts.is_empty() {
@@ -387,7 +417,11 @@ fn apply_env(raw: &mut Raw, env: &[(String, String)]) -> Result<(), ConfigError>
         .iter()
         .find(|(k, _)| k == &env_name("upstream", "api_key_env"))
         .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| raw[&("upstream".to_string(), "api_key_env".to_string())].0.clone());
+        .unwrap_or_else(|| {
+            raw[&("upstream".to_string(), "api_key_env".to_string())]
+                .0
+                .clone()
+        });
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("PORTCULLIS_") else {
             continue;
@@ -400,7 +434,8 @@ fn apply_env(raw: &mut Raw, env: &[(String, String)]) -> Result<(), ConfigError>
         sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let hit = sections.iter().find_map(|s| {
             let prefix = format!("{}_", s.to_ascii_uppercase());
-            rest.strip_prefix(&prefix).map(|k| (*s, k.to_ascii_lowercase()))
+            rest.strip_prefix(&prefix)
+                .map(|k| (*s, k.to_ascii_lowercase()))
         });
         let Some((section, key)) = hit else {
             // PORTCULLIS_CSRF_SECRET and friends are secrets, read elsewhere.
@@ -460,7 +495,13 @@ impl Reader<'_> {
         self.uint(section, key, min, max).map(Duration::from_secs)
     }
 
-    fn millis(&self, section: &str, key: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    fn millis(
+        &self,
+        section: &str,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
         self.uint(section, key, min, max).map(Duration::from_millis)
     }
 
@@ -546,8 +587,14 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
     if allowed_hosts.is_empty() {
         return Err(r.err("security", "allowed_hosts", "must name at least one host"));
     }
-    let trusted_proxies = TrustedProxies::parse(&r.list("security", "trusted_proxies"))
-        .map_err(|bad| r.err("security", "trusted_proxies", &format!("{:?} is not an IP address or CIDR", bad)))?;
+    let trusted_proxies =
+        TrustedProxies::parse(&r.list("security", "trusted_proxies")).map_err(|bad| {
+            r.err(
+                "security",
+                "trusted_proxies",
+                &format!("{:?} is not an IP address or CIDR", bad),
+            )
+        })?;
     let security = SecurityConfig {
         max_body_bytes: r.uint("security", "max_body_bytes", 1, 1 << 34)?,
         body_timeout: r.secs("security", "body_timeout_s", 1, 3600)?,
@@ -590,7 +637,11 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
 
     let base_url = r.string("upstream", "base_url");
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(r.err("upstream", "base_url", "must start with http:// or https://"));
+        return Err(r.err(
+            "upstream",
+            "base_url",
+            "must start with http:// or https://",
+        ));
     }
     let model = r.string("upstream", "model");
     if model.is_empty() || model.len() > 200 {
@@ -601,7 +652,11 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_')
     {
-        return Err(r.err("upstream", "api_key_env", "must be an environment variable name"));
+        return Err(r.err(
+            "upstream",
+            "api_key_env",
+            "must be an environment variable name",
+        ));
     }
     let upstream = UpstreamConfig {
         base_url: base_url.trim_end_matches('/').to_string(),
@@ -670,8 +725,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.ini");
         std::fs::write(&path, text).unwrap();
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let r = Config::load_with_env(Some(&path), &env);
         let _ = std::fs::remove_dir_all(&dir);
         r
@@ -686,7 +743,11 @@ mod tests {
                 .iter()
                 .find(|(ps, pk, _, _)| ps == s && pk == k)
                 .unwrap_or_else(|| panic!("config.ini lacks [{}] {}", s, k));
-            assert_eq!(&found.2, v, "config.ini [{}] {} differs from the default", s, k);
+            assert_eq!(
+                &found.2, v,
+                "config.ini [{}] {} differs from the default",
+                s, k
+            );
         }
         assert_eq!(parsed.len(), DEFAULTS.len(), "config.ini has extra keys");
     }
@@ -707,8 +768,14 @@ mod tests {
 
     #[test]
     fn unknown_section_and_key_outside_section_are_errors() {
-        assert!(load_text("[sever]\n", &[]).unwrap_err().0.contains("unknown section"));
-        assert!(load_text("workers = 1\n", &[]).unwrap_err().0.contains("before any"));
+        assert!(load_text("[sever]\n", &[])
+            .unwrap_err()
+            .0
+            .contains("unknown section"));
+        assert!(load_text("workers = 1\n", &[])
+            .unwrap_err()
+            .0
+            .contains("before any"));
         assert!(load_text("[server]\nworkers = 1\nworkers = 2\n", &[])
             .unwrap_err()
             .0
@@ -719,7 +786,10 @@ mod tests {
     fn env_overrides_file_and_bad_env_names_the_variable() {
         let c = load_text(
             "[server]\nworkers = 4\n",
-            &[("PORTCULLIS_SERVER_WORKERS", "3"), ("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", "7")],
+            &[
+                ("PORTCULLIS_SERVER_WORKERS", "3"),
+                ("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", "7"),
+            ],
         )
         .unwrap();
         assert_eq!(c.server.workers, 3);
@@ -727,7 +797,11 @@ mod tests {
         let e = load_text("", &[("PORTCULLIS_SERVER_WORKERZ", "3")]).unwrap_err();
         assert!(e.0.contains("PORTCULLIS_SERVER_WORKERZ"), "{}", e);
         let e = load_text("", &[("PORTCULLIS_SERVER_WORKERS", "0")]).unwrap_err();
-        assert!(e.0.contains("environment variable PORTCULLIS_SERVER_WORKERS"), "{}", e);
+        assert!(
+            e.0.contains("environment variable PORTCULLIS_SERVER_WORKERS"),
+            "{}",
+            e
+        );
     }
 
     #[test]
@@ -752,6 +826,10 @@ mod tests {
         let p = c.production_problems(Some(8));
         assert!(p.len() >= 5, "{:?}", p);
         let defaults = Config::default();
-        assert!(defaults.production_problems(Some(32)).is_empty(), "{:?}", defaults.production_problems(Some(32)));
+        assert!(
+            defaults.production_problems(Some(32)).is_empty(),
+            "{:?}",
+            defaults.production_problems(Some(32))
+        );
     }
 }

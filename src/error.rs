@@ -9,22 +9,39 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     InvalidJson(String),
-    ValidationFailed { field: String, message: String },
+    ValidationFailed {
+        field: String,
+        message: String,
+    },
     Unauthorized,
     OriginNotAllowed,
     CsrfTokenInvalid,
     NotFound,
-    MethodNotAllowed { allow: Vec<&'static str> },
+    MethodNotAllowed {
+        allow: Vec<&'static str>,
+    },
     PayloadTooLarge,
     UnsupportedMediaType,
     HostNotAllowed,
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
     /// A bug; `detail` is logged, and shown only in debug mode.
-    Internal { detail: String },
-    UpstreamUnavailable { detail: String },
-    UpstreamError { detail: String },
-    ServerBusy { retry_after_s: u64 },
-    UpstreamTimeout { detail: String },
+    Internal {
+        detail: String,
+    },
+    UpstreamUnavailable {
+        detail: String,
+    },
+    UpstreamError {
+        detail: String,
+    },
+    ServerBusy {
+        retry_after_s: u64,
+    },
+    UpstreamTimeout {
+        detail: String,
+    },
     /// 408: the client did not send its body in time (not a contract code,
     /// the connection is closed after it).
     RequestTimeout,
@@ -91,7 +108,10 @@ impl ApiError {
     pub fn message(&self) -> String {
         use ApiError::*;
         match self {
-            InvalidJson(why) => format!("request body is not valid JSON of the expected shape: {}", why),
+            InvalidJson(why) => format!(
+                "request body is not valid JSON of the expected shape: {}",
+                why
+            ),
             ValidationFailed { field, message } => format!("{}: {}", field, message),
             Unauthorized => "a valid API key is required (Authorization: Bearer <key>)".into(),
             OriginNotAllowed => "the request's origin is not allowed".into(),
@@ -100,9 +120,13 @@ impl ApiError {
             MethodNotAllowed { .. } => "method not allowed for this path".into(),
             RequestTimeout => "the request body did not arrive in time".into(),
             PayloadTooLarge => "request body is too large".into(),
-            UnsupportedMediaType => "request body must be sent as Content-Type: application/json".into(),
+            UnsupportedMediaType => {
+                "request body must be sent as Content-Type: application/json".into()
+            }
             HostNotAllowed => "the Host header names a host this server does not serve".into(),
-            RateLimited { retry_after_s } => format!("rate limit exceeded; retry in {} s", retry_after_s),
+            RateLimited { retry_after_s } => {
+                format!("rate limit exceeded; retry in {} s", retry_after_s)
+            }
             Internal { .. } => "internal error".into(),
             UpstreamUnavailable { .. } => "the model server is unavailable".into(),
             UpstreamError { .. } => "the model server returned an error".into(),
@@ -169,21 +193,59 @@ mod tests {
     fn every_variant_maps_to_contract_status_and_code() {
         let table: Vec<(ApiError, u16, &str)> = vec![
             (ApiError::InvalidJson("x".into()), 400, "invalid_json"),
-            (ApiError::validation("name", "too long"), 400, "validation_failed"),
+            (
+                ApiError::validation("name", "too long"),
+                400,
+                "validation_failed",
+            ),
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::OriginNotAllowed, 403, "origin_not_allowed"),
             (ApiError::CsrfTokenInvalid, 403, "csrf_token_invalid"),
             (ApiError::NotFound, 404, "not_found"),
-            (ApiError::MethodNotAllowed { allow: vec!["GET"] }, 405, "method_not_allowed"),
+            (
+                ApiError::MethodNotAllowed { allow: vec!["GET"] },
+                405,
+                "method_not_allowed",
+            ),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
-            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
             (ApiError::HostNotAllowed, 421, "host_not_allowed"),
-            (ApiError::RateLimited { retry_after_s: 3 }, 429, "rate_limited"),
+            (
+                ApiError::RateLimited { retry_after_s: 3 },
+                429,
+                "rate_limited",
+            ),
             (ApiError::internal("boom"), 500, "internal"),
-            (ApiError::UpstreamUnavailable { detail: String::new() }, 502, "upstream_unavailable"),
-            (ApiError::UpstreamError { detail: String::new() }, 502, "upstream_error"),
-            (ApiError::ServerBusy { retry_after_s: 1 }, 503, "server_busy"),
-            (ApiError::UpstreamTimeout { detail: String::new() }, 504, "upstream_timeout"),
+            (
+                ApiError::UpstreamUnavailable {
+                    detail: String::new(),
+                },
+                502,
+                "upstream_unavailable",
+            ),
+            (
+                ApiError::UpstreamError {
+                    detail: String::new(),
+                },
+                502,
+                "upstream_error",
+            ),
+            (
+                ApiError::ServerBusy { retry_after_s: 1 },
+                503,
+                "server_busy",
+            ),
+            (
+                ApiError::UpstreamTimeout {
+                    detail: String::new(),
+                },
+                504,
+                "upstream_timeout",
+            ),
         ];
         for (e, status, code) in table {
             assert_eq!((e.status(), e.code()), (status, code));
@@ -194,7 +256,11 @@ mod tests {
     fn detail_only_in_debug_and_never_in_message() {
         let e = ApiError::internal("SELECT * FROM secrets at /var/lib/x");
         let plain = String::from_utf8(e.to_body("r1", false)).unwrap();
-        assert!(!plain.contains("SELECT") && !plain.contains("/var/lib"), "{}", plain);
+        assert!(
+            !plain.contains("SELECT") && !plain.contains("/var/lib"),
+            "{}",
+            plain
+        );
         let dbg = String::from_utf8(e.to_body("r1", true)).unwrap();
         assert!(dbg.contains("\"detail\""), "{}", dbg);
         let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
@@ -205,7 +271,8 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let v: serde_json::Value =
-            serde_json::from_slice(&ApiError::validation("name", "required").to_body("r", false)).unwrap();
+            serde_json::from_slice(&ApiError::validation("name", "required").to_body("r", false))
+                .unwrap();
         assert_eq!(v["error"]["field"], "name");
     }
 }

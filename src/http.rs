@@ -48,7 +48,10 @@ impl Method {
 
     /// POST/PUT/PATCH/DELETE: the methods the Origin and CSRF checks guard.
     pub fn is_unsafe(self) -> bool {
-        matches!(self, Method::Post | Method::Put | Method::Patch | Method::Delete | Method::Other)
+        matches!(
+            self,
+            Method::Post | Method::Put | Method::Patch | Method::Delete | Method::Other
+        )
     }
 }
 
@@ -125,6 +128,31 @@ impl Ctx {
         }
     }
 
+    /// A copy without headers or body: what decorating and logging a
+    /// response need, for threads that finish the request (streams).
+    pub fn detached(&self) -> Ctx {
+        Ctx {
+            request_id: self.request_id.clone(),
+            method: self.method,
+            path: self.path.clone(),
+            query: self.query.clone(),
+            headers: Vec::new(),
+            peer: self.peer,
+            client: self.client,
+            content_length: None,
+            chunked: false,
+            body: Vec::new(),
+            route: self.route,
+            params: Vec::new(),
+            key_id: self.key_id.clone(),
+            cors_origin: self.cors_origin.clone(),
+            rate: self.rate.clone(),
+            error_code: self.error_code,
+            close_connection: true,
+            started: self.started,
+        }
+    }
+
     /// The first value of header `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -143,7 +171,8 @@ impl Ctx {
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Ctx {
-        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
         self
     }
 
@@ -151,7 +180,8 @@ impl Ctx {
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v).unwrap_or_default())
+            (percent_decode(k).as_deref() == Some(name))
+                .then(|| percent_decode(v).unwrap_or_default())
         })
     }
 
@@ -194,17 +224,88 @@ pub type StreamFn = Box<dyn FnOnce(&mut StreamOut) + Send + 'static>;
 /// sends at once; nothing is buffered by tiny_http) and a probe that tells
 /// whether the client hung up, so a stream can stop its upstream request
 /// even while it has nothing to write.
+/// Renders a complete error response (head and body) for a stream that
+/// fails before it began.
+pub type ErrorResponder = Box<dyn FnOnce(&crate::error::ApiError) -> Vec<u8> + Send>;
+
 pub struct StreamOut {
     writer: Box<dyn Write + Send>,
     // Held so tiny_http's connection thread stays parked while we stream
     // (see the patched `Request::into_writer_and_reader`).
     _body: Option<Box<dyn std::io::Read + Send>>,
     fd: Option<i32>,
+    /// The stream's response head, written before the first byte of the
+    /// body: until then the stream can still answer a plain JSON error.
+    head: Option<Vec<u8>>,
+    fail: Option<ErrorResponder>,
+    status: u16,
 }
 
 impl StreamOut {
-    pub fn new(writer: Box<dyn Write + Send>, body: Option<Box<dyn std::io::Read + Send>>, fd: Option<i32>) -> StreamOut {
-        StreamOut { writer, _body: body, fd }
+    pub fn new(
+        writer: Box<dyn Write + Send>,
+        body: Option<Box<dyn std::io::Read + Send>>,
+        fd: Option<i32>,
+    ) -> StreamOut {
+        StreamOut {
+            writer,
+            _body: body,
+            fd,
+            head: None,
+            fail: None,
+            status: 200,
+        }
+    }
+
+    /// A stream whose head (`status`, already rendered) is sent with its
+    /// first write, and which may still fail as a whole before that.
+    pub fn with_pending_head(
+        mut self,
+        status: u16,
+        head: Vec<u8>,
+        fail: ErrorResponder,
+    ) -> StreamOut {
+        self.status = status;
+        self.head = Some(head);
+        self.fail = Some(fail);
+        self
+    }
+
+    /// Whether the response head has been sent.
+    pub fn started(&self) -> bool {
+        self.head.is_none()
+    }
+
+    /// The status the client got (for the access log).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Answers a failure that happened before anything was streamed with
+    /// the contract's JSON error (its real status, e.g. 502 or 504). False
+    /// when the stream has already begun (then send an in-stream error).
+    pub fn fail_before_start(&mut self, err: &crate::error::ApiError) -> bool {
+        if self.head.is_none() {
+            return false;
+        }
+        self.head = None;
+        self.status = err.status();
+        if let Some(render) = self.fail.take() {
+            let bytes = render(err);
+            let _ = self
+                .writer
+                .write_all(&bytes)
+                .and_then(|_| self.writer.flush());
+        }
+        true
+    }
+
+    fn send_head(&mut self) -> std::io::Result<()> {
+        if let Some(head) = self.head.take() {
+            self.fail = None;
+            self.writer.write_all(&head)?;
+        }
+        Ok(())
     }
 
     /// True when the peer closed or reset the connection. Never blocks.
@@ -218,7 +319,8 @@ impl StreamOut {
         // SAFETY: one valid pollfd, zero timeout; the descriptor stays open
         // while `writer` (its owner) lives, which outlives this call.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+        n > 0
+            && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
     }
 }
 
@@ -228,6 +330,8 @@ impl StreamOut {
 /// is dropped and closes, but only after this writer is gone).
 impl Drop for StreamOut {
     fn drop(&mut self) {
+        // A stream that wrote nothing still sends its head.
+        let _ = self.send_head();
         let _ = self.writer.flush();
         if let Some(fd) = self.fd {
             // SAFETY: the descriptor is open while `writer` lives, and it
@@ -241,9 +345,11 @@ impl Drop for StreamOut {
 
 impl Write for StreamOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.send_head()?;
         self.writer.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
+        self.send_head()?;
         self.writer.flush()
     }
 }
@@ -367,12 +473,18 @@ impl Reply {
     }
 
     pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// The reply for an error, in the contract's shape.
     pub fn error(err: &crate::error::ApiError, request_id: &str, debug: bool) -> Reply {
-        let mut r = Reply::bytes(err.status(), "application/json", err.to_body(request_id, debug));
+        let mut r = Reply::bytes(
+            err.status(),
+            "application/json",
+            err.to_body(request_id, debug),
+        );
         for (n, v) in err.headers() {
             r.set_header(n, v);
         }
@@ -386,7 +498,11 @@ mod tests {
 
     #[test]
     fn query_params_are_decoded() {
-        let c = Ctx::new(Method::Get, "/x?a=1&project_id=ab%20c&flag", "127.0.0.1".parse().unwrap());
+        let c = Ctx::new(
+            Method::Get,
+            "/x?a=1&project_id=ab%20c&flag",
+            "127.0.0.1".parse().unwrap(),
+        );
         assert_eq!(c.query_param("project_id").as_deref(), Some("ab c"));
         assert_eq!(c.query_param("flag").as_deref(), Some(""));
         assert_eq!(c.query_param("none"), None);

@@ -12,7 +12,13 @@ use crate::http::Ctx;
 /// True when the request declares `application/json` (parameters allowed).
 pub fn is_json_content_type(ctx: &Ctx) -> bool {
     ctx.header("content-type")
-        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
         .unwrap_or(false)
 }
 
@@ -53,7 +59,12 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// A required string of `min..=max` characters.
-pub fn req_str(map: &Map<String, Value>, field: &str, min: usize, max: usize) -> Result<String, ApiError> {
+pub fn req_str(
+    map: &Map<String, Value>,
+    field: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Err(ApiError::validation(field, "is required")),
         Some(_) => opt_str(map, field, min, max).map(|v| v.unwrap_or_default()),
@@ -61,17 +72,31 @@ pub fn req_str(map: &Map<String, Value>, field: &str, min: usize, max: usize) ->
 }
 
 /// An optional string (absent or null: None) of `min..=max` characters.
-pub fn opt_str(map: &Map<String, Value>, field: &str, min: usize, max: usize) -> Result<Option<String>, ApiError> {
+pub fn opt_str(
+    map: &Map<String, Value>,
+    field: &str,
+    min: usize,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let n = s.chars().count();
             if n < min {
-                Err(ApiError::validation(field, format!("must be at least {} characters", min)))
+                Err(ApiError::validation(
+                    field,
+                    format!("must be at least {} characters", min),
+                ))
             } else if n > max {
-                Err(ApiError::validation(field, format!("must be at most {} characters", max)))
+                Err(ApiError::validation(
+                    field,
+                    format!("must be at most {} characters", max),
+                ))
             } else if s.contains('\0') {
-                Err(ApiError::validation(field, "must not contain NUL characters"))
+                Err(ApiError::validation(
+                    field,
+                    "must not contain NUL characters",
+                ))
             } else {
                 Ok(Some(s.clone()))
             }
@@ -89,24 +114,40 @@ pub fn opt_bool(map: &Map<String, Value>, field: &str) -> Result<Option<bool>, A
 }
 
 /// An optional number within `min..=max`.
-pub fn opt_f64(map: &Map<String, Value>, field: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+pub fn opt_f64(
+    map: &Map<String, Value>,
+    field: &str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if v >= min && v <= max => Ok(Some(v)),
-            _ => Err(ApiError::validation(field, format!("must be a number from {} to {}", min, max))),
+            _ => Err(ApiError::validation(
+                field,
+                format!("must be a number from {} to {}", min, max),
+            )),
         },
         Some(_) => Err(ApiError::validation(field, "must be a number")),
     }
 }
 
 /// An optional whole number within `min..=max`.
-pub fn opt_u64(map: &Map<String, Value>, field: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+pub fn opt_u64(
+    map: &Map<String, Value>,
+    field: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= min && v <= max => Ok(Some(v)),
-            _ => Err(ApiError::validation(field, format!("must be a whole number from {} to {}", min, max))),
+            _ => Err(ApiError::validation(
+                field,
+                format!("must be a whole number from {} to {}", min, max),
+            )),
         },
         Some(_) => Err(ApiError::validation(field, "must be a whole number")),
     }
@@ -128,7 +169,11 @@ mod tests {
     fn body_shape_table() {
         assert!(object(&ctx("{\"a\":1}")).is_ok());
         for bad in ["", "[1]", "{", "nul", "\"s\"", "{\"a\":1}x"] {
-            assert!(matches!(object(&ctx(bad)), Err(ApiError::InvalidJson(_))), "{:?}", bad);
+            assert!(
+                matches!(object(&ctx(bad)), Err(ApiError::InvalidJson(_))),
+                "{:?}",
+                bad
+            );
         }
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(object(&ctx(&deep)), Err(ApiError::InvalidJson(_))));
@@ -143,16 +188,26 @@ mod tests {
     #[test]
     fn content_type_table() {
         assert!(require_json_content_type(&ctx("{}")).is_ok());
-        let plain = Ctx::new(Method::Post, "/x", "127.0.0.1".parse().unwrap()).with_header("content-type", "text/plain");
-        assert_eq!(require_json_content_type(&plain), Err(ApiError::UnsupportedMediaType));
+        let plain = Ctx::new(Method::Post, "/x", "127.0.0.1".parse().unwrap())
+            .with_header("content-type", "text/plain");
+        assert_eq!(
+            require_json_content_type(&plain),
+            Err(ApiError::UnsupportedMediaType)
+        );
         let none = Ctx::new(Method::Post, "/x", "127.0.0.1".parse().unwrap());
-        assert_eq!(require_json_content_type(&none), Err(ApiError::UnsupportedMediaType));
+        assert_eq!(
+            require_json_content_type(&none),
+            Err(ApiError::UnsupportedMediaType)
+        );
     }
 
     #[test]
     fn fields_table() {
         let m = object(&ctx(r#"{"name":"ab","n":5,"t":0.5,"b":true,"x":1}"#)).unwrap();
-        assert_eq!(reject_unknown(&m, &["name", "n", "t", "b"]), Err(ApiError::validation("x", "unknown field")));
+        assert_eq!(
+            reject_unknown(&m, &["name", "n", "t", "b"]),
+            Err(ApiError::validation("x", "unknown field"))
+        );
         assert_eq!(req_str(&m, "name", 1, 2).unwrap(), "ab");
         assert!(req_str(&m, "name", 3, 9).is_err());
         assert!(req_str(&m, "missing", 1, 9).is_err());

@@ -138,7 +138,8 @@ fn now_rfc3339() -> String {
 
 impl log::Log for JsonLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        let cap = if metadata.target() == OUR_TARGET || metadata.target().starts_with("portcullis") {
+        let cap = if metadata.target() == OUR_TARGET || metadata.target().starts_with("portcullis")
+        {
             self.level
         } else {
             // Other crates may log headers or URLs at debug/trace.
@@ -156,7 +157,10 @@ impl log::Log for JsonLogger {
         } else {
             let mut m = Map::new();
             m.insert("time".into(), now_rfc3339().into());
-            m.insert("level".into(), record.level().as_str().to_ascii_lowercase().into());
+            m.insert(
+                "level".into(),
+                record.level().as_str().to_ascii_lowercase().into(),
+            );
             m.insert("msg".into(), redact_text(&record.args().to_string()).into());
             m.insert("target".into(), record.target().into());
             if let Some(id) = current_request_id() {
@@ -251,7 +255,14 @@ pub fn redact_text(s: &str) -> String {
     let mut rest = s;
     'outer: while !rest.is_empty() {
         let lower = rest.to_ascii_lowercase();
-        for marker in ["bearer ", "authorization:", "authorization=", "api_key=", "api-key:", "token="] {
+        for marker in [
+            "bearer ",
+            "authorization:",
+            "authorization=",
+            "api_key=",
+            "api-key:",
+            "token=",
+        ] {
             if lower.starts_with(marker) {
                 out.push_str(&rest[..marker.len()]);
                 rest = &rest[marker.len()..];
@@ -266,7 +277,10 @@ pub fn redact_text(s: &str) -> String {
             }
         }
         for prefix in ["sk-", "pcs_"] {
-            let at_word_start = out.chars().last().is_none_or(|c| !c.is_ascii_alphanumeric());
+            let at_word_start = out
+                .chars()
+                .last()
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
             if at_word_start && lower.starts_with(prefix) {
                 let end = rest
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
@@ -321,7 +335,11 @@ mod tests {
         for (input, want) in cases {
             let got = redact_text(input);
             assert!(got.contains(want), "{:?} -> {:?}", input, got);
-            assert!(!got.contains("abc123") && !got.contains("abcd&") && !got.contains("0123456789"), "{}", got);
+            assert!(
+                !got.contains("abc123") && !got.contains("abcd&") && !got.contains("0123456789"),
+                "{}",
+                got
+            );
         }
         assert_eq!(redact_text("plain words"), "plain words");
         assert_eq!(redact_text("desk-top"), "desk-top");
@@ -329,7 +347,13 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped_like_serde_json() {
-        for s in ["plain", "quote\" back\\slash", "new\nline\r\t", "\u{1}ctl", "ünï\u{2028}"] {
+        for s in [
+            "plain",
+            "quote\" back\\slash",
+            "new\nline\r\t",
+            "\u{1}ctl",
+            "ünï\u{2028}",
+        ] {
             let mut out = String::new();
             push_json_str(&mut out, s);
             let back: String = serde_json::from_str(&out).unwrap();

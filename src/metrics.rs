@@ -17,7 +17,9 @@ const N_STATUS: usize = STATUSES.len() + 1;
 /// Routes plus one slot for "no route" (404s, refused before routing).
 const N_ROUTE: usize = ROUTES.len() + 1;
 /// Latency histogram bucket bounds, seconds.
-const BUCKETS_S: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS_S: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 /// Upstream failure kinds, by contract code.
 pub const UPSTREAM_KINDS: &[&str] = &["upstream_unavailable", "upstream_error", "upstream_timeout"];
 
@@ -38,7 +40,10 @@ fn route_index(route: Option<Route>) -> usize {
 }
 
 fn status_index(status: u16) -> usize {
-    STATUSES.iter().position(|s| *s == status).unwrap_or(OTHER_STATUS)
+    STATUSES
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(OTHER_STATUS)
 }
 
 fn zeros(n: usize) -> Vec<AtomicU64> {
@@ -66,17 +71,25 @@ impl Metrics {
 
     /// Records one finished request (and, from its error code, rate-limit
     /// refusals and upstream failures).
-    pub fn record(&self, route: Option<Route>, status: u16, elapsed: Duration, error_code: Option<&str>) {
+    pub fn record(
+        &self,
+        route: Option<Route>,
+        status: u16,
+        elapsed: Duration,
+        error_code: Option<&str>,
+    ) {
         self.requests[route_index(route) * N_STATUS + status_index(status)].fetch_add(1, Relaxed);
         let s = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS_S.iter().position(|b| s <= *b) {
             self.latency_buckets[i].fetch_add(1, Relaxed);
         }
-        self.latency_sum_us.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
         match error_code {
             Some("rate_limited") => {
-                let class = usize::from(route.map(|r| r.class()) != Some(crate::router::RouteClass::Chat));
+                let class =
+                    usize::from(route.map(|r| r.class()) != Some(crate::router::RouteClass::Chat));
                 self.rate_limited[class].fetch_add(1, Relaxed);
             }
             Some(code) => {
@@ -113,7 +126,10 @@ impl Metrics {
                 if n == 0 {
                     continue;
                 }
-                let status = STATUSES.get(s).map(|c| c.to_string()).unwrap_or_else(|| "other".into());
+                let status = STATUSES
+                    .get(s)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "other".into());
                 let _ = writeln!(
                     o,
                     "portcullis_requests_total{{method=\"{}\",route=\"{}\",status=\"{}\"}} {}",
@@ -121,15 +137,25 @@ impl Metrics {
                 );
             }
         }
-        o.push_str("# HELP portcullis_request_duration_seconds Time from request to response head.\n");
+        o.push_str(
+            "# HELP portcullis_request_duration_seconds Time from request to response head.\n",
+        );
         o.push_str("# TYPE portcullis_request_duration_seconds histogram\n");
         let mut cumulative = 0;
         for (i, b) in BUCKETS_S.iter().enumerate() {
             cumulative += self.latency_buckets[i].load(Relaxed);
-            let _ = writeln!(o, "portcullis_request_duration_seconds_bucket{{le=\"{}\"}} {}", b, cumulative);
+            let _ = writeln!(
+                o,
+                "portcullis_request_duration_seconds_bucket{{le=\"{}\"}} {}",
+                b, cumulative
+            );
         }
         let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(o, "portcullis_request_duration_seconds_bucket{{le=\"+Inf\"}} {}", count);
+        let _ = writeln!(
+            o,
+            "portcullis_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            count
+        );
         let _ = writeln!(
             o,
             "portcullis_request_duration_seconds_sum {}",
@@ -139,30 +165,80 @@ impl Metrics {
         o.push_str("# HELP portcullis_rate_limited_total Requests refused by the rate limiter, by class.\n");
         o.push_str("# TYPE portcullis_rate_limited_total counter\n");
         for (i, class) in ["chat", "other"].iter().enumerate() {
-            let _ = writeln!(o, "portcullis_rate_limited_total{{class=\"{}\"}} {}", class, self.rate_limited[i].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "portcullis_rate_limited_total{{class=\"{}\"}} {}",
+                class,
+                self.rate_limited[i].load(Relaxed)
+            );
         }
         o.push_str("# HELP portcullis_upstream_errors_total Upstream failures, by kind.\n");
         o.push_str("# TYPE portcullis_upstream_errors_total counter\n");
         for (i, kind) in UPSTREAM_KINDS.iter().enumerate() {
-            let _ = writeln!(o, "portcullis_upstream_errors_total{{kind=\"{}\"}} {}", kind, self.upstream_errors[i].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "portcullis_upstream_errors_total{{kind=\"{}\"}} {}",
+                kind,
+                self.upstream_errors[i].load(Relaxed)
+            );
         }
         let counters = [
-            ("portcullis_queue_full_total", "Requests answered 503 because the work queue was full.", self.queue_full.load(Relaxed)),
-            ("portcullis_db_pool_waits_total", "Database checkouts that had to wait for a connection.", gauges.pool_waits),
-            ("portcullis_db_pool_timeouts_total", "Database checkouts that timed out (503).", gauges.pool_timeouts),
+            (
+                "portcullis_queue_full_total",
+                "Requests answered 503 because the work queue was full.",
+                self.queue_full.load(Relaxed),
+            ),
+            (
+                "portcullis_db_pool_waits_total",
+                "Database checkouts that had to wait for a connection.",
+                gauges.pool_waits,
+            ),
+            (
+                "portcullis_db_pool_timeouts_total",
+                "Database checkouts that timed out (503).",
+                gauges.pool_timeouts,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(o, "# HELP {} {}\n# TYPE {} counter\n{} {}", name, help, name, name, v);
+            let _ = writeln!(
+                o,
+                "# HELP {} {}\n# TYPE {} counter\n{} {}",
+                name, help, name, name, v
+            );
         }
         let g = [
-            ("portcullis_active_streams", "Open SSE streams.", gauges.active_streams),
-            ("portcullis_queue_depth", "Requests waiting for a worker.", gauges.queue_depth),
-            ("portcullis_busy_workers", "Workers serving a request.", gauges.busy_workers),
-            ("portcullis_open_connections", "Open client connections.", gauges.open_connections),
-            ("portcullis_uptime_seconds", "Seconds since start.", gauges.uptime_s),
+            (
+                "portcullis_active_streams",
+                "Open SSE streams.",
+                gauges.active_streams,
+            ),
+            (
+                "portcullis_queue_depth",
+                "Requests waiting for a worker.",
+                gauges.queue_depth,
+            ),
+            (
+                "portcullis_busy_workers",
+                "Workers serving a request.",
+                gauges.busy_workers,
+            ),
+            (
+                "portcullis_open_connections",
+                "Open client connections.",
+                gauges.open_connections,
+            ),
+            (
+                "portcullis_uptime_seconds",
+                "Seconds since start.",
+                gauges.uptime_s,
+            ),
         ];
         for (name, help, v) in g {
-            let _ = writeln!(o, "# HELP {} {}\n# TYPE {} gauge\n{} {}", name, help, name, name, v);
+            let _ = writeln!(
+                o,
+                "# HELP {} {}\n# TYPE {} gauge\n{} {}",
+                name, help, name, name, v
+            );
         }
         o
     }
@@ -188,11 +264,30 @@ mod tests {
     fn records_and_renders_prometheus_text() {
         let m = Metrics::new();
         m.record(Some(Route::Health), 200, Duration::from_millis(2), None);
-        m.record(Some(Route::Chat), 429, Duration::from_millis(1), Some("rate_limited"));
-        m.record(Some(Route::Chat), 504, Duration::from_secs(3), Some("upstream_timeout"));
+        m.record(
+            Some(Route::Chat),
+            429,
+            Duration::from_millis(1),
+            Some("rate_limited"),
+        );
+        m.record(
+            Some(Route::Chat),
+            504,
+            Duration::from_secs(3),
+            Some("upstream_timeout"),
+        );
         m.record(None, 404, Duration::from_micros(10), Some("not_found"));
-        let text = m.render(&Gauges { active_streams: 2, ..Default::default() });
-        assert!(text.contains("portcullis_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1"), "{}", text);
+        let text = m.render(&Gauges {
+            active_streams: 2,
+            ..Default::default()
+        });
+        assert!(
+            text.contains(
+                "portcullis_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1"
+            ),
+            "{}",
+            text
+        );
         assert!(text.contains("route=\"none\",status=\"404\"} 1"));
         assert!(text.contains("portcullis_rate_limited_total{class=\"chat\"} 1"));
         assert!(text.contains("portcullis_upstream_errors_total{kind=\"upstream_timeout\"} 1"));

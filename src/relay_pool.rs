@@ -43,7 +43,12 @@ impl RelayPool {
     pub fn new(max: usize, stack: usize) -> RelayPool {
         RelayPool {
             shared: Arc::new(Shared {
-                state: Mutex::new(State { queue: VecDeque::new(), threads: 0, idle: 0, reserved: 0 }),
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    threads: 0,
+                    idle: 0,
+                    reserved: 0,
+                }),
                 wake: Condvar::new(),
                 max,
                 stack,
@@ -57,13 +62,21 @@ impl RelayPool {
         let mut st = lock(&self.shared.state);
         if st.queue.len() + st.reserved < st.idle {
             st.reserved += 1;
-            return Some(Ticket { pool: self.clone(), spawn: false, used: false });
+            return Some(Ticket {
+                pool: self.clone(),
+                spawn: false,
+                used: false,
+            });
         }
         if st.threads >= self.shared.max {
             return None;
         }
         st.threads += 1;
-        Some(Ticket { pool: self.clone(), spawn: true, used: false })
+        Some(Ticket {
+            pool: self.clone(),
+            spawn: true,
+            used: false,
+        })
     }
 
     /// Threads running or idle (metrics, tests).
@@ -194,10 +207,13 @@ mod tests {
             let (b, s) = (block_rx.clone(), started_tx.clone());
             let ok = (0..400).any(|_| {
                 let (b, s) = (b.clone(), s.clone());
-                let r = execute(&pool, Box::new(move || {
-                    s.send(()).unwrap();
-                    let _ = b.lock().unwrap().recv();
-                }));
+                let r = execute(
+                    &pool,
+                    Box::new(move || {
+                        s.send(()).unwrap();
+                        let _ = b.lock().unwrap().recv();
+                    }),
+                );
                 if !r {
                     std::thread::sleep(Duration::from_millis(5));
                 }

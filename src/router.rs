@@ -102,12 +102,32 @@ pub const ROUTES: &[(Method, &str, Route)] = &[
     (Method::Get, "/api/projects/{id}", Route::ProjectGet),
     (Method::Patch, "/api/projects/{id}", Route::ProjectUpdate),
     (Method::Delete, "/api/projects/{id}", Route::ProjectDelete),
-    (Method::Post, "/api/conversations", Route::ConversationsCreate),
+    (
+        Method::Post,
+        "/api/conversations",
+        Route::ConversationsCreate,
+    ),
     (Method::Get, "/api/conversations", Route::ConversationsList),
-    (Method::Get, "/api/conversations/{id}", Route::ConversationGet),
-    (Method::Patch, "/api/conversations/{id}", Route::ConversationUpdate),
-    (Method::Delete, "/api/conversations/{id}", Route::ConversationDelete),
-    (Method::Get, "/api/conversations/{id}/messages", Route::MessagesList),
+    (
+        Method::Get,
+        "/api/conversations/{id}",
+        Route::ConversationGet,
+    ),
+    (
+        Method::Patch,
+        "/api/conversations/{id}",
+        Route::ConversationUpdate,
+    ),
+    (
+        Method::Delete,
+        "/api/conversations/{id}",
+        Route::ConversationDelete,
+    ),
+    (
+        Method::Get,
+        "/api/conversations/{id}/messages",
+        Route::MessagesList,
+    ),
     (Method::Post, "/api/chat", Route::Chat),
     (Method::Post, "/v1/chat/completions", Route::ChatCompletions),
     (Method::Get, "/v1/models", Route::Models),
@@ -143,7 +163,11 @@ pub fn resolve(method: Method, path: &str) -> Result<Option<(Route, Vec<String>)
     if path.len() > MAX_PATH_BYTES {
         return Err(ApiError::NotFound);
     }
-    let method = if method == Method::Head { Method::Get } else { method };
+    let method = if method == Method::Head {
+        Method::Get
+    } else {
+        method
+    };
     let mut allow: Vec<&'static str> = Vec::new();
     for (m, pattern, route) in ROUTES {
         if let Some(params) = match_pattern(pattern, path) {
@@ -184,10 +208,30 @@ mod tests {
         let ok = [
             (Method::Get, "/health", Route::Health, vec![]),
             (Method::Head, "/health", Route::Health, vec![]),
-            (Method::Get, "/api/projects/abc", Route::ProjectGet, vec!["abc"]),
-            (Method::Delete, "/api/projects/a%20b", Route::ProjectDelete, vec!["a b"]),
-            (Method::Get, "/api/conversations/c1/messages", Route::MessagesList, vec!["c1"]),
-            (Method::Post, "/v1/chat/completions", Route::ChatCompletions, vec![]),
+            (
+                Method::Get,
+                "/api/projects/abc",
+                Route::ProjectGet,
+                vec!["abc"],
+            ),
+            (
+                Method::Delete,
+                "/api/projects/a%20b",
+                Route::ProjectDelete,
+                vec!["a b"],
+            ),
+            (
+                Method::Get,
+                "/api/conversations/c1/messages",
+                Route::MessagesList,
+                vec!["c1"],
+            ),
+            (
+                Method::Post,
+                "/v1/chat/completions",
+                Route::ChatCompletions,
+                vec![],
+            ),
         ];
         for (m, p, r, params) in ok {
             let (route, got) = resolve(m, p).unwrap().unwrap();
@@ -198,18 +242,33 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
-        for p in ["/nope", "/api/projects/", "/api/projects/a/b", "//health", "/health/", ""] {
+        for p in [
+            "/nope",
+            "/api/projects/",
+            "/api/projects/a/b",
+            "//health",
+            "/health/",
+            "",
+        ] {
             assert_eq!(resolve(Method::Get, p), Err(ApiError::NotFound), "{:?}", p);
         }
         match resolve(Method::Put, "/api/projects/x") {
             Err(ApiError::MethodNotAllowed { allow }) => {
-                assert!(allow.contains(&"GET") && allow.contains(&"PATCH") && allow.contains(&"DELETE"));
+                assert!(
+                    allow.contains(&"GET") && allow.contains(&"PATCH") && allow.contains(&"DELETE")
+                );
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
         assert_eq!(resolve(Method::Options, "/api/projects").unwrap(), None);
-        assert_eq!(resolve(Method::Get, &"/a".repeat(2000)), Err(ApiError::NotFound));
-        assert_eq!(resolve(Method::Get, "/api/projects/%zz"), Err(ApiError::NotFound));
+        assert_eq!(
+            resolve(Method::Get, &"/a".repeat(2000)),
+            Err(ApiError::NotFound)
+        );
+        assert_eq!(
+            resolve(Method::Get, "/api/projects/%zz"),
+            Err(ApiError::NotFound)
+        );
     }
 
     #[test]

@@ -100,20 +100,27 @@ mod tests {
     #[test]
     fn secret_never_prints() {
         let s = Secret::new("sk-live-123");
-        assert_eq!(format!("{:?} {} {:#?}", s, s, Some(&s)), "[redacted] [redacted] Some(\n    [redacted],\n)");
+        assert_eq!(
+            format!("{:?} {} {:#?}", s, s, Some(&s)),
+            "[redacted] [redacted] Some(\n    [redacted],\n)"
+        );
     }
 
     #[test]
     fn generated_secret_is_private_and_stable() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("portcullis-secret-{}", crate::ids::random_hex(6)));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-secret-{}", crate::ids::random_hex(6)));
         std::fs::create_dir_all(&dir).unwrap();
         std::env::remove_var(CSRF_SECRET_ENV);
         let a = load_csrf_secret(&dir).unwrap();
         let b = load_csrf_secret(&dir).unwrap();
         assert_eq!(a, b);
         assert!(a.len() >= 32);
-        let mode = std::fs::metadata(dir.join(CSRF_SECRET_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(CSRF_SECRET_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -180,7 +180,12 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
     ctx.headers = rq
         .headers()
         .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
         .collect();
     ctx.chunked = ctx.header("transfer-encoding").is_some();
     // tiny_http ignores Content-Length when Transfer-Encoding is present.
@@ -204,7 +209,9 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
     );
     logging::set_request_id(Some(&ctx.request_id));
 
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| process(app, &mut ctx, rq.as_reader(), dispatch)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        process(app, &mut ctx, rq.as_reader(), dispatch)
+    }));
     let mut reply = match outcome {
         Ok(Ok(reply)) => reply,
         Ok(Err(err)) => {
@@ -247,16 +254,25 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
     let error_code = ctx.error_code;
-    let bytes = send(app, rq, reply, &mut ctx);
-    app.metrics.record(ctx.route, status, ctx.started.elapsed(), error_code);
-    access_log(&ctx, status, bytes);
+    // Streams log themselves when they end (with the status sent).
+    if let Some(bytes) = send(app, rq, reply, &mut ctx) {
+        app.metrics
+            .record(ctx.route, status, ctx.started.elapsed(), error_code);
+        access_log(&ctx, status, bytes);
+    }
 }
 
 /// Finishes a `Body::Deferred` reply on a relay thread: the worker returns
 /// at once, the relay waits on the upstream, then the reply is decorated,
 /// written on the raw connection (keep-alive is preserved: the response is
 /// complete with Content-Length) and logged.
-fn defer(app: Arc<App>, rq: tiny_http::Request, mut ctx: Ctx, run: crate::http::DeferredFn, ticket: crate::relay_pool::Ticket) {
+fn defer(
+    app: Arc<App>,
+    rq: tiny_http::Request,
+    mut ctx: Ctx,
+    run: crate::http::DeferredFn,
+    ticket: crate::relay_pool::Ticket,
+) {
     if ctx.has_body() && ctx.body.is_empty() {
         ctx.close_connection = true;
     }
@@ -273,8 +289,16 @@ fn defer(app: Arc<App>, rq: tiny_http::Request, mut ctx: Ctx, run: crate::http::
             _ => Vec::new(),
         };
         let mut head = Vec::with_capacity(1024);
-        head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).as_bytes());
-        head.extend_from_slice(format!("Date: {}\r\n", crate::time::http_date(std::time::SystemTime::now())).as_bytes());
+        head.extend_from_slice(
+            format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).as_bytes(),
+        );
+        head.extend_from_slice(
+            format!(
+                "Date: {}\r\n",
+                crate::time::http_date(std::time::SystemTime::now())
+            )
+            .as_bytes(),
+        );
         reply.render_headers(&mut head);
         head.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes());
         if ctx.close_connection {
@@ -284,13 +308,28 @@ fn defer(app: Arc<App>, rq: tiny_http::Request, mut ctx: Ctx, run: crate::http::
         let head_only = ctx.method == Method::Head;
         let sent = writer
             .write_all(&head)
-            .and_then(|_| if head_only { Ok(()) } else { writer.write_all(&data) })
+            .and_then(|_| {
+                if head_only {
+                    Ok(())
+                } else {
+                    writer.write_all(&data)
+                }
+            })
             .and_then(|_| writer.flush());
-        let bytes = if sent.is_ok() && !head_only { data.len() } else { 0 };
+        let bytes = if sent.is_ok() && !head_only {
+            data.len()
+        } else {
+            0
+        };
         // Releases the connection: its thread reads the next request.
         drop(writer);
         drop(body);
-        app.metrics.record(ctx.route, reply.status, ctx.started.elapsed(), ctx.error_code);
+        app.metrics.record(
+            ctx.route,
+            reply.status,
+            ctx.started.elapsed(),
+            ctx.error_code,
+        );
         access_log(&ctx, reply.status, bytes);
         logging::set_request_id(None);
     }));
@@ -311,13 +350,22 @@ fn run_deferred(app: &App, ctx: &mut Ctx, run: crate::http::DeferredFn) -> Reply
     };
     if let Body::Stream(_) | Body::Deferred(_) = reply.body {
         ctx.error_code = Some("internal");
-        return error_reply(app, ctx, &ApiError::internal("a deferred reply cannot stream"));
+        return error_reply(
+            app,
+            ctx,
+            &ApiError::internal("a deferred reply cannot stream"),
+        );
     }
     reply
 }
 
 /// Filters, routing, body, handler.
-fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read, dispatch: Dispatch) -> Result<Reply, ApiError> {
+fn process(
+    app: &App,
+    ctx: &mut Ctx,
+    body: &mut dyn Read,
+    dispatch: Dispatch,
+) -> Result<Reply, ApiError> {
     if let Some(reply) = filters::run(app, ctx)? {
         return Ok(reply);
     }
@@ -327,7 +375,8 @@ fn process(app: &App, ctx: &mut Ctx, body: &mut dyn Read, dispatch: Dispatch) ->
             ctx.close_connection |= ctx.has_body();
         })?;
         let sec = &app.cfg.security;
-        match filters::body_limit::read(body, sec.max_body_bytes, sec.body_timeout, Instant::now()) {
+        match filters::body_limit::read(body, sec.max_body_bytes, sec.body_timeout, Instant::now())
+        {
             Ok(b) => ctx.body = b,
             Err(e) => {
                 ctx.close_connection = true;
@@ -351,7 +400,7 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
 
 /// Writes the reply; returns the body bytes sent (streams: 0, they log
 /// their own totals).
-fn send(app: &App, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> usize {
+fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> Option<usize> {
     // A body we did not read completely must not be drained (no timeout)
     // nor parsed as the next request (smuggling): close instead.
     if ctx.has_body() && ctx.body.is_empty() {
@@ -366,28 +415,60 @@ fn send(app: &App, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> u
             rq.close_connection();
             let fd = rq.socket_fd();
             let (writer, body) = rq.into_writer_and_reader();
-            let mut out = crate::http::StreamOut::new(writer, Some(body), fd);
-            let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
+            let mut head =
+                format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
             reply.render_headers(&mut head);
             head.extend_from_slice(b"Connection: close\r\n\r\n");
-            if out.write_all(&head).and_then(|_| out.flush()).is_err() {
-                return 0;
-            }
-            let request_id = ctx.request_id.clone();
-            // The stream runs on its own thread so the worker is free again;
-            // the handler bounded how many exist (stream slots).
+            // The head leaves with the first event; until then the stream
+            // may still answer a plain JSON error (upstream refused, error
+            // status) with its real status and the same decorations.
+            let (err_app, err_ctx) = (app.clone(), ctx.detached());
+            let fail: crate::http::ErrorResponder = Box::new(move |err: &ApiError| {
+                let mut reply = Reply::error(err, &err_ctx.request_id, err_app.cfg.server.debug);
+                filters::headers::decorate(&mut reply, &err_ctx, &err_app.cfg);
+                let body = match &reply.body {
+                    Body::Bytes(b) => b.clone(),
+                    _ => Vec::new(),
+                };
+                let mut out =
+                    format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
+                reply.render_headers(&mut out);
+                out.extend_from_slice(
+                    format!(
+                        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(&body);
+                out
+            });
+            let mut out = crate::http::StreamOut::new(writer, Some(body), fd).with_pending_head(
+                reply.status,
+                head,
+                fail,
+            );
+            let (log_app, log_ctx) = (app.clone(), ctx.detached());
+            // The stream runs on its own thread so the worker is free again
+            // (it never waits on the upstream); the handler bounded how many
+            // exist (stream slots).
             let spawned = std::thread::Builder::new()
                 .name("stream".into())
                 .stack_size(THREAD_STACK_BYTES)
                 .spawn(move || {
-                    logging::set_request_id(Some(&request_id));
+                    logging::set_request_id(Some(&log_ctx.request_id));
                     let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
+                    let status = out.status();
+                    drop(out);
+                    log_app
+                        .metrics
+                        .record(log_ctx.route, status, log_ctx.started.elapsed(), None);
+                    access_log(&log_ctx, status, 0);
                 });
             if spawned.is_err() {
                 logging::error("cannot start stream thread", &[]);
             }
-            let _ = app;
-            0
+            None
         }
         body => {
             let data = match body {
@@ -401,11 +482,7 @@ fn send(app: &App, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> u
                 .with_status_code(reply.status)
                 .with_raw_headers(block);
             let _ = rq.respond(response);
-            if head_only {
-                0
-            } else {
-                len
-            }
+            Some(if head_only { 0 } else { len })
         }
     }
 }
@@ -431,7 +508,7 @@ fn reason(status: u16) -> &'static str {
 
 /// Answers a request that found the queue full: 503 `server_busy` with
 /// `Retry-After`, on the connection's own thread, without queueing.
-fn answer_busy(app: &App, rq: tiny_http::Request) {
+fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
     let mut ctx = context_from(&rq);
     ctx.request_id = crate::ids::new_request_id();
     let err = ApiError::ServerBusy { retry_after_s: 1 };
@@ -439,8 +516,9 @@ fn answer_busy(app: &App, rq: tiny_http::Request) {
     let mut reply = Reply::error(&err, &ctx.request_id, false);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
-    let bytes = send(app, rq, reply, &mut ctx);
-    app.metrics.record(None, status, ctx.started.elapsed(), Some(err.code()));
+    let bytes = send(app, rq, reply, &mut ctx).unwrap_or(0);
+    app.metrics
+        .record(None, status, ctx.started.elapsed(), Some(err.code()));
     access_log(&ctx, status, bytes);
 }
 
@@ -455,14 +533,19 @@ fn access_log(ctx: &Ctx, status: u16, bytes: usize) {
     use std::fmt::Write as _;
     let mut line = String::with_capacity(320);
     line.push_str("{\"time\":\"");
-    line.push_str(&crate::time::format_rfc3339_millis(std::time::SystemTime::now()));
+    line.push_str(&crate::time::format_rfc3339_millis(
+        std::time::SystemTime::now(),
+    ));
     line.push_str("\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
     logging::push_json_str(&mut line, &ctx.request_id);
     let _ = write!(line, ",\"method\":\"{}\",\"path\":", ctx.method.as_str());
     if ctx.query.is_empty() {
         logging::push_json_str(&mut line, &ctx.path);
     } else {
-        logging::push_json_str(&mut line, &logging::path_for_log(&format!("{}?{}", ctx.path, ctx.query)));
+        logging::push_json_str(
+            &mut line,
+            &logging::path_for_log(&format!("{}?{}", ctx.path, ctx.query)),
+        );
     }
     line.push_str(",\"route\":");
     match ctx.route {
@@ -491,10 +574,15 @@ pub fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".to_string());
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
         logging::error(
             "panic",
-            &[("panic", json!(logging::redact_text(&msg))), ("location", json!(location))],
+            &[
+                ("panic", json!(logging::redact_text(&msg))),
+                ("location", json!(location)),
+            ],
         );
     }));
 }

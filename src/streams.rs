@@ -30,10 +30,12 @@ impl StreamSlots {
             if cur >= self.max {
                 return None;
             }
-            match self
-                .active
-                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.active.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => {
                     return Some(StreamSlot {
                         active: self.active.clone(),

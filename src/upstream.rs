@@ -226,7 +226,12 @@ impl Upstream {
     /// readiness endpoint cannot be used to flood the model server.
     pub fn reachability(&self, wait: Duration) -> serde_json::Value {
         const PROBE_CACHE: Duration = Duration::from_secs(5);
-        if let Some((at, v)) = self.probe.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some((at, v)) = self
+            .probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             if at.elapsed() < PROBE_CACHE {
                 return v.clone();
             }
@@ -240,14 +245,21 @@ impl Upstream {
             .stack_size(64 * 1024)
             .spawn(move || {
                 use std::net::ToSocketAddrs;
-                let result = match target.and_then(|t| t.to_socket_addrs().ok()).and_then(|mut a| a.next()) {
-                    Some(addr) => std::net::TcpStream::connect_timeout(&addr, wait).map(|_| ()).map_err(|_| "unreachable"),
+                let result = match target
+                    .and_then(|t| t.to_socket_addrs().ok())
+                    .and_then(|mut a| a.next())
+                {
+                    Some(addr) => std::net::TcpStream::connect_timeout(&addr, wait)
+                        .map(|_| ())
+                        .map_err(|_| "unreachable"),
                     None => Err("unresolvable"),
                 };
                 let _ = tx.send(result);
             });
         let outcome = match spawned {
-            Ok(_) => rx.recv_timeout(wait + Duration::from_millis(50)).unwrap_or(Err("timeout")),
+            Ok(_) => rx
+                .recv_timeout(wait + Duration::from_millis(50))
+                .unwrap_or(Err("timeout")),
             Err(_) => Err("probe_unavailable"),
         };
         let ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
@@ -255,7 +267,8 @@ impl Upstream {
             Ok(()) => serde_json::json!({ "status": "ok", "latency_ms": ms }),
             Err(e) => serde_json::json!({ "status": "fail", "latency_ms": ms, "error": e }),
         };
-        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), v.clone()));
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), v.clone()));
         v
     }
 
@@ -519,7 +532,15 @@ fn host_port(base_url: &str) -> Option<String> {
     if has_port {
         Some(authority.to_string())
     } else {
-        Some(format!("{}:{}", authority, if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 }))
+        Some(format!(
+            "{}:{}",
+            authority,
+            if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            }
+        ))
     }
 }
 
@@ -581,9 +602,18 @@ mod tests {
 
     #[test]
     fn host_port_of_base_urls() {
-        assert_eq!(host_port("http://127.0.0.1:11434/v1").as_deref(), Some("127.0.0.1:11434"));
-        assert_eq!(host_port("https://api.openai.com/v1").as_deref(), Some("api.openai.com:443"));
-        assert_eq!(host_port("http://[::1]:8080/v1").as_deref(), Some("[::1]:8080"));
+        assert_eq!(
+            host_port("http://127.0.0.1:11434/v1").as_deref(),
+            Some("127.0.0.1:11434")
+        );
+        assert_eq!(
+            host_port("https://api.openai.com/v1").as_deref(),
+            Some("api.openai.com:443")
+        );
+        assert_eq!(
+            host_port("http://[::1]:8080/v1").as_deref(),
+            Some("[::1]:8080")
+        );
         assert_eq!(host_port("http://[::1]/v1").as_deref(), Some("[::1]:80"));
         assert_eq!(host_port("http://user:pw@h:81/x").as_deref(), Some("h:81"));
         assert_eq!(host_port("nonsense"), None);

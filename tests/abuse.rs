@@ -24,7 +24,9 @@ fn raise_nofile(want: u64) {
 
 /// Connects from a chosen loopback source address.
 fn connect_from(local: [u8; 4], addr: SocketAddr) -> Option<TcpStream> {
-    let SocketAddr::V4(remote) = addr else { return None };
+    let SocketAddr::V4(remote) = addr else {
+        return None;
+    };
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
@@ -52,7 +54,8 @@ fn health_from(local: [u8; 4], addr: SocketAddr) -> Option<(u16, Duration)> {
     let t = Instant::now();
     let mut s = connect_from(local, addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let status = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
@@ -76,8 +79,15 @@ fn slowloris_from_one_address_does_not_starve_another() {
             slow.push(c);
         }
     }
-    assert!(slow.len() >= 950, "only {} slow connections opened", slow.len());
-    assert!(wait_until(Duration::from_secs(20), || threads(s.pid()) >= 900), "server did not take the connections");
+    assert!(
+        slow.len() >= 950,
+        "only {} slow connections opened",
+        slow.len()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || threads(s.pid()) >= 900),
+        "server did not take the connections"
+    );
     // A client on 127.0.0.1 is still served, promptly.
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
@@ -85,8 +95,16 @@ fn slowloris_from_one_address_does_not_starve_another() {
         assert_eq!(status, 200);
         worst = worst.max(took);
     }
-    eprintln!("slowloris: 1000 slow connections; worst /health {:?}; RSS {} KiB", worst, rss_kib(s.pid()));
-    assert!(worst < Duration::from_secs(2), "health took {:?} under slowloris", worst);
+    eprintln!(
+        "slowloris: 1000 slow connections; worst /health {:?}; RSS {} KiB",
+        worst,
+        rss_kib(s.pid())
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "health took {:?} under slowloris",
+        worst
+    );
     assert!(rss_kib(s.pid()) < 96 * 1024, "RSS {} KiB", rss_kib(s.pid()));
     drop(slow);
 }
@@ -146,8 +164,18 @@ fn header_bombs_in_parallel_keep_memory_bounded() {
         done = bombers.iter().all(|b| b.is_finished());
     }
     let total: usize = bombers.into_iter().map(|b| b.join().unwrap()).sum();
-    eprintln!("header bombs: {} MiB sent, RSS {} -> peak {} KiB", total >> 20, before, peak);
-    assert!(peak < before + 24 * 1024, "RSS grew from {} to {} KiB", before, peak);
+    eprintln!(
+        "header bombs: {} MiB sent, RSS {} -> peak {} KiB",
+        total >> 20,
+        before,
+        peak
+    );
+    assert!(
+        peak < before + 24 * 1024,
+        "RSS grew from {} to {} KiB",
+        before,
+        peak
+    );
 }
 
 #[test]
@@ -170,18 +198,29 @@ fn invalid_utf8_and_garbage_requests_get_clean_errors() {
     let r = s.req(
         "POST",
         "/api/projects",
-        &[("Origin", "http://localhost:3000"), ("Content-Type", "application/json")],
+        &[
+            ("Origin", "http://localhost:3000"),
+            ("Content-Type", "application/json"),
+        ],
         Some(&deep),
     );
     assert_eq!(r.status, 400);
     assert_eq!(r.code(), "invalid_json");
     // Garbage instead of HTTP, binary bytes in the request line, non-ASCII header.
-    for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], b"GET /\xff\xfe HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nX: \xc3\x28\r\n\r\n"] {
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: \xc3\x28\r\n\r\n",
+    ] {
         let mut c = connect(s.addr);
         let _ = c.write_all(garbage);
         let mut buf = Vec::new();
         let _ = c.read_to_end(&mut buf);
-        assert!(buf.is_empty() || buf.starts_with(b"HTTP/1.1 4"), "{:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 4"),
+            "{:?}",
+            String::from_utf8_lossy(&buf)
+        );
     }
     assert_eq!(s.get("/health").status, 200);
 }

@@ -1196,14 +1196,23 @@ fn a_stream_outlives_the_idle_read_timeout_of_its_connection() {
     // The request body is small (read ahead by the connection thread), the
     // answer takes ~3 s and read_timeout_s is 1: the connection's idle
     // timeout must not be mistaken for the client leaving.
-    let up = FakeUpstream::start(Mode::Slow { delay: Duration::from_millis(600) });
+    let up = FakeUpstream::start(Mode::Slow {
+        delay: Duration::from_millis(600),
+    });
     let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "1"));
     let mut c = chat_stream(&s, json!({"message": "take your time", "stream": true}));
-    let frames: Vec<Frame> = c.all(Duration::from_secs(30)).into_iter().filter(|f| !f.comment).collect();
+    let frames: Vec<Frame> = c
+        .all(Duration::from_secs(30))
+        .into_iter()
+        .filter(|f| !f.comment)
+        .collect();
     let names: Vec<&str> = frames.iter().map(|f| f.event.as_deref().unwrap()).collect();
     assert_eq!(names.first(), Some(&"start"));
     assert_eq!(names.last(), Some(&"done"), "{:?}", names);
-    let cid = data_json(&frames[0])["conversation_id"].as_str().unwrap().to_string();
+    let cid = data_json(&frames[0])["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     final_assistant(&s, &cid, "complete");
 }
 
@@ -1225,17 +1234,27 @@ fn non_streaming_relays_wait_on_relay_threads_not_workers() {
                     addr,
                     "POST",
                     "/v1/chat/completions",
-                    &[("Origin", "http://localhost:3000"), ("Content-Type", "application/json")],
+                    &[
+                        ("Origin", "http://localhost:3000"),
+                        ("Content-Type", "application/json"),
+                    ],
                     Some(user_says("hello").to_string().as_bytes()),
                 )
             })
         })
         .collect();
-    assert!(up.wait_requests(3, Duration::from_secs(10)), "all three reached the upstream");
+    assert!(
+        up.wait_requests(3, Duration::from_secs(10)),
+        "all three reached the upstream"
+    );
     let t = Instant::now();
     assert_eq!(s.get("/health").status, 200);
     assert_eq!(s.get("/api/projects").status, 200);
-    assert!(t.elapsed() < Duration::from_secs(2), "waited {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        t.elapsed()
+    );
     drop(s); // the pending clients see their connections end
     for p in pending {
         let _ = p.join();
@@ -1259,9 +1278,42 @@ fn deferred_replies_keep_the_connection_alive() {
         let r = read_response(&mut reader).unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.json()["choices"].is_array());
-        assert!(r.header("X-Request-Id").is_some() && r.header("Content-Security-Policy").is_some());
+        assert!(
+            r.header("X-Request-Id").is_some() && r.header("Content-Security-Policy").is_some()
+        );
         assert!(r.header("Date").is_some());
     }
-    c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut reader).unwrap().status, 200);
+}
+
+#[test]
+fn a_burst_of_stream_starts_never_waits_on_workers() {
+    // Two workers, twenty streams starting at once against an upstream
+    // that answers slowly: waiting for the upstream happens on the stream
+    // threads, so every stream is accepted (none gets 503) and completes.
+    let up = FakeUpstream::start(Mode::Slow {
+        delay: Duration::from_millis(50),
+    });
+    let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_SERVER_WORKERS", "2"));
+    let mut body = user_says("hi");
+    body["stream"] = json!(true);
+    let addr = s.addr;
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut c = SseClient::open(addr, "/v1/chat/completions", &body);
+                let status = c.status;
+                let frames = c.all(Duration::from_secs(30));
+                (status, frames.iter().any(|f| f.data == "[DONE]"))
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, done) = c.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(done, "stream did not finish");
+    }
 }

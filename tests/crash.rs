@@ -38,7 +38,8 @@ fn try_create(addr: SocketAddr, key: &str, name: &str) -> Option<String> {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     const MIN_ACKED: usize = 150;
-    let mut first = Server::start(Opts::new().env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000000"));
+    let mut first =
+        Server::start(Opts::new().env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000000"));
     let dir = first.dir.clone();
     let key = std::fs::read_to_string(dir.join("first_api_key"))
         .unwrap()

@@ -26,10 +26,18 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
     let dir = TempDir::new("diskfull");
     // A first run creates the schema, the key and some rows.
     let mut first = Server::start(Opts::new().data_dir(dir.path()));
-    let key = std::fs::read_to_string(dir.path().join("first_api_key")).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(dir.path().join("first_api_key"))
+        .unwrap()
+        .trim()
+        .to_string();
     let mut acked = Vec::new();
     for i in 0..5 {
-        let r = first.json("POST", "/api/projects", Some(&key), &json!({"name": format!("before {}", i)}));
+        let r = first.json(
+            "POST",
+            "/api/projects",
+            Some(&key),
+            &json!({"name": format!("before {}", i)}),
+        );
         assert_eq!(r.status, 201);
         acked.push(r.json()["id"].as_str().unwrap().to_string());
     }
@@ -51,7 +59,10 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
         .stderr(Stdio::null());
     unsafe {
         cmd.pre_exec(move || {
-            let r = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            let r = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -59,8 +70,14 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
         });
     }
     let mut child = cmd.spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(20), || std::fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n'))));
-    let addr: std::net::SocketAddr = std::fs::read_to_string(&addr_file).unwrap().trim().parse().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let addr: std::net::SocketAddr = std::fs::read_to_string(&addr_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let auth = format!("Bearer {}", key);
     let post = |name: &str| {
         let body = json!({"name": name, "description": "x".repeat(1500)}).to_string();
@@ -68,7 +85,10 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
             addr,
             "POST",
             "/api/projects",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             Some(body.as_bytes()),
         )
     };
@@ -85,13 +105,26 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
     let refused = refused.expect("the file-size limit was never hit");
     assert_eq!(refused.status, 500, "{}", refused.text());
     assert_eq!(refused.code(), "internal");
-    assert!(!refused.text().contains("I/O"), "no internals in the message");
+    assert!(
+        !refused.text().contains("I/O"),
+        "no internals in the message"
+    );
     // Still alive, reads still work, and writes keep failing cleanly.
     assert_eq!(request(addr, "GET", "/health", &[], None).status, 200);
-    let list = request(addr, "GET", "/api/projects?limit=5", &[("Authorization", &auth)], None);
+    let list = request(
+        addr,
+        "GET",
+        "/api/projects?limit=5",
+        &[("Authorization", &auth)],
+        None,
+    );
     assert_eq!(list.status, 200, "{}", list.text());
     let again = post("again");
-    assert!(again.status == 500 || again.status == 201, "{}", again.text());
+    assert!(
+        again.status == 500 || again.status == 201,
+        "{}",
+        again.text()
+    );
     if again.status == 201 {
         acked.push(again.json()["id"].as_str().unwrap().to_string());
     }
@@ -103,15 +136,30 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
     // Third run, space again: every acknowledged write is there, intact.
     let third = Server::start(Opts::new().data_dir(dir.path()));
     for id in &acked {
-        let r = third.req("GET", &format!("/api/projects/{}", id), &[("Authorization", &auth)], None);
+        let r = third.req(
+            "GET",
+            &format!("/api/projects/{}", id),
+            &[("Authorization", &auth)],
+            None,
+        );
         assert_eq!(r.status, 200, "acknowledged project {} lost", id);
     }
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
-    let r = third.json("POST", "/api/projects", Some(&key), &json!({"name": "after"}));
+    let r = third.json(
+        "POST",
+        "/api/projects",
+        Some(&key),
+        &json!({"name": "after"}),
+    );
     assert_eq!(r.status, 201, "writes work again once there is space");
-    eprintln!("disk full: {} writes acknowledged, all present after restart", acked.len());
+    eprintln!(
+        "disk full: {} writes acknowledged, all present after restart",
+        acked.len()
+    );
 }
 
 /// Unmounts the test's tmpfs however the test ends.
@@ -140,11 +188,19 @@ fn full_file_system_gives_503_and_loses_nothing() {
     }
     let _guard = Mount(mnt.clone());
     let s = Server::start(Opts::new().data_dir(&mnt));
-    let key = std::fs::read_to_string(mnt.join("first_api_key")).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(mnt.join("first_api_key"))
+        .unwrap()
+        .trim()
+        .to_string();
     let mut acked = Vec::new();
     let mut refused = None;
     for i in 0..5000 {
-        let r = s.json("POST", "/api/projects", Some(&key), &json!({"name": format!("p{}", i), "description": "y".repeat(1900)}));
+        let r = s.json(
+            "POST",
+            "/api/projects",
+            Some(&key),
+            &json!({"name": format!("p{}", i), "description": "y".repeat(1900)}),
+        );
         if r.status == 201 {
             acked.push(r.json()["id"].as_str().unwrap().to_string());
         } else {
@@ -158,20 +214,54 @@ fn full_file_system_gives_503_and_loses_nothing() {
     assert!(refused.header("Retry-After").is_some());
     assert_eq!(s.get("/health").status, 200);
     let auth = format!("Bearer {}", key);
-    assert_eq!(s.req("GET", "/api/projects?limit=3", &[("Authorization", &auth)], None).status, 200);
+    assert_eq!(
+        s.req(
+            "GET",
+            "/api/projects?limit=3",
+            &[("Authorization", &auth)],
+            None
+        )
+        .status,
+        200
+    );
     drop(s); // SIGKILL, as a crash would
 
     // Space again: everything acknowledged is there and the file is sound.
-    assert!(Command::new("mount").args(["-o", "remount,size=8m"]).arg(&mnt).status().unwrap().success());
+    assert!(Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
     let again = Server::start(Opts::new().data_dir(&mnt));
     for id in &acked {
-        let r = again.req("GET", &format!("/api/projects/{}", id), &[("Authorization", &auth)], None);
+        let r = again.req(
+            "GET",
+            &format!("/api/projects/{}", id),
+            &[("Authorization", &auth)],
+            None,
+        );
         assert_eq!(r.status, 200, "acknowledged project {} lost", id);
     }
     let conn = rusqlite::Connection::open(mnt.join("portcullis.db")).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
-    assert_eq!(again.json("POST", "/api/projects", Some(&key), &json!({"name": "after"})).status, 201);
-    eprintln!("full file system: {} writes acknowledged before ENOSPC, all present after restart", acked.len());
+    assert_eq!(
+        again
+            .json(
+                "POST",
+                "/api/projects",
+                Some(&key),
+                &json!({"name": "after"})
+            )
+            .status,
+        201
+    );
+    eprintln!(
+        "full file system: {} writes acknowledged before ENOSPC, all present after restart",
+        acked.len()
+    );
     drop(again);
 }

@@ -43,15 +43,34 @@ fn loose_ip(entry: &str) -> Option<IpAddr> {
     let e = entry.trim();
     let ip = e.parse::<IpAddr>().ok().or_else(|| {
         let inner = e.strip_prefix('[').and_then(|r| r.split(']').next());
-        inner.and_then(|i| i.parse().ok()).or_else(|| e.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+        inner
+            .and_then(|i| i.parse().ok())
+            .or_else(|| e.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
     })?;
     Some(client_ip::canonical(ip))
 }
 
 #[test]
 fn xff_resolution_never_trusts_an_untrusted_peer_and_never_panics() {
-    let trusted = client_ip::TrustedProxies::parse(&["127.0.0.1".into(), "10.0.0.0/8".into(), "::1".into()]).unwrap();
-    let frags = ["1.2.3.4", ",", " ", "10.0.0.1", "[", "]", ":", "::1", "2001:db8::1", "::ffff:1.2.3.4", "/", "999.1.1.1", "%", "\t"];
+    let trusted =
+        client_ip::TrustedProxies::parse(&["127.0.0.1".into(), "10.0.0.0/8".into(), "::1".into()])
+            .unwrap();
+    let frags = [
+        "1.2.3.4",
+        ",",
+        " ",
+        "10.0.0.1",
+        "[",
+        "]",
+        ":",
+        "::1",
+        "2001:db8::1",
+        "::ffff:1.2.3.4",
+        "/",
+        "999.1.1.1",
+        "%",
+        "\t",
+    ];
     let mut rng = Rng(0x5eed_0001);
     for _ in 0..ITERATIONS {
         let headers: Vec<String> = (0..rng.below(4)).map(|_| rng.fuzz_string(&frags)).collect();
@@ -60,14 +79,38 @@ fn xff_resolution_never_trusts_an_untrusted_peer_and_never_panics() {
         assert_eq!(client_ip::resolve(untrusted, &refs, &trusted), untrusted);
         let via_proxy = client_ip::resolve("127.0.0.1".parse().unwrap(), &refs, &trusted);
         // The answer is the proxy itself or one of the header's entries.
-        let listed = headers.iter().flat_map(|h| h.split(',')).any(|e| loose_ip(e) == Some(via_proxy));
-        assert!(via_proxy == "127.0.0.1".parse::<IpAddr>().unwrap() || listed, "{:?} -> {}", headers, via_proxy);
+        let listed = headers
+            .iter()
+            .flat_map(|h| h.split(','))
+            .any(|e| loose_ip(e) == Some(via_proxy));
+        assert!(
+            via_proxy == "127.0.0.1".parse::<IpAddr>().unwrap() || listed,
+            "{:?} -> {}",
+            headers,
+            via_proxy
+        );
     }
 }
 
 #[test]
 fn host_and_origin_parsers_never_panic_and_normalise() {
-    let frags = ["localhost", ":", "8000", "[", "]", "::1", ".", "http://", "https://", "/", "@", "*", "null", "EXAMPLE.org", "%2e"];
+    let frags = [
+        "localhost",
+        ":",
+        "8000",
+        "[",
+        "]",
+        "::1",
+        ".",
+        "http://",
+        "https://",
+        "/",
+        "@",
+        "*",
+        "null",
+        "EXAMPLE.org",
+        "%2e",
+    ];
     let mut rng = Rng(0x5eed_0002);
     for _ in 0..ITERATIONS {
         let s = rng.fuzz_string(&frags);
@@ -76,19 +119,50 @@ fn host_and_origin_parsers_never_panic_and_normalise() {
             assert!(!name.is_empty());
         }
         if let Some(o) = origin::parse_origin(&s) {
-            assert!(o.starts_with("http://") || o.starts_with("https://"), "{:?} -> {:?}", s, o);
-            assert_eq!(origin::parse_origin(&o).as_deref(), Some(o.as_str()), "normal form is stable");
+            assert!(
+                o.starts_with("http://") || o.starts_with("https://"),
+                "{:?} -> {:?}",
+                s,
+                o
+            );
+            assert_eq!(
+                origin::parse_origin(&o).as_deref(),
+                Some(o.as_str()),
+                "normal form is stable"
+            );
         }
     }
 }
 
 #[test]
 fn router_never_panics_and_params_never_contain_slashes() {
-    let frags = ["/api", "/projects", "/conversations", "/", "x", "%2F", "%", "%zz", "..", "/messages", "/health", "/v1", "?", "#"];
+    let frags = [
+        "/api",
+        "/projects",
+        "/conversations",
+        "/",
+        "x",
+        "%2F",
+        "%",
+        "%zz",
+        "..",
+        "/messages",
+        "/health",
+        "/v1",
+        "?",
+        "#",
+    ];
     let mut rng = Rng(0x5eed_0003);
     for _ in 0..ITERATIONS {
         let path = rng.fuzz_string(&frags);
-        for m in [Method::Get, Method::Post, Method::Patch, Method::Delete, Method::Options, Method::Other] {
+        for m in [
+            Method::Get,
+            Method::Post,
+            Method::Patch,
+            Method::Delete,
+            Method::Options,
+            Method::Other,
+        ] {
             if let Ok(Some((_, params))) = portcullis::router::resolve(m, &path) {
                 for p in params {
                     assert!(!p.is_empty());
@@ -117,17 +191,25 @@ fn ini_parser_never_panics_on_mutations_of_the_committed_config() {
         }
         let text = String::from_utf8_lossy(&bytes);
         if let Err(e) = portcullis::config::parse_ini(&text, path) {
-            assert!(e.0.starts_with("fuzz.ini:"), "error must name file and line: {}", e);
+            assert!(
+                e.0.starts_with("fuzz.ini:"),
+                "error must name file and line: {}",
+                e
+            );
         }
     }
 }
 
 #[test]
 fn json_bodies_never_panic_and_errors_are_contract_codes() {
-    let frags = ["{", "}", "[", "]", "\"name\"", ":", ",", "\"", "\\u0000", "1e999", "-0", "null", "true", "\u{feff}", "\\", "\"a\""];
+    let frags = [
+        "{", "}", "[", "]", "\"name\"", ":", ",", "\"", "\\u0000", "1e999", "-0", "null", "true",
+        "\u{feff}", "\\", "\"a\"",
+    ];
     let mut rng = Rng(0x5eed_0005);
     for _ in 0..ITERATIONS {
-        let mut ctx = Ctx::new(Method::Post, "/x", "127.0.0.1".parse().unwrap()).with_header("content-type", "application/json");
+        let mut ctx = Ctx::new(Method::Post, "/x", "127.0.0.1".parse().unwrap())
+            .with_header("content-type", "application/json");
         ctx.body = rng.fuzz_string(&frags).into_bytes();
         match portcullis::json_body::object(&ctx) {
             Ok(map) => {

@@ -63,18 +63,34 @@ fn config_errors_name_file_line_and_key() {
     let p = path.to_str().unwrap();
     let (code, _, err) = run_cli(&["check-config", "--config", p], &[], dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("bad.ini:3") && err.contains("workerz"), "{}", err);
+    assert!(
+        err.contains("bad.ini:3") && err.contains("workerz"),
+        "{}",
+        err
+    );
 
     std::fs::write(&path, "[server]\nread_timeout_s = soon\n").unwrap();
     let (code, _, err) = run_cli(&["serve", "--config", p], &[], dir.path());
     assert_eq!(code, 1, "serve must refuse to start");
-    assert!(err.contains("bad.ini:2") && err.contains("read_timeout_s"), "{}", err);
+    assert!(
+        err.contains("bad.ini:2") && err.contains("read_timeout_s"),
+        "{}",
+        err
+    );
 
-    let (code, _, err) = run_cli(&["check-config"], &[("PORTCULLIS_SERVER_WORKERS", "lots")], dir.path());
+    let (code, _, err) = run_cli(
+        &["check-config"],
+        &[("PORTCULLIS_SERVER_WORKERS", "lots")],
+        dir.path(),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("PORTCULLIS_SERVER_WORKERS"), "{}", err);
 
-    let (code, out, _) = run_cli(&["check-config", "--config", p], &[("PORTCULLIS_SERVER_READ_TIMEOUT_S", "5")], dir.path());
+    let (code, out, _) = run_cli(
+        &["check-config", "--config", p],
+        &[("PORTCULLIS_SERVER_READ_TIMEOUT_S", "5")],
+        dir.path(),
+    );
     assert_eq!(code, 0, "the environment overrides the file's bad value");
     assert!(out.contains("configuration OK"), "{}", out);
 }
@@ -106,16 +122,29 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     assert_eq!(r.status, 404);
     assert_eq!(r.code(), "not_found");
     assert!(r.json()["error"]["request_id"].as_str().unwrap().len() >= 8);
-    let r = s.req("DELETE", "/health", &[("Origin", "http://localhost:3000")], None);
+    let r = s.req(
+        "DELETE",
+        "/health",
+        &[("Origin", "http://localhost:3000")],
+        None,
+    );
     assert_eq!(r.status, 405);
     assert_eq!(r.code(), "method_not_allowed");
     let allow = r.header("Allow").unwrap();
     assert!(allow.contains("GET") && allow.contains("HEAD"), "{}", allow);
     for r in [s.get("/health"), s.get("/nope")] {
-        for h in ["X-Request-Id", "X-Content-Type-Options", "Content-Security-Policy", "Referrer-Policy", "Cache-Control"] {
+        for h in [
+            "X-Request-Id",
+            "X-Content-Type-Options",
+            "Content-Security-Policy",
+            "Referrer-Policy",
+            "Cache-Control",
+        ] {
             assert!(r.header(h).is_some(), "{} missing on {}", h, r.status);
         }
-        assert!(r.header("Server").is_none_or(|v| !v.chars().any(|c| c.is_ascii_digit())));
+        assert!(r
+            .header("Server")
+            .is_none_or(|v| !v.chars().any(|c| c.is_ascii_digit())));
     }
     let r = s.get("/health");
     assert_eq!(r.status, 200);
@@ -126,9 +155,17 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
 #[test]
 fn env_override_changes_behaviour() {
     // The Host allowlist from the environment: only `api.example` is served.
-    let s = Server::start(Opts::new().no_auth().env("PORTCULLIS_SECURITY_ALLOWED_HOSTS", "api.example"));
+    let s = Server::start(
+        Opts::new()
+            .no_auth()
+            .env("PORTCULLIS_SECURITY_ALLOWED_HOSTS", "api.example"),
+    );
     assert_eq!(s.get("/health").status, 421);
-    assert_eq!(s.req("GET", "/health", &[("Host", "api.example:443")], None).status, 200);
+    assert_eq!(
+        s.req("GET", "/health", &[("Host", "api.example:443")], None)
+            .status,
+        200
+    );
 }
 
 // ---- library-level tests with a substitute dispatcher ----------------------
@@ -137,7 +174,10 @@ fn lib_app(tag: &str, workers: usize, queue: usize) -> (Arc<App>, TempDir) {
     let dir = TempDir::new(tag);
     let env: Vec<(String, String)> = vec![
         ("PORTCULLIS_SERVER_BIND".into(), "127.0.0.1:0".into()),
-        ("PORTCULLIS_SERVER_DATA_DIR".into(), dir.path().display().to_string()),
+        (
+            "PORTCULLIS_SERVER_DATA_DIR".into(),
+            dir.path().display().to_string(),
+        ),
         ("PORTCULLIS_SERVER_WORKERS".into(), workers.to_string()),
         ("PORTCULLIS_SERVER_QUEUE_CAPACITY".into(), queue.to_string()),
         ("PORTCULLIS_AUTH_MODE".into(), "none".into()),
@@ -168,7 +208,10 @@ fn panic_in_handler_answers_500_and_worker_lives_on() {
         let r = request(running.addr, "GET", "/health?panic=1", &[], None);
         assert_eq!(r.status, 500);
         assert_eq!(r.code(), "internal");
-        assert!(!r.text().contains("deliberate"), "panic text must not reach the client");
+        assert!(
+            !r.text().contains("deliberate"),
+            "panic text must not reach the client"
+        );
         assert!(r.header("X-Request-Id").is_some());
         let ok = request(running.addr, "GET", "/health", &[], None);
         assert_eq!(ok.status, 200);
@@ -213,7 +256,11 @@ fn full_queue_answers_503_at_once_then_graceful_shutdown_drains() {
     let running = portcullis::server::start_with(app, gated_dispatch).unwrap();
     let addr = running.addr;
     let a = std::thread::spawn(move || request(addr, "GET", "/health?wait=1", &[], None));
-    assert!(wait_until(Duration::from_secs(10), || *GATE.entered.lock().unwrap() >= 1));
+    assert!(wait_until(Duration::from_secs(10), || *GATE
+        .entered
+        .lock()
+        .unwrap()
+        >= 1));
     let b = std::thread::spawn(move || request(addr, "GET", "/health?wait=1", &[], None));
     let stats = running.stats();
     assert!(wait_until(Duration::from_secs(10), || stats.queue_depth() >= 1));
@@ -224,12 +271,18 @@ fn full_queue_answers_503_at_once_then_graceful_shutdown_drains() {
     assert_eq!(c.code(), "server_busy");
     assert_eq!(c.header("Retry-After"), Some("1"));
     assert!(c.header("X-Content-Type-Options").is_some());
-    assert!(started.elapsed() < Duration::from_secs(5), "503 must not wait for a worker");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 must not wait for a worker"
+    );
 
     // Shutdown with requests in flight: the port closes at once, the
     // in-flight and queued requests still complete.
     let shutdown = std::thread::spawn(move || running.shutdown(Duration::from_secs(20)));
-    assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_err()), "listener must close");
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_err()),
+        "listener must close"
+    );
     open_gate();
     assert_eq!(a.join().unwrap().status, 200);
     assert_eq!(b.join().unwrap().status, 200);
@@ -254,11 +307,18 @@ fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn slow_client_is_cut_after_read_timeout() {
-    let s = Server::start(Opts::new().no_auth().env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "1"));
+    let s = Server::start(
+        Opts::new()
+            .no_auth()
+            .env("PORTCULLIS_SERVER_READ_TIMEOUT_S", "1"),
+    );
     let mut c = connect(s.addr);
     c.write_all(b"GET /hea").unwrap();
     let t = Instant::now();
-    assert!(closed_by_server(&mut c, Duration::from_secs(15)), "slow client must be disconnected");
+    assert!(
+        closed_by_server(&mut c, Duration::from_secs(15)),
+        "slow client must be disconnected"
+    );
     assert!(t.elapsed() >= Duration::from_millis(900));
     // An idle keep-alive connection is cut the same way.
     let mut idle = connect(s.addr);
@@ -270,7 +330,10 @@ fn slow_client_is_cut_after_read_timeout() {
 fn oversized_request_line_and_head_are_refused_and_memory_stays_bounded() {
     let s = Server::start(Opts::new().no_auth());
     // Request line over 16 KiB -> 414.
-    let long = format!("GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(20_000));
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let mut c = connect(s.addr);
     let _ = c.write_all(long.as_bytes());
     let r = read_response(&mut BufReader::new(c)).unwrap();
@@ -301,14 +364,28 @@ fn oversized_request_line_and_head_are_refused_and_memory_stays_bounded() {
         }
     }
     let after = rss_kib(s.pid());
-    assert!(sent < 64 << 20 || after < before + 16 * 1024, "RSS grew from {} to {} KiB", before, after);
-    assert!(after < before + 16 * 1024, "header bomb grew RSS from {} KiB to {} KiB", before, after);
+    assert!(
+        sent < 64 << 20 || after < before + 16 * 1024,
+        "RSS grew from {} to {} KiB",
+        before,
+        after
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "header bomb grew RSS from {} KiB to {} KiB",
+        before,
+        after
+    );
     assert_eq!(s.get("/health").status, 200);
 }
 
 #[test]
 fn connections_over_the_per_client_cap_get_503_and_close() {
-    let s = Server::start(Opts::new().no_auth().env("PORTCULLIS_SERVER_MAX_CONNECTIONS_PER_IP", "4"));
+    let s = Server::start(
+        Opts::new()
+            .no_auth()
+            .env("PORTCULLIS_SERVER_MAX_CONNECTIONS_PER_IP", "4"),
+    );
     let held: Vec<TcpStream> = (0..4).map(|_| connect(s.addr)).collect();
     // The accept thread counts connections as it accepts them.
     let mut refused = None;
@@ -328,7 +405,10 @@ fn connections_over_the_per_client_cap_get_503_and_close() {
     }));
     assert!(refused.unwrap().contains("Retry-After"));
     drop(held);
-    assert!(wait_until(Duration::from_secs(10), || s.get("/health").status == 200));
+    assert!(wait_until(Duration::from_secs(10), || s
+        .get("/health")
+        .status
+        == 200));
 }
 
 #[test]
@@ -347,13 +427,20 @@ fn listener_survives_running_out_of_file_descriptors() {
         .spawn()
         .unwrap();
     assert!(wait_until(Duration::from_secs(20), || addr_file.exists()));
-    let addr: std::net::SocketAddr = std::fs::read_to_string(&addr_file).unwrap().trim().parse().unwrap();
+    let addr: std::net::SocketAddr = std::fs::read_to_string(&addr_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // 100 idle connections exhaust the 64 descriptors.
-    let flood: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
     assert!(flood.len() >= 64);
     drop(flood);
     let ok = wait_until(Duration::from_secs(20), || {
-        std::panic::catch_unwind(|| request(addr, "GET", "/health", &[], None).status == 200).unwrap_or(false)
+        std::panic::catch_unwind(|| request(addr, "GET", "/health", &[], None).status == 200)
+            .unwrap_or(false)
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -371,7 +458,12 @@ fn sigterm_stops_gracefully_with_exit_code_zero() {
     assert!(status.success(), "{:?}", status);
     assert!(TcpStream::connect(addr).is_err());
     let logs = s.log_json();
-    assert!(logs.iter().any(|l| l["msg"] == "stopped" && l["drained"] == true), "{:?}", logs);
+    assert!(
+        logs.iter()
+            .any(|l| l["msg"] == "stopped" && l["drained"] == true),
+        "{:?}",
+        logs
+    );
 }
 
 #[test]
@@ -380,23 +472,38 @@ fn logs_are_json_lines_with_request_id_and_never_hold_secrets() {
     let r = s.req(
         "GET",
         "/health?token=QUERYSECRET&cursor=abc",
-        &[("Authorization", "Bearer pcs_HEADERSECRET"), ("X-Api-Key", "sk-OTHERSECRET")],
+        &[
+            ("Authorization", "Bearer pcs_HEADERSECRET"),
+            ("X-Api-Key", "sk-OTHERSECRET"),
+        ],
         None,
     );
     assert_eq!(r.status, 200);
     let rid = r.header("X-Request-Id").unwrap().to_string();
     // Log injection: a newline in the path must not forge a line.
     let _ = s.req("GET", "/x%0A{\"forged\":1}", &[], None);
-    let _ = s.req("GET", "/nope", &[("Authorization", "Bearer pcs_HEADERSECRET")], None);
-    assert!(wait_until(Duration::from_secs(5), || s.log_text().contains(&rid)));
+    let _ = s.req(
+        "GET",
+        "/nope",
+        &[("Authorization", "Bearer pcs_HEADERSECRET")],
+        None,
+    );
+    assert!(wait_until(Duration::from_secs(5), || s
+        .log_text()
+        .contains(&rid)));
     let text = s.log_text();
     for secret in ["QUERYSECRET", "HEADERSECRET", "OTHERSECRET"] {
         assert!(!text.contains(secret), "{} leaked into the log", secret);
     }
     let lines = s.log_json();
-    assert!(lines.iter().all(|l| l["time"].is_string() && l["level"].is_string() && l["msg"].is_string()));
+    assert!(lines
+        .iter()
+        .all(|l| l["time"].is_string() && l["level"].is_string() && l["msg"].is_string()));
     assert!(!lines.iter().any(|l| l.get("forged").is_some()));
-    let access = lines.iter().find(|l| l["msg"] == "request" && l["request_id"] == rid.as_str()).unwrap();
+    let access = lines
+        .iter()
+        .find(|l| l["msg"] == "request" && l["request_id"] == rid.as_str())
+        .unwrap();
     assert_eq!(access["method"], "GET");
     assert_eq!(access["path"], "/health?token&cursor");
     assert_eq!(access["status"], 200);
@@ -408,9 +515,19 @@ fn logs_are_json_lines_with_request_id_and_never_hold_secrets() {
 #[test]
 fn trusted_proxy_request_id_is_kept_and_bad_ones_replaced() {
     let s = Server::start(Opts::new().no_auth());
-    let r = s.req("GET", "/health", &[("X-Request-Id", "edge-123.abc_D")], None);
+    let r = s.req(
+        "GET",
+        "/health",
+        &[("X-Request-Id", "edge-123.abc_D")],
+        None,
+    );
     assert_eq!(r.header("X-Request-Id"), Some("edge-123.abc_D"));
-    let r = s.req("GET", "/health", &[("X-Request-Id", "bad id with spaces")], None);
+    let r = s.req(
+        "GET",
+        "/health",
+        &[("X-Request-Id", "bad id with spaces")],
+        None,
+    );
     assert_ne!(r.header("X-Request-Id"), Some("bad id with spaces"));
 }
 
@@ -423,8 +540,18 @@ fn metrics_for_loopback_only_in_prometheus_format() {
     assert_eq!(m.status, 200);
     assert!(m.header("Content-Type").unwrap().starts_with("text/plain"));
     let text = m.text();
-    assert!(text.contains("portcullis_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1"), "{}", text);
-    assert!(text.contains("route=\"none\",status=\"404\"} 1"), "{}", text);
+    assert!(
+        text.contains(
+            "portcullis_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1"
+        ),
+        "{}",
+        text
+    );
+    assert!(
+        text.contains("route=\"none\",status=\"404\"} 1"),
+        "{}",
+        text
+    );
     for name in [
         "portcullis_request_duration_seconds_bucket",
         "portcullis_rate_limited_total",
@@ -436,7 +563,12 @@ fn metrics_for_loopback_only_in_prometheus_format() {
         assert!(text.contains(name), "{} missing", name);
     }
     // A client behind the (trusted) loopback proxy is not local: 404.
-    let r = s.req("GET", "/metrics", &[("X-Forwarded-For", "203.0.113.9")], None);
+    let r = s.req(
+        "GET",
+        "/metrics",
+        &[("X-Forwarded-For", "203.0.113.9")],
+        None,
+    );
     assert_eq!(r.status, 404);
 }
 
@@ -452,7 +584,8 @@ fn trickled_head_is_cut_at_head_timeout_even_when_each_byte_is_on_time() {
     );
     let mut c = connect(s.addr);
     c.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ").unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let started = Instant::now();
     let mut got = Vec::new();
     let mut closed = false;
@@ -468,16 +601,26 @@ fn trickled_head_is_cut_at_head_timeout_even_when_each_byte_is_on_time() {
                 break;
             }
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => {
                 closed = true;
                 break;
             }
         }
     }
-    assert!(closed, "a trickled head must be cut (got {:?})", String::from_utf8_lossy(&got));
+    assert!(
+        closed,
+        "a trickled head must be cut (got {:?})",
+        String::from_utf8_lossy(&got)
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
@@ -504,6 +647,10 @@ fn stalled_small_bodies_never_hold_a_worker() {
     for _ in 0..5 {
         assert_eq!(s.get("/health").status, 200);
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "health waited {:?} behind stalled bodies", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "health waited {:?} behind stalled bodies",
+        started.elapsed()
+    );
     drop(stalled);
 }

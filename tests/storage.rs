@@ -966,7 +966,10 @@ fn readiness_reports_database_and_upstream() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let s = Server::start(Opts::new().env("PORTCULLIS_UPSTREAM_BASE_URL", &format!("http://{}/v1", closed)));
+    let s = Server::start(Opts::new().env(
+        "PORTCULLIS_UPSTREAM_BASE_URL",
+        &format!("http://{}/v1", closed),
+    ));
     let r = s.get("/health/ready");
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();

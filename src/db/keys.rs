@@ -276,14 +276,20 @@ impl Db {
 /// `KEY_CACHE_MAX` of them.
 pub struct KeyCache {
     stamp_path: PathBuf,
-    inner: std::sync::Mutex<(Option<std::time::SystemTime>, std::collections::HashMap<String, String>)>,
+    inner: std::sync::Mutex<(
+        Option<std::time::SystemTime>,
+        std::collections::HashMap<String, String>,
+    )>,
 }
 
 const KEY_CACHE_MAX: usize = 4096;
 
 impl KeyCache {
     pub fn new(db_path: &Path) -> KeyCache {
-        let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let mut name = db_path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         name.push(".keys-stamp");
         KeyCache {
             stamp_path: db_path.with_file_name(name),
@@ -293,7 +299,9 @@ impl KeyCache {
 
     /// The stamp's current modification time (None: no stamp yet).
     pub fn current_stamp(&self) -> Option<std::time::SystemTime> {
-        std::fs::metadata(&self.stamp_path).and_then(|m| m.modified()).ok()
+        std::fs::metadata(&self.stamp_path)
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     fn get(&self, hash: &str, stamp: Option<std::time::SystemTime>) -> Option<String> {

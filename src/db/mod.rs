@@ -185,13 +185,18 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 /// order even when clocks of concurrent requests disagree by a millisecond
 /// or the wall clock steps back. Call inside the write transaction.
 fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, ApiError> {
-    let newest: Option<i64> = tx.query_row_cached(newest_sql, [], |r| r.get(0)).optional()?;
+    let newest: Option<i64> = tx
+        .query_row_cached(newest_sql, [], |r| r.get(0))
+        .optional()?;
     Ok(crate::time::now_millis().max(newest.unwrap_or(i64::MIN)))
 }
 
 /// Whether `sql` (a `SELECT 1 ... WHERE id = ?1`) finds a row.
 fn exists(tx: &rusqlite::Connection, sql: &'static str, id: &str) -> Result<bool, ApiError> {
-    Ok(tx.query_row_cached(sql, [id], |_| Ok(())).optional()?.is_some())
+    Ok(tx
+        .query_row_cached(sql, [id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// Optional strings as JSON: `null` when absent.

@@ -233,7 +233,10 @@ impl Pool {
     /// (checkouts that waited, checkouts that timed out), for metrics.
     pub fn wait_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.inner.waits.load(Relaxed), self.inner.timeouts.load(Relaxed))
+        (
+            self.inner.waits.load(Relaxed),
+            self.inner.timeouts.load(Relaxed),
+        )
     }
 
     /// (idle connections, pool size), for metrics and tests.

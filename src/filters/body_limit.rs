@@ -24,7 +24,12 @@ pub fn check_declared(ctx: &mut Ctx, cap: u64) -> Result<(), ApiError> {
 }
 
 /// Reads the whole body, at most `cap` bytes, within `timeout`.
-pub fn read(reader: &mut dyn Read, cap: u64, timeout: Duration, now: Instant) -> Result<Vec<u8>, ApiError> {
+pub fn read(
+    reader: &mut dyn Read,
+    cap: u64,
+    timeout: Duration,
+    now: Instant,
+) -> Result<Vec<u8>, ApiError> {
     let deadline = now + timeout;
     let mut body = Vec::new();
     let mut chunk = [0u8; READ_CHUNK];
@@ -33,10 +38,20 @@ pub fn read(reader: &mut dyn Read, cap: u64, timeout: Duration, now: Instant) ->
             Ok(0) => return Ok(body),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(ApiError::RequestTimeout)
             }
-            Err(e) => return Err(ApiError::InvalidJson(format!("body could not be read ({})", e.kind()))),
+            Err(e) => {
+                return Err(ApiError::InvalidJson(format!(
+                    "body could not be read ({})",
+                    e.kind()
+                )))
+            }
         };
         if body.len() as u64 + n as u64 > cap {
             return Err(ApiError::PayloadTooLarge);
@@ -54,9 +69,16 @@ mod tests {
 
     #[test]
     fn declared_length_over_cap_is_refused_and_closes() {
-        let mut ctx = Ctx::new(crate::http::Method::Post, "/x", "127.0.0.1".parse().unwrap());
+        let mut ctx = Ctx::new(
+            crate::http::Method::Post,
+            "/x",
+            "127.0.0.1".parse().unwrap(),
+        );
         ctx.content_length = Some(9_000_000_000_000_000_000);
-        assert_eq!(check_declared(&mut ctx, 1024), Err(ApiError::PayloadTooLarge));
+        assert_eq!(
+            check_declared(&mut ctx, 1024),
+            Err(ApiError::PayloadTooLarge)
+        );
         assert!(ctx.close_connection);
         ctx.content_length = Some(1024);
         ctx.close_connection = false;
@@ -76,7 +98,12 @@ mod tests {
     fn endless_body_is_cut_at_the_cap_without_reading_it_all() {
         let mut endless = std::io::repeat(b'x');
         assert_eq!(
-            read(&mut endless, 100_000, Duration::from_secs(5), Instant::now()),
+            read(
+                &mut endless,
+                100_000,
+                Duration::from_secs(5),
+                Instant::now()
+            ),
             Err(ApiError::PayloadTooLarge)
         );
     }
@@ -85,6 +112,9 @@ mod tests {
     fn body_past_deadline_times_out() {
         let data = [b'a'; 10];
         let past = Instant::now() - Duration::from_secs(10);
-        assert_eq!(read(&mut &data[..], 100, Duration::from_secs(1), past), Err(ApiError::RequestTimeout));
+        assert_eq!(
+            read(&mut &data[..], 100, Duration::from_secs(1), past),
+            Err(ApiError::RequestTimeout)
+        );
     }
 }

@@ -48,11 +48,19 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -123,7 +131,10 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
         if !(after.is_empty() || (after.starts_with(':') && after[1..].parse::<u16>().is_ok())) {
             return None;
         }
-        return inner.parse::<Ipv6Addr>().ok().map(|ip| canonical(IpAddr::V6(ip)));
+        return inner
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| canonical(IpAddr::V6(ip)));
     }
     // IPv4 with a port.
     let (host, port) = s.rsplit_once(':')?;
@@ -185,25 +196,105 @@ mod tests {
         let t = proxies(&["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]);
         let long = format!("{}1.1.1.1", "9.9.9.9, ".repeat(5000));
         let cases: &[(&str, &str, &[&str], &str)] = &[
-            ("spoofed_xff_from_untrusted_peer_is_ignored", "8.8.8.8", &["1.2.3.4"], "8.8.8.8"),
-            ("no_header_from_proxy_is_the_proxy", "127.0.0.1", &[], "127.0.0.1"),
-            ("single_hop_through_proxy", "127.0.0.1", &["1.2.3.4"], "1.2.3.4"),
-            ("client_spoof_left_of_real_hop_is_ignored", "127.0.0.1", &["6.6.6.6, 1.2.3.4"], "1.2.3.4"),
-            ("chain_of_trusted_proxies_is_skipped", "127.0.0.1", &["1.2.3.4, 10.0.0.2, 10.0.0.3"], "1.2.3.4"),
-            ("multiple_headers_are_one_list", "127.0.0.1", &["1.2.3.4", "10.0.0.9"], "1.2.3.4"),
-            ("malformed_entry_stops_walk_at_last_good_hop", "127.0.0.1", &["1.2.3.4, garbage, 10.0.0.2"], "10.0.0.2"),
-            ("empty_entry_stops_walk", "127.0.0.1", &["1.2.3.4, , 10.0.0.2"], "10.0.0.2"),
+            (
+                "spoofed_xff_from_untrusted_peer_is_ignored",
+                "8.8.8.8",
+                &["1.2.3.4"],
+                "8.8.8.8",
+            ),
+            (
+                "no_header_from_proxy_is_the_proxy",
+                "127.0.0.1",
+                &[],
+                "127.0.0.1",
+            ),
+            (
+                "single_hop_through_proxy",
+                "127.0.0.1",
+                &["1.2.3.4"],
+                "1.2.3.4",
+            ),
+            (
+                "client_spoof_left_of_real_hop_is_ignored",
+                "127.0.0.1",
+                &["6.6.6.6, 1.2.3.4"],
+                "1.2.3.4",
+            ),
+            (
+                "chain_of_trusted_proxies_is_skipped",
+                "127.0.0.1",
+                &["1.2.3.4, 10.0.0.2, 10.0.0.3"],
+                "1.2.3.4",
+            ),
+            (
+                "multiple_headers_are_one_list",
+                "127.0.0.1",
+                &["1.2.3.4", "10.0.0.9"],
+                "1.2.3.4",
+            ),
+            (
+                "malformed_entry_stops_walk_at_last_good_hop",
+                "127.0.0.1",
+                &["1.2.3.4, garbage, 10.0.0.2"],
+                "10.0.0.2",
+            ),
+            (
+                "empty_entry_stops_walk",
+                "127.0.0.1",
+                &["1.2.3.4, , 10.0.0.2"],
+                "10.0.0.2",
+            ),
             ("empty_header_is_the_peer", "127.0.0.1", &[""], "127.0.0.1"),
             ("ipv4_with_port", "127.0.0.1", &["1.2.3.4:5555"], "1.2.3.4"),
-            ("ipv6_bracketed_with_port", "127.0.0.1", &["[2001:db8::1]:443"], "2001:db8::1"),
+            (
+                "ipv6_bracketed_with_port",
+                "127.0.0.1",
+                &["[2001:db8::1]:443"],
+                "2001:db8::1",
+            ),
             ("ipv6_bare", "::1", &["2001:db8::7"], "2001:db8::7"),
-            ("ipv6_bracketed_no_port", "::1", &["[2001:db8::7]"], "2001:db8::7"),
-            ("bad_bracket_suffix_is_malformed", "::1", &["[2001:db8::7]x"], "::1"),
-            ("mapped_peer_counts_as_ipv4_proxy", "::ffff:127.0.0.1", &["1.2.3.4"], "1.2.3.4"),
-            ("mapped_hop_is_ipv4", "127.0.0.1", &["::ffff:5.6.7.8"], "5.6.7.8"),
-            ("all_hops_trusted_gives_leftmost", "127.0.0.1", &["10.0.0.1, 10.0.0.2"], "10.0.0.1"),
-            ("absurdly_long_header_is_bounded", "127.0.0.1", &[long.as_str()], "1.1.1.1"),
-            ("unicode_garbage", "127.0.0.1", &["１.２.３.４"], "127.0.0.1"),
+            (
+                "ipv6_bracketed_no_port",
+                "::1",
+                &["[2001:db8::7]"],
+                "2001:db8::7",
+            ),
+            (
+                "bad_bracket_suffix_is_malformed",
+                "::1",
+                &["[2001:db8::7]x"],
+                "::1",
+            ),
+            (
+                "mapped_peer_counts_as_ipv4_proxy",
+                "::ffff:127.0.0.1",
+                &["1.2.3.4"],
+                "1.2.3.4",
+            ),
+            (
+                "mapped_hop_is_ipv4",
+                "127.0.0.1",
+                &["::ffff:5.6.7.8"],
+                "5.6.7.8",
+            ),
+            (
+                "all_hops_trusted_gives_leftmost",
+                "127.0.0.1",
+                &["10.0.0.1, 10.0.0.2"],
+                "10.0.0.1",
+            ),
+            (
+                "absurdly_long_header_is_bounded",
+                "127.0.0.1",
+                &[long.as_str()],
+                "1.1.1.1",
+            ),
+            (
+                "unicode_garbage",
+                "127.0.0.1",
+                &["１.２.３.４"],
+                "127.0.0.1",
+            ),
         ];
         for (name, peer, xff, want) in cases {
             assert_eq!(resolve(ip(peer), xff, &t), ip(want), "{}", name);
@@ -213,7 +304,10 @@ mod tests {
     #[test]
     fn hop_walk_is_bounded_in_count() {
         let t = proxies(&["10.0.0.0/8"]);
-        let many: String = (0..100).map(|i| format!("10.0.0.{},", i % 250)).collect::<String>() + "10.0.0.1";
+        let many: String = (0..100)
+            .map(|i| format!("10.0.0.{},", i % 250))
+            .collect::<String>()
+            + "10.0.0.1";
         // Stops after MAX_XFF_HOPS trusted hops; the result is still a trusted hop, never a spoof.
         assert!(t.contains(resolve(ip("10.0.0.1"), &[&format!("6.6.6.6,{}", many)], &t)));
     }
@@ -223,7 +317,9 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/8").unwrap().contains(ip("10.9.9.9")));
         assert!(!Cidr::parse("10.0.0.0/8").unwrap().contains(ip("11.0.0.1")));
         assert!(Cidr::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
-        assert!(Cidr::parse("::ffff:10.0.0.0/104").unwrap().contains(ip("10.1.1.1")));
+        assert!(Cidr::parse("::ffff:10.0.0.0/104")
+            .unwrap()
+            .contains(ip("10.1.1.1")));
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert!(Cidr::parse("nope").is_none());
         assert!(proxies(&["0.0.0.0/0"]).is_catch_all());
@@ -232,8 +328,14 @@ mod tests {
 
     #[test]
     fn ipv6_buckets_by_64_and_mapped_as_v4() {
-        assert_eq!(bucket_key(ip("2001:db8:1:2::1")), bucket_key(ip("2001:db8:1:2:aaaa::9")));
-        assert_ne!(bucket_key(ip("2001:db8:1:2::1")), bucket_key(ip("2001:db8:1:3::1")));
+        assert_eq!(
+            bucket_key(ip("2001:db8:1:2::1")),
+            bucket_key(ip("2001:db8:1:2:aaaa::9"))
+        );
+        assert_ne!(
+            bucket_key(ip("2001:db8:1:2::1")),
+            bucket_key(ip("2001:db8:1:3::1"))
+        );
         assert_eq!(bucket_key(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
     }
 }

@@ -38,8 +38,17 @@ pub fn decorate(reply: &mut Reply, ctx: &Ctx, cfg: &Config) {
         );
     }
     if let Some(rate) = &ctx.rate {
-        reply.push_header("RateLimit-Policy", format!("\"{}\";q={};w={}", rate.policy, rate.limit, rate.window_s));
-        reply.push_header("RateLimit", format!("\"{}\";r={};t={}", rate.policy, rate.remaining, rate.reset_s));
+        reply.push_header(
+            "RateLimit-Policy",
+            format!("\"{}\";q={};w={}", rate.policy, rate.limit, rate.window_s),
+        );
+        reply.push_header(
+            "RateLimit",
+            format!(
+                "\"{}\";r={};t={}",
+                rate.policy, rate.remaining, rate.reset_s
+            ),
+        );
         reply.push_header("RateLimit-Limit", rate.limit.to_string());
         reply.push_header("RateLimit-Remaining", rate.remaining.to_string());
         reply.push_header("RateLimit-Reset", rate.reset_s.to_string());
@@ -52,7 +61,10 @@ mod tests {
     use crate::http::{Method, RateInfo};
 
     fn get<'a>(r: &'a Reply, n: &str) -> Option<&'a str> {
-        r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_ref())
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_ref())
     }
 
     #[test]
@@ -60,7 +72,10 @@ mod tests {
         let cfg = Config::default();
         let mut ctx = Ctx::new(Method::Get, "/x", "127.0.0.1".parse().unwrap());
         ctx.request_id = "rid".into();
-        for mut r in [Reply::empty(204), Reply::error(&crate::error::ApiError::NotFound, "rid", false)] {
+        for mut r in [
+            Reply::empty(204),
+            Reply::error(&crate::error::ApiError::NotFound, "rid", false),
+        ] {
             decorate(&mut r, &ctx, &cfg);
             assert_eq!(get(&r, "X-Request-Id"), Some("rid"));
             assert_eq!(get(&r, "X-Content-Type-Options"), Some("nosniff"));
@@ -81,10 +96,19 @@ mod tests {
         cfg.security.hsts = true;
         let mut ctx = Ctx::new(Method::Get, "/x", "127.0.0.1".parse().unwrap());
         ctx.cors_origin = Some("http://localhost:3000".into());
-        ctx.rate = Some(RateInfo { policy: "chat", limit: 10, remaining: 3, reset_s: 20, window_s: 60 });
+        ctx.rate = Some(RateInfo {
+            policy: "chat",
+            limit: 10,
+            remaining: 3,
+            reset_s: 20,
+            window_s: 60,
+        });
         let mut r = Reply::empty(200);
         decorate(&mut r, &ctx, &cfg);
-        assert_eq!(get(&r, "Access-Control-Allow-Origin"), Some("http://localhost:3000"));
+        assert_eq!(
+            get(&r, "Access-Control-Allow-Origin"),
+            Some("http://localhost:3000")
+        );
         assert_eq!(get(&r, "RateLimit-Policy"), Some("\"chat\";q=10;w=60"));
         assert_eq!(get(&r, "RateLimit"), Some("\"chat\";r=3;t=20"));
         assert_eq!(get(&r, "RateLimit-Remaining"), Some("3"));

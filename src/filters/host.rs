@@ -12,7 +12,11 @@ pub fn host_name(value: &str) -> Option<String> {
     }
     let name = if let Some(rest) = v.strip_prefix('[') {
         let (inner, after) = rest.split_once(']')?;
-        if !(after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok())) {
+        if !(after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()))
+        {
             return None;
         }
         inner
@@ -43,7 +47,10 @@ mod tests {
 
     #[test]
     fn host_table() {
-        let allowed: Vec<String> = ["localhost", "127.0.0.1", "::1"].iter().map(|s| s.to_string()).collect();
+        let allowed: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let cases = [
             (Some("localhost"), true),
             (Some("LOCALHOST:8000"), true),

@@ -24,7 +24,11 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
     let sec = &app.cfg.security;
     host::check(ctx.header("host"), &sec.allowed_hosts)?;
     body_limit::check_declared(ctx, sec.max_body_bytes)?;
-    ctx.client = client_ip::resolve(ctx.peer, &ctx.header_all("x-forwarded-for"), &sec.trusted_proxies);
+    ctx.client = client_ip::resolve(
+        ctx.peer,
+        &ctx.header_all("x-forwarded-for"),
+        &sec.trusted_proxies,
+    );
 
     match crate::router::resolve(ctx.method, &ctx.path)? {
         Some((route, params)) => {
@@ -39,7 +43,12 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
 
     auth::check(app, ctx)?;
     rate_limit::check(app, ctx)?;
-    origin::check(ctx, &sec.allowed_origins, &sec.trusted_proxies, ctx.key_id.is_some())?;
+    origin::check(
+        ctx,
+        &sec.allowed_origins,
+        &sec.trusted_proxies,
+        ctx.key_id.is_some(),
+    )?;
     csrf::check(app, ctx)?;
     Ok(None)
 }

@@ -61,7 +61,9 @@ fn referer_origin(referer: &str) -> Option<String> {
 
 fn is_allowed(origin: &str, allowed: &[String]) -> bool {
     match parse_origin(origin) {
-        Some(o) => allowed.iter().any(|a| parse_origin(a).as_deref() == Some(o.as_str())),
+        Some(o) => allowed
+            .iter()
+            .any(|a| parse_origin(a).as_deref() == Some(o.as_str())),
         None => false,
     }
 }
@@ -70,13 +72,20 @@ fn is_allowed(origin: &str, allowed: &[String]) -> bool {
 /// requests from the built-in page. The Host header has already passed the
 /// allowlist (filter 2), so a DNS-rebinding page cannot claim it; the
 /// scheme is https only when a trusted proxy says so (X-Forwarded-Proto).
-pub fn own_origin(ctx: &Ctx, trusted: &crate::filters::client_ip::TrustedProxies) -> Option<String> {
+pub fn own_origin(
+    ctx: &Ctx,
+    trusted: &crate::filters::client_ip::TrustedProxies,
+) -> Option<String> {
     let host = ctx.header("host")?.trim();
     let https = trusted.contains(ctx.peer)
         && ctx
             .header("x-forwarded-proto")
             .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
-    parse_origin(&format!("{}://{}", if https { "https" } else { "http" }, host))
+    parse_origin(&format!(
+        "{}://{}",
+        if https { "https" } else { "http" },
+        host
+    ))
 }
 
 /// Records an allowed `Origin` for CORS (any method) and enforces the
@@ -106,11 +115,20 @@ pub fn check(
         return Ok(());
     }
     match origin {
-        Some(o) if ctx.cors_origin.is_some() || is_allowed(&o, allowed) || same_origin(ctx, &o) => Ok(()),
+        Some(o) if ctx.cors_origin.is_some() || is_allowed(&o, allowed) || same_origin(ctx, &o) => {
+            Ok(())
+        }
         Some(_) => Err(ApiError::OriginNotAllowed),
         None => match ctx.header("referer") {
             Some(r) => match referer_origin(r) {
-                Some(o) if allowed.iter().any(|a| parse_origin(a).as_deref() == Some(o.as_str())) || same_origin(ctx, &o) => Ok(()),
+                Some(o)
+                    if allowed
+                        .iter()
+                        .any(|a| parse_origin(a).as_deref() == Some(o.as_str()))
+                        || same_origin(ctx, &o) =>
+                {
+                    Ok(())
+                }
                 _ => Err(ApiError::OriginNotAllowed),
             },
             None if has_valid_key => Ok(()),
@@ -122,7 +140,11 @@ pub fn check(
 /// Answers an `OPTIONS` preflight: 204 with the CORS grant for an allowed
 /// origin, 403 `origin_not_allowed` otherwise.
 pub fn preflight(ctx: &mut Ctx, allowed: &[String]) -> Result<Reply, ApiError> {
-    let origin = ctx.header("origin").ok_or(ApiError::OriginNotAllowed)?.trim().to_string();
+    let origin = ctx
+        .header("origin")
+        .ok_or(ApiError::OriginNotAllowed)?
+        .trim()
+        .to_string();
     if !is_allowed(&origin, allowed) {
         return Err(ApiError::OriginNotAllowed);
     }
@@ -165,9 +187,23 @@ mod tests {
 
     #[test]
     fn origin_parsing() {
-        assert_eq!(parse_origin("HTTPS://App.Example:443").as_deref(), Some("https://app.example"));
-        assert_eq!(parse_origin("http://[::1]:3000").as_deref(), Some("http://[::1]:3000"));
-        for bad in ["null", "*", "ftp://x", "http://x/path", "http://", "http://x:99999", "http://u@x"] {
+        assert_eq!(
+            parse_origin("HTTPS://App.Example:443").as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(
+            parse_origin("http://[::1]:3000").as_deref(),
+            Some("http://[::1]:3000")
+        );
+        for bad in [
+            "null",
+            "*",
+            "ftp://x",
+            "http://x/path",
+            "http://",
+            "http://x:99999",
+            "http://u@x",
+        ] {
             assert_eq!(parse_origin(bad), None, "{}", bad);
         }
     }
@@ -178,21 +214,63 @@ mod tests {
     #[test]
     fn origin_check_table() {
         let cases: &[Case] = &[
-            (Method::Post, &[("origin", "http://localhost:3000")], false, true),
-            (Method::Post, &[("origin", "https://app.example:443")], false, true),
-            (Method::Post, &[("origin", "http://localhost:3001")], true, false),
-            (Method::Post, &[("origin", "http://evil.example")], true, false),
+            (
+                Method::Post,
+                &[("origin", "http://localhost:3000")],
+                false,
+                true,
+            ),
+            (
+                Method::Post,
+                &[("origin", "https://app.example:443")],
+                false,
+                true,
+            ),
+            (
+                Method::Post,
+                &[("origin", "http://localhost:3001")],
+                true,
+                false,
+            ),
+            (
+                Method::Post,
+                &[("origin", "http://evil.example")],
+                true,
+                false,
+            ),
             (Method::Post, &[("origin", "null")], true, false),
-            (Method::Delete, &[("referer", "https://app.example/page?x=1")], false, true),
-            (Method::Patch, &[("referer", "https://app.example.evil/")], false, false),
+            (
+                Method::Delete,
+                &[("referer", "https://app.example/page?x=1")],
+                false,
+                true,
+            ),
+            (
+                Method::Patch,
+                &[("referer", "https://app.example.evil/")],
+                false,
+                false,
+            ),
             (Method::Post, &[], false, false),
             (Method::Post, &[], true, true),
             (Method::Get, &[], false, true),
-            (Method::Get, &[("origin", "http://evil.example")], false, true),
+            (
+                Method::Get,
+                &[("origin", "http://evil.example")],
+                false,
+                true,
+            ),
         ];
         for (m, h, key, ok) in cases {
             let mut c = ctx(*m, h);
-            assert_eq!(check(&mut c, &allowed(), &no_proxies(), *key).is_ok(), *ok, "{:?} {:?} key={}", m, h, key);
+            assert_eq!(
+                check(&mut c, &allowed(), &no_proxies(), *key).is_ok(),
+                *ok,
+                "{:?} {:?} key={}",
+                m,
+                h,
+                key
+            );
         }
     }
 
@@ -208,22 +286,53 @@ mod tests {
 
     #[test]
     fn same_origin_requests_are_allowed_and_scheme_comes_from_trusted_proxies_only() {
-        let trusted = crate::filters::client_ip::TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
+        let trusted =
+            crate::filters::client_ip::TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
         let c = ctx(Method::Post, &[("host", "localhost:8000")]);
         let own = own_origin(&c, &trusted);
         assert_eq!(own.as_deref(), Some("http://localhost:8000"));
-        let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("origin", "http://localhost:8000")]);
+        let mut c = ctx(
+            Method::Post,
+            &[
+                ("host", "localhost:8000"),
+                ("origin", "http://localhost:8000"),
+            ],
+        );
         assert!(check(&mut c, &allowed(), &trusted, false).is_ok());
-        let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("origin", "http://localhost:8001")]);
+        let mut c = ctx(
+            Method::Post,
+            &[
+                ("host", "localhost:8000"),
+                ("origin", "http://localhost:8001"),
+            ],
+        );
         assert!(check(&mut c, &allowed(), &trusted, false).is_err());
-        let mut c = ctx(Method::Post, &[("host", "localhost:8000"), ("referer", "http://localhost:8000/")]);
+        let mut c = ctx(
+            Method::Post,
+            &[
+                ("host", "localhost:8000"),
+                ("referer", "http://localhost:8000/"),
+            ],
+        );
         assert!(check(&mut c, &allowed(), &trusted, false).is_ok());
         // X-Forwarded-Proto believed from a trusted peer only.
-        let c = ctx(Method::Post, &[("host", "chat.example"), ("x-forwarded-proto", "https")]);
-        assert_eq!(own_origin(&c, &trusted).as_deref(), Some("https://chat.example"));
-        let mut c = ctx(Method::Post, &[("host", "chat.example"), ("x-forwarded-proto", "https")]);
+        let c = ctx(
+            Method::Post,
+            &[("host", "chat.example"), ("x-forwarded-proto", "https")],
+        );
+        assert_eq!(
+            own_origin(&c, &trusted).as_deref(),
+            Some("https://chat.example")
+        );
+        let mut c = ctx(
+            Method::Post,
+            &[("host", "chat.example"), ("x-forwarded-proto", "https")],
+        );
         c.peer = "8.8.8.8".parse().unwrap();
-        assert_eq!(own_origin(&c, &trusted).as_deref(), Some("http://chat.example"));
+        assert_eq!(
+            own_origin(&c, &trusted).as_deref(),
+            Some("http://chat.example")
+        );
     }
 
     #[test]
@@ -231,8 +340,14 @@ mod tests {
         let mut c = ctx(Method::Options, &[("origin", "http://localhost:3000")]);
         let r = preflight(&mut c, &allowed()).unwrap();
         assert_eq!(r.status, 204);
-        assert!(r.headers.iter().any(|(n, v)| *n == "Access-Control-Allow-Methods" && v.contains("POST")));
+        assert!(r
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "Access-Control-Allow-Methods" && v.contains("POST")));
         let mut c = ctx(Method::Options, &[("origin", "http://evil.example")]);
-        assert_eq!(preflight(&mut c, &allowed()).unwrap_err(), ApiError::OriginNotAllowed);
+        assert_eq!(
+            preflight(&mut c, &allowed()).unwrap_err(),
+            ApiError::OriginNotAllowed
+        );
     }
 }

@@ -298,9 +298,9 @@ impl Limiter {
                 Some(bucket.take(limit, now))
             } else {
                 if shard.buckets.len() >= inner.per_shard_cap {
-                    let due = shard.last_evict_scan.is_none_or(|t| {
-                        now.saturating_duration_since(t) >= EVICT_SCAN_INTERVAL
-                    });
+                    let due = shard
+                        .last_evict_scan
+                        .is_none_or(|t| now.saturating_duration_since(t) >= EVICT_SCAN_INTERVAL);
                     if due {
                         shard.last_evict_scan = Some(now);
                         inner.sweep_shard(&mut shard, now);

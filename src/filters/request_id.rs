@@ -37,7 +37,11 @@ mod tests {
         for bad in ["", "has space", "new\nline", "ü", &"x".repeat(65)] {
             assert_ne!(assign(proxy, Some(bad), &t), bad, "{:?}", bad);
         }
-        assert_ne!(assign(stranger, Some("abc"), &t), "abc", "untrusted peer cannot choose its id");
+        assert_ne!(
+            assign(stranger, Some("abc"), &t),
+            "abc",
+            "untrusted peer cannot choose its id"
+        );
         assert_eq!(assign(stranger, None, &t).len(), 16);
     }
 }

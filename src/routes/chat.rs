@@ -135,13 +135,6 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         true => Some(app.streams.try_acquire().ok_or(BUSY)?),
         false => None,
     };
-    // Streams wait for the upstream's head on the worker (briefly), so
-    // they count against `upstream_waits`; non-streaming turns wait on a
-    // relay thread instead.
-    let wait = match req.stream {
-        true => Some(app.upstream_waits.try_acquire().ok_or(BUSY)?),
-        false => None,
-    };
 
     let conversation = match &req.conversation_id {
         Some(id) => {
@@ -199,7 +192,6 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let upstream_req = upstream::chat_request(&model, messages, req.stream, &extra);
 
     let Some(slot) = slot else {
-        drop(wait);
         let (up, db) = (app.upstream.clone(), app.db.clone());
         let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
         return Ok(Reply::deferred(Box::new(move || {
@@ -240,12 +232,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         model: Some(&model),
         usage: None,
     })?;
-    let opened = app
-        .upstream
-        .open_stream(&upstream_req, &ctx.request_id)
-        .and_then(|mut h| h.wait_opened(app.upstream.head_grace()).map(|_| h));
-    drop(wait);
-    let mut handle = match opened {
+    let mut handle = match app.upstream.open_stream(&upstream_req, &ctx.request_id) {
         Ok(h) => h,
         Err(e) => {
             store_end(app, &assistant.id, "", "error");
@@ -256,9 +243,24 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let app_db = app.db.clone();
     let metrics = app.metrics.clone();
     let ping_every = cfg.ping_interval;
+    let grace = app.upstream.head_grace();
     Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
         let _slot = slot;
         let started = Instant::now();
+        // On the stream's thread, not a worker: wait (briefly) for the
+        // upstream to accept, so early failures are plain JSON errors.
+        if let Err(e) = handle.wait_opened(grace) {
+            if out.fail_before_start(&e) {
+                upstream::log_failure(&e);
+                metrics.record_upstream_error(e.code());
+                let id = start["message_id"].as_str().unwrap_or_default();
+                if let Err(e) = app_db.update_message(id, "", "error", None) {
+                    log_store_failure(&e);
+                }
+                super::openai::log_stream_end("/api/chat", e.code(), started);
+                return;
+            }
+        }
         let mut answer = Answer::default();
         let end = match sse::event(out, "start", &start) {
             Ok(()) => sse::pump(out, &mut handle, ping_every, |out, ev| {

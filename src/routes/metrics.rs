@@ -25,5 +25,9 @@ pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         g.busy_workers = s.busy_workers() as u64;
         g.open_connections = s.open_connections() as u64;
     }
-    Ok(Reply::bytes(200, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render(&g).into_bytes()))
+    Ok(Reply::bytes(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        app.metrics.render(&g).into_bytes(),
+    ))
 }

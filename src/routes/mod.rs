@@ -3,15 +3,15 @@
 
 pub mod chat;
 pub mod conversations;
-pub mod fields;
 pub mod csrf;
+pub mod fields;
 pub mod health;
 pub mod metrics;
-pub mod openapi;
-pub mod ui;
 pub mod openai;
+pub mod openapi;
 pub mod projects;
 pub mod ready;
+pub mod ui;
 
 use crate::app::App;
 use crate::error::ApiError;

@@ -163,21 +163,27 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         .streams
         .try_acquire()
         .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
-    let mut handle = {
-        let _wait = app
-            .upstream_waits
-            .try_acquire()
-            .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
-        let mut handle = app.upstream.open_stream(&request, &ctx.request_id)?;
-        handle.wait_opened(app.upstream.head_grace())?;
-        handle
-    };
+    let mut handle = app.upstream.open_stream(&request, &ctx.request_id)?;
     let ping_every = app.cfg.upstream.ping_interval;
     let request_id = ctx.request_id.clone();
     let metrics = app.metrics.clone();
+    let grace = app.upstream.head_grace();
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
+        // Early failures (refused, error status) are plain JSON errors;
+        // this waits on the stream's thread, never on a worker.
+        if let Err(e) = handle.wait_opened(grace) {
+            if out.fail_before_start(&e) {
+                upstream::log_failure(&e);
+                metrics.record_upstream_error(e.code());
+                log_stream_end("/v1/chat/completions", e.code(), started);
+                return;
+            }
+        }
+        // Opened (or still thinking after the grace): the 200 and its
+        // headers go out now; pings cover a long silence.
+        let _ = std::io::Write::flush(out);
         let mut outcome = "complete";
         let end = sse::pump(out, &mut handle, ping_every, |out, ev| match ev {
             StreamEvent::Opened => Ok(Flow::Continue),
@@ -200,7 +206,9 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 pub fn models(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let up = app.upstream.clone();
     let configured = app.cfg.upstream.model.clone();
-    Ok(Reply::deferred(Box::new(move || models_reply(&up, &configured))))
+    Ok(Reply::deferred(Box::new(move || {
+        models_reply(&up, &configured)
+    })))
 }
 
 /// `/v1/models`, on a relay thread: the upstream's list, or the configured

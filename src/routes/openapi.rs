@@ -10,7 +10,11 @@ use crate::http::{Ctx, Reply};
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
 pub fn get(_app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    Ok(Reply::bytes(200, "application/json", DOCUMENT.as_bytes().to_vec()))
+    Ok(Reply::bytes(
+        200,
+        "application/json",
+        DOCUMENT.as_bytes().to_vec(),
+    ))
 }
 
 #[cfg(test)]
@@ -29,8 +33,10 @@ mod tests {
                 documented.push((method.to_ascii_uppercase(), path.clone()));
             }
         }
-        let mut routed: Vec<(String, String)> =
-            ROUTES.iter().map(|(m, p, _)| (m.as_str().to_string(), p.to_string())).collect();
+        let mut routed: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| (m.as_str().to_string(), p.to_string()))
+            .collect();
         documented.sort();
         routed.sort();
         assert_eq!(documented, routed, "openapi.json and router::ROUTES differ");
@@ -39,13 +45,31 @@ mod tests {
     #[test]
     fn every_error_code_of_the_contract_is_in_the_error_schema() {
         let doc: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap();
-        let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];
+        let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+            ["code"]["enum"];
         for code in [
-            "invalid_json", "validation_failed", "unauthorized", "origin_not_allowed", "csrf_token_invalid",
-            "not_found", "method_not_allowed", "payload_too_large", "unsupported_media_type", "host_not_allowed",
-            "rate_limited", "internal", "upstream_unavailable", "upstream_error", "server_busy", "upstream_timeout",
+            "invalid_json",
+            "validation_failed",
+            "unauthorized",
+            "origin_not_allowed",
+            "csrf_token_invalid",
+            "not_found",
+            "method_not_allowed",
+            "payload_too_large",
+            "unsupported_media_type",
+            "host_not_allowed",
+            "rate_limited",
+            "internal",
+            "upstream_unavailable",
+            "upstream_error",
+            "server_busy",
+            "upstream_timeout",
         ] {
-            assert!(codes.as_array().unwrap().iter().any(|c| c == code), "{} missing", code);
+            assert!(
+                codes.as_array().unwrap().iter().any(|c| c == code),
+                "{} missing",
+                code
+            );
         }
     }
 }

@@ -20,9 +20,21 @@ struct Asset {
 }
 
 const ASSETS: &[Asset] = &[
-    Asset { name: "index.html", content_type: "text/html; charset=utf-8", body: include_bytes!("../ui/index.html") },
-    Asset { name: "app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../ui/app.js") },
-    Asset { name: "app.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../ui/app.css") },
+    Asset {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../ui/index.html"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../ui/app.js"),
+    },
+    Asset {
+        name: "app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../ui/app.css"),
+    },
 ];
 
 /// Strong ETags, computed once from the embedded bytes.
@@ -68,7 +80,10 @@ pub fn asset(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         return Err(ApiError::NotFound);
     }
     let name = ctx.params.first().map(String::as_str).unwrap_or("");
-    match ASSETS.iter().position(|a| a.name == name && a.name != "index.html") {
+    match ASSETS
+        .iter()
+        .position(|a| a.name == name && a.name != "index.html")
+    {
         Some(i) => Ok(serve(ctx, i)),
         None => Err(ApiError::NotFound),
     }
@@ -82,11 +97,21 @@ mod tests {
     fn page_has_no_inline_script_or_style_and_uses_only_self_assets() {
         let html = std::str::from_utf8(ASSETS[0].body).unwrap();
         assert!(!html.contains("<style"), "inline style breaks the CSP");
-        assert!(!html.contains(" style="), "inline style attribute breaks the CSP");
+        assert!(
+            !html.contains(" style="),
+            "inline style attribute breaks the CSP"
+        );
         for tag in html.split("<script").skip(1) {
-            assert!(tag.trim_start().starts_with("src=\"/ui/"), "inline or foreign script: {}", tag);
+            assert!(
+                tag.trim_start().starts_with("src=\"/ui/"),
+                "inline or foreign script: {}",
+                tag
+            );
         }
-        assert!(!html.contains("http://") && !html.contains("https://"), "no CDN");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "no CDN"
+        );
         let js = std::str::from_utf8(ASSETS[1].body).unwrap();
         assert!(!js.contains("innerHTML"), "render with textContent only");
         assert!(!js.contains("eval("));

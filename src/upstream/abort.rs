@@ -251,14 +251,18 @@ impl Transport for AbortableTransport {
 
     fn maybe_await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         let scope = publish(&self.handles);
-        let r = self.flush_pending().and_then(|_| self.inner.maybe_await_input(timeout));
+        let r = self
+            .flush_pending()
+            .and_then(|_| self.inner.maybe_await_input(timeout));
         withdraw(scope);
         r
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         let scope = publish(&self.handles);
-        let r = self.flush_pending().and_then(|_| self.inner.await_input(timeout));
+        let r = self
+            .flush_pending()
+            .and_then(|_| self.inner.await_input(timeout));
         withdraw(scope);
         r
     }

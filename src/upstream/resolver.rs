@@ -49,7 +49,8 @@ impl Resolver for CachingResolver {
             }
         }
         let addrs = self.inner.resolve(uri, config, timeout)?;
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((host_port, Instant::now(), addrs.clone()));
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((host_port, Instant::now(), addrs.clone()));
         Ok(addrs)
     }
 }

@@ -149,7 +149,8 @@ impl Server {
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         // The file may be seen created but not yet written: wait for an address.
         let addr_written = || {
-            std::fs::read_to_string(&addr_file).is_ok_and(|t| t.trim().parse::<SocketAddr>().is_ok())
+            std::fs::read_to_string(&addr_file)
+                .is_ok_and(|t| t.trim().parse::<SocketAddr>().is_ok())
         };
         let ok = wait_until(Duration::from_secs(20), || {
             addr_written() || matches!(child.try_wait(), Ok(Some(_)))
