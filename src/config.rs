@@ -105,6 +105,8 @@ pub struct DatabaseConfig {
     pub ready_timeout: Duration,
     pub max_connection_age: Duration,
     pub idle_check_after: Duration,
+    /// `synchronous = full` (default) or `normal`.
+    pub synchronous_full: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +189,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("database", "ready_timeout_s", "5"),
     ("database", "max_connection_age_s", "3600"),
     ("database", "idle_check_after_s", "30"),
+    ("database", "synchronous", "full"),
     ("upstream", "base_url", "http://127.0.0.1:11434/v1"),
     ("upstream", "model", "gpt-oss:20b"),
     ("upstream", "api_key_env", "PORTCULLIS_UPSTREAM_KEY"),
@@ -633,6 +636,11 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
         ready_timeout: r.secs("database", "ready_timeout_s", 1, 600)?,
         max_connection_age: r.secs("database", "max_connection_age_s", 1, 30 * DAY_S)?,
         idle_check_after: r.secs("database", "idle_check_after_s", 0, DAY_S)?,
+        synchronous_full: match r.get("database", "synchronous").0.to_ascii_lowercase().as_str() {
+            "full" => true,
+            "normal" => false,
+            _ => return Err(r.err("database", "synchronous", "must be full or normal")),
+        },
     };
 
     let base_url = r.string("upstream", "base_url");

@@ -37,9 +37,23 @@ fn try_create(addr: SocketAddr, key: &str, name: &str) -> Option<String> {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
+    crash_run("full");
+}
+
+/// `synchronous = normal` trades power-loss durability for write speed; a
+/// process crash must still lose nothing.
+#[test]
+fn acknowledged_writes_survive_sigkill_with_synchronous_normal() {
+    crash_run("normal");
+}
+
+fn crash_run(synchronous: &str) {
     const MIN_ACKED: usize = 150;
-    let mut first =
-        Server::start(Opts::new().env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000000"));
+    let mut first = Server::start(
+        Opts::new()
+            .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000000")
+            .env("PORTCULLIS_DATABASE_SYNCHRONOUS", synchronous),
+    );
     let dir = first.dir.clone();
     let key = std::fs::read_to_string(dir.join("first_api_key"))
         .unwrap()

@@ -127,6 +127,7 @@ impl Db {
             busy_timeout: cfg.database.busy_timeout,
             max_age: cfg.database.max_connection_age,
             idle_check_after: cfg.database.idle_check_after,
+            sync_full: cfg.database.synchronous_full,
         })?;
         {
             let mut conn = pool

@@ -34,6 +34,8 @@ pub struct PoolConfig {
     pub max_age: Duration,
     /// Connections idle longer than this get `SELECT 1` before reuse.
     pub idle_check_after: Duration,
+    /// `PRAGMA synchronous`: true for FULL (default), false for NORMAL.
+    pub sync_full: bool,
 }
 
 struct Slot {
@@ -111,12 +113,18 @@ pub fn open_connection(cfg: &PoolConfig) -> rusqlite::Result<Connection> {
             )),
         ));
     }
-    // synchronous=FULL: a write we acknowledged with 201 must survive a power
-    // loss, not only a process crash. In WAL mode, NORMAL skips the fsync at
-    // each commit and can lose the last transactions when the machine (not
-    // just the process) goes down; FULL syncs the WAL on every commit. The
-    // cost is one fsync per write transaction, small next to an LLM call.
-    conn.execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL;")?;
+    // synchronous=FULL (the default): a write we acknowledged with 201 must
+    // survive a power loss, not only a process crash. In WAL mode, NORMAL
+    // skips the fsync at each commit and can lose the last transactions when
+    // the machine (not just the process) goes down, though never on a
+    // process crash; FULL syncs the WAL on every commit. The cost is one
+    // fsync per write transaction: small next to an LLM call, but it bounds
+    // write throughput on slow disks (BENCHMARKS.md), hence the setting.
+    conn.execute_batch(if cfg.sync_full {
+        "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL;"
+    } else {
+        "PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;"
+    })?;
     Ok(conn)
 }
 
@@ -320,6 +328,7 @@ mod tests {
             busy_timeout: Duration::from_millis(2000),
             max_age: Duration::from_secs(3600),
             idle_check_after: Duration::from_secs(30),
+            sync_full: true,
         }
     }
 
