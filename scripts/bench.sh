@@ -179,7 +179,9 @@ echo "5. streaming" >&2
 S1=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 1 20 "$UP")
 S20=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 20 10 "$UP")
 S50=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 50 4 "$UP")
+D1=$("$LOADGEN" direct-latency 1 20 "$UP")
 D20=$("$LOADGEN" direct-latency 20 10 "$UP")
+D50=$("$LOADGEN" direct-latency 50 4 "$UP")
 HOLD=$("$LOADGEN" hold-streams http://127.0.0.1:$P_PORT "$KEY" 200 "$PC_PID" "$DUR" "$UP")
 stop_portcullis
 
@@ -257,7 +259,14 @@ clock), through portcullis \`/v1/chat/completions\` with \`stream: true\`.
 | 1 | $(field "$S1" first_token_us_p50) | $(field "$S1" p99) | $(field "$S1" max) | $(field "$S1" samples) |
 | 20 | $(field "$S20" first_token_us_p50) | $(field "$S20" p99) | $(field "$S20" max) | $(field "$S20" samples) |
 | 50 | $(field "$S50" first_token_us_p50) | $(field "$S50" p99) | $(field "$S50" max) | $(field "$S50" samples) |
+| 1, direct to upstream (baseline) | $(field "$D1" first_token_us_p50) | $(field "$D1" p99) | $(field "$D1" max) | $(field "$D1" samples) |
 | 20, direct to upstream (baseline) | $(field "$D20" first_token_us_p50) | $(field "$D20" p99) | $(field "$D20" max) | $(field "$D20" samples) |
+| 50, direct to upstream (baseline) | $(field "$D50" first_token_us_p50) | $(field "$D50" p99) | $(field "$D50" max) | $(field "$D50" samples) |
+
+The figure is already "through portcullis minus direct": both ends of each
+measurement are in the loadgen process, so it is exactly the time the token
+spent in portcullis plus one loopback hop; the direct rows show what the
+loadgen itself adds.
 
 Target: first token within 2 ms (2000 µs) of leaving the upstream at 20 streams.
 

@@ -636,7 +636,12 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
         ready_timeout: r.secs("database", "ready_timeout_s", 1, 600)?,
         max_connection_age: r.secs("database", "max_connection_age_s", 1, 30 * DAY_S)?,
         idle_check_after: r.secs("database", "idle_check_after_s", 0, DAY_S)?,
-        synchronous_full: match r.get("database", "synchronous").0.to_ascii_lowercase().as_str() {
+        synchronous_full: match r
+            .get("database", "synchronous")
+            .0
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "full" => true,
             "normal" => false,
             _ => return Err(r.err("database", "synchronous", "must be full or normal")),
