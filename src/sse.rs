@@ -17,6 +17,28 @@ use serde_json::Value;
 use crate::http::StreamOut;
 use crate::upstream::{StreamEvent, StreamHandle};
 
+/// Run first on a stream's thread (never a worker): waits up to `grace`
+/// for the upstream to accept. A failure by then is answered as the
+/// contract's plain JSON error with its real status (logged and counted)
+/// and its code returned: the stream is over. Otherwise the 200 head goes
+/// out now, and pings cover any further silence.
+pub fn open_or_fail(
+    out: &mut StreamOut,
+    handle: &mut StreamHandle,
+    grace: Duration,
+    metrics: &crate::metrics::Metrics,
+) -> Option<&'static str> {
+    if let Err(e) = handle.wait_opened(grace) {
+        if out.fail_before_start(&e) {
+            crate::upstream::log_failure(&e);
+            metrics.record_upstream_error(e.code());
+            return Some(e.code());
+        }
+    }
+    let _ = out.flush();
+    None
+}
+
 /// Longest line accepted from the upstream; a longer one is garbage.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// How often a stream thread wakes to look for a hung-up client (and to

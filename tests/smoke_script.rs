@@ -11,7 +11,10 @@ use support::{Opts, Server};
 #[test]
 fn smoke_script_passes_against_a_running_server() {
     if Command::new("curl").arg("--version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "curl is required in CI");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "curl is required in CI"
+        );
         eprintln!("SKIP smoke_script_passes_against_a_running_server: curl is not installed");
         return;
     }
@@ -27,6 +30,11 @@ fn smoke_script_passes_against_a_running_server() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "smoke.sh failed:\n{}\n{}", stdout, stderr);
+    assert!(
+        out.status.success(),
+        "smoke.sh failed:\n{}\n{}",
+        stdout,
+        stderr
+    );
     assert!(stdout.contains("smoke: all"), "{}", stdout);
 }

@@ -247,19 +247,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
         let _slot = slot;
         let started = Instant::now();
-        // On the stream's thread, not a worker: wait (briefly) for the
-        // upstream to accept, so early failures are plain JSON errors.
-        if let Err(e) = handle.wait_opened(grace) {
-            if out.fail_before_start(&e) {
-                upstream::log_failure(&e);
-                metrics.record_upstream_error(e.code());
-                let id = start["message_id"].as_str().unwrap_or_default();
-                if let Err(e) = app_db.update_message(id, "", "error", None) {
-                    log_store_failure(&e);
-                }
-                super::openai::log_stream_end("/api/chat", e.code(), started);
-                return;
+        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics) {
+            let id = start["message_id"].as_str().unwrap_or_default();
+            if let Err(e) = app_db.update_message(id, "", "error", None) {
+                log_store_failure(&e);
             }
+            super::openai::log_stream_end("/api/chat", code, started);
+            return;
         }
         let mut answer = Answer::default();
         let end = match sse::event(out, "start", &start) {

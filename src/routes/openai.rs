@@ -171,19 +171,10 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
-        // Early failures (refused, error status) are plain JSON errors;
-        // this waits on the stream's thread, never on a worker.
-        if let Err(e) = handle.wait_opened(grace) {
-            if out.fail_before_start(&e) {
-                upstream::log_failure(&e);
-                metrics.record_upstream_error(e.code());
-                log_stream_end("/v1/chat/completions", e.code(), started);
-                return;
-            }
+        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics) {
+            log_stream_end("/v1/chat/completions", code, started);
+            return;
         }
-        // Opened (or still thinking after the grace): the 200 and its
-        // headers go out now; pings cover a long silence.
-        let _ = std::io::Write::flush(out);
         let mut outcome = "complete";
         let end = sse::pump(out, &mut handle, ping_every, |out, ev| match ev {
             StreamEvent::Opened => Ok(Flow::Continue),
