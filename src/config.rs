@@ -200,7 +200,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("upstream", "max_response_bytes", "8388608"),
     ("upstream", "history_max_messages", "50"),
     ("upstream", "history_max_chars", "32000"),
-    ("upstream", "max_idle_connections", "16"),
+    ("upstream", "max_idle_connections", "64"),
     ("logging", "level", "info"),
     ("logging", "file", ""),
     ("logging", "flush_interval_ms", "100"),
