@@ -122,6 +122,16 @@ mod tests {
             assert_eq!(parse_rfc3339_millis(&format_millis(ms)), Some(ms));
         }
         assert_eq!(parse_rfc3339_millis("nope"), None);
+        for ms in [
+            0i64,
+            1_795_447_743_123,
+            1_795_447_743_999,
+            1_795_447_744_000,
+            1_795_447_743_005,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms as u64);
+            assert_eq!(format_rfc3339_millis(t), format_millis(ms));
+        }
         let t = UNIX_EPOCH + Duration::from_millis(1_795_447_743_123);
         assert_eq!(http_date(t), "Mon, 23 Nov 2026 15:29:03 GMT");
         assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
