@@ -101,7 +101,7 @@ start_portcullis
 IDLE_RSS=$(rss_kib "$PC_PID")
 "$HELLO" 127.0.0.1:$H_PORT 8 & HELLO_PID=$!; PIDS+=("$HELLO_PID"); wait_port $H_PORT
 ratios=(); hello_rps=(); pc_rps=()
-for round in 1 2 3; do
+for round in 1 2 3 4 5; do
   h=$(wrk -t2 -c32 -d${DUR}s http://127.0.0.1:$H_PORT/health | wrk_rps)
   p=$(wrk -t2 -c32 -d${DUR}s -H 'Host: localhost' http://127.0.0.1:$P_PORT/health | wrk_rps)
   hello_rps+=("$h"); pc_rps+=("$p")
