@@ -218,13 +218,16 @@ side in that same run.
 
 ## /health through the whole chain vs bare tiny_http
 \`wrk -t2 -c32 -d${DUR}s\` against \`examples/hello_tiny_http\` (same tiny_http
-build, 8 workers) and portcullis \`/health\`, alternating, 3 rounds.
+build, 8 workers) and portcullis \`/health\`, alternating, 5 rounds.
 
 | server | req/s (median) |
 |---|---|
 | bare tiny_http hello | $HELLO_RPS |
 | portcullis /health | $PC_RPS |
 | ratio (median of per-round ratios) | **$HEALTH_RATIO** (target ≥ 0.85) |
+
+Per-round ratios: ${ratios[*]} (the spread is this shared 2-core machine's
+noise; wrk, both servers and the kernel share the two cores).
 
 ## Non-streaming relay: direct vs nginx vs portcullis
 Upstream: \`loadgen upstream\` (keep-alive, answers at once).
