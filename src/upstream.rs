@@ -310,25 +310,31 @@ impl Upstream {
             .config()
             .timeout_per_call(Some(self.cfg.connect_timeout + self.cfg.timeout))
             .build();
-        let mut res = rb.send(&body[..]).map_err(|e| classify(e, Phase::Head))?;
-        let status = res.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(ApiError::UpstreamError {
-                detail: error_detail(status, res.body_mut()),
-            });
-        }
-        let bytes = res
-            .into_body()
-            .into_with_config()
-            .limit(self.cfg.max_response_bytes)
-            .read_to_vec()
-            .map_err(|e| classify(e, Phase::Body))?;
+        let res = rb.send(&body[..]).map_err(|e| classify(e, Phase::Head))?;
+        let bytes = self.answer_bytes(res)?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v @ Value::Object(_)) => Ok(v),
             _ => Err(ApiError::UpstreamError {
                 detail: format!("answer is not a JSON object ({} bytes)", bytes.len()),
             }),
         }
+    }
+
+    /// A whole non-streaming answer: an error status becomes
+    /// `upstream_error` (its text kept for the log only); the body is read
+    /// within `max_response_bytes`.
+    fn answer_bytes(&self, mut res: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ApiError> {
+        let status = res.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ApiError::UpstreamError {
+                detail: error_detail(status, res.body_mut()),
+            });
+        }
+        res.into_body()
+            .into_with_config()
+            .limit(self.cfg.max_response_bytes)
+            .read_to_vec()
+            .map_err(|e| classify(e, Phase::Body))
     }
 
     /// The upstream's model list (`GET /models`), within `MODELS_TIMEOUT`.
@@ -341,19 +347,8 @@ impl Upstream {
                 MODELS_TIMEOUT.min(self.cfg.connect_timeout + self.cfg.timeout),
             ))
             .build();
-        let mut res = rb.call().map_err(|e| classify(e, Phase::Head))?;
-        let status = res.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(ApiError::UpstreamError {
-                detail: error_detail(status, res.body_mut()),
-            });
-        }
-        let bytes = res
-            .into_body()
-            .into_with_config()
-            .limit(self.cfg.max_response_bytes)
-            .read_to_vec()
-            .map_err(|e| classify(e, Phase::Body))?;
+        let res = rb.call().map_err(|e| classify(e, Phase::Head))?;
+        let bytes = self.answer_bytes(res)?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::UpstreamError {
             detail: format!("model list is not JSON: {}", e),
         })

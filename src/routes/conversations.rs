@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::fields::{patch_str, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
+use super::path_id as id;
 use crate::app::App;
 use crate::db::audit_log::Actor;
 use crate::db::conversations::ConversationPatch;
@@ -15,13 +16,6 @@ use crate::http::{Ctx, Reply};
 use crate::json_body::{object, opt_str, reject_unknown};
 
 const FIELDS: &[&str] = &["project_id", "title", "model", "system_prompt"];
-
-fn id(ctx: &Ctx) -> Result<&str, ApiError> {
-    ctx.params
-        .first()
-        .map(String::as_str)
-        .ok_or(ApiError::NotFound)
-}
 
 pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let body = object(ctx)?;

@@ -18,6 +18,14 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::router::Route;
 
+/// The `{id}` of a route's path (a route without one is not found).
+pub fn path_id(ctx: &Ctx) -> Result<&str, ApiError> {
+    ctx.params
+        .first()
+        .map(String::as_str)
+        .ok_or(ApiError::NotFound)
+}
+
 pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiError> {
     match route {
         Route::Health => health::live(app, ctx),

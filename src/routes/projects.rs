@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use super::fields::{patch_str, DESCRIPTION_MAX, NAME_MAX};
+use super::path_id as id;
 use crate::app::App;
 use crate::db::audit_log::Actor;
 use crate::db::page::{Kind, PageReq};
@@ -14,13 +15,6 @@ use crate::http::{Ctx, Reply};
 use crate::json_body::{object, opt_str, reject_unknown, req_str};
 
 const FIELDS: &[&str] = &["name", "description"];
-
-fn id(ctx: &Ctx) -> Result<&str, ApiError> {
-    ctx.params
-        .first()
-        .map(String::as_str)
-        .ok_or(ApiError::NotFound)
-}
 
 pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let body = object(ctx)?;
