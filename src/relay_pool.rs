@@ -28,6 +28,8 @@ struct Shared {
     wake: Condvar,
     max: usize,
     stack: usize,
+    /// Jobs handed over and not finished (shutdown waits for them).
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -52,6 +54,7 @@ impl RelayPool {
                 wake: Condvar::new(),
                 max,
                 stack,
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -79,6 +82,13 @@ impl RelayPool {
         })
     }
 
+    /// Jobs handed over and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Threads running or idle (metrics, tests).
     pub fn threads(&self) -> usize {
         lock(&self.shared.state).threads
@@ -97,6 +107,23 @@ impl Ticket {
     pub fn run(mut self, job: Job) {
         self.used = true;
         let shared = self.pool.shared.clone();
+        // Counted until the job ends, also by panic (the guard's Drop).
+        struct Done(Arc<Shared>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        shared
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let done = Done(shared.clone());
+        let job: Job = Box::new(move || {
+            let _done = done;
+            job()
+        });
         if !self.spawn {
             let mut st = lock(&shared.state);
             st.reserved -= 1;
@@ -225,7 +252,13 @@ mod tests {
         started_rx.recv().unwrap();
         assert!(pool.try_reserve().is_none());
         assert_eq!(pool.threads(), 2);
+        assert_eq!(pool.in_flight(), 2);
         drop(block_tx);
+        let drained = (0..400).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            pool.in_flight() == 0
+        });
+        assert!(drained, "in-flight count returns to zero");
     }
 
     #[test]

@@ -134,7 +134,8 @@ impl Running {
         let drained = loop {
             let idle = self.busy.load(Ordering::Acquire) == 0
                 && self.server.pending_requests() == 0
-                && self.app.active_streams() == 0;
+                && self.app.active_streams() == 0
+                && self.app.relays.in_flight() == 0;
             if idle {
                 break true;
             }

@@ -654,3 +654,67 @@ fn stalled_small_bodies_never_hold_a_worker() {
     );
     drop(stalled);
 }
+
+static RELAY_GATE: Gate = Gate {
+    open: Mutex::new(false),
+    cv: Condvar::new(),
+    entered: Mutex::new(0),
+};
+
+/// A handler whose (deferred) work waits for the gate, as a slow model would.
+fn deferred_gated_dispatch(_app: &App, _ctx: &mut Ctx, _route: Route) -> Result<Reply, ApiError> {
+    Ok(Reply::deferred(Box::new(|| {
+        *RELAY_GATE.entered.lock().unwrap() += 1;
+        let mut open = RELAY_GATE.open.lock().unwrap();
+        while !*open {
+            open = RELAY_GATE.cv.wait(open).unwrap();
+        }
+        Ok(Reply::bytes(
+            200,
+            "application/json",
+            b"{\"late\":true}".to_vec(),
+        ))
+    })))
+}
+
+#[test]
+fn shutdown_waits_for_deferred_relays_and_health_stays_free_meanwhile() {
+    // One worker: the deferred work goes to the relay pool, so the worker
+    // is free for /health while the relay waits.
+    let (app, _dir) = lib_app("relay-drain", 1, 8);
+    let running = portcullis::server::start_with(app, deferred_gated_dispatch).unwrap();
+    let addr = running.addr;
+    let pending = std::thread::spawn(move || request(addr, "GET", "/health", &[], None));
+    assert!(wait_until(Duration::from_secs(10), || *RELAY_GATE
+        .entered
+        .lock()
+        .unwrap()
+        >= 1));
+    // The worker is free although a relay is waiting.
+    let started = Instant::now();
+    let second = std::thread::spawn(move || request(addr, "GET", "/health", &[], None));
+    assert!(wait_until(Duration::from_secs(10), || *RELAY_GATE
+        .entered
+        .lock()
+        .unwrap()
+        >= 2));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let shutdown = std::thread::spawn(move || running.shutdown(Duration::from_secs(20)));
+    assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for relays in flight"
+    );
+    *RELAY_GATE.open.lock().unwrap() = true;
+    RELAY_GATE.cv.notify_all();
+    for p in [pending, second] {
+        let r = p.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "{\"late\":true}");
+        assert!(r.header("X-Request-Id").is_some());
+    }
+    assert!(shutdown.join().unwrap(), "drained");
+}
