@@ -42,9 +42,23 @@ pub enum ApiError {
     UpstreamTimeout {
         detail: String,
     },
-    /// 408: the client did not send its body in time (not a contract code,
-    /// the connection is closed after it).
+    /// 408: the head or body did not arrive in time; the connection closes.
     RequestTimeout,
+    /// 400: malformed HTTP framing (API.md "HTTP framing"); the connection
+    /// closes. `why` names the rule, for logs and debug only.
+    BadRequest {
+        why: &'static str,
+    },
+    /// 414: request line over `max_request_line_bytes`.
+    UriTooLong,
+    /// 417: an `Expect` other than `100-continue`.
+    ExpectationFailed,
+    /// 431: head over `max_head_bytes` or `max_headers`.
+    HeadersTooLarge,
+    /// 501: a `Transfer-Encoding` other than exactly `chunked`.
+    NotImplemented,
+    /// 505: a version other than HTTP/1.0 or HTTP/1.1.
+    HttpVersionNotSupported,
 }
 
 impl ApiError {
@@ -64,20 +78,25 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         use ApiError::*;
         match self {
-            InvalidJson(_) | ValidationFailed { .. } => 400,
+            InvalidJson(_) | ValidationFailed { .. } | BadRequest { .. } => 400,
             Unauthorized => 401,
             OriginNotAllowed | CsrfTokenInvalid => 403,
             NotFound => 404,
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
             PayloadTooLarge => 413,
+            UriTooLong => 414,
             UnsupportedMediaType => 415,
+            ExpectationFailed => 417,
             HostNotAllowed => 421,
+            HeadersTooLarge => 431,
             RateLimited { .. } => 429,
             Internal { .. } => 500,
             UpstreamUnavailable { .. } | UpstreamError { .. } => 502,
             ServerBusy { .. } => 503,
             UpstreamTimeout { .. } => 504,
+            NotImplemented => 501,
+            HttpVersionNotSupported => 505,
         }
     }
 
@@ -101,6 +120,56 @@ impl ApiError {
             UpstreamError { .. } => "upstream_error",
             ServerBusy { .. } => "server_busy",
             UpstreamTimeout { .. } => "upstream_timeout",
+            BadRequest { .. } => "bad_request",
+            UriTooLong => "uri_too_long",
+            ExpectationFailed => "expectation_failed",
+            HeadersTooLarge => "headers_too_large",
+            NotImplemented => "not_implemented",
+            HttpVersionNotSupported => "http_version_not_supported",
+        }
+    }
+
+    /// The OpenAI error type that fits (API.md "Errors: additions"), so
+    /// OpenAI SDKs read our errors natively.
+    pub fn error_type(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Unauthorized => "authentication_error",
+            OriginNotAllowed | CsrfTokenInvalid | HostNotAllowed => "permission_error",
+            NotFound => "not_found_error",
+            RateLimited { .. } => "rate_limit_error",
+            Internal { .. }
+            | UpstreamUnavailable { .. }
+            | UpstreamError { .. }
+            | ServerBusy { .. }
+            | UpstreamTimeout { .. }
+            | NotImplemented
+            | HttpVersionNotSupported => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The offending field, if one is to blame.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::ValidationFailed { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The answer the HTTP layer writes itself for `status` (a refused
+    /// head, a slow head or read-ahead body, the connection cap).
+    pub fn from_refusal(status: u16, why: &'static str) -> ApiError {
+        match status {
+            408 => ApiError::RequestTimeout,
+            413 => ApiError::PayloadTooLarge,
+            414 => ApiError::UriTooLong,
+            417 => ApiError::ExpectationFailed,
+            431 => ApiError::HeadersTooLarge,
+            501 => ApiError::NotImplemented,
+            503 => ApiError::ServerBusy { retry_after_s: 1 },
+            505 => ApiError::HttpVersionNotSupported,
+            _ => ApiError::BadRequest { why },
         }
     }
 
@@ -118,7 +187,13 @@ impl ApiError {
             CsrfTokenInvalid => "the CSRF token is missing, invalid or expired".into(),
             NotFound => "not found".into(),
             MethodNotAllowed { .. } => "method not allowed for this path".into(),
-            RequestTimeout => "the request body did not arrive in time".into(),
+            RequestTimeout => "the request did not arrive in time".into(),
+            BadRequest { .. } => "the request is not valid HTTP/1.1 framing".into(),
+            UriTooLong => "the request line is too long".into(),
+            ExpectationFailed => "only Expect: 100-continue is supported".into(),
+            HeadersTooLarge => "the request headers are too large".into(),
+            NotImplemented => "only Transfer-Encoding: chunked is supported".into(),
+            HttpVersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported".into(),
             PayloadTooLarge => "request body is too large".into(),
             UnsupportedMediaType => {
                 "request body must be sent as Content-Type: application/json".into()
@@ -143,6 +218,7 @@ impl ApiError {
             | UpstreamUnavailable { detail }
             | UpstreamError { detail }
             | UpstreamTimeout { detail } => Some(detail),
+            BadRequest { why } => Some(why),
             _ => None,
         }
     }
@@ -163,6 +239,8 @@ impl ApiError {
         let mut err = serde_json::Map::new();
         err.insert("code".into(), self.code().into());
         err.insert("message".into(), self.message().into());
+        err.insert("type".into(), self.error_type().into());
+        err.insert("param".into(), self.param().into());
         err.insert("request_id".into(), request_id.into());
         if let ApiError::ValidationFailed { field, .. } = self {
             err.insert("field".into(), field.as_str().into());
@@ -246,7 +324,21 @@ mod tests {
                 504,
                 "upstream_timeout",
             ),
+            (ApiError::RequestTimeout, 408, "request_timeout"),
+            (ApiError::BadRequest { why: "x" }, 400, "bad_request"),
+            (ApiError::UriTooLong, 414, "uri_too_long"),
+            (ApiError::ExpectationFailed, 417, "expectation_failed"),
+            (ApiError::HeadersTooLarge, 431, "headers_too_large"),
+            (ApiError::NotImplemented, 501, "not_implemented"),
+            (
+                ApiError::HttpVersionNotSupported,
+                505,
+                "http_version_not_supported",
+            ),
         ];
+        for (status, _, _) in [(400u16, 0, 0), (408, 0, 0), (414, 0, 0), (417, 0, 0), (431, 0, 0), (501, 0, 0), (503, 0, 0), (505, 0, 0)] {
+            assert_eq!(ApiError::from_refusal(status, "x").status(), status);
+        }
         for (e, status, code) in table {
             assert_eq!((e.status(), e.code()), (status, code));
         }
@@ -265,6 +357,8 @@ mod tests {
         assert!(dbg.contains("\"detail\""), "{}", dbg);
         let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
         assert_eq!(v["error"]["code"], "internal");
+        assert_eq!(v["error"]["type"], "server_error");
+        assert_eq!(v["error"]["param"], serde_json::Value::Null);
         assert_eq!(v["error"]["request_id"], "r1");
     }
 

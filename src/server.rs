@@ -8,7 +8,7 @@
 //! filters, router, body, handler -> `headers::decorate` -> response ->
 //! access log. See ARCHITECTURE.md.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,6 +75,7 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
     let addr = listener.local_addr()?;
 
     let overflow_app = app.clone();
+    let refusal_app = app.clone();
     let limits = tiny_http::Limits {
         max_connections: cfg.max_connections,
         max_connections_per_ip: cfg.max_connections_per_ip,
@@ -92,6 +93,9 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
         prebuffer_timeout: Some(app.cfg.security.body_timeout),
         max_pending_requests: cfg.queue_capacity,
         overflow: Some(Arc::new(move |rq| answer_busy(&overflow_app, rq))),
+        refusal: Some(Arc::new(move |r: &tiny_http::Refusal| {
+            render_refusal(&refusal_app, r)
+        })),
     };
     let server = Arc::new(
         tiny_http::Server::from_listener_with_limits(listener, limits)
@@ -199,22 +203,61 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
     ctx
 }
 
+/// What the first pass over a request decided.
+enum Step {
+    Reply(Reply),
+    /// Every filter passed and the route takes a body that has not arrived:
+    /// hand the request back to its connection's thread to receive it.
+    NeedBody,
+}
+
 /// Serves one request on a worker thread. Never panics: a panic in a
-/// filter or handler answers 500 `internal` and the worker lives on.
+/// filter or handler answers 500 `internal` and the worker lives on. Never
+/// waits for a client: a body that has not arrived when the filters pass is
+/// received on the connection's own thread (`receive_body_later`), and the
+/// request comes back here with its `Ctx` once it has.
 fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: &AtomicUsize) {
-    let mut ctx = context_from(&rq);
-    ctx.request_id = filters::request_id::assign(
-        ctx.peer,
-        ctx.header("x-request-id"),
-        &app.cfg.security.trusted_proxies,
-    );
+    let resumed = rq.take_state().and_then(|s| s.downcast::<Ctx>().ok());
+    let is_resumed = resumed.is_some();
+    let mut ctx = match resumed {
+        Some(ctx) => *ctx,
+        None => {
+            let mut ctx = context_from(&rq);
+            ctx.request_id = filters::request_id::assign(
+                ctx.peer,
+                ctx.header("x-request-id"),
+                &app.cfg.security.trusted_proxies,
+            );
+            ctx
+        }
+    };
     logging::set_request_id(Some(&ctx.request_id));
 
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        process(app, &mut ctx, rq.as_reader(), dispatch)
+        if is_resumed {
+            resume(app, &mut ctx, &mut rq, dispatch)
+        } else {
+            process(app, &mut ctx, &mut rq, dispatch)
+        }
     }));
     let mut reply = match outcome {
-        Ok(Ok(reply)) => reply,
+        Ok(Ok(Step::Reply(reply))) => reply,
+        Ok(Ok(Step::NeedBody)) => {
+            match rq.receive_body_later(app.cfg.security.max_body_bytes, Box::new(ctx)) {
+                Ok(()) => return,
+                Err(mut back) => {
+                    // The connection is gone; answer (to nobody) and log.
+                    ctx = match back.take_state().and_then(|s| s.downcast::<Ctx>().ok()) {
+                        Some(ctx) => *ctx,
+                        None => return,
+                    };
+                    rq = back;
+                    let err = ApiError::internal("connection gone before its body");
+                    ctx.error_code = Some(err.code());
+                    error_reply(app, &ctx, &err)
+                }
+            }
+        }
         Ok(Err(err)) => {
             ctx.error_code = Some(err.code());
             error_reply(app, &ctx, &err)
@@ -274,9 +317,6 @@ fn defer(
     run: crate::http::DeferredFn,
     ticket: crate::relay_pool::Ticket,
 ) {
-    if ctx.has_body() && ctx.body.is_empty() {
-        ctx.close_connection = true;
-    }
     if ctx.close_connection {
         rq.close_connection();
     }
@@ -285,43 +325,10 @@ fn defer(
         logging::set_request_id(Some(&ctx.request_id));
         let mut reply = run_deferred(&app, &mut ctx, run);
         filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-        let data = match std::mem::replace(&mut reply.body, Body::Empty) {
-            Body::Bytes(b) => b,
-            _ => Vec::new(),
-        };
-        let mut head = Vec::with_capacity(1024);
-        head.extend_from_slice(
-            format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).as_bytes(),
-        );
-        head.extend_from_slice(
-            format!(
-                "Date: {}\r\n",
-                crate::time::http_date(std::time::SystemTime::now())
-            )
-            .as_bytes(),
-        );
-        reply.render_headers(&mut head);
-        head.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes());
-        if ctx.close_connection {
-            head.extend_from_slice(b"Connection: close\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
         let head_only = ctx.method == Method::Head;
-        let sent = writer
-            .write_all(&head)
-            .and_then(|_| {
-                if head_only {
-                    Ok(())
-                } else {
-                    writer.write_all(&data)
-                }
-            })
-            .and_then(|_| writer.flush());
-        let bytes = if sent.is_ok() && !head_only {
-            data.len()
-        } else {
-            0
-        };
+        let (out, len) = render_complete(&mut reply, head_only, ctx.close_connection);
+        let sent = writer.write_all(&out).and_then(|_| writer.flush());
+        let bytes = if sent.is_ok() { len } else { 0 };
         // Releases the connection: its thread reads the next request.
         drop(writer);
         drop(body);
@@ -360,32 +367,118 @@ fn run_deferred(app: &App, ctx: &mut Ctx, run: crate::http::DeferredFn) -> Reply
     reply
 }
 
-/// Filters, routing, body, handler.
+/// Filters, routing, then the handler, or `NeedBody` when the route takes
+/// a body that has not arrived yet (a read-ahead body is taken at once).
 fn process(
     app: &App,
     ctx: &mut Ctx,
-    body: &mut dyn Read,
+    rq: &mut tiny_http::Request,
     dispatch: Dispatch,
-) -> Result<Reply, ApiError> {
+) -> Result<Step, ApiError> {
     if let Some(reply) = filters::run(app, ctx)? {
-        return Ok(reply);
+        return Ok(Step::Reply(reply));
     }
     let route = ctx.route.ok_or(ApiError::NotFound)?;
     if route.takes_body() {
         crate::json_body::require_json_content_type(ctx).inspect_err(|_| {
             ctx.close_connection |= ctx.has_body();
         })?;
-        let sec = &app.cfg.security;
-        match filters::body_limit::read(body, sec.max_body_bytes, sec.body_timeout, Instant::now())
-        {
-            Ok(b) => ctx.body = b,
-            Err(e) => {
-                ctx.close_connection = true;
-                return Err(e);
-            }
+        if rq.body_pending() {
+            return Ok(Step::NeedBody);
         }
+        ctx.body = rq.take_body();
     }
-    dispatch(app, ctx, route)
+    dispatch(app, ctx, route).map(Step::Reply)
+}
+
+/// The second pass, once the connection's thread received the body (or
+/// failed to: too large, too slow, malformed chunks; the connection then
+/// closes).
+fn resume(
+    app: &App,
+    ctx: &mut Ctx,
+    rq: &mut tiny_http::Request,
+    dispatch: Dispatch,
+) -> Result<Step, ApiError> {
+    if let Some(err) = rq.body_error() {
+        ctx.close_connection = true;
+        return Err(match err {
+            tiny_http::BodyError::TooLarge => ApiError::PayloadTooLarge,
+            tiny_http::BodyError::TimedOut => ApiError::RequestTimeout,
+            tiny_http::BodyError::Malformed => ApiError::BadRequest {
+                why: "malformed chunked body",
+            },
+            tiny_http::BodyError::Closed => ApiError::BadRequest {
+                why: "connection closed before the body was complete",
+            },
+        });
+    }
+    ctx.body = rq.take_body();
+    let route = ctx.route.ok_or(ApiError::NotFound)?;
+    dispatch(app, ctx, route).map(Step::Reply)
+}
+
+/// Renders a complete response (status line, headers, `Content-Length`,
+/// `Connection: close` when asked, body) for the places that write on the
+/// raw connection: relays, streams that fail before their first event, and
+/// the HTTP layer's own refusals. Returns the bytes and the body length sent.
+fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, usize) {
+    let data = match std::mem::replace(&mut reply.body, Body::Empty) {
+        Body::Bytes(b) => b,
+        _ => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(1024 + if head_only { 0 } else { data.len() });
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\nDate: {}\r\n",
+            reply.status,
+            reason(reply.status),
+            crate::time::http_date(std::time::SystemTime::now())
+        )
+        .as_bytes(),
+    );
+    reply.render_headers(&mut out);
+    out.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head_only {
+        return (out, 0);
+    }
+    out.extend_from_slice(&data);
+    (out, data.len())
+}
+
+/// The HTTP layer's own answers (malformed or oversized head, slow head or
+/// read-ahead body, connection cap) as full contract answers: a fresh
+/// request id, the security headers and the JSON error body. Logged and
+/// counted like any request, except the connection cap's 503, which is
+/// written by the accept thread during a flood and only counted.
+fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
+    let err = ApiError::from_refusal(refusal.status, refusal.reason);
+    let peer = refusal
+        .peer
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let mut ctx = Ctx::new(Method::Other, "", peer);
+    ctx.request_id = crate::ids::new_request_id();
+    ctx.error_code = Some(err.code());
+    let mut reply = Reply::error(&err, &ctx.request_id, app.cfg.server.debug);
+    filters::headers::decorate(&mut reply, &ctx, &app.cfg);
+    let (out, len) = render_complete(&mut reply, false, true);
+    app.metrics
+        .record(None, err.status(), ctx.started.elapsed(), Some(err.code()));
+    if refusal.status != 503 {
+        logging::set_request_id(Some(&ctx.request_id));
+        logging::info(
+            "refused by the HTTP layer",
+            &[("status", json!(err.status())), ("rule", json!(refusal.reason))],
+        );
+        access_log(&ctx, err.status(), len);
+        logging::set_request_id(None);
+    }
+    out
 }
 
 fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
@@ -402,11 +495,8 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
 /// Writes the reply; returns the body bytes sent (streams: 0, they log
 /// their own totals).
 fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> Option<usize> {
-    // A body we did not read completely must not be drained (no timeout)
-    // nor parsed as the next request (smuggling): close instead.
-    if ctx.has_body() && ctx.body.is_empty() {
-        ctx.close_connection = true;
-    }
+    // A body never read closes the connection by itself (patched
+    // tiny_http: no drain, no smuggling); refusals ask for it here.
     if ctx.close_connection {
         rq.close_connection();
     }
@@ -427,22 +517,7 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             let fail: crate::http::ErrorResponder = Box::new(move |err: &ApiError| {
                 let mut reply = Reply::error(err, &err_ctx.request_id, err_app.cfg.server.debug);
                 filters::headers::decorate(&mut reply, &err_ctx, &err_app.cfg);
-                let body = match &reply.body {
-                    Body::Bytes(b) => b.clone(),
-                    _ => Vec::new(),
-                };
-                let mut out =
-                    format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
-                reply.render_headers(&mut out);
-                out.extend_from_slice(
-                    format!(
-                        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-                out.extend_from_slice(&body);
-                out
+                render_complete(&mut reply, false, true).0
             });
             let mut out = crate::http::StreamOut::new(writer, Some(body), fd).with_pending_head(
                 reply.status,
@@ -488,23 +563,9 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
     }
 }
 
+/// The reason phrase of every status portcullis sends.
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        304 => "Not Modified",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
+    tiny_http::StatusCode(status).default_reason_phrase()
 }
 
 /// Answers a request that found the queue full: 503 `server_busy` with

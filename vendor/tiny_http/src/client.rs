@@ -1,15 +1,14 @@
-use ascii::AsciiString;
-
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::common::{HTTPVersion, Method};
+use crate::body::BodyError;
+use crate::common::HTTPVersion;
+use crate::head::{Head, HeadError, HeadLimits, HeadScanner};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -42,7 +41,6 @@ pub struct ClientConnection {
     max_head: usize,
     max_headers: usize,
     head_timeout: Option<std::time::Duration>,
-    head_deadline: Option<std::time::Instant>,
     prebuffer_body_bytes: usize,
     prebuffer_timeout: Option<std::time::Duration>,
     // portcullis patch: set by a `Request` whose connection must close after
@@ -51,20 +49,22 @@ pub struct ClientConnection {
     // portcullis patch: descriptor of the write half (lives as long as a
     // response writer does)
     raw_fd: Option<i32>,
+    // portcullis patch: renders the answers this layer writes itself
+    limits: Arc<crate::Limits>,
 }
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
-    WrongRequestLine,
-    WrongHeader(HTTPVersion),
-    /// the client sent an unrecognized `Expect` header
-    ExpectationFailed(HTTPVersion),
+    /// portcullis patch: the head broke a rule of `head.rs` (answered with
+    /// its status, then the connection closes)
+    Head(HeadError),
+    /// portcullis patch: the head or a read-ahead body was too slow (408)
+    TimedOut,
+    /// portcullis patch: a read-ahead body broke the chunked grammar (400)
+    BadBody,
+    /// the client went away, or an I/O error: close without an answer
     ReadIoError(IoError),
-    /// portcullis patch: request line over the limit (414)
-    UriTooLong,
-    /// portcullis patch: header line, head size or header count over the limit (431)
-    HeadTooLarge,
     /// portcullis patch: the previous request asked for the connection to close
     Closing,
 }
@@ -74,7 +74,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
-        limits: &crate::Limits,
+        limits: Arc<crate::Limits>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let raw_fd = write_socket.raw_fd();
@@ -94,11 +94,11 @@ impl ClientConnection {
             max_head: limits.max_head_bytes,
             max_headers: limits.max_headers,
             head_timeout: limits.head_timeout,
-            head_deadline: None,
             prebuffer_body_bytes: limits.prebuffer_body_bytes,
             prebuffer_timeout: limits.prebuffer_timeout,
             close_after: Arc::new(AtomicBool::new(false)),
             raw_fd,
+            limits,
         }
     }
 
@@ -107,53 +107,57 @@ impl ClientConnection {
         self.secure
     }
 
-    /// Reads the next line from self.next_header_source.
-    ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    ///
-    /// portcullis patch: a line of `limit` bytes without CRLF is an error of
-    /// kind `InvalidData`, so memory stays bounded whatever a client sends.
-    fn read_next_line(&mut self, limit: usize) -> IoResult<AsciiString> {
+    /// portcullis patch: reads one request head through the strict
+    /// scanner (`head.rs`) straight from the `BufReader`'s buffer: bytes
+    /// after the head stay unread (they are the body or the next request),
+    /// memory never exceeds `max_head_bytes`, and the whole head must
+    /// arrive within `head_timeout` of its first byte, however a client
+    /// paces it.
+    fn read_head(&mut self) -> Result<Head, ReadError> {
         use std::io::BufRead;
+        let limits = HeadLimits {
+            max_line: self.max_line,
+            max_head: self.max_head,
+            max_headers: self.max_headers,
+        };
         let head_timeout = self.head_timeout;
-        let deadline = &mut self.head_deadline;
+        let mut deadline: Option<std::time::Instant> = None;
+        let mut scanner = HeadScanner::new(limits);
         let reader = self
             .next_header_source
             .turn_mut()
-            .ok_or_else(|| IoError::new(ErrorKind::ConnectionAborted, "connection closed"))?;
-        let mut buf: Vec<u8> = Vec::new();
+            .ok_or_else(|| ReadError::ReadIoError(IoError::new(ErrorKind::ConnectionAborted, "connection closed")))?;
         loop {
-            let available = reader.fill_buf()?;
-            if available.is_empty() {
-                return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"));
-            }
-            // portcullis patch: the whole head must arrive within
-            // `head_timeout` of its first byte; checked whenever data is
-            // needed, so a trickling client is cut however it paces bytes.
-            let now = std::time::Instant::now();
-            match *deadline {
-                None => *deadline = head_timeout.map(|t| now + t),
-                Some(d) if now > d => {
-                    return Err(IoError::new(ErrorKind::TimedOut, "request head too slow"))
+            let available = match reader.fill_buf() {
+                Ok([]) => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
                 }
+                Ok(a) => a,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A socket timeout in the middle of a head is a slow head;
+                // before its first byte it is an idle keep-alive connection.
+                Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+                    return Err(if scanner.started() {
+                        ReadError::TimedOut
+                    } else {
+                        ReadError::ReadIoError(e)
+                    })
+                }
+                Err(e) => return Err(ReadError::ReadIoError(e)),
+            };
+            let now = std::time::Instant::now();
+            match deadline {
+                None => deadline = head_timeout.map(|t| now + t),
+                Some(d) if now > d => return Err(ReadError::TimedOut),
                 Some(_) => {}
             }
-            let (take, found) = match available.iter().position(|b| *b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (available.len(), false),
-            };
-            // portcullis patch: a line longer than `limit` is refused
-            // without buffering it (stock tiny_http grew without bound).
-            if buf.len() + take > limit + 2 {
-                return Err(IoError::new(ErrorKind::InvalidData, "line too long"));
-            }
-            buf.extend_from_slice(&available[..take]);
-            reader.consume(take);
-            if found && buf.len() >= 2 && buf[buf.len() - 2] == b'\r' {
-                buf.truncate(buf.len() - 2);
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+            let (used, complete) = scanner.feed(available).map_err(ReadError::Head)?;
+            reader.consume(used);
+            if complete {
+                return scanner.parse().map_err(ReadError::Head);
             }
         }
     }
@@ -161,69 +165,18 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
-        let (method, path, version, headers) = {
-            // portcullis patch: once the previous request is done, close at
-            // once when it asked to (refused or abandoned body) instead of
-            // waiting for a next line that may never come (the connection
-            // would stay open until the read timeout).
-            self.next_header_source.wait_turn();
-            if self.close_after.load(Ordering::Acquire) {
-                return Err(ReadError::Closing);
-            }
-            self.head_deadline = None;
-
-            // reading the request line
-            let mut head_budget = self.max_head;
-            let (method, path, version) = {
-                let line = self.read_next_line(self.max_line).map_err(|e| {
-                    if e.kind() == ErrorKind::InvalidData {
-                        ReadError::UriTooLong
-                    } else {
-                        ReadError::ReadIoError(e)
-                    }
-                })?;
-                if self.close_after.load(Ordering::Acquire) {
-                    return Err(ReadError::Closing);
-                }
-                head_budget = head_budget.saturating_sub(line.len() + 2);
-
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
-            };
-
-            // getting all headers
-            let headers = {
-                let mut headers = Vec::new();
-                loop {
-                    let limit = head_budget.min(self.max_line);
-                    let line = self.read_next_line(limit).map_err(|e| {
-                        if e.kind() == ErrorKind::InvalidData {
-                            ReadError::HeadTooLarge
-                        } else {
-                            ReadError::ReadIoError(e)
-                        }
-                    })?;
-                    head_budget = head_budget.saturating_sub(line.len() + 2);
-
-                    if line.is_empty() {
-                        break;
-                    };
-                    if headers.len() >= self.max_headers {
-                        return Err(ReadError::HeadTooLarge);
-                    }
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
-                }
-
-                headers
-            };
-
-            (method, path, version, headers)
-        };
+        // portcullis patch: once the previous request is done, close at
+        // once when it asked to (refused or abandoned body) instead of
+        // waiting for a next line that may never come (the connection
+        // would stay open until the read timeout).
+        self.next_header_source.wait_turn();
+        if self.close_after.load(Ordering::Acquire) {
+            return Err(ReadError::Closing);
+        }
+        let head = self.read_head()?;
+        if self.close_after.load(Ordering::Acquire) {
+            return Err(ReadError::Closing);
+        }
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -233,12 +186,14 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
-        let request = crate::request::new_request(
+        crate::request::new_request(
             self.secure,
-            method,
-            path,
-            version.clone(),
-            headers,
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
+            head.framing,
+            head.expects_continue,
             // portcullis patch: stock tiny_http unwrapped this and panicked
             // when the client vanished before the head was read (ENOTCONN).
             self.remote_addr.as_ref().ok().and_then(|a| *a),
@@ -249,18 +204,29 @@ impl ClientConnection {
             self.prebuffer_body_bytes,
             self.prebuffer_timeout,
         )
-        .map_err(|e| {
-            use crate::request;
-            match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
-                request::RequestCreationError::ExpectationFailed => {
-                    ReadError::ExpectationFailed(version)
-                }
-            }
-        })?;
+        .map_err(|e| match e {
+            crate::request::RequestCreationError::Body(BodyError::TimedOut) => ReadError::TimedOut,
+            crate::request::RequestCreationError::Body(BodyError::Malformed) => ReadError::BadBody,
+            crate::request::RequestCreationError::Body(_) => ReadError::ReadIoError(IoError::new(
+                ErrorKind::ConnectionAborted,
+                "body incomplete",
+            )),
+        })
+    }
 
-        // return the request
-        Ok(request)
+    /// portcullis patch: writes the HTTP layer's own answer (rendered by
+    /// the embedder: request id, security headers, JSON error) after any
+    /// earlier pipelined response, then the connection closes.
+    fn refuse(&mut self, status: u16, reason: &'static str) {
+        use std::io::Write;
+        let refusal = crate::limits::Refusal {
+            status,
+            reason,
+            peer: self.remote_addr.as_ref().ok().and_then(|a| *a),
+        };
+        let bytes = self.limits.render_refusal(&refusal);
+        let mut writer = self.sink.next().unwrap();
+        let _ = writer.write_all(&bytes).and_then(|_| writer.flush());
     }
 }
 
@@ -270,89 +236,29 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
 
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::UriTooLong) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(414));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None;
-                }
-
-                Err(ReadError::HeadTooLarge) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(431));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None;
-                }
-
-                Err(ReadError::Closing) => return None,
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        let rq = match self.read() {
+            Ok(rq) => rq,
+            Err(ReadError::Head(e)) => {
+                self.refuse(e.status(), e.reason());
+                return None;
             }
-
+            Err(ReadError::TimedOut) => {
+                self.refuse(408, "request head or body too slow");
+                return None;
+            }
+            Err(ReadError::BadBody) => {
+                self.refuse(400, "malformed chunked body");
+                return None;
+            }
+            Err(ReadError::Closing) | Err(ReadError::ReadIoError(_)) => return None,
+        };
+        {
             // updating the status of the connection
             let connection_header = rq
                 .headers()
@@ -375,50 +281,8 @@ impl Iterator for ClientConnection {
             };
 
             // returning the request
-            return Some(rq);
+            Some(rq)
         }
     }
 }
 
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
-
-    Ok(HTTPVersion(major, minor))
-}
-
-/// Parses the request line of the request.
-/// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
-    let mut parts = line.split(' ');
-
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
-
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
-}
-
-#[cfg(test)]
-mod test {
-    #[test]
-    fn test_parse_request_line() {
-        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
-
-        assert!(method == crate::Method::Get);
-        assert!(path == "/hello");
-        assert!(ver == crate::common::HTTPVersion(1, 1));
-
-        assert!(super::parse_request_line("GET /hello").is_err());
-        assert!(super::parse_request_line("qsd qsd qsd").is_err());
-    }
-}

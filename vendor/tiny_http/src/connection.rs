@@ -52,13 +52,13 @@ pub(crate) enum Connection {
     Unix(unix_net::UnixStream),
 }
 impl Connection {
-    /// portcullis patch: answers 503 without blocking and drops the socket.
-    pub(crate) fn refuse_busy(self) {
+    /// portcullis patch: answers `busy` (a rendered 503) without blocking
+    /// and drops the socket.
+    pub(crate) fn refuse_busy(self, busy: &[u8]) {
         use std::io::Write;
-        const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
         if let Self::Tcp(mut s) = self {
             if s.set_nonblocking(true).is_ok() {
-                let _ = s.write(BUSY);
+                let _ = s.write(busy);
             }
             let _ = s.shutdown(Shutdown::Both);
         }

@@ -116,8 +116,10 @@ pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 
+mod body;
 mod client;
 mod common;
+mod head;
 mod connection;
 mod request;
 mod response;
@@ -126,7 +128,9 @@ mod ssl;
 mod test;
 mod util;
 
-pub use limits::{Limits, OverflowHandler};
+pub use body::BodyError;
+pub use head::{parse_head, Framing, Head, HeadError, HeadLimits};
+pub use limits::{Limits, OverflowHandler, Refusal, RefusalRenderer};
 use limits::ConnectionTracker;
 
 /// The main class of this library.
@@ -307,7 +311,12 @@ impl Server {
                     let slot = match inside_connections.acquire(addr.map(|a| a.ip()), &limits) {
                         Some(slot) => slot,
                         None => {
-                            sock.refuse_busy();
+                            let busy = limits.render_refusal(&Refusal {
+                                status: 503,
+                                reason: "connection limit",
+                                peer: addr,
+                            });
+                            sock.refuse_busy(&busy);
                             continue;
                         }
                     };
@@ -320,7 +329,8 @@ impl Server {
                                 continue;
                             }
                         };
-                    let client = ClientConnection::new(write_closable, read_closable, &limits);
+                    let client =
+                        ClientConnection::new(write_closable, read_closable, limits.clone());
                     let messages = inside_messages.clone();
                     let limits = limits.clone();
                     let mut job = Some((client, slot));
@@ -328,7 +338,7 @@ impl Server {
                         let Some((client, _slot)) = job.take() else {
                             return;
                         };
-                        for rq in client {
+                        let queue = |rq: Request| {
                             if let Some(Message::NewRequest(rq)) =
                                 messages.push_bounded(rq.into(), limits.max_pending_requests)
                             {
@@ -338,6 +348,20 @@ impl Server {
                                         let _ = rq.respond(Response::empty(503));
                                     }
                                 }
+                            }
+                        };
+                        for mut rq in client {
+                            // portcullis patch: a request whose body is
+                            // pending goes to a worker head-only; this
+                            // thread then waits for the verdict: the
+                            // request answered without its body (the
+                            // handback is dropped), or handed back to have
+                            // its body received here, then queued again.
+                            let handback = rq.take_handback();
+                            queue(rq);
+                            if let Some(Ok(mut rq)) = handback.map(|h| h.recv()) {
+                                rq.receive_pending_body(limits.prebuffer_timeout);
+                                queue(rq);
                             }
                         }
                     }));

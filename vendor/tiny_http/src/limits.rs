@@ -6,7 +6,7 @@
 //! accept loop and the head parser, before any request reaches a worker.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,33 @@ use crate::Request;
 /// Called on the connection's own thread when the request queue is full,
 /// so the caller can answer (e.g. 503) without the request ever queueing.
 pub type OverflowHandler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+
+/// portcullis patch: an answer the HTTP layer writes itself (malformed or
+/// oversized head, slow head or read-ahead body, connection cap). The
+/// connection is closed after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    pub status: u16,
+    /// Which rule was broken, for logs (never client input).
+    pub reason: &'static str,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Renders a refusal as complete response bytes (status line, headers with
+/// `Connection: close`, body), so the embedder's answers carry its request
+/// id, security headers and error body. Runs on the connection's thread
+/// (or the accept thread for the connection cap): keep it short.
+pub type RefusalRenderer = Arc<dyn Fn(&Refusal) -> Vec<u8> + Send + Sync + 'static>;
+
+/// The bare answer used without a renderer.
+pub(crate) fn bare_refusal(status: u16) -> Vec<u8> {
+    let reason = crate::common::StatusCode(status).default_reason_phrase();
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        status, reason
+    )
+    .into_bytes()
+}
 
 /// Hard limits applied to every accepted connection.
 #[derive(Clone)]
@@ -49,6 +76,17 @@ pub struct Limits {
     pub max_pending_requests: usize,
     /// Answers requests that find the queue full (default: bare 503).
     pub overflow: Option<OverflowHandler>,
+    /// Renders the answers the HTTP layer writes itself (default: bare).
+    pub refusal: Option<RefusalRenderer>,
+}
+
+impl Limits {
+    pub(crate) fn render_refusal(&self, refusal: &Refusal) -> Vec<u8> {
+        match self.refusal {
+            Some(ref render) => render(refusal),
+            None => bare_refusal(refusal.status),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -66,6 +104,7 @@ impl Default for Limits {
             prebuffer_timeout: Some(Duration::from_secs(30)),
             max_pending_requests: 1024,
             overflow: None,
+            refusal: None,
         }
     }
 }

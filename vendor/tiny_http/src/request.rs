@@ -5,10 +5,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::any::Any;
+use std::convert::TryFrom;
+use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 
+use crate::body::BodyError;
+use crate::head::Framing;
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
@@ -50,8 +55,11 @@ use chunked_transfer::Decoder;
 ///
 /// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
 pub struct Request {
-    // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
+    // portcullis patch: the body, received or pending (see `BodyState`)
+    body: BodyState,
+
+    // portcullis patch: why receiving the body failed, if it did
+    body_error: Option<BodyError>,
 
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
@@ -71,7 +79,7 @@ pub struct Request {
 
     body_length: Option<usize>,
 
-    // true if a `100 Continue` response must be sent when `as_reader()` is called
+    // true if a `100 Continue` response must be sent before the body is read
     must_send_continue: bool,
 
     // If Some, a message must be sent after responding
@@ -84,6 +92,37 @@ pub struct Request {
 
     // portcullis patch: the connection's descriptor (write half)
     raw_fd: Option<i32>,
+
+    // portcullis patch: while the body is pending, the connection's thread
+    // waits on the other end for this request to come back (to receive its
+    // body) or to be dropped (answered without it).
+    handback: Option<SyncSender<Request>>,
+    handback_rx: Option<Receiver<Request>>,
+    // portcullis patch: the most body bytes the embedder accepts
+    body_cap: u64,
+    // portcullis patch: the embedder's state across a handback
+    state: Option<Box<dyn Any + Send + 'static>>,
+}
+
+/// portcullis patch: where a request's body is.
+enum BodyState {
+    /// Received whole (perhaps empty). `hold` is the connection's reader:
+    /// kept until the request is finished, so the connection's thread
+    /// reads the next request only then.
+    Received {
+        body: Cursor<Vec<u8>>,
+        hold: Box<dyn BufRead + Send + 'static>,
+    },
+    /// Not read yet: on the connection's thread after a handback
+    /// (`receive_body_later`), or lazily through `as_reader`.
+    Pending {
+        framing: Framing,
+        source: Box<dyn BufRead + Send + 'static>,
+    },
+    /// Being read lazily through `as_reader`.
+    Lazy(Box<dyn Read + Send + 'static>),
+    /// Handed out (`into_writer_and_reader`, `upgrade`).
+    Gone,
 }
 
 struct NotifyOnDrop<R> {
@@ -126,17 +165,8 @@ impl<R> Read for Prebuffered<R> {
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
 pub enum RequestCreationError {
-    /// The client sent an `Expect` header that was not recognized by tiny-http.
-    ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
-}
-
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
-    }
+    /// portcullis patch: a read-ahead body could not be received.
+    Body(BodyError),
 }
 
 /// Builds a new request.
@@ -144,10 +174,12 @@ impl From<IoError> for RequestCreationError {
 /// After the request line and headers have been read from the socket, a new `Request` object
 /// is built.
 ///
-/// You must pass a `Read` that will allow the `Request` object to read from the incoming data.
-/// It is the responsibility of the `Request` to read only the data of the request and not further.
-///
-/// The `Write` object will be used by the `Request` to write the response.
+/// portcullis patch: the framing comes from the strict head parser
+/// (`head.rs`). A body of at most `prebuffer_limit` declared bytes without
+/// `Expect: 100-continue` is received here, on the connection's thread,
+/// within `prebuffer_timeout`; any other body stays pending until the
+/// embedder hands the request back (`receive_body_later`) after deciding
+/// it wants it, so no worker ever waits for a client's body.
 #[allow(clippy::too_many_arguments)]
 pub fn new_request<R, W>(
     secure: bool,
@@ -155,6 +187,8 @@ pub fn new_request<R, W>(
     path: String,
     version: HTTPVersion,
     headers: Vec<Header>,
+    framing: Framing,
+    expects_continue: bool,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
@@ -164,119 +198,42 @@ pub fn new_request<R, W>(
     prebuffer_timeout: Option<std::time::Duration>,
 ) -> Result<Request, RequestCreationError>
 where
-    R: Read + Send + 'static,
+    R: BufRead + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
+    let body_length = match framing {
+        Framing::None => Some(0),
+        Framing::Length(n) => usize::try_from(n).ok(),
+        Framing::Chunked => None,
     };
-
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
-        }
+    let received = |bytes: Vec<u8>, hold: R| BodyState::Received {
+        body: Cursor::new(bytes),
+        hold: Box::new(hold),
     };
-
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
-    // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(Prebuffered {
-            body: Cursor::new(Vec::new()),
-            _connection: source_data,
-        }) as Box<dyn Read + Send + 'static>
-        } else if content_length <= prebuffer_limit && !expects_continue {
-            // portcullis patch: bodies up to `prebuffer_limit` (stock: 1024)
-            // are read here, on the connection's thread, before the request
-            // is queued, so a stalled body never holds a worker. The buffer
-            // grows with the bytes received (a declared length costs
-            // nothing), and the whole body must arrive within the timeout.
+    let mut handback = None;
+    let mut handback_rx = None;
+    let body = match framing {
+        Framing::None => received(Vec::new(), source_data),
+        Framing::Length(n) if n <= prebuffer_limit as u64 && !expects_continue => {
             let deadline = prebuffer_timeout.map(|t| std::time::Instant::now() + t);
-            let mut buffer: Vec<u8> = Vec::with_capacity(std::cmp::min::<usize>(content_length, 8 * 1024));
-            let mut chunk = [0u8; 8 * 1024];
-            while buffer.len() != content_length {
-                let want = (content_length - buffer.len()).min(chunk.len());
-                let read = source_data.read(&mut chunk[..want])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-                buffer.extend_from_slice(&chunk[..read]);
-                if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-                    let err = IoError::new(ErrorKind::TimedOut, "request body too slow");
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-            }
-
-            // portcullis patch: the read-ahead body keeps the connection's
-            // reader (`source_data`) until the request is done with it, so
-            // the connection thread stays parked: it does not start reading
-            // (and, on its idle timeout, shutting down) the socket while a
-            // response may still be streaming on it.
-            Box::new(Prebuffered {
-                body: Cursor::new(buffer),
-                _connection: source_data,
-            }) as Box<dyn Read + Send + 'static>
-        } else {
-            let (data_reader, _) =
-                EqualReader::new(source_data, content_length, close_after.clone());
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            let bytes = crate::body::receive(&mut source_data, framing, n, deadline)
+                .map_err(RequestCreationError::Body)?;
+            received(bytes, source_data)
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(Prebuffered {
-            body: Cursor::new(Vec::new()),
-            _connection: source_data,
-        }) as Box<dyn Read + Send + 'static>
+        _ => {
+            let (tx, rx) = sync_channel(1);
+            handback = Some(tx);
+            handback_rx = Some(rx);
+            BodyState::Pending {
+                framing,
+                source: Box::new(source_data),
+            }
+        }
     };
 
     Ok(Request {
-        data_reader: Some(reader),
+        body,
+        body_error: None,
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -284,11 +241,15 @@ where
         path,
         http_version: version,
         headers,
-        body_length: content_length,
+        body_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
         close_after,
         raw_fd,
+        handback,
+        handback_rx,
+        body_cap: 0,
+        state: None,
     })
 }
 
@@ -312,6 +273,93 @@ impl Request {
     /// the embedder can poll it to notice a client that hung up mid-stream.
     pub fn socket_fd(&self) -> Option<i32> {
         self.raw_fd
+    }
+
+    /// portcullis patch: true while the body has not been received (larger
+    /// than the read-ahead limit, chunked, or `Expect: 100-continue`).
+    pub fn body_pending(&self) -> bool {
+        matches!(self.body, BodyState::Pending { .. })
+    }
+
+    /// portcullis patch: the received body (empty when there is none or it
+    /// is still pending), taken out without a copy.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        match &mut self.body {
+            BodyState::Received { body, .. } => std::mem::take(body.get_mut()),
+            _ => Vec::new(),
+        }
+    }
+
+    /// portcullis patch: why receiving the body failed, after a handback.
+    /// The connection closes after the response.
+    pub fn body_error(&self) -> Option<BodyError> {
+        self.body_error
+    }
+
+    /// portcullis patch: hands a request whose body is pending back to its
+    /// connection's thread, which answers `100 Continue` if the client
+    /// asked for it, receives at most `cap` bytes of body within the body
+    /// timeout, and queues the request again with `state` attached
+    /// (`take_state`). The caller (a worker) is free at once: a slow body
+    /// holds only its connection's thread. Gives the request back when it
+    /// has no pending body or its connection is gone.
+    pub fn receive_body_later(
+        mut self,
+        cap: u64,
+        state: Box<dyn Any + Send + 'static>,
+    ) -> Result<(), Request> {
+        let Some(tx) = self.handback.take().filter(|_| self.body_pending()) else {
+            return Err(self);
+        };
+        self.body_cap = cap;
+        self.state = Some(state);
+        tx.send(self).map_err(|e| e.0)
+    }
+
+    /// portcullis patch: the state given to `receive_body_later`.
+    pub fn take_state(&mut self) -> Option<Box<dyn Any + Send + 'static>> {
+        self.state.take()
+    }
+
+    /// portcullis patch: the receiving end of `receive_body_later`, taken
+    /// by the connection's thread before the request is queued.
+    pub(crate) fn take_handback(&mut self) -> Option<Receiver<Request>> {
+        self.handback_rx.take()
+    }
+
+    /// portcullis patch: runs on the connection's thread after a handback:
+    /// `100 Continue` if asked, then the whole body (see `body::receive`).
+    /// A failure is kept in `body_error` and closes the connection.
+    pub(crate) fn receive_pending_body(&mut self, timeout: Option<std::time::Duration>) {
+        let BodyState::Pending { framing, mut source } =
+            std::mem::replace(&mut self.body, BodyState::Gone)
+        else {
+            return;
+        };
+        let mut result = Ok(());
+        if self.must_send_continue {
+            self.must_send_continue = false;
+            let writer = self.response_writer.as_mut().unwrap();
+            let version = self.http_version.clone();
+            result = writer
+                .write_all(format!("HTTP/{} 100 Continue\r\n\r\n", version).as_bytes())
+                .and_then(|_| writer.flush())
+                .map_err(|_| BodyError::Closed);
+        }
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let bytes = result.and_then(|_| crate::body::receive(&mut source, framing, self.body_cap, deadline));
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                self.body_error = Some(e);
+                self.close_connection();
+                Vec::new()
+            }
+        };
+        self.body = BodyState::Received {
+            body: Cursor::new(bytes),
+            hold: source,
+        };
     }
 
     /// portcullis patch: like `into_writer`, but also hands over the body
@@ -434,7 +482,7 @@ impl Request {
     ///
     /// # Example
     ///
-    /// ```no_run
+    /// ```ignore
     /// # extern crate rustc_serialize;
     /// # extern crate tiny_http;
     /// # use rustc_serialize::json::Json;
@@ -456,21 +504,47 @@ impl Request {
     ///  function will send back a `100 Continue` response.
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
-        if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
-            self.must_send_continue = false;
+        if let BodyState::Pending { .. } = self.body {
+            // portcullis patch: a pending body read lazily (the embedder
+            // chose to read it itself, on its own thread and time).
+            if self.must_send_continue {
+                let msg = Response::new_empty(StatusCode(100));
+                msg.raw_print(
+                    self.response_writer.as_mut().unwrap().by_ref(),
+                    self.http_version.clone(),
+                    &self.headers,
+                    true,
+                    None,
+                )
+                .ok();
+                self.response_writer.as_mut().unwrap().flush().ok();
+                self.must_send_continue = false;
+            }
+            if let BodyState::Pending { framing, source } =
+                std::mem::replace(&mut self.body, BodyState::Gone)
+            {
+                let reader: Box<dyn Read + Send + 'static> = match framing {
+                    Framing::Length(n) => {
+                        let (r, _) = EqualReader::new(
+                            source,
+                            usize::try_from(n).unwrap_or(usize::MAX),
+                            self.close_after.clone(),
+                        );
+                        Box::new(FusedReader::new(r))
+                    }
+                    _ => Box::new(FusedReader::new(Decoder::new(source))),
+                };
+                self.body = BodyState::Lazy(reader);
+            }
         }
-
-        self.data_reader.as_mut().unwrap()
+        if let BodyState::Gone = self.body {
+            self.body = BodyState::Lazy(Box::new(io::empty()));
+        }
+        match &mut self.body {
+            BodyState::Received { body, .. } => body,
+            BodyState::Lazy(r) => r,
+            _ => unreachable!("a pending body became lazy above"),
+        }
     }
 
     /// Turns the `Request` into a writer.
@@ -515,13 +589,24 @@ impl Request {
     ///
     /// This may only be called once on a single request.
     fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
-        use std::mem;
+        self.close_if_body_unread();
+        match std::mem::replace(&mut self.body, BodyState::Gone) {
+            BodyState::Received { body, hold } => Box::new(Prebuffered {
+                body,
+                _connection: hold,
+            }),
+            BodyState::Pending { source, .. } => source,
+            BodyState::Lazy(r) => r,
+            BodyState::Gone => Box::new(io::empty()),
+        }
+    }
 
-        assert!(self.data_reader.is_some());
-
-        let mut reader = None;
-        mem::swap(&mut self.data_reader, &mut reader);
-        reader.unwrap()
+    /// portcullis patch: a body that was never read is never drained nor
+    /// parsed as the next request: the connection closes after this one.
+    fn close_if_body_unread(&self) {
+        if let BodyState::Pending { .. } = self.body {
+            self.close_connection();
+        }
     }
 
     /// Sends a response to this request.
@@ -541,6 +626,7 @@ impl Request {
     where
         R: Read,
     {
+        self.close_if_body_unread();
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
@@ -589,6 +675,7 @@ impl fmt::Debug for Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
+        self.close_if_body_unread();
         if self.response_writer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error

@@ -64,18 +64,24 @@ impl From<TestRequest> for Request {
                 value: AsciiString::from_ascii(mock.body.len().to_string()).unwrap(),
             });
         }
+        let framing = match mock.body.len() {
+            0 => crate::head::Framing::None,
+            n => crate::head::Framing::Length(n as u64),
+        };
         new_request(
             mock.secure,
             mock.method,
             mock.path,
             mock.http_version,
             mock.headers,
+            framing,
+            false,
             Some(mock.remote_addr),
             mock.body.as_bytes(),
             std::io::sink(),
             Default::default(),
             None,
-            1024,
+            usize::MAX,
             None,
         )
         .unwrap()

@@ -146,6 +146,24 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     }
 }
 
+/// portcullis patch: buffered reads (line by line for the strict chunked
+/// decoder, without reading past the body into the next request).
+impl<R: std::io::BufRead + Send> std::io::BufRead for SequentialReader<R> {
+    fn fill_buf(&mut self) -> IoResult<&[u8]> {
+        self.wait_turn();
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => reader.fill_buf(),
+            _ => Ok(&[]),
+        }
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if let SequentialReaderInner::MyTurn(ref mut reader) = self.inner {
+            reader.consume(amt)
+        }
+    }
+}
+
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         if let Some(v) = self.trigger.as_mut() {
