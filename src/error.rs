@@ -336,7 +336,16 @@ mod tests {
                 "http_version_not_supported",
             ),
         ];
-        for (status, _, _) in [(400u16, 0, 0), (408, 0, 0), (414, 0, 0), (417, 0, 0), (431, 0, 0), (501, 0, 0), (503, 0, 0), (505, 0, 0)] {
+        for (status, _, _) in [
+            (400u16, 0, 0),
+            (408, 0, 0),
+            (414, 0, 0),
+            (417, 0, 0),
+            (431, 0, 0),
+            (501, 0, 0),
+            (503, 0, 0),
+            (505, 0, 0),
+        ] {
             assert_eq!(ApiError::from_refusal(status, "x").status(), status);
         }
         for (e, status, code) in table {

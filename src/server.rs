@@ -473,7 +473,10 @@ fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
         logging::set_request_id(Some(&ctx.request_id));
         logging::info(
             "refused by the HTTP layer",
-            &[("status", json!(err.status())), ("rule", json!(refusal.reason))],
+            &[
+                ("status", json!(err.status())),
+                ("rule", json!(refusal.reason)),
+            ],
         );
         access_log(&ctx, err.status(), len);
         logging::set_request_id(None);

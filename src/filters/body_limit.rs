@@ -10,7 +10,6 @@
 use crate::error::ApiError;
 use crate::http::Ctx;
 
-
 /// Refuses a declared length over `cap` (before reading anything).
 pub fn check_declared(ctx: &mut Ctx, cap: u64) -> Result<(), ApiError> {
     if ctx.content_length.is_some_and(|n| n > cap) {

@@ -383,7 +383,7 @@ pub fn read_response<R: BufRead>(r: &mut R) -> std::io::Result<Resp> {
             let mut crlf = [0u8; 2];
             r.read_exact(&mut crlf)?;
         }
-    } else if status != 204 && status != 304 {
+    } else if status != 204 && status != 304 && status >= 200 {
         r.read_to_end(&mut body)?;
     }
     Ok(Resp {

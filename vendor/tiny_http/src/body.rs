@@ -132,7 +132,10 @@ fn check_deadline(deadline: Option<Instant>) -> Result<(), BodyError> {
 
 /// One CRLF-terminated line (without the CRLF), at most `MAX_CHUNK_LINE`
 /// bytes; a bare CR or LF, or a NUL, is `Malformed`.
-fn read_line<R: BufRead + ?Sized>(r: &mut R, deadline: Option<Instant>) -> Result<Vec<u8>, BodyError> {
+fn read_line<R: BufRead + ?Sized>(
+    r: &mut R,
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, BodyError> {
     let mut line = Vec::new();
     loop {
         let available = match r.fill_buf() {
@@ -174,11 +177,16 @@ fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     let rest = &line[digits..];
     let ext_ok = rest.is_empty() || {
         let trimmed: &[u8] = {
-            let s = rest.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(rest.len());
+            let s = rest
+                .iter()
+                .position(|b| *b != b' ' && *b != b'\t')
+                .unwrap_or(rest.len());
             &rest[s..]
         };
         trimmed.first() == Some(&b';')
-            && trimmed.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+            && trimmed
+                .iter()
+                .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
     };
     if !ext_ok {
         return Err(BodyError::Malformed);
@@ -199,10 +207,17 @@ mod tests {
     fn chunked_table() {
         assert_eq!(chunked("5\r\nhello\r\n0\r\n\r\n", 100).unwrap(), b"hello");
         assert_eq!(
-            chunked("5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n", 100).unwrap(),
+            chunked(
+                "5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+                100
+            )
+            .unwrap(),
             b"hello world"
         );
-        assert_eq!(chunked("A\r\n0123456789\r\n0\r\n\r\n", 100).unwrap().len(), 10);
+        assert_eq!(
+            chunked("A\r\n0123456789\r\n0\r\n\r\n", 100).unwrap().len(),
+            10
+        );
         let bad = [
             "+5\r\nhello\r\n0\r\n\r\n",
             "0x5\r\nhello\r\n0\r\n\r\n",
@@ -216,9 +231,17 @@ mod tests {
             "5\r\nhello\r\n0\r\nX: a\rb\r\n\r\n",
         ];
         for raw in bad {
-            assert_eq!(chunked(raw, u64::MAX), Err(BodyError::Malformed), "{:?}", raw);
+            assert_eq!(
+                chunked(raw, u64::MAX),
+                Err(BodyError::Malformed),
+                "{:?}",
+                raw
+            );
         }
-        assert_eq!(chunked("5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 9), Err(BodyError::TooLarge));
+        assert_eq!(
+            chunked("5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 9),
+            Err(BodyError::TooLarge)
+        );
         assert_eq!(chunked("5\r\nhel", 100), Err(BodyError::Closed));
     }
 
@@ -226,10 +249,21 @@ mod tests {
     fn length_is_exact_and_capped() {
         let raw = b"hello world";
         let mut r = &raw[..];
-        assert_eq!(receive(&mut r, Framing::Length(5), 10, None).unwrap(), b"hello");
-        assert_eq!(r, b" world", "bytes after the body are left for the next request");
         assert_eq!(
-            receive(&mut &raw[..], Framing::Length(9_000_000_000_000_000_000), 10, None),
+            receive(&mut r, Framing::Length(5), 10, None).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            r, b" world",
+            "bytes after the body are left for the next request"
+        );
+        assert_eq!(
+            receive(
+                &mut &raw[..],
+                Framing::Length(9_000_000_000_000_000_000),
+                10,
+                None
+            ),
             Err(BodyError::TooLarge)
         );
         assert_eq!(

@@ -123,10 +123,12 @@ impl ClientConnection {
         let head_timeout = self.head_timeout;
         let mut deadline: Option<std::time::Instant> = None;
         let mut scanner = HeadScanner::new(limits);
-        let reader = self
-            .next_header_source
-            .turn_mut()
-            .ok_or_else(|| ReadError::ReadIoError(IoError::new(ErrorKind::ConnectionAborted, "connection closed")))?;
+        let reader = self.next_header_source.turn_mut().ok_or_else(|| {
+            ReadError::ReadIoError(IoError::new(
+                ErrorKind::ConnectionAborted,
+                "connection closed",
+            ))
+        })?;
         loop {
             let available = match reader.fill_buf() {
                 Ok([]) => {
@@ -227,6 +229,10 @@ impl ClientConnection {
         let bytes = self.limits.render_refusal(&refusal);
         let mut writer = self.sink.next().unwrap();
         let _ = writer.write_all(&bytes).and_then(|_| writer.flush());
+        drop(writer);
+        if let Some(reader) = self.next_header_source.turn_mut() {
+            reader.get_mut().linger_close();
+        }
     }
 }
 
@@ -285,4 +291,3 @@ impl Iterator for ClientConnection {
         }
     }
 }
-

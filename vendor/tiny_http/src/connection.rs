@@ -80,6 +80,15 @@ impl Connection {
         }
     }
 
+    /// portcullis patch: a read timeout (lingering close).
+    pub(crate) fn set_read_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
     /// portcullis patch: socket timeouts and TCP_NODELAY on an accepted socket.
     pub(crate) fn apply_limits(&self, limits: &crate::Limits) {
         if let Self::Tcp(s) = self {

@@ -268,8 +268,14 @@ pub fn parse_complete(buf: &[u8], header_lines: usize) -> Result<Head, HeadError
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |i| i + 1);
+    let start = v
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |i| i + 1);
     &v[start..end]
 }
 
@@ -374,11 +380,26 @@ mod tests {
         let ok: &[(&str, Framing)] = &[
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
             ("GET / HTTP/1.0\r\n\r\n", None),
-            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n", Length(12)),
-            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n", Length(12)),
-            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12, 12\r\n\r\n", Length(12)),
-            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Chunked),
-            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n", Chunked),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
+                Length(12),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n",
+                Length(12),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12, 12\r\n\r\n",
+                Length(12),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Chunked,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n",
+                Chunked,
+            ),
             ("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
         ];
         for (head, want) in ok {
@@ -430,7 +451,10 @@ mod tests {
         assert_eq!(parse(&long_header).unwrap_err(), HeadError::HeadTooLarge);
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(6));
         assert_eq!(parse(&many).unwrap_err(), HeadError::HeadTooLarge);
-        let big = format!("GET / HTTP/1.1\r\n{}\r\n", format!("X: {}\r\n", "c".repeat(196)).repeat(5));
+        let big = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            format!("X: {}\r\n", "c".repeat(196)).repeat(5)
+        );
         assert_eq!(parse(&big).unwrap_err(), HeadError::HeadTooLarge);
         let flood = "\r\n".repeat(10);
         assert!(parse(&flood).is_err());
@@ -447,7 +471,8 @@ mod tests {
 
     #[test]
     fn split_feeds_equal_one_feed() {
-        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        let raw =
+            b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
         for split in 1..raw.len() {
             let mut s = HeadScanner::new(LIMITS);
             let (a, done) = s.feed(&raw[..split]).unwrap();

@@ -119,19 +119,19 @@ pub use test::TestRequest;
 mod body;
 mod client;
 mod common;
-mod head;
 mod connection;
+mod head;
+mod limits;
 mod request;
 mod response;
-mod limits;
 mod ssl;
 mod test;
 mod util;
 
 pub use body::BodyError;
 pub use head::{parse_head, Framing, Head, HeadError, HeadLimits};
-pub use limits::{Limits, OverflowHandler, Refusal, RefusalRenderer};
 use limits::ConnectionTracker;
+pub use limits::{Limits, OverflowHandler, Refusal, RefusalRenderer};
 
 /// The main class of this library.
 ///
@@ -321,14 +321,13 @@ impl Server {
                         }
                     };
                     sock.apply_limits(&limits);
-                    let (read_closable, write_closable) =
-                        match util::RefinedTcpStream::new(sock) {
-                            Ok(pair) => pair,
-                            Err(e) => {
-                                log::warn!("connection setup failed: {}", e);
-                                continue;
-                            }
-                        };
+                    let (read_closable, write_closable) = match util::RefinedTcpStream::new(sock) {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            log::warn!("connection setup failed: {}", e);
+                            continue;
+                        }
+                    };
                     let client =
                         ClientConnection::new(write_closable, read_closable, limits.clone());
                     let messages = inside_messages.clone();

@@ -331,8 +331,10 @@ impl Request {
     /// `100 Continue` if asked, then the whole body (see `body::receive`).
     /// A failure is kept in `body_error` and closes the connection.
     pub(crate) fn receive_pending_body(&mut self, timeout: Option<std::time::Duration>) {
-        let BodyState::Pending { framing, mut source } =
-            std::mem::replace(&mut self.body, BodyState::Gone)
+        let BodyState::Pending {
+            framing,
+            mut source,
+        } = std::mem::replace(&mut self.body, BodyState::Gone)
         else {
             return;
         };
@@ -347,7 +349,8 @@ impl Request {
                 .map_err(|_| BodyError::Closed);
         }
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        let bytes = result.and_then(|_| crate::body::receive(&mut source, framing, self.body_cap, deadline));
+        let bytes = result
+            .and_then(|_| crate::body::receive(&mut source, framing, self.body_cap, deadline));
         let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
@@ -369,7 +372,10 @@ impl Request {
     /// `close_connection` first: the connection then ends after the stream.
     pub fn into_writer_and_reader(
         mut self,
-    ) -> (Box<dyn Write + Send + 'static>, Box<dyn Read + Send + 'static>) {
+    ) -> (
+        Box<dyn Write + Send + 'static>,
+        Box<dyn Read + Send + 'static>,
+    ) {
         let writer = self.into_writer_impl_notify();
         let reader = self.extract_reader_impl();
         (writer, reader)

@@ -2,8 +2,8 @@ use std::io::Read;
 use std::io::Result as IoResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
@@ -114,7 +114,8 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5, Default::default());
+            let (mut equal_reader, _) =
+                EqualReader::new(org_reader.by_ref(), 5, Default::default());
 
             let mut string = String::new();
             equal_reader.read_to_string(&mut string).unwrap();
@@ -133,7 +134,8 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5, Default::default());
+            let (mut equal_reader, _) =
+                EqualReader::new(org_reader.by_ref(), 5, Default::default());
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();

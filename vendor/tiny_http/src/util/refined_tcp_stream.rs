@@ -119,6 +119,31 @@ impl RefinedTcpStream {
         self.stream.secure()
     }
 
+    /// portcullis patch: after a refusal, ends our side at once (the
+    /// client sees the answer, then EOF) and reads briefly what the client
+    /// had already sent, so closing does not turn into a reset that could
+    /// destroy the answer before the client read it (a "lingering close",
+    /// bounded in bytes and time).
+    pub(crate) fn linger_close(&mut self) {
+        const LINGER_BYTES: usize = 64 * 1024;
+        const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let Stream::Http(conn) = &mut self.stream;
+        let deadline = std::time::Instant::now() + LINGER;
+        let mut seen = 0;
+        let mut buf = [0u8; 4096];
+        while seen < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    }
+
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }

@@ -119,7 +119,10 @@ impl TaskPool {
                             todo.idle += 1;
                             let keep = sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS;
                             let timed_out = if keep {
-                                todo = sharing.condvar.wait(todo).unwrap_or_else(|e| e.into_inner());
+                                todo = sharing
+                                    .condvar
+                                    .wait(todo)
+                                    .unwrap_or_else(|e| e.into_inner());
                                 false
                             } else {
                                 let (t, res) = sharing
