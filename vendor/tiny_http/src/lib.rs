@@ -128,8 +128,8 @@ mod ssl;
 mod test;
 mod util;
 
-pub use body::BodyError;
-pub use head::{parse_head, Framing, Head, HeadError, HeadLimits};
+pub use body::{receive as receive_body, BodyError};
+pub use head::{parse_head, Framing, Head, HeadError, HeadLimits, HeadScanner};
 use limits::ConnectionTracker;
 pub use limits::{Limits, OverflowHandler, Refusal, RefusalRenderer};
 
