@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn past_deadline_times_out() {
-        let raw = vec![b'x'; 10];
+        let raw = [b'x'; 10];
         let past = Instant::now() - std::time::Duration::from_secs(1);
         assert_eq!(
             receive(&mut &raw[..], Framing::Length(10), 100, Some(past)),

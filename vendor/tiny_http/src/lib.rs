@@ -91,6 +91,16 @@
 #![allow(dead_code, unused_imports)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
+// portcullis: lints of the original tiny_http code, left as upstream wrote
+// it so the patches stay easy to diff against the crates.io release.
+#![allow(
+    clippy::doc_overindented_list_items,
+    clippy::needless_borrow,
+    clippy::unnecessary_map_or,
+    clippy::wrong_self_convention,
+    clippy::io_other_error,
+    clippy::large_enum_variant
+)]
 
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use zeroize::Zeroizing;

@@ -303,6 +303,7 @@ impl Request {
     /// (`take_state`). The caller (a worker) is free at once: a slow body
     /// holds only its connection's thread. Gives the request back when it
     /// has no pending body or its connection is gone.
+    #[allow(clippy::result_large_err)] // the request itself comes back
     pub fn receive_body_later(
         mut self,
         cap: u64,
