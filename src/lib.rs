@@ -1,6 +1,7 @@
 //! portcullis: a hardened, self-hostable chat backend in front of an
 //! OpenAI-compatible LLM server. See ARCHITECTURE.md for the map.
 
+pub mod allocator;
 pub mod app;
 pub mod audit;
 pub mod cli;

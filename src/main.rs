@@ -1,4 +1,5 @@
 fn main() {
+    portcullis::allocator::tune();
     // Before any thread exists, so every thread inherits the mask and only
     // the signal thread ever receives SIGTERM/SIGINT.
     portcullis::signals::block_shutdown_signals();
