@@ -26,7 +26,10 @@ pub struct App {
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
     pub limiter: Limiter,
-    /// The rate limiter's sweeper thread; `stop_background` ends it.
+    /// Failed authentications per client address (`filters::auth`), apart
+    /// from `limiter` so failing addresses never crowd out request buckets.
+    pub auth_failures: Limiter,
+    /// The sweeper thread of both limiters; `stop_background` ends it.
     sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
     shutting_down: AtomicBool,
@@ -70,9 +73,15 @@ impl App {
         }
         let audit = crate::audit::Audit::start(db.clone());
         let limiter = Limiter::new(&cfg.rate_limit);
-        let sweeper = limiter
-            .start_sweeper(cfg.rate_limit.sweep_interval)
-            .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
+        let auth_failures = Limiter::for_auth_failures(
+            cfg.auth.max_failures_per_minute,
+            cfg.rate_limit.max_tracked_clients,
+        );
+        let sweeper = Limiter::start_sweeper_for(
+            vec![limiter.clone(), auth_failures.clone()],
+            cfg.rate_limit.sweep_interval,
+        )
+        .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         let relays = crate::relay_pool::RelayPool::new(
             cfg.server.max_concurrent_streams,
             crate::server::THREAD_STACK_BYTES,
@@ -85,6 +94,7 @@ impl App {
             db,
             audit,
             limiter,
+            auth_failures,
             sweeper: Mutex::new(Some(sweeper)),
             cfg,
             csrf_secret,
