@@ -54,6 +54,8 @@ impl App {
             )
         })?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
+        warn_if_too_short_to_redact("the CSRF secret", Some(&csrf_secret));
+        warn_if_too_short_to_redact(&cfg.upstream.api_key_env, upstream_key.as_ref());
         if cfg.security.csrf_tokens && csrf_secret.len() < crate::filters::csrf::MIN_SECRET_BYTES {
             return Err(format!(
                 "csrf_tokens is on but the CSRF secret is {} bytes; at least {} are required ({})",
@@ -138,6 +140,25 @@ impl App {
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+    }
+}
+
+/// Secrets are redacted from logs by value only from
+/// `logging::MIN_REDACTED_SECRET_BYTES` on; a shorter one is reported (by
+/// name, never value) so the operator can lengthen it.
+fn warn_if_too_short_to_redact(what: &str, secret: Option<&Secret>) {
+    if let Some(s) = secret.filter(|s| s.len() < crate::logging::MIN_REDACTED_SECRET_BYTES) {
+        crate::logging::warn(
+            "secret too short to be redacted from logs by value; use a longer one",
+            &[
+                ("secret", serde_json::json!(what)),
+                ("bytes", serde_json::json!(s.len())),
+                (
+                    "min_bytes",
+                    serde_json::json!(crate::logging::MIN_REDACTED_SECRET_BYTES),
+                ),
+            ],
+        );
     }
 }
 

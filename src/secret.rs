@@ -5,6 +5,9 @@
 //! Loading: the CSRF secret comes from `PORTCULLIS_CSRF_SECRET` or is
 //! generated once into `<data_dir>/csrf_secret` (mode 0600); the upstream key
 //! comes only from the environment variable named by `[upstream] api_key_env`.
+//! Every secret loaded here is registered with the logger
+//! (`logging::register_secret`), so its value is redacted from every log
+//! line, error detail and panic message whatever its shape.
 
 use std::fmt;
 use std::io::Write;
@@ -71,18 +74,18 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// new 32-byte secret written there with mode 0600.
 pub fn load_csrf_secret(data_dir: &Path) -> std::io::Result<Secret> {
     if let Ok(v) = std::env::var(CSRF_SECRET_ENV) {
-        return Ok(Secret::new(v.into_bytes()));
+        return Ok(registered(Secret::new(v.into_bytes())));
     }
     let path = data_dir.join(CSRF_SECRET_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) if !bytes.is_empty() => return Ok(Secret::new(bytes)),
+        Ok(bytes) if !bytes.is_empty() => return Ok(registered(Secret::new(bytes))),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let secret = crate::ids::random_hex(32).into_bytes();
     write_private_file(&path, &secret)?;
-    Ok(Secret::new(secret))
+    Ok(registered(Secret::new(secret)))
 }
 
 /// The upstream key from the environment variable `var`, if set and non-empty.
@@ -90,7 +93,14 @@ pub fn load_upstream_key(var: &str) -> Option<Secret> {
     std::env::var(var)
         .ok()
         .filter(|v| !v.is_empty())
-        .map(|v| Secret::new(v.into_bytes()))
+        .map(|v| registered(Secret::new(v.into_bytes())))
+}
+
+/// Registers `s` with the logger for redaction by value (see `logging`);
+/// a value too short to register is reported by `App::new`.
+fn registered(s: Secret) -> Secret {
+    crate::logging::register_secret(s.expose());
+    s
 }
 
 #[cfg(test)]
