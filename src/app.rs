@@ -39,13 +39,10 @@ pub struct App {
 impl App {
     /// Builds the state; errors are start-up errors with a readable message.
     pub fn new(cfg: Config) -> Result<App, String> {
-        std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| {
-            format!(
-                "cannot create data_dir {}: {}",
-                cfg.server.data_dir.display(),
-                e
-            )
-        })?;
+        crate::data_files::create_dir(&cfg.server.data_dir)?;
+        // Before any of our files is read or written: links refused, loose
+        // modes tightened (or start-up stops naming the file).
+        crate::data_files::secure_existing(&cfg)?;
         let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir).map_err(|e| {
             format!(
                 "cannot load or create the CSRF secret in {}: {}",
@@ -163,7 +160,7 @@ fn warn_if_too_short_to_redact(what: &str, secret: Option<&Secret>) {
 }
 
 /// Name of the file the first API key is written to (mode 0600).
-pub const FIRST_KEY_FILE: &str = "first_api_key";
+pub const FIRST_KEY_FILE: &str = crate::data_files::FIRST_KEY_FILE;
 
 /// In `api_key` mode with no key at all, creates one into
 /// `<data_dir>/first_api_key` and logs the file's path (never the key).

@@ -166,14 +166,11 @@ impl JsonLogger {
 }
 
 /// Installs the JSON logger (once per process; later calls are ignored).
-pub fn init(cfg: &crate::config::LoggingConfig) -> std::io::Result<()> {
+/// A log file inside `data_dir` is never opened through a link and is
+/// created with mode 0600 (`data_files::open_log`).
+pub fn init(cfg: &crate::config::LoggingConfig, data_dir: &std::path::Path) -> std::io::Result<()> {
     let out: Box<dyn Write + Send> = match &cfg.file {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
+        Some(path) => Box::new(crate::data_files::open_log(path, data_dir)?),
         None => Box::new(std::io::stderr()),
     };
     let sink = std::sync::Arc::new(Sink {

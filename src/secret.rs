@@ -10,7 +10,6 @@
 //! line, error detail and panic message whatever its shape.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Clone, PartialEq, Eq)]
@@ -53,22 +52,7 @@ impl fmt::Display for Secret {
 }
 
 pub const CSRF_SECRET_ENV: &str = "PORTCULLIS_CSRF_SECRET";
-const CSRF_SECRET_FILE: &str = "csrf_secret";
-
-/// Writes `contents` to a new file readable by the owner only.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+use crate::data_files::CSRF_SECRET_FILE;
 
 /// The CSRF secret: the environment's, else the one in `data_dir`, else a
 /// new 32-byte secret written there with mode 0600.
@@ -77,14 +61,15 @@ pub fn load_csrf_secret(data_dir: &Path) -> std::io::Result<Secret> {
         return Ok(registered(Secret::new(v.into_bytes())));
     }
     let path = data_dir.join(CSRF_SECRET_FILE);
-    match std::fs::read(&path) {
+    // Never through a link: whoever planted one would choose the secret.
+    match crate::data_files::read(&path) {
         Ok(bytes) if !bytes.is_empty() => return Ok(registered(Secret::new(bytes))),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let secret = crate::ids::random_hex(32).into_bytes();
-    write_private_file(&path, &secret)?;
+    crate::data_files::replace(&path, &secret)?;
     Ok(registered(Secret::new(secret)))
 }
 
