@@ -340,8 +340,14 @@ mod tests {
         symlink(d.join("elsewhere"), &link).unwrap();
         let sub = d.join("sub");
         std::fs::create_dir(&sub).unwrap();
-        // (case, path, outcome, mode after)
-        let cases: Vec<(&str, PathBuf, Result<Checked, &str>, Option<u32>)> = vec![
+        // (case, path, outcome or refusal text, mode after)
+        type Case = (
+            &'static str,
+            PathBuf,
+            Result<Checked, &'static str>,
+            Option<u32>,
+        );
+        let cases: Vec<Case> = vec![
             ("absent", d.join("none"), Ok(Checked::Absent), None),
             (
                 "private_is_kept",

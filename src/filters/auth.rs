@@ -201,15 +201,16 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(refusals("unknown"), 20);
-        // (client, key, route, wait after the 20th failure, expected outcome)
-        let rows: &[(
-            &str,
-            &str,
-            &str,
+        // (case, client, key, route, wait after the 20th failure, outcome)
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
             crate::router::Route,
             u64,
             Result<(), ApiError>,
-        )] = &[
+        );
+        let rows: &[Row] = &[
             (
                 "21st_wrong_key_is_429_with_exact_retry_after",
                 "198.51.100.7",
