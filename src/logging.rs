@@ -473,33 +473,40 @@ pub fn looks_like_secret(segment: &str) -> bool {
     if segment.len() < 8 {
         return false;
     }
+    // No allocation unless the segment has escapes: this runs on every
+    // path segment of 8 bytes or more of every access line.
     let decoded = percent_decode(segment);
-    let lower = decoded.to_ascii_lowercase();
+    let d: &str = &decoded;
+    let starts =
+        |p: &str| d.len() >= p.len() && d.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes());
     if KEY_PREFIXES
         .iter()
-        .any(|p| lower.starts_with(p) && lower.len() >= p.len() + 8)
+        .any(|p| starts(p) && d.len() >= p.len() + 8)
     {
         return true;
     }
-    if lower.starts_with("bearer") || lower.starts_with("basic ") {
+    if starts("bearer") || starts("basic ") {
         return true;
     }
-    if let Some((name, value)) = lower.split_once('=') {
-        if !value.is_empty() && SECRET_NAMES.iter().any(|n| name.contains(n)) {
+    if let Some((name, value)) = d.split_once('=') {
+        let named = |n: &str| {
+            name.as_bytes()
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        if !value.is_empty() && SECRET_NAMES.iter().any(|n| named(n)) {
             return true;
         }
     }
-    if lower.starts_with("eyj") && lower.contains('.') && lower.len() >= 20 {
+    if starts("eyj") && d.contains('.') && d.len() >= 20 {
         return true;
     }
-    decoded
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|run| {
-            run.len() >= MIN_RANDOM_RUN
-                && run.bytes().any(|b| b.is_ascii_digit())
-                && run.bytes().any(|b| b.is_ascii_alphabetic())
-                && !is_our_id(run)
-        })
+    d.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
+        run.len() >= MIN_RANDOM_RUN
+            && run.bytes().any(|b| b.is_ascii_digit())
+            && run.bytes().any(|b| b.is_ascii_alphabetic())
+            && !is_our_id(run)
+    })
 }
 
 /// `ids::new_id`'s shape: 24 lower-case hex characters.
@@ -508,9 +515,9 @@ fn is_our_id(s: &str) -> bool {
 }
 
 /// `%XX` escapes decoded (invalid ones kept as they are), `+` as a space.
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains(['%', '+']) {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -531,7 +538,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
