@@ -46,8 +46,10 @@ thread_local! {
 pub const MIN_REDACTED_SECRET_BYTES: usize = 8;
 /// A text that ends with this much (or more) of the start of a secret has
 /// that tail redacted too: free text is often cut to a length (an upstream
-/// error body), which can split a secret.
-const MIN_SECRET_TAIL_BYTES: usize = 4;
+/// error body), which can split a secret. Shorter tails are kept for the
+/// reason short secrets are not registered: `llama` at the end of a
+/// message must not vanish because a key starts with `llama-`.
+const MIN_SECRET_TAIL_BYTES: usize = MIN_REDACTED_SECRET_BYTES;
 /// The registered secret values, each also in its JSON-escaped form when
 /// that differs (it is how a value appears inside a logged JSON string).
 /// Written a few times at start-up, read on every redaction.
@@ -701,9 +703,9 @@ mod tests {
                 "body: [redacted]".into(),
             ),
             (
-                "three_bytes_of_it_are_kept",
-                format!("body: {}", &upstream[..3]),
-                format!("body: {}", &upstream[..3]),
+                "a_cut_shorter_than_8_bytes_is_kept",
+                format!("model not found: {}", &upstream[..5]),
+                "model not found: llama".into(),
             ),
             (
                 "json_escaped_form",
