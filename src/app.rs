@@ -42,7 +42,15 @@ impl App {
         crate::data_files::create_dir(&cfg.server.data_dir)?;
         // Before any of our files is read or written: links refused, loose
         // modes tightened (or start-up stops naming the file).
-        crate::data_files::secure_existing(&cfg)?;
+        for (file, was) in crate::data_files::secure_existing(&cfg)? {
+            crate::logging::warn(
+                crate::data_files::TIGHTENED_MSG,
+                &[
+                    ("file", serde_json::json!(file.display().to_string())),
+                    ("was", serde_json::json!(format!("{:o}", was))),
+                ],
+            );
+        }
         let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir).map_err(|e| {
             format!(
                 "cannot load or create the CSRF secret in {}: {}",

@@ -247,22 +247,22 @@ pub fn check_file(path: &Path) -> Result<Checked, String> {
     Ok(Checked::Tightened { from: mode })
 }
 
-/// The start-up check of every file in `our_files`: logs a warning per
-/// tightened file; the first refusal is the start-up error.
-pub fn secure_existing(cfg: &Config) -> Result<(), String> {
+/// The start-up check of every file in `our_files`. Returns the files
+/// whose mode was tightened, with their old mode, for the caller to report
+/// (the server logs a warning each, the command line prints them); the
+/// first refusal is the start-up error.
+pub fn secure_existing(cfg: &Config) -> Result<Vec<(PathBuf, u32)>, String> {
+    let mut tightened = Vec::new();
     for path in our_files(cfg) {
         if let Checked::Tightened { from } = check_file(&path)? {
-            crate::logging::warn(
-                "file mode was looser than 600; tightened to 600",
-                &[
-                    ("file", serde_json::json!(path.display().to_string())),
-                    ("was", serde_json::json!(format!("{:o}", from))),
-                ],
-            );
+            tightened.push((path, from));
         }
     }
-    Ok(())
+    Ok(tightened)
 }
+
+/// The warning for one tightened file.
+pub const TIGHTENED_MSG: &str = "file mode was looser than 600; tightened to 600";
 
 #[cfg(test)]
 mod tests {

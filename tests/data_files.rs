@@ -192,3 +192,27 @@ fn loose_modes_of_existing_files_are_tightened_at_start_with_a_warning() {
         );
     }
 }
+
+#[test]
+fn key_commands_refuse_a_planted_link_too() {
+    let dir = TempDir::new("cli-link");
+    let outside_dir = TempDir::new("outside");
+    let outside = outside_dir.path().join("precious");
+    std::fs::write(&outside, "do not touch\n").unwrap();
+    symlink(&outside, dir.path().join("portcullis.db.keys-stamp")).unwrap();
+    let out = Command::new(bin())
+        .args(["keys", "create", "--name", "ci"])
+        .env("PORTCULLIS_SERVER_DATA_DIR", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", stderr);
+    assert!(
+        stderr.contains("portcullis.db.keys-stamp") && stderr.contains("symbolic link"),
+        "{}",
+        stderr
+    );
+    assert!(out.stdout.is_empty(), "no key was made");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "do not touch\n");
+}
