@@ -65,9 +65,21 @@ fn failure_key(ctx: &Ctx) -> Key {
     }
 }
 
-/// Counts one failed authentication against the client address, for the
-/// audit trail (aggregated per client per minute) and the metrics, and
-/// answers 401.
+/// Counts one failed authentication against the client address (also for
+/// the sign-in route, once it exists), for the audit trail (aggregated per
+/// client per minute) and the metrics.
+pub fn count_failure(
+    app: &App,
+    ctx: &Ctx,
+    reason: &'static str,
+    key_id: Option<&str>,
+    now: Instant,
+) {
+    app.auth_failures.take(failure_key(ctx), now);
+    app.audit.auth_failed(ctx, reason, key_id);
+    app.metrics.record_auth_refusal(reason);
+}
+
 fn refuse(
     app: &App,
     ctx: &Ctx,
@@ -75,12 +87,27 @@ fn refuse(
     key_id: Option<&str>,
     now: Instant,
 ) -> ApiError {
-    app.auth_failures.take(failure_key(ctx), now);
-    app.audit.auth_failed(ctx, reason, key_id);
-    app.metrics.record_auth_refusal(reason);
+    count_failure(app, ctx, reason, key_id, now);
     ApiError::Unauthorized
 }
 
+/// Refuses (429 `rate_limited`, `Retry-After` until the next failure is
+/// forgiven, the `"auth_failures"` rate-limit fields in `ctx.rate`) an
+/// address past `auth.max_failures_per_minute`; reads nothing of the
+/// request but its client address. Also for the sign-in route.
+pub fn check_failure_budget(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
+    let budget = app.auth_failures.peek(&failure_key(ctx), now);
+    if budget.allowed {
+        return Ok(());
+    }
+    let retry_after_s = budget.info.reset_s;
+    ctx.rate = Some(budget.info);
+    app.audit.auth_failed(ctx, "too_many_failures", None);
+    app.metrics.record_auth_refusal("too_many_failures");
+    Err(ApiError::RateLimited { retry_after_s })
+}
+
+/// As `check`, at `now` (tests inject time).
 pub fn check_at(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
     if app.cfg.auth.mode == AuthMode::None {
         return Ok(());
@@ -95,14 +122,7 @@ pub fn check_at(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> 
     // avoid, and a 200-vs-429 answer would keep the address an oracle for
     // guessed keys. The owner of a valid key waits for `Retry-After` (one
     // failure refills every 60/N s) or uses another address.
-    let budget = app.auth_failures.peek(&failure_key(ctx), now);
-    if !budget.allowed {
-        let retry_after_s = budget.info.reset_s;
-        ctx.rate = Some(budget.info);
-        app.audit.auth_failed(ctx, "too_many_failures", None);
-        app.metrics.record_auth_refusal("too_many_failures");
-        return Err(ApiError::RateLimited { retry_after_s });
-    }
+    check_failure_budget(app, ctx, now)?;
     let key = match presented_key(ctx) {
         Ok(k) => k,
         Err(r) => {
