@@ -408,6 +408,18 @@ mod tests {
     }
 
     #[test]
+    fn a_new_data_dir_is_private_and_an_existing_one_is_left_alone() {
+        let d = temp_dir();
+        let new = d.join("a").join("data");
+        create_dir(&new).unwrap();
+        assert_eq!(mode(&new), 0o700);
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_dir(&new).unwrap();
+        assert_eq!(mode(&new), 0o750, "the operator's choice is kept");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn our_files_cover_data_dir_database_side_files_and_an_inside_log() {
         let mut cfg = Config::default();
         cfg.server.data_dir = PathBuf::from("/srv/pc");
