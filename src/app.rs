@@ -26,7 +26,10 @@ pub struct App {
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
     pub limiter: Limiter,
-    /// The rate limiter's sweeper thread; `stop_background` ends it.
+    /// Failed authentications per client address (`filters::auth`), apart
+    /// from `limiter` so failing addresses never crowd out request buckets.
+    pub auth_failures: Limiter,
+    /// The sweeper thread of both limiters; `stop_background` ends it.
     sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
     shutting_down: AtomicBool,
@@ -36,13 +39,18 @@ pub struct App {
 impl App {
     /// Builds the state; errors are start-up errors with a readable message.
     pub fn new(cfg: Config) -> Result<App, String> {
-        std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| {
-            format!(
-                "cannot create data_dir {}: {}",
-                cfg.server.data_dir.display(),
-                e
-            )
-        })?;
+        crate::data_files::create_dir(&cfg.server.data_dir)?;
+        // Before any of our files is read or written: links refused, loose
+        // modes tightened (or start-up stops naming the file).
+        for (file, was) in crate::data_files::secure_existing(&cfg)? {
+            crate::logging::warn(
+                crate::data_files::TIGHTENED_MSG,
+                &[
+                    ("file", serde_json::json!(file.display().to_string())),
+                    ("was", serde_json::json!(format!("{:o}", was))),
+                ],
+            );
+        }
         let csrf_secret = crate::secret::load_csrf_secret(&cfg.server.data_dir).map_err(|e| {
             format!(
                 "cannot load or create the CSRF secret in {}: {}",
@@ -51,6 +59,8 @@ impl App {
             )
         })?;
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
+        warn_if_too_short_to_redact("the CSRF secret", Some(&csrf_secret));
+        warn_if_too_short_to_redact(&cfg.upstream.api_key_env, upstream_key.as_ref());
         if cfg.security.csrf_tokens && csrf_secret.len() < crate::filters::csrf::MIN_SECRET_BYTES {
             return Err(format!(
                 "csrf_tokens is on but the CSRF secret is {} bytes; at least {} are required ({})",
@@ -70,9 +80,15 @@ impl App {
         }
         let audit = crate::audit::Audit::start(db.clone());
         let limiter = Limiter::new(&cfg.rate_limit);
-        let sweeper = limiter
-            .start_sweeper(cfg.rate_limit.sweep_interval)
-            .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
+        let auth_failures = Limiter::for_auth_failures(
+            cfg.auth.max_failures_per_minute,
+            cfg.rate_limit.max_tracked_clients,
+        );
+        let sweeper = Limiter::start_sweeper_for(
+            vec![limiter.clone(), auth_failures.clone()],
+            cfg.rate_limit.sweep_interval,
+        )
+        .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         let relays = crate::relay_pool::RelayPool::new(
             cfg.server.max_concurrent_streams,
             crate::server::THREAD_STACK_BYTES,
@@ -85,6 +101,7 @@ impl App {
             db,
             audit,
             limiter,
+            auth_failures,
             sweeper: Mutex::new(Some(sweeper)),
             cfg,
             csrf_secret,
@@ -131,8 +148,27 @@ impl App {
     }
 }
 
+/// Secrets are redacted from logs by value only from
+/// `logging::MIN_REDACTED_SECRET_BYTES` on; a shorter one is reported (by
+/// name, never value) so the operator can lengthen it.
+fn warn_if_too_short_to_redact(what: &str, secret: Option<&Secret>) {
+    if let Some(s) = secret.filter(|s| s.len() < crate::logging::MIN_REDACTED_SECRET_BYTES) {
+        crate::logging::warn(
+            "secret too short to be redacted from logs by value; use a longer one",
+            &[
+                ("secret", serde_json::json!(what)),
+                ("bytes", serde_json::json!(s.len())),
+                (
+                    "min_bytes",
+                    serde_json::json!(crate::logging::MIN_REDACTED_SECRET_BYTES),
+                ),
+            ],
+        );
+    }
+}
+
 /// Name of the file the first API key is written to (mode 0600).
-pub const FIRST_KEY_FILE: &str = "first_api_key";
+pub const FIRST_KEY_FILE: &str = crate::data_files::FIRST_KEY_FILE;
 
 /// In `api_key` mode with no key at all, creates one into
 /// `<data_dir>/first_api_key` and logs the file's path (never the key).

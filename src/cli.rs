@@ -185,9 +185,13 @@ fn check_config(cfg: &Config, production: bool) -> i32 {
     }
     let secret_len = match std::env::var(crate::secret::CSRF_SECRET_ENV) {
         Ok(v) => Some(v.len()),
-        Err(_) => std::fs::read(cfg.server.data_dir.join("csrf_secret"))
-            .ok()
-            .map(|b| b.len()),
+        Err(_) => crate::data_files::read(
+            &cfg.server
+                .data_dir
+                .join(crate::data_files::CSRF_SECRET_FILE),
+        )
+        .ok()
+        .map(|b| b.len()),
     };
     let problems = cfg.production_problems(secret_len);
     if problems.is_empty() {
@@ -203,7 +207,7 @@ fn check_config(cfg: &Config, production: bool) -> i32 {
 }
 
 fn serve(cfg: Config) -> i32 {
-    if let Err(e) = crate::logging::init(&cfg.logging) {
+    if let Err(e) = crate::logging::init(&cfg.logging, &cfg.server.data_dir) {
         eprintln!("portcullis: cannot open log file: {}", e);
         return 1;
     }
@@ -236,8 +240,9 @@ fn serve(cfg: Config) -> i32 {
         }
     };
     app.set_stats(running.stats());
-    let addr_file = app.cfg.server.data_dir.join("portcullis.addr");
-    if let Err(e) = std::fs::write(&addr_file, format!("{}\n", running.addr)) {
+    let addr_file = app.cfg.server.data_dir.join(crate::data_files::ADDR_FILE);
+    let addr_line = format!("{}\n", running.addr);
+    if let Err(e) = crate::data_files::replace(&addr_file, addr_line.as_bytes()) {
         crate::logging::warn(
             "cannot write address file",
             &[("error", json!(e.to_string()))],

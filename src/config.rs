@@ -86,6 +86,9 @@ pub enum AuthMode {
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    /// Failed authentications per client address per minute before the
+    /// address is refused (429) ahead of any key lookup.
+    pub max_failures_per_minute: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -178,6 +181,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("security", "csrf_token_ttl_s", "3600"),
     ("security", "hsts", "false"),
     ("auth", "mode", "api_key"),
+    ("auth", "max_failures_per_minute", "20"),
     ("rate_limit", "chat_per_minute", "10"),
     ("rate_limit", "other_per_minute", "60"),
     ("rate_limit", "sweep_interval_s", "300"),
@@ -615,6 +619,7 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
             "none" => AuthMode::None,
             _ => return Err(r.err("auth", "mode", "must be api_key or none")),
         },
+        max_failures_per_minute: r.uint("auth", "max_failures_per_minute", 1, 1_000_000)? as u32,
     };
 
     let rate_limit = RateLimitConfig {

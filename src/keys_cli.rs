@@ -14,7 +14,25 @@ use crate::db::audit_log::Actor;
 use crate::db::keys::Revoke;
 use crate::db::Db;
 
+/// Opens the database after the server's start-up check of our files
+/// (`data_files::secure_existing`): links refused, loose modes tightened.
 fn open(cfg: &Config) -> Option<Db> {
+    match crate::data_files::secure_existing(cfg) {
+        Ok(tightened) => {
+            for (file, was) in tightened {
+                eprintln!(
+                    "portcullis: {} ({}, was {:o})",
+                    crate::data_files::TIGHTENED_MSG,
+                    file.display(),
+                    was
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("portcullis: {}", e);
+            return None;
+        }
+    }
     match Db::open_for_cli(cfg) {
         Ok(db) => Some(db),
         Err(e) => {

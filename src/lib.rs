@@ -6,6 +6,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod data_files;
 pub mod db;
 pub mod error;
 pub mod filters;

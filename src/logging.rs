@@ -4,16 +4,32 @@
 //! so a newline in user text cannot forge a line). Records from other crates
 //! (tiny_http, ureq, rustls) are wrapped into the same shape, capped at
 //! `warn` so their debug output (which may print headers) never appears, and
-//! passed through `redact_text`. The current request id is kept in a
+//! passed through `redact_text`.
+//!
+//! Secrets are redacted two ways. By value: the secret values the process
+//! holds (upstream keys, the CSRF secret) are registered at start-up
+//! (`register_secret`, called by `secret::load_*`), and every occurrence of
+//! one, whatever its shape, becomes `[redacted]` in every event line
+//! (`event`), foreign record, error detail and panic message (`redact_text`).
+//! Values shorter than `MIN_REDACTED_SECRET_BYTES` are not registered: they
+//! would redact common words, so start-up warns about them instead. By
+//! shape: `redact_text` also masks `Bearer`/`Authorization`/`api_key=`
+//! values and `sk-`/`pcs_` keys, and `log_path` masks key-shaped path
+//! segments. The per-request access line is not scanned: it holds no secret
+//! value by construction (method, route, status, numbers, the client
+//! address and the path through `log_path`).
+//!
+//! The current request id is kept in a
 //! thread-local set by the worker, so every line written while serving a
 //! request carries it.
 //!
 //! simplelog is not used: it has no JSON format, and wrapping it would be
 //! more code than this logger.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use serde_json::{Map, Value};
 
@@ -22,6 +38,70 @@ const OUR_TARGET: &str = "portcullis::json";
 thread_local! {
     // Reused buffer: setting the id allocates only the first time.
     static REQUEST_ID: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Secrets shorter than this are not redacted by value: a short value
+/// (`admin`, `test`) would blank out common words in every line. Start-up
+/// warns when a configured secret is this short (`App::new`).
+pub const MIN_REDACTED_SECRET_BYTES: usize = 8;
+/// A text that ends with this much (or more) of the start of a secret has
+/// that tail redacted too: free text is often cut to a length (an upstream
+/// error body), which can split a secret. Shorter tails are kept for the
+/// reason short secrets are not registered: `llama` at the end of a
+/// message must not vanish because a key starts with `llama-`.
+const MIN_SECRET_TAIL_BYTES: usize = MIN_REDACTED_SECRET_BYTES;
+/// The registered secret values, each also in its JSON-escaped form when
+/// that differs (it is how a value appears inside a logged JSON string).
+/// Written a few times at start-up, read on every redaction.
+static SECRET_VALUES: RwLock<Vec<Box<str>>> = RwLock::new(Vec::new());
+
+/// Registers a secret value for redaction by value in every later log line,
+/// error detail and panic message. Returns false (and registers nothing)
+/// when the value is shorter than `MIN_REDACTED_SECRET_BYTES` or not UTF-8
+/// (then it cannot appear in text as itself). Registering twice is harmless.
+pub fn register_secret(value: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return false;
+    };
+    if text.len() < MIN_REDACTED_SECRET_BYTES {
+        return false;
+    }
+    let mut escaped = String::with_capacity(text.len() + 2);
+    push_json_str(&mut escaped, text);
+    let escaped = &escaped[1..escaped.len() - 1];
+    let mut values = SECRET_VALUES.write().unwrap_or_else(|e| e.into_inner());
+    for form in [text, escaped] {
+        if !values.iter().any(|v| &**v == form) {
+            values.push(form.into());
+        }
+    }
+    // Longest first, so a secret containing another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    true
+}
+
+/// `s` with every registered secret value replaced by `[redacted]`;
+/// borrowed (no copy) when none occurs. With `tails`, a trailing start of a
+/// secret (text cut inside it) is redacted too.
+fn redact_values(s: &str, tails: bool) -> Cow<'_, str> {
+    let values = SECRET_VALUES.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = Cow::Borrowed(s);
+    for v in values.iter() {
+        if out.contains(&**v) {
+            out = Cow::Owned(out.replace(&**v, "[redacted]"));
+        }
+        if tails {
+            let cut = (MIN_SECRET_TAIL_BYTES..v.len())
+                .rev()
+                .filter(|n| v.is_char_boundary(*n))
+                .find(|n| out.ends_with(&v[..*n]));
+            if let Some(n) = cut {
+                let keep = out.len() - n;
+                out = Cow::Owned(format!("{}[redacted]", &out[..keep]));
+            }
+        }
+    }
+    out
 }
 
 /// Sets (or clears) the request id attached to this thread's log lines.
@@ -88,14 +168,11 @@ impl JsonLogger {
 }
 
 /// Installs the JSON logger (once per process; later calls are ignored).
-pub fn init(cfg: &crate::config::LoggingConfig) -> std::io::Result<()> {
+/// A log file inside `data_dir` is never opened through a link and is
+/// created with mode 0600 (`data_files::open_log`).
+pub fn init(cfg: &crate::config::LoggingConfig, data_dir: &std::path::Path) -> std::io::Result<()> {
     let out: Box<dyn Write + Send> = match &cfg.file {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
+        Some(path) => Box::new(crate::data_files::open_log(path, data_dir)?),
         None => Box::new(std::io::stderr()),
     };
     let sink = std::sync::Arc::new(Sink {
@@ -193,7 +270,8 @@ pub fn event(level: log::Level, msg: &str, fields: &[(&str, Value)]) {
     for (k, v) in fields {
         m.insert((*k).to_string(), v.clone());
     }
-    log::log!(target: OUR_TARGET, level, "{}", Value::Object(m));
+    let line = Value::Object(m).to_string();
+    log::log!(target: OUR_TARGET, level, "{}", redact_values(&line, false));
 }
 
 /// Appends `s` as a JSON string literal (quotes and escapes included).
@@ -246,11 +324,13 @@ pub fn debug(msg: &str, fields: &[(&str, Value)]) {
     event(log::Level::Debug, msg, fields);
 }
 
-/// Masks credentials in free text from other crates and error chains:
-/// `Bearer <x>`, `Authorization: <x>`, `api_key=<x>`-style pairs, anything
-/// shaped like an OpenAI (`sk-`) or portcullis (`pcs_`) key, and URL query
-/// values.
+/// Masks credentials in free text from other crates, error chains, upstream
+/// messages and panics: every registered secret value (`register_secret`),
+/// whatever its shape, and a trailing start of one; then `Bearer <x>`,
+/// `Authorization: <x>`, `api_key=<x>`-style pairs, anything shaped like an
+/// OpenAI (`sk-`) or portcullis (`pcs_`) key, and URL query values.
 pub fn redact_text(s: &str) -> String {
+    let s = &*redact_values(s, true);
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     'outer: while !rest.is_empty() {
@@ -305,19 +385,162 @@ pub fn redact_text(s: &str) -> String {
     out
 }
 
-/// A path with query values removed: `/a?x=1&y=2` -> `/a?x&y`.
-pub fn path_for_log(path_and_query: &str) -> String {
-    match path_and_query.split_once('?') {
-        None => path_and_query.to_string(),
-        Some((p, q)) => {
-            let keys: Vec<&str> = q
-                .split('&')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| kv.split('=').next().unwrap_or(""))
-                .collect();
-            format!("{}?{}", p, keys.join("&"))
+/// The path as logged: query values dropped (`/a?x=1&y=2` -> `/a?x&y`),
+/// and every path segment or query name that looks like a key or token
+/// (`looks_like_secret`) replaced by `[redacted]`. Borrows the path when
+/// there is nothing to change (the common case: no allocation per request).
+pub fn log_path<'a>(path: &'a str, query: &str) -> Cow<'a, str> {
+    let secret_segment = path.split('/').any(looks_like_secret);
+    if query.is_empty() && !secret_segment {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() + query.len());
+    if secret_segment {
+        for (i, seg) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(if looks_like_secret(seg) {
+                "[redacted]"
+            } else {
+                seg
+            });
+        }
+    } else {
+        out.push_str(path);
+    }
+    if !query.is_empty() {
+        out.push('?');
+        let names = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split('=').next().unwrap_or(""));
+        for (i, name) in names.enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(if looks_like_secret(name) {
+                "[redacted]"
+            } else {
+                name
+            });
         }
     }
+    Cow::Owned(out)
+}
+
+/// As `log_path`, from a path with its query.
+pub fn path_for_log(path_and_query: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    log_path(path, query).into_owned()
+}
+
+/// Prefixes of well-known credential formats (compared in lower case).
+const KEY_PREFIXES: &[&str] = &[
+    "pcs_",
+    "sk-",
+    "sk_",
+    "rk_",
+    "pk_live_",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xapp-",
+    "hf_",
+    "akia",
+    "aiza",
+];
+/// Names inside a segment (`token=...`, `;api_key=...`) whose value is a secret.
+const SECRET_NAMES: &[&str] = &["key", "token", "secret", "password", "auth", "bearer"];
+/// A run of letters and digits at least this long, holding both, is taken
+/// for random key material (ids of our own excepted).
+const MIN_RANDOM_RUN: usize = 20;
+
+/// Whether one path segment (or query name) looks like a key or token:
+/// a well-known key prefix with at least 8 characters after it, a
+/// `Bearer`-ish string, a `name=value` whose name says secret, a JWT, or a
+/// long run (>= 20) of letters and digits that holds both (high entropy),
+/// unless it is exactly our own id shape (`ids::new_id`: 24 lower-case hex)
+/// so resource ids stay readable. Percent-escapes are decoded first. Model
+/// names (`llama3.1:8b-instruct-q4_K_M`, `gpt-4o-mini-2024-07-18`) are
+/// words between separators and stay readable.
+pub fn looks_like_secret(segment: &str) -> bool {
+    if segment.len() < 8 {
+        return false;
+    }
+    // No allocation unless the segment has escapes: this runs on every
+    // path segment of 8 bytes or more of every access line.
+    let decoded = percent_decode(segment);
+    let d: &str = &decoded;
+    let starts =
+        |p: &str| d.len() >= p.len() && d.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    if KEY_PREFIXES
+        .iter()
+        .any(|p| starts(p) && d.len() >= p.len() + 8)
+    {
+        return true;
+    }
+    if starts("bearer") || starts("basic ") {
+        return true;
+    }
+    if let Some((name, value)) = d.split_once('=') {
+        let named = |n: &str| {
+            name.as_bytes()
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        if !value.is_empty() && SECRET_NAMES.iter().any(|n| named(n)) {
+            return true;
+        }
+    }
+    if starts("eyj") && d.contains('.') && d.len() >= 20 {
+        return true;
+    }
+    d.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
+        run.len() >= MIN_RANDOM_RUN
+            && run.bytes().any(|b| b.is_ascii_digit())
+            && run.bytes().any(|b| b.is_ascii_alphabetic())
+            && !is_our_id(run)
+    })
+}
+
+/// `ids::new_id`'s shape: 24 lower-case hex characters.
+fn is_our_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are), `+` as a space.
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -366,6 +589,153 @@ mod tests {
     fn query_values_are_dropped_from_logged_paths() {
         assert_eq!(path_for_log("/a?cursor=SECRET&limit=5"), "/a?cursor&limit");
         assert_eq!(path_for_log("/a"), "/a");
+    }
+
+    #[test]
+    fn key_shaped_path_segments_are_redacted_table() {
+        let our_key = format!("pcs_{}", "0f".repeat(24));
+        let cases: Vec<(&str, String, String)> = vec![
+            // (case, path with query, logged)
+            (
+                "plain_route_unchanged",
+                "/api/projects".into(),
+                "/api/projects".into(),
+            ),
+            (
+                "our_resource_id_stays_readable",
+                "/api/conversations/0123456789abcdef01234567/messages".into(),
+                "/api/conversations/0123456789abcdef01234567/messages".into(),
+            ),
+            (
+                "model_names_stay_readable",
+                "/v1/models/llama3.1:8b-instruct-q4_K_M".into(),
+                "/v1/models/llama3.1:8b-instruct-q4_K_M".into(),
+            ),
+            (
+                "dated_model_name_stays_readable",
+                "/v1/models/gpt-4o-mini-2024-07-18".into(),
+                "/v1/models/gpt-4o-mini-2024-07-18".into(),
+            ),
+            (
+                "our_key_format",
+                format!("/api/projects/{}", our_key),
+                "/api/projects/[redacted]".into(),
+            ),
+            (
+                "openai_key",
+                "/v1/sk-proj-abcDEF123456/models".into(),
+                "/v1/[redacted]/models".into(),
+            ),
+            (
+                "bearer_ish_segment",
+                "/x/Bearer%20abcdef123/y".into(),
+                "/x/[redacted]/y".into(),
+            ),
+            (
+                "token_pair_in_a_segment",
+                "/x;token=hunter2hunter2".into(),
+                "/[redacted]".into(),
+            ),
+            (
+                "jwt",
+                "/cb/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig".into(),
+                "/cb/[redacted]".into(),
+            ),
+            (
+                "long_high_entropy_run",
+                "/files/Zx8Qw2Lm9Rt4Yp7Kd3Vb6Nc1".into(),
+                "/files/[redacted]".into(),
+            ),
+            (
+                "long_hex_that_is_not_our_id",
+                "/h/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b".into(),
+                "/h/[redacted]".into(),
+            ),
+            (
+                "percent_encoded_key",
+                "/k/sk%2Dlive%2D1234567890".into(),
+                "/k/[redacted]".into(),
+            ),
+            (
+                "key_shaped_query_name_and_dropped_values",
+                format!("/a?{}&limit=5&cursor=xyz", our_key),
+                "/a?[redacted]&limit&cursor".into(),
+            ),
+            ("short_words_unchanged", "/api/me".into(), "/api/me".into()),
+        ];
+        for (name, input, want) in &cases {
+            assert_eq!(&path_for_log(input), want, "{}", name);
+            let (p, q) = input.split_once('?').unwrap_or((input, ""));
+            assert_eq!(&log_path(p, q), want, "{} (log_path)", name);
+        }
+        assert!(matches!(log_path("/api/projects", ""), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn registered_secret_values_are_redacted_whatever_their_shape() {
+        // Unique per run: the registry is process-wide.
+        let upstream = format!("llama-canary-{}", crate::ids::random_hex(3));
+        let quoted = format!("quo\"te{}", crate::ids::random_hex(4));
+        let short = "abc1234";
+        assert!(register_secret(upstream.as_bytes()));
+        assert!(register_secret(quoted.as_bytes()));
+        assert!(register_secret(upstream.as_bytes()), "twice is harmless");
+        assert!(!register_secret(short.as_bytes()), "shorter than 8 bytes");
+        assert!(!register_secret(&[0xff; 16]), "not UTF-8");
+        let body = format!(
+            "upstream status 401: {{\"error\":\"invalid key {}\"}}",
+            upstream
+        );
+        let cases: Vec<(&str, String, String)> = vec![
+            (
+                "echoed_in_an_upstream_error",
+                body.clone(),
+                "upstream status 401: {\"error\":\"invalid key [redacted]\"}".into(),
+            ),
+            (
+                "twice_in_one_text",
+                format!("{} and {}", upstream, upstream),
+                "[redacted] and [redacted]".into(),
+            ),
+            (
+                "cut_inside_the_secret",
+                format!("body: {}", &upstream[..10]),
+                "body: [redacted]".into(),
+            ),
+            (
+                "a_cut_shorter_than_8_bytes_is_kept",
+                format!("model not found: {}", &upstream[..5]),
+                "model not found: llama".into(),
+            ),
+            (
+                "json_escaped_form",
+                serde_json::json!({ "v": quoted }).to_string(),
+                "{\"v\":\"[redacted]\"}".into(),
+            ),
+            (
+                "short_values_are_not_registered",
+                format!("pin {}", short),
+                format!("pin {}", short),
+            ),
+        ];
+        for (name, input, want) in &cases {
+            assert_eq!(&redact_text(input), want, "{}", name);
+        }
+        // Event lines: the value inside a JSON field, escaped or not.
+        assert_eq!(
+            redact_values(&serde_json::json!({ "a": body, "b": quoted }).to_string(), false),
+            "{\"a\":\"upstream status 401: {\\\"error\\\":\\\"invalid key [redacted]\\\"}\",\"b\":\"[redacted]\"}"
+        );
+    }
+
+    #[test]
+    fn debug_error_details_are_redacted_by_value() {
+        let secret = format!("csrf-like-{}", crate::ids::random_hex(8));
+        assert!(register_secret(secret.as_bytes()));
+        let err = crate::error::ApiError::internal(format!("boom {}", secret));
+        let body = String::from_utf8(err.to_body("rid", true)).unwrap();
+        assert!(body.contains("boom [redacted]"), "{}", body);
+        assert!(!body.contains(&secret), "{}", body);
     }
 
     #[test]

@@ -22,6 +22,16 @@ const BUCKETS_S: &[f64] = &[
 ];
 /// Upstream failure kinds, by contract code.
 pub const UPSTREAM_KINDS: &[&str] = &["upstream_unavailable", "upstream_error", "upstream_timeout"];
+/// Authentication refusals, by reason (`filters::auth`). `too_many_failures`
+/// is answered before any key lookup; the others after the shape check or
+/// the lookup.
+pub const AUTH_REFUSALS: &[&str] = &[
+    "missing",
+    "malformed",
+    "unknown",
+    "revoked",
+    "too_many_failures",
+];
 
 pub struct Metrics {
     requests: Vec<AtomicU64>, // N_ROUTE * N_STATUS
@@ -30,6 +40,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     rate_limited: [AtomicU64; 2],
     upstream_errors: [AtomicU64; 3],
+    auth_refusals: [AtomicU64; 5],
     queue_full: AtomicU64,
 }
 
@@ -65,6 +76,7 @@ impl Metrics {
             latency_count: AtomicU64::new(0),
             rate_limited: Default::default(),
             upstream_errors: Default::default(),
+            auth_refusals: Default::default(),
             queue_full: AtomicU64::new(0),
         }
     }
@@ -106,6 +118,13 @@ impl Metrics {
     pub fn record_upstream_error(&self, code: &str) {
         if let Some(i) = UPSTREAM_KINDS.iter().position(|k| *k == code) {
             self.upstream_errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One authentication refusal; `reason` is one of `AUTH_REFUSALS`.
+    pub fn record_auth_refusal(&self, reason: &str) {
+        if let Some(i) = AUTH_REFUSALS.iter().position(|r| *r == reason) {
+            self.auth_refusals[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -180,6 +199,18 @@ impl Metrics {
                 "portcullis_upstream_errors_total{{kind=\"{}\"}} {}",
                 kind,
                 self.upstream_errors[i].load(Relaxed)
+            );
+        }
+        o.push_str(
+            "# HELP portcullis_auth_refusals_total Requests refused by authentication, by reason.\n",
+        );
+        o.push_str("# TYPE portcullis_auth_refusals_total counter\n");
+        for (i, reason) in AUTH_REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "portcullis_auth_refusals_total{{reason=\"{}\"}} {}",
+                reason,
+                self.auth_refusals[i].load(Relaxed)
             );
         }
         let counters = [
@@ -277,6 +308,9 @@ mod tests {
             Some("upstream_timeout"),
         );
         m.record(None, 404, Duration::from_micros(10), Some("not_found"));
+        m.record_auth_refusal("unknown");
+        m.record_auth_refusal("too_many_failures");
+        m.record_auth_refusal("not-a-reason");
         let text = m.render(&Gauges {
             active_streams: 2,
             ..Default::default()
@@ -294,6 +328,9 @@ mod tests {
         assert!(text.contains("portcullis_request_duration_seconds_bucket{le=\"+Inf\"} 4"));
         assert!(text.contains("portcullis_request_duration_seconds_bucket{le=\"0.005\"} 3"));
         assert!(text.contains("portcullis_active_streams 2"));
+        assert!(text.contains("portcullis_auth_refusals_total{reason=\"unknown\"} 1"));
+        assert!(text.contains("portcullis_auth_refusals_total{reason=\"too_many_failures\"} 1"));
+        assert!(text.contains("portcullis_auth_refusals_total{reason=\"missing\"} 0"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {:?}", line);

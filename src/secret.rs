@@ -5,9 +5,11 @@
 //! Loading: the CSRF secret comes from `PORTCULLIS_CSRF_SECRET` or is
 //! generated once into `<data_dir>/csrf_secret` (mode 0600); the upstream key
 //! comes only from the environment variable named by `[upstream] api_key_env`.
+//! Every secret loaded here is registered with the logger
+//! (`logging::register_secret`), so its value is redacted from every log
+//! line, error detail and panic message whatever its shape.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Clone, PartialEq, Eq)]
@@ -50,39 +52,25 @@ impl fmt::Display for Secret {
 }
 
 pub const CSRF_SECRET_ENV: &str = "PORTCULLIS_CSRF_SECRET";
-const CSRF_SECRET_FILE: &str = "csrf_secret";
-
-/// Writes `contents` to a new file readable by the owner only.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+use crate::data_files::CSRF_SECRET_FILE;
 
 /// The CSRF secret: the environment's, else the one in `data_dir`, else a
 /// new 32-byte secret written there with mode 0600.
 pub fn load_csrf_secret(data_dir: &Path) -> std::io::Result<Secret> {
     if let Ok(v) = std::env::var(CSRF_SECRET_ENV) {
-        return Ok(Secret::new(v.into_bytes()));
+        return Ok(registered(Secret::new(v.into_bytes())));
     }
     let path = data_dir.join(CSRF_SECRET_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) if !bytes.is_empty() => return Ok(Secret::new(bytes)),
+    // Never through a link: whoever planted one would choose the secret.
+    match crate::data_files::read(&path) {
+        Ok(bytes) if !bytes.is_empty() => return Ok(registered(Secret::new(bytes))),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let secret = crate::ids::random_hex(32).into_bytes();
-    write_private_file(&path, &secret)?;
-    Ok(Secret::new(secret))
+    crate::data_files::replace(&path, &secret)?;
+    Ok(registered(Secret::new(secret)))
 }
 
 /// The upstream key from the environment variable `var`, if set and non-empty.
@@ -90,7 +78,14 @@ pub fn load_upstream_key(var: &str) -> Option<Secret> {
     std::env::var(var)
         .ok()
         .filter(|v| !v.is_empty())
-        .map(|v| Secret::new(v.into_bytes()))
+        .map(|v| registered(Secret::new(v.into_bytes())))
+}
+
+/// Registers `s` with the logger for redaction by value (see `logging`);
+/// a value too short to register is reported by `App::new`.
+fn registered(s: Secret) -> Secret {
+    crate::logging::register_secret(s.expose());
+    s
 }
 
 #[cfg(test)]

@@ -604,14 +604,7 @@ fn access_log(ctx: &Ctx, status: u16, bytes: usize) {
     line.push_str("\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
     logging::push_json_str(&mut line, &ctx.request_id);
     let _ = write!(line, ",\"method\":\"{}\",\"path\":", ctx.method.as_str());
-    if ctx.query.is_empty() {
-        logging::push_json_str(&mut line, &ctx.path);
-    } else {
-        logging::push_json_str(
-            &mut line,
-            &logging::path_for_log(&format!("{}?{}", ctx.path, ctx.query)),
-        );
-    }
+    logging::push_json_str(&mut line, &logging::log_path(&ctx.path, &ctx.query));
     line.push_str(",\"route\":");
     match ctx.route {
         Some(r) => logging::push_json_str(&mut line, r.name()),

@@ -164,7 +164,7 @@ impl Db {
             )?;
             let mut contents = secret.expose().to_vec();
             contents.push(b'\n');
-            crate::secret::write_private_file(file, &contents).map_err(|e| {
+            crate::data_files::replace(file, &contents).map_err(|e| {
                 ApiError::internal(format!("cannot write {}: {}", file.display(), e))
             })?;
             Ok(true)
@@ -290,7 +290,7 @@ impl KeyCache {
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_default();
-        name.push(".keys-stamp");
+        name.push(crate::data_files::KEY_STAMP_SUFFIX);
         KeyCache {
             stamp_path: db_path.with_file_name(name),
             inner: std::sync::Mutex::new((None, std::collections::HashMap::new())),
@@ -333,7 +333,8 @@ impl KeyCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        if let Err(e) = std::fs::write(&self.stamp_path, nanos.to_string()) {
+        // Replaced, never written through a link (`data_files`).
+        if let Err(e) = crate::data_files::replace(&self.stamp_path, nanos.to_string().as_bytes()) {
             crate::logging::error(
                 "cannot write the key stamp; running servers may accept a revoked key until restarted",
                 &[("error", json!(e.to_string()))],

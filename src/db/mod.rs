@@ -166,15 +166,10 @@ impl Db {
 }
 
 /// Creates the database file readable by the owner only (it holds chats
-/// and key hashes). SQLite gives its -wal and -shm files the same mode.
+/// and key hashes), never through a link. SQLite gives its -wal and -shm
+/// files the same mode and opens them all with `O_NOFOLLOW`.
 fn create_private(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    match crate::data_files::create_new(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),

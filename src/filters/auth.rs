@@ -6,13 +6,25 @@
 //! (SHA-256) and looked up by hash; the stored hash is compared in constant
 //! time. Missing, malformed, unknown and revoked keys all answer the same
 //! 401 `unauthorized`; the reason goes to the audit trail (aggregated per
-//! client per minute), never the key. There is no cache, so a key revoked
-//! with `portcullis keys revoke` is refused on its next request.
+//! client per minute), never the key. Valid keys are cached behind the key
+//! stamp (`db::keys::KeyCache`), so a key revoked with `portcullis keys
+//! revoke` is still refused on its next request.
+//!
+//! Failed keys are limited per client address (IPv6 per /64): each failure
+//! takes a token from the address's bucket in `App::auth_failures`
+//! (`auth.max_failures_per_minute`, refilled continuously); an address
+//! whose bucket is empty gets 429 `rate_limited` with `Retry-After` and the
+//! `"auth_failures"` rate-limit fields before its key is read or looked up,
+//! so a key sprayer costs neither a hash nor a SQLite query.
+
+use std::time::Instant;
 
 use crate::app::App;
 use crate::config::AuthMode;
 use crate::db::keys::{self, KeyLookup};
 use crate::error::ApiError;
+use crate::filters::client_ip;
+use crate::filters::rate_limit::{Class, Identity, Key};
 use crate::http::Ctx;
 
 /// Why a request was refused (for the audit trail).
@@ -39,7 +51,64 @@ fn presented_key(ctx: &Ctx) -> Result<&str, Refusal> {
     Ok(key)
 }
 
+/// Authenticates the request (see the module doc). Reads the clock once;
+/// `check_at` is the same with time injected.
 pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
+    check_at(app, ctx, Instant::now())
+}
+
+/// The client address's failure bucket (IPv6 per /64, as the rate limiter).
+fn failure_key(ctx: &Ctx) -> Key {
+    Key {
+        id: Identity::Addr(client_ip::bucket_key(ctx.client)),
+        class: Class::AuthFailures,
+    }
+}
+
+/// Counts one failed authentication against the client address (also for
+/// the sign-in route, once it exists), for the audit trail (aggregated per
+/// client per minute) and the metrics.
+pub fn count_failure(
+    app: &App,
+    ctx: &Ctx,
+    reason: &'static str,
+    key_id: Option<&str>,
+    now: Instant,
+) {
+    app.auth_failures.take(failure_key(ctx), now);
+    app.audit.auth_failed(ctx, reason, key_id);
+    app.metrics.record_auth_refusal(reason);
+}
+
+fn refuse(
+    app: &App,
+    ctx: &Ctx,
+    reason: &'static str,
+    key_id: Option<&str>,
+    now: Instant,
+) -> ApiError {
+    count_failure(app, ctx, reason, key_id, now);
+    ApiError::Unauthorized
+}
+
+/// Refuses (429 `rate_limited`, `Retry-After` until the next failure is
+/// forgiven, the `"auth_failures"` rate-limit fields in `ctx.rate`) an
+/// address past `auth.max_failures_per_minute`; reads nothing of the
+/// request but its client address. Also for the sign-in route.
+pub fn check_failure_budget(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
+    let budget = app.auth_failures.peek(&failure_key(ctx), now);
+    if budget.allowed {
+        return Ok(());
+    }
+    let retry_after_s = budget.info.reset_s;
+    ctx.rate = Some(budget.info);
+    app.audit.auth_failed(ctx, "too_many_failures", None);
+    app.metrics.record_auth_refusal("too_many_failures");
+    Err(ApiError::RateLimited { retry_after_s })
+}
+
+/// As `check`, at `now` (tests inject time).
+pub fn check_at(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
     if app.cfg.auth.mode == AuthMode::None {
         return Ok(());
     }
@@ -47,6 +116,13 @@ pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
     if ctx.route.is_some_and(|r| r.auth_exempt()) {
         return Ok(());
     }
+    // Past `max_failures_per_minute`, the address is refused before its
+    // key is even read. A valid key from that address is refused too, on
+    // purpose: telling it apart would need the lookup this limit exists to
+    // avoid, and a 200-vs-429 answer would keep the address an oracle for
+    // guessed keys. The owner of a valid key waits for `Retry-After` (one
+    // failure refills every 60/N s) or uses another address.
+    check_failure_budget(app, ctx, now)?;
     let key = match presented_key(ctx) {
         Ok(k) => k,
         Err(r) => {
@@ -55,8 +131,7 @@ pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
             } else {
                 "malformed"
             };
-            app.audit.auth_failed(ctx, reason, None);
-            return Err(ApiError::Unauthorized);
+            return Err(refuse(app, ctx, reason, None, now));
         }
     };
     match app.db.lookup_key(key)? {
@@ -64,14 +139,8 @@ pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
             ctx.key_id = Some(id);
             Ok(())
         }
-        KeyLookup::Revoked { id } => {
-            app.audit.auth_failed(ctx, "revoked", Some(&id));
-            Err(ApiError::Unauthorized)
-        }
-        KeyLookup::Unknown => {
-            app.audit.auth_failed(ctx, "unknown", None);
-            Err(ApiError::Unauthorized)
-        }
+        KeyLookup::Revoked { id } => Err(refuse(app, ctx, "revoked", Some(&id), now)),
+        KeyLookup::Unknown => Err(refuse(app, ctx, "unknown", None, now)),
     }
 }
 
@@ -116,5 +185,125 @@ mod tests {
             presented_key(&ctx(&[&twice, &twice])),
             Err(Refusal::Malformed)
         );
+    }
+
+    #[test]
+    fn failed_keys_are_limited_per_address_before_any_lookup() {
+        let mut c = crate::config::Config::default();
+        c.server.data_dir =
+            std::env::temp_dir().join(format!("portcullis-auth-{}", crate::ids::random_hex(6)));
+        let app = App::new(c.clone()).unwrap();
+        let valid = std::fs::read_to_string(c.server.data_dir.join(crate::app::FIRST_KEY_FILE))
+            .unwrap()
+            .trim()
+            .to_string();
+        let wrong = format!("pcs_{}", "0f".repeat(24));
+        let req = |from: &str, key: &str, route: crate::router::Route| {
+            let mut ctx = Ctx::new(Method::Get, "/api/projects", from.parse().unwrap())
+                .with_header("authorization", &format!("Bearer {}", key));
+            ctx.client = ctx.peer;
+            ctx.route = Some(route);
+            ctx
+        };
+        let projects = crate::router::Route::ProjectsList;
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            let mut ctx = req("198.51.100.7", &wrong, projects);
+            assert_eq!(check_at(&app, &mut ctx, t0), Err(ApiError::Unauthorized));
+        }
+        let refusals = |reason: &str| -> u64 {
+            let text = app.metrics.render(&Default::default());
+            let line = format!("portcullis_auth_refusals_total{{reason=\"{}\"}} ", reason);
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(refusals("unknown"), 20);
+        // (case, client, key, route, wait after the 20th failure, outcome)
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            crate::router::Route,
+            u64,
+            Result<(), ApiError>,
+        );
+        let rows: &[Row] = &[
+            (
+                "21st_wrong_key_is_429_with_exact_retry_after",
+                "198.51.100.7",
+                &wrong,
+                projects,
+                0,
+                Err(ApiError::RateLimited { retry_after_s: 3 }),
+            ),
+            (
+                "valid_key_from_the_same_address_is_refused_too",
+                "198.51.100.7",
+                &valid,
+                projects,
+                0,
+                Err(ApiError::RateLimited { retry_after_s: 3 }),
+            ),
+            (
+                "exempt_route_is_still_served",
+                "198.51.100.7",
+                &wrong,
+                crate::router::Route::Health,
+                0,
+                Ok(()),
+            ),
+            (
+                "valid_key_from_another_address_passes",
+                "198.51.100.8",
+                &valid,
+                projects,
+                0,
+                Ok(()),
+            ),
+            (
+                "once_a_failure_refilled_the_valid_key_passes",
+                "198.51.100.7",
+                &valid,
+                projects,
+                3,
+                Ok(()),
+            ),
+            (
+                "and_a_wrong_key_takes_that_failure_again",
+                "198.51.100.7",
+                &wrong,
+                projects,
+                3,
+                Err(ApiError::Unauthorized),
+            ),
+            (
+                "leaving_the_address_over_the_limit",
+                "198.51.100.7",
+                &wrong,
+                projects,
+                3,
+                Err(ApiError::RateLimited { retry_after_s: 3 }),
+            ),
+        ];
+        for (name, from, key, route, wait_s, want) in rows {
+            let mut ctx = req(from, key, *route);
+            let got = check_at(&app, &mut ctx, t0 + std::time::Duration::from_secs(*wait_s));
+            assert_eq!(&got, want, "{}", name);
+            if let Err(ApiError::RateLimited { .. }) = got {
+                let rate = ctx.rate.as_ref().expect("rate-limit fields");
+                assert_eq!(
+                    (rate.policy, rate.limit, rate.remaining),
+                    ("auth_failures", 20, 0)
+                );
+            }
+        }
+        // Lookups: 20 + 1 unknown; the three 429s never reached the database.
+        assert_eq!(refusals("unknown"), 21);
+        assert_eq!(refusals("too_many_failures"), 3);
+        app.stop_background();
+        let _ = std::fs::remove_dir_all(&c.server.data_dir);
     }
 }

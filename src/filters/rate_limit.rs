@@ -4,7 +4,10 @@
 //! client address from filter 4 (`client_ip::bucket_key`: IPv6 per /64,
 //! IPv4-mapped as IPv4). Route classes `chat` and `other` have their own
 //! buckets and limits; `RouteClass::Exempt` (health, UI) is never limited
-//! and gets no rate-limit headers. A bucket holds `limit` tokens and refills
+//! and gets no rate-limit headers. The same buckets, class `AuthFailures`,
+//! count failed authentications per client address in a second `Limiter`
+//! (`Limiter::for_auth_failures`, used by `filters::auth` with `peek` before
+//! and `take` after a failure). A bucket holds `limit` tokens and refills
 //! lazily at `limit` per minute; time is always injected (`take(now)`,
 //! `sweep(now)`), only `check` and the sweeper thread read the clock.
 //!
@@ -63,12 +66,17 @@ const SHARDS: usize = 32;
 /// scan of the whole shard under its lock.
 const EVICT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A limited route class (`RouteClass::Exempt` has none).
+/// A limited route class (`RouteClass::Exempt` has none), or the
+/// failed-authentication budget of a client address (`filters::auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
     Chat,
     Other,
+    AuthFailures,
 }
+
+/// Number of `Class` variants (the size of per-class arrays).
+const CLASSES: usize = 3;
 
 impl Class {
     pub fn of(route: RouteClass) -> Option<Class> {
@@ -84,6 +92,7 @@ impl Class {
         match self {
             Class::Chat => "chat",
             Class::Other => "other",
+            Class::AuthFailures => "auth_failures",
         }
     }
 
@@ -91,6 +100,7 @@ impl Class {
         match self {
             Class::Chat => 0,
             Class::Other => 1,
+            Class::AuthFailures => 2,
         }
     }
 }
@@ -184,6 +194,25 @@ impl Bucket {
         }
     }
 
+    /// As `take` at `now`, without taking: `allowed` when a token is there,
+    /// `remaining` the whole tokens there. Changes nothing.
+    pub fn peek(&self, limit: u32, now: Instant) -> Take {
+        let units = self.level(limit, now);
+        if units >= UNITS_PER_TOKEN {
+            Take {
+                allowed: true,
+                remaining: (units / UNITS_PER_TOKEN) as u32,
+                reset_s: seconds_to_gain(limit as u64 * UNITS_PER_TOKEN - units, limit),
+            }
+        } else {
+            Take {
+                allowed: false,
+                remaining: 0,
+                reset_s: seconds_to_gain(UNITS_PER_TOKEN - units, limit).max(1),
+            }
+        }
+    }
+
     /// True when the bucket has refilled completely: it can be forgotten.
     pub fn is_full(&self, limit: u32, now: Instant) -> bool {
         self.level(limit, now) == limit as u64 * UNITS_PER_TOKEN
@@ -199,11 +228,11 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     per_shard_cap: usize,
     /// Per class (`Class::index`).
-    limits: [u32; 2],
+    limits: [u32; CLASSES],
     /// Picks the shard; randomly keyed so a client cannot aim at one shard.
     hasher: RandomState,
     /// Shared buckets for newcomers over the cap: `[anonymous, keyed][class]`.
-    overflow: [[Mutex<Bucket>; 2]; 2],
+    overflow: [[Mutex<Bucket>; CLASSES]; 2],
 }
 
 impl Inner {
@@ -250,20 +279,30 @@ impl Limiter {
         Limiter::with_shards(cfg, SHARDS)
     }
 
+    /// The failed-authentication limiter of `filters::auth`: one bucket of
+    /// `per_minute` per client address (class `AuthFailures` only), with
+    /// its own table of at most `max_tracked` addresses, so a flood of
+    /// failing addresses cannot evict the request buckets of `new`.
+    pub fn for_auth_failures(per_minute: u32, max_tracked: usize) -> Limiter {
+        let per_minute = per_minute.max(1);
+        Limiter::build([per_minute; CLASSES], max_tracked, SHARDS)
+    }
+
     /// As `new` with a chosen shard count (the contention example compares).
     /// The shard count is lowered when the cap is tiny, so every shard can
     /// hold at least one bucket and the total never exceeds the cap.
     pub fn with_shards(cfg: &RateLimitConfig, shards: usize) -> Limiter {
-        let cap = cfg.max_tracked_clients.max(1);
+        let chat = cfg.chat_per_minute.max(1);
+        let other = cfg.other_per_minute.max(1);
+        // This limiter never sees `AuthFailures`; its slot holds a harmless value.
+        Limiter::build([chat, other, other], cfg.max_tracked_clients, shards)
+    }
+
+    fn build(limits: [u32; CLASSES], max_tracked: usize, shards: usize) -> Limiter {
+        let cap = max_tracked.max(1);
         let n = shards.clamp(1, cap);
         let now = Instant::now();
-        let limits = [cfg.chat_per_minute.max(1), cfg.other_per_minute.max(1)];
-        let overflow_pair = || {
-            [
-                Mutex::new(Bucket::full(limits[0], now)),
-                Mutex::new(Bucket::full(limits[1], now)),
-            ]
-        };
+        let overflow_pair = || limits.map(|l| Mutex::new(Bucket::full(l, now)));
         Limiter {
             inner: Arc::new(Inner {
                 shards: (0..n)
@@ -331,6 +370,42 @@ impl Limiter {
         }
     }
 
+    /// Whether `key` has a token at `now`, without taking it (the headers'
+    /// fields as `take` would give them). An untracked key has its full
+    /// bucket, unless its shard is at the cap: then it is judged by the
+    /// overflow bucket its next `take` would use.
+    pub fn peek(&self, key: &Key, now: Instant) -> Decision {
+        let inner = &*self.inner;
+        let class = key.class;
+        let limit = inner.limit(class);
+        let shard =
+            &inner.shards[(inner.hasher.hash_one(key) % inner.shards.len() as u64) as usize];
+        let keyed = matches!(key.id, Identity::Key(_));
+        let peeked = {
+            let shard = lock(shard);
+            match shard.buckets.get(key) {
+                Some(bucket) => Some(bucket.peek(limit, now)),
+                None if shard.buckets.len() < inner.per_shard_cap => {
+                    Some(Bucket::full(limit, now).peek(limit, now))
+                }
+                None => None,
+            }
+        };
+        let t = peeked.unwrap_or_else(|| {
+            lock(&inner.overflow[keyed as usize][class.index()]).peek(limit, now)
+        });
+        Decision {
+            allowed: t.allowed,
+            info: RateInfo {
+                policy: class.policy(),
+                limit,
+                remaining: t.remaining,
+                reset_s: t.reset_s,
+                window_s: WINDOW_S,
+            },
+        }
+    }
+
     /// Drops every bucket that is full again at `now` (idle clients);
     /// returns how many. Locks one shard at a time.
     pub fn sweep(&self, now: Instant) -> usize {
@@ -355,8 +430,17 @@ impl Limiter {
     /// the handle is stopped or dropped, at once (it waits on a condition
     /// variable, not in a sleep).
     pub fn start_sweeper(&self, interval: Duration) -> std::io::Result<SweeperHandle> {
+        Limiter::start_sweeper_for(vec![self.clone()], interval)
+    }
+
+    /// As `start_sweeper`, one thread sweeping every limiter of `limiters`
+    /// in turn (the request limiter and the failed-authentication one).
+    pub fn start_sweeper_for(
+        limiters: Vec<Limiter>,
+        interval: Duration,
+    ) -> std::io::Result<SweeperHandle> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let (limiter, signal) = (self.clone(), stop.clone());
+        let signal = stop.clone();
         let thread = std::thread::Builder::new()
             .name("rate-limit-sweeper".into())
             .stack_size(crate::server::THREAD_STACK_BYTES)
@@ -372,14 +456,16 @@ impl Limiter {
                             return;
                         }
                     }
-                    let dropped = limiter.sweep(Instant::now());
-                    crate::logging::debug(
-                        "rate-limit sweep",
-                        &[
-                            ("dropped", dropped.into()),
-                            ("tracked", limiter.tracked().into()),
-                        ],
-                    );
+                    for limiter in &limiters {
+                        let dropped = limiter.sweep(Instant::now());
+                        crate::logging::debug(
+                            "rate-limit sweep",
+                            &[
+                                ("dropped", dropped.into()),
+                                ("tracked", limiter.tracked().into()),
+                            ],
+                        );
+                    }
                 }
             })?;
         Ok(SweeperHandle {
@@ -788,6 +874,80 @@ mod tests {
             l.take(addr(&std::net::Ipv4Addr::from(i).to_string()), t0);
             assert!(l.tracked() <= 16);
         }
+    }
+
+    #[test]
+    fn auth_failure_budget_is_peeked_before_and_taken_after_each_failure() {
+        let l = Limiter::for_auth_failures(20, 1000);
+        let fail = |ip: &str| Key {
+            id: Identity::Addr(client_ip::bucket_key(ip.parse().unwrap())),
+            class: Class::AuthFailures,
+        };
+        let k = fail("198.51.100.7");
+        let t0 = Instant::now();
+        for i in 0..20 {
+            let d = l.peek(&k, t0);
+            assert!(d.allowed, "failure {} is still allowed", i + 1);
+            assert_eq!(d.info.remaining, 20 - i, "peeking takes nothing");
+            l.take(k.clone(), t0);
+        }
+        // (wait after the 20th failure, allowed, Retry-After / reset seconds)
+        let rows: &[(&str, Duration, bool, u64)] = &[
+            ("twenty_first_is_refused", Duration::ZERO, false, 3),
+            ("a_second_later_two_left", S, false, 2),
+            (
+                "one_us_before_the_token",
+                3 * S - Duration::from_micros(1),
+                false,
+                1,
+            ),
+            ("one_token_every_3_s_at_20_per_min", 3 * S, true, 57),
+            ("a_full_minute_refills_all", 60 * S, true, 0),
+        ];
+        for (name, wait, allowed, reset) in rows {
+            let d = l.peek(&k, t0 + *wait);
+            assert_eq!((d.allowed, d.info.reset_s), (*allowed, *reset), "{}", name);
+            assert_eq!(
+                (d.info.policy, d.info.limit),
+                ("auth_failures", 20),
+                "{}",
+                name
+            );
+        }
+        assert!(!l.peek(&fail("198.51.100.7"), t0).allowed);
+        assert!(
+            !l.peek(&fail("::ffff:198.51.100.7"), t0).allowed,
+            "mapped address is the IPv4 client"
+        );
+        assert!(l.peek(&fail("198.51.100.8"), t0).allowed, "another address");
+        // One IPv6 /64 is one client.
+        for _ in 0..20 {
+            l.take(fail("2001:db8:1:2::1"), t0);
+        }
+        assert!(!l.peek(&fail("2001:db8:1:2::beef"), t0).allowed);
+        assert!(l.peek(&fail("2001:db8:1:3::1"), t0).allowed);
+        // Swept once refilled, like request buckets.
+        assert_eq!(l.sweep(t0 + 60 * S), 2);
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn untracked_address_over_the_cap_is_judged_by_the_overflow_bucket() {
+        let l = Limiter::for_auth_failures(2, 16);
+        let t0 = Instant::now();
+        let fail = |i: u32| Key {
+            id: Identity::Addr(std::net::Ipv4Addr::from(i).into()),
+            class: Class::AuthFailures,
+        };
+        for i in 0..1000 {
+            l.take(fail(i), t0);
+        }
+        assert!(l.tracked() <= 16);
+        let newcomer = fail(5000);
+        assert!(
+            !l.peek(&newcomer, t0).allowed,
+            "a flood of failing addresses is limited collectively"
+        );
     }
 
     #[test]
