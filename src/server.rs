@@ -300,9 +300,8 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
     let error_code = ctx.error_code;
     // Streams log themselves when they end (with the status sent).
     if let Some(bytes) = send(app, rq, reply, &mut ctx) {
-        app.metrics
-            .record(ctx.route, status, ctx.started.elapsed(), error_code);
-        access_log(&ctx, status, bytes);
+        ctx.error_code = error_code;
+        finish(app, &ctx, status, bytes);
     }
 }
 
@@ -332,13 +331,7 @@ fn defer(
         // Releases the connection: its thread reads the next request.
         drop(writer);
         drop(body);
-        app.metrics.record(
-            ctx.route,
-            reply.status,
-            ctx.started.elapsed(),
-            ctx.error_code,
-        );
-        access_log(&ctx, reply.status, bytes);
+        finish(&app, &ctx, reply.status, bytes);
         logging::set_request_id(None);
     }));
 }
@@ -467,9 +460,10 @@ fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
     let mut reply = Reply::error(&err, &ctx.request_id, app.cfg.server.debug);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let (out, len) = render_complete(&mut reply, false, true);
-    app.metrics
-        .record(None, err.status(), ctx.started.elapsed(), Some(err.code()));
-    if refusal.status != 503 {
+    if refusal.status == 503 {
+        app.metrics
+            .record(None, 503, ctx.started.elapsed(), Some(err.code()));
+    } else {
         logging::set_request_id(Some(&ctx.request_id));
         logging::info(
             "refused by the HTTP layer",
@@ -478,7 +472,7 @@ fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
                 ("rule", json!(refusal.reason)),
             ],
         );
-        access_log(&ctx, err.status(), len);
+        finish(app, &ctx, err.status(), len);
         logging::set_request_id(None);
     }
     out
@@ -539,10 +533,7 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
                     let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
                     let status = out.status();
                     drop(out);
-                    log_app
-                        .metrics
-                        .record(log_ctx.route, status, log_ctx.started.elapsed(), None);
-                    access_log(&log_ctx, status, 0);
+                    finish(&log_app, &log_ctx, status, 0);
                 });
             if spawned.is_err() {
                 logging::error("cannot start stream thread", &[]);
@@ -582,9 +573,17 @@ fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
     let bytes = send(app, rq, reply, &mut ctx).unwrap_or(0);
+    ctx.error_code = Some(err.code());
+    finish(app, &ctx, status, bytes);
+}
+
+/// The one place a finished request is counted (metrics) and logged (the
+/// access line), whichever thread finished it: worker, relay, stream,
+/// connection (queue full, refusals).
+fn finish(app: &App, ctx: &Ctx, status: u16, bytes: usize) {
     app.metrics
-        .record(None, status, ctx.started.elapsed(), Some(err.code()));
-    access_log(&ctx, status, bytes);
+        .record(ctx.route, status, ctx.started.elapsed(), ctx.error_code);
+    access_log(ctx, status, bytes);
 }
 
 fn access_log(ctx: &Ctx, status: u16, bytes: usize) {
