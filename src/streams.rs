@@ -22,18 +22,21 @@ pub fn client_key(ctx: &crate::http::Ctx) -> String {
     }
 }
 
+/// Open streams per client (only clients with at least one).
+type PerClient = Arc<Mutex<HashMap<String, usize>>>;
+
 #[derive(Clone)]
 pub struct StreamSlots {
     active: Arc<AtomicUsize>,
     max: usize,
-    per_client: Arc<Mutex<HashMap<String, usize>>>,
+    per_client: PerClient,
     max_per_client: usize,
 }
 
 /// One open stream; dropping it frees its global and per-client slot.
 pub struct StreamSlot {
     active: Arc<AtomicUsize>,
-    client: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+    client: Option<(PerClient, String)>,
 }
 
 impl StreamSlots {
