@@ -235,10 +235,11 @@ const STREAM_SEND_BUFFER_BYTES: libc::c_int = 32 * 1024;
 /// even while it has nothing to write.
 ///
 /// A client that stops reading is dropped: its socket's send buffer is
-/// small (`STREAM_SEND_BUFFER_BYTES`), and an event that has not reached
-/// the kernel `write_timeout_s` after its first byte fails the write (the
-/// socket's own write timeout, read back from the socket, bounds each
-/// blocked call; the deadline also cuts a client that trickles). After a
+/// small (`STREAM_SEND_BUFFER_BYTES`), so a blocked write comes soon, and
+/// the socket's own write timeout (`write_timeout_s`, read back from the
+/// socket) fails it. A client that trickles a few bytes at a time is cut
+/// too: an event not handed to the kernel `write_timeout_s` after its first
+/// byte fails the next write (so at most about twice that in all). After a
 /// failed write nothing more is attempted, not even on drop.
 pub struct StreamOut {
     writer: Box<dyn Write + Send>,
