@@ -3,9 +3,12 @@
 //! non-streaming requests at once and lists two models. The same code is the
 //! fake upstream of the integration tests (tests/support/fake_upstream.rs).
 //!
-//! Usage: `cargo run --example mock_upstream -- [ADDR] [DELAY_MS]`
-//! (defaults 127.0.0.1:11434 and 150), then point portcullis at it:
-//! `PORTCULLIS_UPSTREAM_BASE_URL=http://127.0.0.1:11434/v1`.
+//! Usage: `cargo run --example mock_upstream -- [ADDR] [DELAY_MS] [MODE]`
+//! (defaults 127.0.0.1:11434, 150 and `slow`), then point portcullis at it:
+//! `PORTCULLIS_UPSTREAM_BASE_URL=http://127.0.0.1:11434/v1`. MODE
+//! `tiny:BYTES` answers non-streaming requests with a normal answer padded
+//! to BYTES of tiny JSON values (`"pad":[0,0,...]`), for memory checks
+//! (`scripts/body_memory.sh`).
 
 #[path = "../tests/support/fake_upstream.rs"]
 mod fake_upstream;
@@ -16,8 +19,13 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:11434".to_string());
     let delay_ms: u64 = args.next().and_then(|d| d.parse().ok()).unwrap_or(150);
-    let mode = fake_upstream::Mode::Slow {
-        delay: Duration::from_millis(delay_ms),
+    let mode = match args.next() {
+        Some(m) if m.starts_with("tiny:") => fake_upstream::Mode::TinyValues {
+            bytes: m["tiny:".len()..].parse().unwrap_or(7_864_320),
+        },
+        _ => fake_upstream::Mode::Slow {
+            delay: Duration::from_millis(delay_ms),
+        },
     };
     let fake = match fake_upstream::FakeUpstream::start_on(&addr, mode) {
         Ok(f) => f,

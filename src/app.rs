@@ -69,7 +69,10 @@ impl App {
                 crate::secret::CSRF_SECRET_ENV
             ));
         }
-        let streams = StreamSlots::new(cfg.server.max_concurrent_streams);
+        let streams = StreamSlots::new(
+            cfg.server.max_concurrent_streams,
+            cfg.server.max_streams_per_client,
+        );
         let upstream = std::sync::Arc::new(crate::upstream::Upstream::new(
             &cfg.upstream,
             upstream_key.clone(),

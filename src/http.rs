@@ -220,14 +220,27 @@ pub fn percent_decode(s: &str) -> Option<String> {
 /// after the server wrote the response head. It must flush what it writes.
 pub type StreamFn = Box<dyn FnOnce(&mut StreamOut) + Send + 'static>;
 
-/// The client side of a streamed response: a raw writer (each `flush`
-/// sends at once; nothing is buffered by tiny_http) and a probe that tells
-/// whether the client hung up, so a stream can stop its upstream request
-/// even while it has nothing to write.
 /// Renders a complete error response (head and body) for a stream that
 /// fails before it began.
 pub type ErrorResponder = Box<dyn FnOnce(&crate::error::ApiError) -> Vec<u8> + Send>;
 
+/// The kernel send buffer of a stream's socket (Linux doubles it). Without
+/// a fixed size it grows to `tcp_wmem`'s maximum (often 4 MiB) for a client
+/// that stops reading; SSE events are small, so this costs no speed.
+const STREAM_SEND_BUFFER_BYTES: libc::c_int = 32 * 1024;
+
+/// The client side of a streamed response: a raw writer (each `flush`
+/// sends at once; nothing is buffered by tiny_http) and a probe that tells
+/// whether the client hung up, so a stream can stop its upstream request
+/// even while it has nothing to write.
+///
+/// A client that stops reading is dropped: its socket's send buffer is
+/// small (`STREAM_SEND_BUFFER_BYTES`), so a blocked write comes soon, and
+/// the socket's own write timeout (`write_timeout_s`, read back from the
+/// socket) fails it. A client that trickles a few bytes at a time is cut
+/// too: an event not handed to the kernel `write_timeout_s` after its first
+/// byte fails the next write (so at most about twice that in all). After a
+/// failed write nothing more is attempted, not even on drop.
 pub struct StreamOut {
     writer: Box<dyn Write + Send>,
     // Held so tiny_http's connection thread stays parked while we stream
@@ -239,6 +252,12 @@ pub struct StreamOut {
     head: Option<Vec<u8>>,
     fail: Option<ErrorResponder>,
     status: u16,
+    /// How long one event may take to reach the kernel.
+    write_timeout: Option<std::time::Duration>,
+    /// When the first byte not yet flushed was written.
+    pending_since: Option<Instant>,
+    /// A write failed or timed out: the client counts as gone.
+    broken: bool,
 }
 
 impl StreamOut {
@@ -247,6 +266,10 @@ impl StreamOut {
         body: Option<Box<dyn std::io::Read + Send>>,
         fd: Option<i32>,
     ) -> StreamOut {
+        let write_timeout = fd.and_then(|fd| {
+            limit_send_buffer(fd);
+            send_timeout(fd)
+        });
         StreamOut {
             writer,
             _body: body,
@@ -254,7 +277,30 @@ impl StreamOut {
             head: None,
             fail: None,
             status: 200,
+            write_timeout,
+            pending_since: None,
+            broken: false,
         }
+    }
+
+    /// Fails once the client is known gone or the pending event is older
+    /// than the write timeout.
+    fn check_progress(&mut self) -> std::io::Result<()> {
+        if self.broken {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "stream client gone",
+            ));
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if self.write_timeout.is_some_and(|t| since.elapsed() >= t) {
+            self.broken = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "stream client stopped reading",
+            ));
+        }
+        Ok(())
     }
 
     /// A stream whose head (`status`, already rendered) is sent with its
@@ -308,8 +354,12 @@ impl StreamOut {
         Ok(())
     }
 
-    /// True when the peer closed or reset the connection. Never blocks.
+    /// True when the peer closed or reset the connection, or a write to it
+    /// failed or timed out. Never blocks.
     pub fn client_gone(&self) -> bool {
+        if self.broken {
+            return true;
+        }
         let Some(fd) = self.fd else { return false };
         let mut pfd = libc::pollfd {
             fd,
@@ -330,9 +380,12 @@ impl StreamOut {
 /// is dropped and closes, but only after this writer is gone).
 impl Drop for StreamOut {
     fn drop(&mut self) {
-        // A stream that wrote nothing still sends its head.
-        let _ = self.send_head();
-        let _ = self.writer.flush();
+        // A stream that wrote nothing still sends its head; a client that
+        // stopped reading gets nothing more (no second write timeout).
+        if !self.broken {
+            let _ = self.send_head();
+            let _ = self.writer.flush();
+        }
         if let Some(fd) = self.fd {
             // SAFETY: the descriptor is open while `writer` lives, and it
             // is dropped only after this body.
@@ -345,13 +398,59 @@ impl Drop for StreamOut {
 
 impl Write for StreamOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.send_head()?;
-        self.writer.write(buf)
+        self.check_progress()?;
+        let written = self.send_head().and_then(|_| self.writer.write(buf));
+        self.broken = written.is_err();
+        written
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.send_head()?;
-        self.writer.flush()
+        self.check_progress()?;
+        let flushed = self.send_head().and_then(|_| self.writer.flush());
+        match flushed {
+            Ok(()) => self.pending_since = None,
+            Err(_) => self.broken = true,
+        }
+        flushed
     }
+}
+
+/// Fixes the socket's send buffer at `STREAM_SEND_BUFFER_BYTES` (best
+/// effort: a failure leaves the kernel's default).
+fn limit_send_buffer(fd: i32) {
+    let size = STREAM_SEND_BUFFER_BYTES;
+    // SAFETY: a socket descriptor owned by the stream's writer and a
+    // correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// The socket's write timeout (SO_SNDTIMEO, set from `write_timeout_s`
+/// when the connection was accepted); None when unset or unreadable.
+fn send_timeout(fd: i32) -> Option<std::time::Duration> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: a valid descriptor, a correctly sized out-value and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &mut tv as *mut libc::timeval as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    let t = std::time::Duration::new(tv.tv_sec.max(0) as u64, (tv.tv_usec.max(0) as u32) * 1000);
+    (rc == 0 && !t.is_zero()).then_some(t)
 }
 
 /// Work that waits on the upstream, run on a relay thread (not a worker);

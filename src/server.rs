@@ -277,6 +277,9 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
         }
     };
     if let Some(run) = deferred {
+        // The handler built what it sends upstream: the request body (up to
+        // `max_body_bytes`) need not live while the upstream thinks.
+        ctx.body = Vec::new();
         // While at least half the workers are idle, wait on the upstream
         // right here (no thread handoff: the lightly loaded case stays
         // fast). Each such call keeps its worker busy, so at most half the

@@ -69,6 +69,21 @@ pub fn data(out: &mut dyn Write, data: &Value) -> io::Result<()> {
     out.flush()
 }
 
+/// `data: JSON\n\n`, flushed, where `json` is JSON text relayed as
+/// received. Line ends in it can only be whitespace between tokens (JSON
+/// strings cannot hold a raw one), so they become spaces: the text stays
+/// the same JSON and cannot forge an SSE line.
+pub fn data_raw(out: &mut dyn Write, json: &str) -> io::Result<()> {
+    out.write_all(b"data: ")?;
+    if json.contains(['\n', '\r']) {
+        out.write_all(json.replace(['\n', '\r'], " ").as_bytes())?;
+    } else {
+        out.write_all(json.as_bytes())?;
+    }
+    out.write_all(b"\n\n")?;
+    out.flush()
+}
+
 /// `data: [DONE]\n\n`, flushed: the end of an OpenAI stream.
 pub fn done_marker(out: &mut dyn Write) -> io::Result<()> {
     out.write_all(b"data: [DONE]\n\n")?;
@@ -153,19 +168,41 @@ pub enum Flow {
     Stop,
 }
 
+/// The time limits of one pumped stream.
+pub struct PumpLimits {
+    /// `: ping` after this long without a write (`ping_interval_s`).
+    pub ping_every: Duration,
+    /// The stream ends here, however lively the upstream (`max_stream_s`,
+    /// counted from the stream's start).
+    pub deadline: Instant,
+}
+
 /// Runs a stream: forwards upstream events to `on_event` as they arrive,
 /// sends `: ping` after `ping_every` without a write, and watches for the
 /// client hanging up (every `TICK`) even while the upstream is silent. A
-/// client that is gone (probe or failed write) aborts the upstream request
-/// at once and ends the pump with `ClientGone`.
+/// client that is gone (probe or failed write, which `StreamOut` fails
+/// after `write_timeout_s` without progress) aborts the upstream request at
+/// once and ends the pump with `ClientGone`. At `deadline` the upstream is
+/// aborted and `on_event` gets `Failed(upstream_timeout)`, so the client
+/// hears of it as of any other mid-stream failure.
 pub fn pump(
     out: &mut StreamOut,
     upstream: &mut StreamHandle,
-    ping_every: Duration,
+    limits: &PumpLimits,
     mut on_event: impl FnMut(&mut StreamOut, StreamEvent) -> io::Result<Flow>,
 ) -> PumpEnd {
     let mut last_write = Instant::now();
     loop {
+        if Instant::now() >= limits.deadline {
+            upstream.abort();
+            let err = crate::error::ApiError::UpstreamTimeout {
+                detail: "stream lasted longer than max_stream_s".into(),
+            };
+            return match on_event(out, StreamEvent::Failed(err)) {
+                Ok(_) => PumpEnd::Finished,
+                Err(_) => PumpEnd::ClientGone,
+            };
+        }
         match upstream.recv_timeout(TICK) {
             Ok(ev) => {
                 let wrote = !matches!(ev, StreamEvent::Opened);
@@ -191,7 +228,7 @@ pub fn pump(
             upstream.abort();
             return PumpEnd::ClientGone;
         }
-        if last_write.elapsed() >= ping_every {
+        if last_write.elapsed() >= limits.ping_every {
             if ping(out).is_err() {
                 upstream.abort();
                 return PumpEnd::ClientGone;
@@ -254,9 +291,12 @@ mod tests {
         data(&mut buf, &serde_json::json!({"x": 1})).unwrap();
         done_marker(&mut buf).unwrap();
         ping(&mut buf).unwrap();
+        data_raw(&mut buf, "{\"a\": \"b\\n\"}").unwrap();
+        data_raw(&mut buf, "{\r\n\"a\":\n1}").unwrap();
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "data: {\"x\":1}\n\ndata: [DONE]\n\n: ping\n\n"
+            "data: {\"x\":1}\n\ndata: [DONE]\n\n: ping\n\n\
+             data: {\"a\": \"b\\n\"}\n\ndata: {  \"a\": 1}\n\n"
         );
     }
 }

@@ -18,15 +18,24 @@
 //! words go only into the private `detail` (logged after `redact_text`).
 //!
 //! Streaming runs on a reader thread per request (`open_stream`), which
-//! sends `StreamEvent`s over a bounded channel to the stream thread that
-//! owns the client socket; the stream thread can stop the reader at once
-//! with `StreamHandle::abort` (see `abort.rs` for how).
+//! sends `StreamEvent`s over a channel bounded in events and in bytes
+//! (`STREAM_BACKLOG_BYTES`) to the stream thread that owns the client
+//! socket: when the client stops reading, the reader stops reading the
+//! upstream (back-pressure), so a stalled client costs a small, fixed
+//! amount of memory. The stream thread can stop the reader at once with
+//! `StreamHandle::abort` (see `abort.rs` for how).
+//!
+//! Answers are never parsed into a `Value` tree (`views.rs`): a
+//! non-streamed answer is checked to be a JSON object and relayed as the
+//! bytes received; chunks are read into the few fields the relay needs.
 
 mod abort;
 mod resolver;
+pub mod views;
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -42,6 +51,11 @@ use crate::sse;
 /// How many upstream events may wait for a slow client before the reader
 /// blocks (back-pressure instead of buffering a whole answer).
 const CHANNEL_DEPTH: usize = 256;
+/// How many bytes of chunks may wait for a slow client before the reader
+/// blocks (one larger chunk still passes when nothing waits).
+const STREAM_BACKLOG_BYTES: usize = 64 * 1024;
+/// How often a reader blocked on a full backlog looks for an abort.
+const BACKLOG_WAIT_TICK: Duration = Duration::from_millis(100);
 /// How much of an upstream error body we keep for the log.
 const ERROR_SNIPPET_BYTES: u64 = 2048;
 /// `/v1/models` must answer promptly even when the upstream hangs.
@@ -73,11 +87,67 @@ pub struct Upstream {
 pub enum StreamEvent {
     Opened,
     /// One `data:` payload of the upstream, a JSON object.
-    Chunk(Value),
+    Chunk(Chunk),
     /// `data: [DONE]`, or the end of a stream whose last chunk carried a
     /// `finish_reason`.
     Done,
     Failed(ApiError),
+}
+
+/// One upstream stream chunk: its JSON text as received (relayed as is by
+/// `/v1`) and the parts `/api/chat` needs.
+#[derive(Debug)]
+pub struct Chunk {
+    pub raw: String,
+    pub parts: views::Parts,
+}
+
+impl Chunk {
+    /// What the chunk costs while it waits in the backlog.
+    fn cost(&self) -> usize {
+        self.raw.len() + self.parts.content.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Bytes of chunks sent by the reader and not yet taken by the stream
+/// thread; the reader waits for room (see `STREAM_BACKLOG_BYTES`).
+#[derive(Default)]
+struct Backlog {
+    used: Mutex<usize>,
+    room: Condvar,
+}
+
+impl Backlog {
+    /// Waits until `n` more bytes fit (always when nothing waits); false
+    /// when the stream was aborted meanwhile.
+    fn reserve(&self, n: usize, abort: &Abort) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used > 0 && *used + n > STREAM_BACKLOG_BYTES {
+            if abort.is_aborted() {
+                return false;
+            }
+            used = self
+                .room
+                .wait_timeout(used, BACKLOG_WAIT_TICK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *used += n;
+        true
+    }
+
+    fn release(&self, n: usize) {
+        {
+            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            *used = used.saturating_sub(n);
+        }
+        self.room.notify_one();
+    }
+
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        *self.used.lock().unwrap()
+    }
 }
 
 /// The consumer's side of a streamed upstream request. Dropping it before
@@ -85,6 +155,7 @@ pub enum StreamEvent {
 pub struct StreamHandle {
     rx: Receiver<StreamEvent>,
     abort: Abort,
+    backlog: Arc<Backlog>,
     finished: bool,
 }
 
@@ -92,8 +163,10 @@ impl StreamHandle {
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<StreamEvent, RecvTimeoutError> {
         let ev = self.rx.recv_timeout(timeout)?;
-        if matches!(ev, StreamEvent::Done | StreamEvent::Failed(_)) {
-            self.finished = true;
+        match &ev {
+            StreamEvent::Done | StreamEvent::Failed(_) => self.finished = true,
+            StreamEvent::Chunk(c) => self.backlog.release(c.cost()),
+            StreamEvent::Opened => {}
         }
         Ok(ev)
     }
@@ -299,10 +372,11 @@ impl Upstream {
         }
     }
 
-    /// A non-streaming chat completion: the upstream's JSON answer (an
-    /// object), read within `timeout_s` and `max_response_bytes`.
-    pub fn complete(&self, request: &Value) -> Result<Value, ApiError> {
-        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    /// A non-streaming chat completion: the upstream's answer, checked to
+    /// be one JSON object (nothing of it is stored but its bytes), read
+    /// within `timeout_s` and `max_response_bytes`. `body` is the request's
+    /// JSON text.
+    pub fn complete(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         let rb = self
             .authorize(self.agent.post(self.url("/chat/completions")))
             .header("Content-Type", "application/json")
@@ -310,13 +384,14 @@ impl Upstream {
             .config()
             .timeout_per_call(Some(self.cfg.connect_timeout + self.cfg.timeout))
             .build();
-        let res = rb.send(&body[..]).map_err(|e| classify(e, Phase::Head))?;
+        let res = rb.send(body).map_err(|e| classify(e, Phase::Head))?;
         let bytes = self.answer_bytes(res)?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v @ Value::Object(_)) => Ok(v),
-            _ => Err(ApiError::UpstreamError {
+        if views::is_json_object(&bytes) {
+            Ok(bytes)
+        } else {
+            Err(ApiError::UpstreamError {
                 detail: format!("answer is not a JSON object ({} bytes)", bytes.len()),
-            }),
+            })
         }
     }
 
@@ -337,8 +412,9 @@ impl Upstream {
             .map_err(|e| classify(e, Phase::Body))
     }
 
-    /// The upstream's model list (`GET /models`), within `MODELS_TIMEOUT`.
-    pub fn models(&self) -> Result<Value, ApiError> {
+    /// The upstream's model list (`GET /models`), within `MODELS_TIMEOUT`:
+    /// its bytes, checked to be JSON (read them with `views::model_entries`).
+    pub fn models(&self) -> Result<Vec<u8>, ApiError> {
         let rb = self
             .authorize(self.agent.get(self.url("/models")))
             .header("Accept", "application/json")
@@ -349,15 +425,18 @@ impl Upstream {
             .build();
         let res = rb.call().map_err(|e| classify(e, Phase::Head))?;
         let bytes = self.answer_bytes(res)?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::UpstreamError {
-            detail: format!("model list is not JSON: {}", e),
-        })
+        if views::is_json(&bytes) {
+            Ok(bytes)
+        } else {
+            Err(ApiError::UpstreamError {
+                detail: format!("model list is not JSON ({} bytes)", bytes.len()),
+            })
+        }
     }
 
     /// Starts a streamed chat completion on a reader thread and returns at
-    /// once. `request` must already hold `"stream": true`.
-    pub fn open_stream(&self, request: &Value, request_id: &str) -> Result<StreamHandle, ApiError> {
-        let body = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    /// once. `body` (the request's JSON text) must hold `"stream": true`.
+    pub fn open_stream(&self, body: Vec<u8>, request_id: &str) -> Result<StreamHandle, ApiError> {
         let rb = self
             .authorize(self.agent.post(self.url("/chat/completions")))
             .header("Content-Type", "application/json")
@@ -369,6 +448,12 @@ impl Upstream {
         let (tx, rx) = sync_channel(CHANNEL_DEPTH);
         let abort = Abort::new();
         let reader_abort = abort.clone();
+        let backlog = Arc::new(Backlog::default());
+        let out = Sender {
+            tx,
+            backlog: backlog.clone(),
+            abort: abort.clone(),
+        };
         let limit = self.cfg.max_response_bytes;
         let request_id = request_id.to_string();
         std::thread::Builder::new()
@@ -377,17 +462,41 @@ impl Upstream {
             .spawn(move || {
                 logging::set_request_id(Some(&request_id));
                 let _scope = reader_abort.enter();
-                let end = read_stream(rb, &body, limit, &tx, &reader_abort);
+                let end = read_stream(rb, &body, limit, &out, &reader_abort);
                 if let Some(ev) = end {
-                    let _ = tx.send(ev);
+                    let _ = out.tx.send(ev);
                 }
             })
             .map_err(|e| ApiError::internal(format!("cannot start upstream reader: {}", e)))?;
         Ok(StreamHandle {
             rx,
             abort,
+            backlog,
             finished: false,
         })
+    }
+}
+
+/// The reader's side of the channel: chunks wait for backlog room.
+struct Sender {
+    tx: SyncSender<StreamEvent>,
+    backlog: Arc<Backlog>,
+    abort: Abort,
+}
+
+impl Sender {
+    /// Sends a chunk once the backlog has room; false when the consumer is
+    /// gone or the stream was aborted.
+    fn chunk(&self, chunk: Chunk) -> bool {
+        let cost = chunk.cost();
+        if !self.backlog.reserve(cost, &self.abort) {
+            return false;
+        }
+        if self.tx.send(StreamEvent::Chunk(chunk)).is_err() {
+            self.backlog.release(cost);
+            return false;
+        }
+        true
     }
 }
 
@@ -397,7 +506,7 @@ fn read_stream(
     rb: ureq::RequestBuilder<ureq::typestate::WithBody>,
     body: &[u8],
     limit: u64,
-    tx: &SyncSender<StreamEvent>,
+    out: &Sender,
     abort: &Abort,
 ) -> Option<StreamEvent> {
     let mut res = match rb.send(body) {
@@ -411,7 +520,7 @@ fn read_stream(
             detail: error_detail(status, res.body_mut()),
         }));
     }
-    tx.send(StreamEvent::Opened).ok()?;
+    out.tx.send(StreamEvent::Opened).ok()?;
     let mut reader = BufReader::new(res.into_body().into_with_config().limit(limit).reader());
     let mut parser = sse::Parser::default();
     let mut line = Vec::new();
@@ -436,7 +545,7 @@ fn read_stream(
         }
         if n == 0 {
             if let Some(incoming) = parser.finish() {
-                if let Some(end) = on_incoming(incoming, tx, &mut saw_finish) {
+                if let Some(end) = on_incoming(incoming, out, &mut saw_finish) {
                     return end;
                 }
             }
@@ -464,7 +573,7 @@ fn read_stream(
             drain(&mut reader);
             return Some(StreamEvent::Done);
         }
-        if let Some(end) = on_incoming(incoming, tx, &mut saw_finish) {
+        if let Some(end) = on_incoming(incoming, out, &mut saw_finish) {
             return end;
         }
     }
@@ -474,32 +583,42 @@ fn read_stream(
 /// says how the stream ends (`Some(None)`: the consumer is gone).
 fn on_incoming(
     incoming: sse::Incoming,
-    tx: &SyncSender<StreamEvent>,
+    out: &Sender,
     saw_finish: &mut bool,
 ) -> Option<Option<StreamEvent>> {
     if incoming.data.trim() == "[DONE]" {
         return Some(Some(StreamEvent::Done));
     }
-    let chunk = match serde_json::from_str::<Value>(&incoming.data) {
-        Ok(Value::Object(m)) => m,
-        _ => {
-            return Some(Some(StreamEvent::Failed(ApiError::UpstreamError {
-                detail: format!(
-                    "stream event is not a JSON object ({} bytes)",
-                    incoming.data.len()
-                ),
-            })))
-        }
-    };
-    if chunk.contains_key("error") || incoming.event.as_deref() == Some("error") {
+    let Some(parts) = views::chunk_parts(&incoming.data) else {
         return Some(Some(StreamEvent::Failed(ApiError::UpstreamError {
-            detail: format!("upstream stream error: {}", Value::Object(chunk)),
+            detail: format!(
+                "stream event is not a JSON object ({} bytes)",
+                incoming.data.len()
+            ),
+        })));
+    };
+    if parts.error || incoming.event.as_deref() == Some("error") {
+        let mut shown = incoming.data;
+        if shown.len() > ERROR_SNIPPET_BYTES as usize {
+            let mut cut = ERROR_SNIPPET_BYTES as usize;
+            while !shown.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            shown.truncate(cut);
+        }
+        return Some(Some(StreamEvent::Failed(ApiError::UpstreamError {
+            detail: format!("upstream stream error: {}", shown),
         })));
     }
-    *saw_finish |= finish_reason(&chunk).is_some();
-    match tx.send(StreamEvent::Chunk(Value::Object(chunk))) {
-        Ok(()) => None,
-        Err(_) => Some(None),
+    *saw_finish |= parts.finish_reason.is_some();
+    let chunk = Chunk {
+        raw: incoming.data,
+        parts,
+    };
+    if out.chunk(chunk) {
+        None
+    } else {
+        Some(None)
     }
 }
 
@@ -539,38 +658,13 @@ fn host_port(base_url: &str) -> Option<String> {
     }
 }
 
-/// `choices[0].finish_reason` of a chunk or answer, when set.
-pub fn finish_reason(chunk: &Map<String, Value>) -> Option<&str> {
-    chunk.get("choices")?.get(0)?.get("finish_reason")?.as_str()
-}
-
-/// The text a streamed chunk adds: `choices[0].delta.content`.
-pub fn delta_content(chunk: &Value) -> Option<&str> {
-    chunk
-        .get("choices")?
-        .get(0)?
-        .get("delta")?
-        .get("content")?
-        .as_str()
-}
-
-/// The assistant's text of a non-streamed answer: `choices[0].message.content`.
-pub fn answer_content(answer: &Value) -> Option<&str> {
-    answer
-        .get("choices")?
-        .get(0)?
-        .get("message")?
-        .get("content")?
-        .as_str()
-}
-
-/// A chat request body for the upstream.
+/// A chat request body for the upstream, as JSON text.
 pub fn chat_request(
     model: &str,
     messages: Vec<Value>,
     stream: bool,
     extra: &[(&str, Value)],
-) -> Value {
+) -> Vec<u8> {
     let mut m = Map::new();
     m.insert("model".into(), json!(model));
     m.insert("messages".into(), Value::Array(messages));
@@ -578,7 +672,7 @@ pub fn chat_request(
     for (k, v) in extra {
         m.insert((*k).to_string(), v.clone());
     }
-    Value::Object(m)
+    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
 /// Logs an upstream failure that is not answered as an error reply (those
@@ -677,12 +771,25 @@ mod tests {
     }
 
     #[test]
-    fn chunk_accessors() {
-        let c = json!({"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]});
-        assert_eq!(delta_content(&c), Some("hi"));
-        assert_eq!(finish_reason(c.as_object().unwrap()), Some("stop"));
-        let a = json!({"choices":[{"message":{"role":"assistant","content":"yo"}}]});
-        assert_eq!(answer_content(&a), Some("yo"));
-        assert_eq!(delta_content(&json!({"choices":[]})), None);
+    fn backlog_is_bounded_in_bytes() {
+        let b = Backlog::default();
+        let abort = Abort::new();
+        assert!(
+            b.reserve(STREAM_BACKLOG_BYTES * 4, &abort),
+            "one big chunk passes"
+        );
+        let aborted = Abort::new();
+        aborted.abort();
+        // A full backlog: the reader would wait; an abort ends the wait.
+        assert!(!b.reserve(10, &aborted));
+        b.release(STREAM_BACKLOG_BYTES * 4);
+        assert_eq!(b.used(), 0);
+        assert!(
+            b.reserve(STREAM_BACKLOG_BYTES - 10, &aborted),
+            "room: no wait"
+        );
+        assert!(b.reserve(10, &aborted));
+        assert!(!b.reserve(1, &aborted), "full again");
+        assert_eq!(b.used(), STREAM_BACKLOG_BYTES);
     }
 }

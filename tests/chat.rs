@@ -1296,7 +1296,12 @@ fn a_burst_of_stream_starts_never_waits_on_workers() {
     let up = FakeUpstream::start(Mode::Slow {
         delay: Duration::from_millis(50),
     });
-    let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_SERVER_WORKERS", "2"));
+    let s = Server::start(
+        opts_for(&up.base_url())
+            .env("PORTCULLIS_SERVER_WORKERS", "2")
+            // All twenty come from one address: lift the per-client cap.
+            .env("PORTCULLIS_SERVER_MAX_STREAMS_PER_CLIENT", "20"),
+    );
     let mut body = user_says("hi");
     body["stream"] = json!(true);
     let addr = s.addr;

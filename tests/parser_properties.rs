@@ -211,10 +211,10 @@ fn json_bodies_never_panic_and_errors_are_contract_codes() {
         let mut ctx = Ctx::new(Method::Post, "/x", "127.0.0.1".parse().unwrap())
             .with_header("content-type", "application/json");
         ctx.body = rng.fuzz_string(&frags).into_bytes();
-        match portcullis::json_body::object(&ctx) {
-            Ok(map) => {
-                let _ = portcullis::json_body::reject_unknown(&map, &["name"]);
-                let _ = portcullis::json_body::opt_str(&map, "name", 1, 200);
+        match portcullis::json_body::object(&ctx, &["name"]) {
+            Ok(fields) => {
+                let _ = fields.reject_unknown();
+                let _ = fields.opt_str("name", 1, 200);
             }
             Err(e) => assert_eq!(e.code(), "invalid_json"),
         }

@@ -36,10 +36,10 @@ use crate::app::App;
 use crate::db::{Message, NewMessage};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply, StreamOut};
-use crate::json_body::{object, opt_bool, opt_f64, opt_str, opt_u64, reject_unknown, req_str};
+use crate::json_body::strict_object;
 use crate::logging;
-use crate::sse::{self, Flow, PumpEnd};
-use crate::upstream::{self, StreamEvent};
+use crate::sse::{self, Flow, PumpEnd, PumpLimits};
+use crate::upstream::{self, views, StreamEvent};
 
 const FIELDS: &[&str] = &[
     "conversation_id",
@@ -69,20 +69,19 @@ struct ChatRequest {
 }
 
 fn parse(ctx: &Ctx) -> Result<ChatRequest, ApiError> {
-    let body = object(ctx)?;
-    reject_unknown(&body, FIELDS)?;
-    let message = req_str(&body, "message", 1, MESSAGE_MAX)?;
+    let body = strict_object(ctx, FIELDS)?;
+    let message = body.req_str("message", 1, MESSAGE_MAX)?;
     if message.trim().is_empty() {
         return Err(ApiError::validation("message", "must not be blank"));
     }
     Ok(ChatRequest {
-        conversation_id: opt_str(&body, "conversation_id", 1, ID_MAX)?,
-        project_id: opt_str(&body, "project_id", 1, ID_MAX)?,
+        conversation_id: body.opt_str("conversation_id", 1, ID_MAX)?,
+        project_id: body.opt_str("project_id", 1, ID_MAX)?,
         message,
-        model: opt_str(&body, "model", 1, MODEL_MAX)?,
-        stream: opt_bool(&body, "stream")?.unwrap_or(false),
-        temperature: opt_f64(&body, "temperature", 0.0, 2.0)?,
-        max_tokens: opt_u64(&body, "max_tokens", 1, MAX_TOKENS_MAX)?,
+        model: body.opt_str("model", 1, MODEL_MAX)?,
+        stream: body.opt_bool("stream")?.unwrap_or(false),
+        temperature: body.opt_f64("temperature", 0.0, 2.0)?,
+        max_tokens: body.opt_u64("max_tokens", 1, MAX_TOKENS_MAX)?,
     })
 }
 
@@ -132,7 +131,11 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let req = parse(ctx)?;
     // Capacity before any write: a refused request leaves no trace.
     let slot = match req.stream {
-        true => Some(app.streams.try_acquire().ok_or(BUSY)?),
+        true => Some(
+            app.streams
+                .try_acquire(&crate::streams::client_key(ctx))
+                .ok_or(BUSY)?,
+        ),
         false => None,
     };
 
@@ -195,14 +198,15 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let (up, db) = (app.upstream.clone(), app.db.clone());
         let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
         return Ok(Reply::deferred(Box::new(move || {
+            // Only the content and usage are read from the answer.
             let answered = up.complete(&upstream_req).and_then(|a| {
-                let content = upstream::answer_content(&a)
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| ApiError::UpstreamError {
+                let parts = views::answer_parts(&a).unwrap_or_default();
+                let content = parts.content.filter(|c| !c.is_empty()).ok_or_else(|| {
+                    ApiError::UpstreamError {
                         detail: "answer without message content".into(),
-                    })?
-                    .to_string();
-                Ok((content, a.get("usage").filter(|u| u.is_object()).cloned()))
+                    }
+                })?;
+                Ok((content, parts.usage))
             });
             let (content, status, usage) = match &answered {
                 Ok((c, u)) => (c.as_str(), "complete", u.as_ref()),
@@ -232,7 +236,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         model: Some(&model),
         usage: None,
     })?;
-    let mut handle = match app.upstream.open_stream(&upstream_req, &ctx.request_id) {
+    let mut handle = match app.upstream.open_stream(upstream_req, &ctx.request_id) {
         Ok(h) => h,
         Err(e) => {
             store_end(app, &assistant.id, "", "error");
@@ -243,6 +247,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let app_db = app.db.clone();
     let metrics = app.metrics.clone();
     let ping_every = cfg.ping_interval;
+    let max_stream = cfg.max_stream;
     let grace = app.upstream.head_grace();
     Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
         let _slot = slot;
@@ -256,8 +261,12 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             return;
         }
         let mut answer = Answer::default();
+        let limits = PumpLimits {
+            ping_every,
+            deadline: started + max_stream,
+        };
         let end = match sse::event(out, "start", &start) {
-            Ok(()) => sse::pump(out, &mut handle, ping_every, |out, ev| {
+            Ok(()) => sse::pump(out, &mut handle, &limits, |out, ev| {
                 answer.on_event(out, ev, &start["message_id"])
             }),
             Err(_) => {
@@ -302,14 +311,15 @@ impl Answer {
         match ev {
             StreamEvent::Opened => Ok(Flow::Continue),
             StreamEvent::Chunk(chunk) => {
-                if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
-                    self.usage = Some(u.clone());
+                let parts = chunk.parts;
+                if parts.usage.is_some() {
+                    self.usage = parts.usage;
                 }
-                if let Some(r) = chunk.as_object().and_then(upstream::finish_reason) {
-                    self.finish_reason = Some(r.to_string());
+                if parts.finish_reason.is_some() {
+                    self.finish_reason = parts.finish_reason;
                 }
-                if let Some(piece) = upstream::delta_content(&chunk).filter(|c| !c.is_empty()) {
-                    self.text.push_str(piece);
+                if let Some(piece) = parts.content.filter(|c| !c.is_empty()) {
+                    self.text.push_str(&piece);
                     sse::event(out, "delta", &json!({"content": piece}))?;
                 }
                 Ok(Flow::Continue)

@@ -13,17 +13,16 @@ use crate::db::conversations::ConversationPatch;
 use crate::db::page::{Kind, PageReq};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
-use crate::json_body::{object, opt_str, reject_unknown};
+use crate::json_body::strict_object;
 
 const FIELDS: &[&str] = &["project_id", "title", "model", "system_prompt"];
 
 pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = object(ctx)?;
-    reject_unknown(&body, FIELDS)?;
-    let project_id = opt_str(&body, "project_id", 1, ID_MAX)?;
-    let title = opt_str(&body, "title", 0, TITLE_MAX)?;
-    let model = opt_str(&body, "model", 1, MODEL_MAX)?;
-    let system_prompt = opt_str(&body, "system_prompt", 0, SYSTEM_PROMPT_MAX)?;
+    let body = strict_object(ctx, FIELDS)?;
+    let project_id = body.opt_str("project_id", 1, ID_MAX)?;
+    let title = body.opt_str("title", 0, TITLE_MAX)?;
+    let model = body.opt_str("model", 1, MODEL_MAX)?;
+    let system_prompt = body.opt_str("system_prompt", 0, SYSTEM_PROMPT_MAX)?;
     let c = app.db.create_conversation(
         project_id.as_deref(),
         title.as_deref(),
@@ -53,8 +52,7 @@ pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = object(ctx)?;
-    reject_unknown(&body, FIELDS)?;
+    let body = strict_object(ctx, FIELDS)?;
     let patch = ConversationPatch {
         project_id: patch_str(&body, "project_id", 1, ID_MAX)?,
         title: patch_str(&body, "title", 0, TITLE_MAX)?,

@@ -15,9 +15,8 @@
 //! patch: an absent field is left alone, `null` clears it, and an empty
 //! object changes nothing (200 with the resource as it is).
 
-use serde_json::{Map, Value};
-
 use crate::error::ApiError;
+use crate::json_body::Fields;
 
 pub const NAME_MAX: usize = 200;
 pub const DESCRIPTION_MAX: usize = 2000;
@@ -30,15 +29,14 @@ pub const ID_MAX: usize = 128;
 /// A PATCH field: absent -> None, null -> Some(None), a valid string ->
 /// Some(Some(s)).
 pub fn patch_str(
-    map: &Map<String, Value>,
+    body: &Fields,
     field: &str,
     min: usize,
     max: usize,
 ) -> Result<Option<Option<String>>, ApiError> {
-    match map.get(field) {
+    match body.raw(field) {
         None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(_) => crate::json_body::opt_str(map, field, min, max).map(Some),
+        Some(_) => body.opt_str(field, min, max).map(Some),
     }
 }
 
@@ -48,8 +46,8 @@ mod tests {
 
     #[test]
     fn patch_field_table() {
-        let m: Map<String, Value> =
-            serde_json::from_str(r#"{"a":null,"b":"x","c":5,"d":""}"#).unwrap();
+        let body = r#"{"a":null,"b":"x","c":5,"d":""}"#;
+        let m = crate::json_body::parse_object(body.as_bytes(), &["a", "b", "c", "d"]).unwrap();
         assert_eq!(patch_str(&m, "missing", 0, 5).unwrap(), None);
         assert_eq!(patch_str(&m, "a", 0, 5).unwrap(), Some(None));
         assert_eq!(patch_str(&m, "b", 0, 5).unwrap(), Some(Some("x".into())));

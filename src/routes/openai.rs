@@ -14,18 +14,28 @@
 //! "request_id"}}`, which OpenAI SDKs read as an API error); a failure after
 //! the stream began is sent as one `data: {"error":...}` event, and the
 //! stream ends without `[DONE]` (the SDKs raise it).
+//!
+//! Nothing here builds a `Value` tree of what a client or the upstream
+//! sent: the request's top level is read as raw fields (`json_body`),
+//! `messages` is checked element by element with a visitor that stores
+//! nothing, and the upstream's copy is written from the raw texts; answers
+//! are relayed as the bytes received (`upstream::views`).
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Instant;
 
-use serde_json::{json, Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body;
 use crate::logging;
-use crate::sse::{self, Flow, PumpEnd};
-use crate::upstream::{self, StreamEvent};
+use crate::sse::{self, Flow, PumpEnd, PumpLimits};
+use crate::upstream::{self, views, StreamEvent};
 
 /// OpenAI chat-completion fields relayed to the upstream unchanged.
 const RELAYED_FIELDS: &[&str] = &[
@@ -61,72 +71,182 @@ const ROLES: &[&str] = &[
 const MAX_MESSAGES: usize = 10_000;
 const MAX_MODEL_CHARS: usize = 200;
 
-/// Validates an OpenAI chat request and builds the upstream's copy.
-/// Returns it and whether it asks for a stream.
-pub fn relay_request(
-    body: &Map<String, Value>,
-    default_model: &str,
-) -> Result<(Value, bool), ApiError> {
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() && m.len() <= MAX_MESSAGES => m,
-        Some(Value::Array(_)) => {
-            return Err(ApiError::validation(
-                "messages",
-                format!("must hold 1 to {} messages", MAX_MESSAGES),
-            ))
-        }
-        Some(_) => return Err(ApiError::validation("messages", "must be an array")),
-        None => return Err(ApiError::validation("messages", "is required")),
-    };
-    for (i, m) in messages.iter().enumerate() {
-        let field = format!("messages[{}].role", i);
-        let role = m
-            .as_object()
-            .ok_or_else(|| ApiError::validation(&format!("messages[{}]", i), "must be an object"))?
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::validation(&field, "is required"))?;
-        if !ROLES.contains(&role) {
-            return Err(ApiError::validation(
-                &field,
-                format!("must be one of {}", ROLES.join(", ")),
-            ));
-        }
-        match m.get("content") {
-            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
-            Some(_) => {
-                return Err(ApiError::validation(
-                    &format!("messages[{}].content", i),
-                    "must be a string, an array of parts or null",
-                ))
-            }
-        }
-    }
-    let model = json_body::opt_str(body, "model", 1, MAX_MODEL_CHARS)?
+/// Every top-level field the relay reads or passes on.
+fn known_fields() -> Vec<&'static str> {
+    let mut f = vec!["model", "messages", "stream"];
+    f.extend_from_slice(RELAYED_FIELDS);
+    f
+}
+
+/// Validates an OpenAI chat request (the body's bytes) and builds the
+/// upstream's copy as JSON text: `model`, `messages` and the
+/// `RELAYED_FIELDS` as sent, `stream` as a boolean. Returns it and whether
+/// it asks for a stream.
+pub fn relay_request(body: &[u8], default_model: &str) -> Result<(Vec<u8>, bool), ApiError> {
+    let known = known_fields();
+    let fields = json_body::parse_object(body, &known)?;
+    let messages = fields
+        .raw("messages")
+        .ok_or_else(|| ApiError::validation("messages", "is required"))?;
+    check_messages(messages)?;
+    let model = fields
+        .opt_str("model", 1, MAX_MODEL_CHARS)?
         .unwrap_or_else(|| default_model.to_string());
-    let stream = json_body::opt_bool(body, "stream")?.unwrap_or(false);
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    out.insert("messages".into(), Value::Array(messages.clone()));
-    out.insert("stream".into(), json!(stream));
-    for f in RELAYED_FIELDS {
-        if let Some(v) = body.get(*f) {
-            out.insert((*f).to_string(), v.clone());
+    let stream = fields.opt_bool("stream")?.unwrap_or(false);
+
+    let model_raw = serde_json::value::to_raw_value(&model).map_err(ApiError::internal)?;
+    let stream_raw = serde_json::value::to_raw_value(&stream).map_err(ApiError::internal)?;
+    let mut out: BTreeMap<&str, &RawValue> = BTreeMap::new();
+    out.insert("model", &model_raw);
+    out.insert("messages", messages);
+    out.insert("stream", &stream_raw);
+    for (name, raw) in fields.iter() {
+        if RELAYED_FIELDS.contains(&name) {
+            out.insert(name, raw);
         }
     }
-    let dropped: Vec<&str> = body
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !RELAYED_FIELDS.contains(k) && !["model", "messages", "stream"].contains(k))
-        .take(16)
-        .collect();
-    if !dropped.is_empty() {
+    if !fields.unknown().is_empty() {
         logging::debug(
             "dropped unknown OpenAI fields",
-            &[("fields", json!(dropped))],
+            &[("fields", json!(fields.unknown()))],
         );
     }
-    Ok((Value::Object(out), stream))
+    let text = serde_json::to_vec(&out).map_err(ApiError::internal)?;
+    Ok((text, stream))
+}
+
+/// Checks `messages` (its raw text) without storing it: an array of 1 to
+/// `MAX_MESSAGES` objects, each with a known string `role` and a `content`
+/// that is a string, an array of parts, null or absent.
+fn check_messages(raw: &RawValue) -> Result<(), ApiError> {
+    let count_error = || {
+        ApiError::validation(
+            "messages",
+            format!("must hold 1 to {} messages", MAX_MESSAGES),
+        )
+    };
+    // First the count (as a `Vec` length was checked before any element).
+    let mut count = Count(0);
+    if serde_json::Deserializer::from_str(raw.get())
+        .deserialize_seq(&mut count)
+        .is_err()
+    {
+        return Err(ApiError::validation("messages", "must be an array"));
+    }
+    if count.0 == 0 || count.0 > MAX_MESSAGES {
+        return Err(count_error());
+    }
+    let mut check = Check(None);
+    let parsed = serde_json::Deserializer::from_str(raw.get()).deserialize_seq(&mut check);
+    match (check.0, parsed) {
+        (Some(e), _) => Err(e),
+        (None, Ok(())) => Ok(()),
+        (None, Err(e)) => Err(ApiError::internal(format!("messages: {}", e))),
+    }
+}
+
+/// Counts an array's elements, skipping them.
+struct Count(usize);
+
+impl<'de> Visitor<'de> for &mut Count {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            self.0 += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Checks each message in turn; the first problem is kept here and stops
+/// the walk (as a serde error that the caller then ignores).
+struct Check(Option<ApiError>);
+
+impl<'de> Visitor<'de> for &mut Check {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(raw) = seq.next_element::<&RawValue>()? {
+            if let Err(e) = check_message(i, raw) {
+                self.0 = Some(e);
+                return Err(de::Error::custom("invalid message"));
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// What a message's check needs: its role (when a string) and the JSON
+/// type of its content.
+#[derive(Default)]
+struct MessageShape {
+    role: Option<String>,
+    content_ok: bool,
+}
+
+impl<'de> Visitor<'de> for &mut MessageShape {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.content_ok = true;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "role" => {
+                    let raw: &RawValue = map.next_value()?;
+                    self.role = serde_json::from_str::<String>(raw.get()).ok();
+                }
+                "content" => {
+                    let raw: &RawValue = map.next_value()?;
+                    self.content_ok =
+                        matches!(raw.get().as_bytes().first(), Some(b'"' | b'[' | b'n'));
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_message(i: usize, raw: &RawValue) -> Result<(), ApiError> {
+    let field = format!("messages[{}].role", i);
+    let mut shape = MessageShape::default();
+    if !json_body::is_object_text(raw.get())
+        || serde_json::Deserializer::from_str(raw.get())
+            .deserialize_map(&mut shape)
+            .is_err()
+    {
+        return Err(ApiError::validation(
+            &format!("messages[{}]", i),
+            "must be an object",
+        ));
+    }
+    let role = shape
+        .role
+        .ok_or_else(|| ApiError::validation(&field, "is required"))?;
+    if !ROLES.contains(&role.as_str()) {
+        return Err(ApiError::validation(
+            &field,
+            format!("must be one of {}", ROLES.join(", ")),
+        ));
+    }
+    if !shape.content_ok {
+        return Err(ApiError::validation(
+            &format!("messages[{}].content", i),
+            "must be a string, an array of parts or null",
+        ));
+    }
+    Ok(())
 }
 
 /// The contract's error body, as a JSON value (for in-stream errors).
@@ -148,23 +268,24 @@ pub fn log_stream_end(route: &str, outcome: &str, started: Instant) {
 }
 
 pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = json_body::object(ctx)?;
-    let (request, stream) = relay_request(&body, &app.cfg.upstream.model)?;
+    let (request, stream) = relay_request(&ctx.body, &app.cfg.upstream.model)?;
     if !stream {
-        // Waits on a relay thread, not a worker (`server::defer`).
+        // Waits on a relay thread, not a worker (`server::defer`). The
+        // answer is relayed as received: checked, never parsed into a tree.
         let up = app.upstream.clone();
         return Ok(Reply::deferred(Box::new(move || {
             let answer = up.complete(&request)?;
-            Ok(Reply::json(200, &answer))
+            Ok(Reply::bytes(200, "application/json", answer))
         })));
     }
 
     let slot = app
         .streams
-        .try_acquire()
+        .try_acquire(&crate::streams::client_key(ctx))
         .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
-    let mut handle = app.upstream.open_stream(&request, &ctx.request_id)?;
+    let mut handle = app.upstream.open_stream(request, &ctx.request_id)?;
     let ping_every = app.cfg.upstream.ping_interval;
+    let max_stream = app.cfg.upstream.max_stream;
     let request_id = ctx.request_id.clone();
     let metrics = app.metrics.clone();
     let grace = app.upstream.head_grace();
@@ -176,9 +297,13 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             return;
         }
         let mut outcome = "complete";
-        let end = sse::pump(out, &mut handle, ping_every, |out, ev| match ev {
+        let limits = PumpLimits {
+            ping_every,
+            deadline: started + max_stream,
+        };
+        let end = sse::pump(out, &mut handle, &limits, |out, ev| match ev {
             StreamEvent::Opened => Ok(Flow::Continue),
-            StreamEvent::Chunk(chunk) => sse::data(out, &chunk).map(|_| Flow::Continue),
+            StreamEvent::Chunk(chunk) => sse::data_raw(out, &chunk.raw).map(|_| Flow::Continue),
             StreamEvent::Done => sse::done_marker(out).map(|_| Flow::Stop),
             StreamEvent::Failed(err) => {
                 upstream::log_failure(&err);
@@ -207,7 +332,7 @@ pub fn models(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
 fn models_reply(up: &crate::upstream::Upstream, configured: &str) -> Result<Reply, ApiError> {
     let listed = up.models();
     let data = match &listed {
-        Ok(list) => normalize_models(list),
+        Ok(bytes) => normalize_models(bytes),
         Err(_) => None,
     };
     let data = data.unwrap_or_else(|| {
@@ -228,27 +353,21 @@ fn model_entry(id: &str, created: i64, owned_by: &str) -> Value {
     json!({"id": id, "object": "model", "created": created, "owned_by": owned_by})
 }
 
-/// The upstream's list in OpenAI's shape; None when it holds no model.
-fn normalize_models(list: &Value) -> Option<Vec<Value>> {
-    let entries = list
-        .get("data")
-        .or_else(|| list.get("models"))?
-        .as_array()?;
-    let out: Vec<Value> = entries
-        .iter()
-        .filter_map(|e| {
-            let id = e.get("id").or_else(|| e.get("name"))?.as_str()?;
-            if id.is_empty() || id.chars().count() > MAX_MODEL_CHARS {
-                return None;
-            }
-            let created = e.get("created").and_then(Value::as_i64).unwrap_or(0);
-            let owned_by = e
-                .get("owned_by")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream");
-            Some(model_entry(id, created, owned_by))
+/// Most models listed.
+const MAX_MODELS: usize = 1000;
+
+/// The upstream's list (its bytes) in OpenAI's shape; None when it holds
+/// no usable model.
+fn normalize_models(list: &[u8]) -> Option<Vec<Value>> {
+    let out: Vec<Value> = views::model_entries(list, MAX_MODELS, MAX_MODEL_CHARS)
+        .into_iter()
+        .map(|e| {
+            model_entry(
+                &e.id,
+                e.created,
+                e.owned_by.as_deref().unwrap_or("upstream"),
+            )
         })
-        .take(1000)
         .collect();
     (!out.is_empty()).then_some(out)
 }
@@ -257,18 +376,21 @@ fn normalize_models(list: &Value) -> Option<Vec<Value>> {
 mod tests {
     use super::*;
 
-    fn obj(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
+    fn relay(body: &Value) -> Result<(Value, bool), ApiError> {
+        relay_request(body.to_string().as_bytes(), "m")
+            .map(|(text, stream)| (serde_json::from_slice(&text).unwrap(), stream))
     }
 
     #[test]
     fn relay_request_table() {
         let bad = [
             (json!({}), "messages"),
+            (json!({"messages": null}), "messages"),
             (json!({"messages": []}), "messages"),
             (json!({"messages": "hi"}), "messages"),
             (json!({"messages": [1]}), "messages[0]"),
             (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
+            (json!({"messages": [{"role": 5}]}), "messages[0].role"),
             (
                 json!({"messages": [{"role": "root", "content": "x"}]}),
                 "messages[0].role",
@@ -276,6 +398,10 @@ mod tests {
             (
                 json!({"messages": [{"role": "user", "content": 5}]}),
                 "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user"}, {"role": "user", "content": {}}]}),
+                "messages[1].content",
             ),
             (
                 json!({"messages": [{"role": "user", "content": "x"}], "model": 3}),
@@ -287,34 +413,48 @@ mod tests {
             ),
         ];
         for (body, field) in bad {
-            match relay_request(&obj(body.clone()), "m") {
+            match relay(&body) {
                 Err(ApiError::ValidationFailed { field: f, .. }) => {
                     assert_eq!(f, field, "{}", body)
                 }
                 other => panic!("{} -> {:?}", body, other.map(|_| ())),
             }
         }
-        let (req, stream) = relay_request(
-            &obj(json!({"messages": [{"role": "user", "content": "x"}], "temperature": 0.2, "evil": 1, "stream": true})),
-            "default-model",
+        let too_many = format!(
+            "{{\"messages\":[{}]}}",
+            vec!["{\"role\":\"user\"}"; MAX_MESSAGES + 1].join(",")
+        );
+        assert!(matches!(
+            relay_request(too_many.as_bytes(), "m"),
+            Err(ApiError::ValidationFailed { ref field, .. }) if field == "messages"
+        ));
+        let (req, stream) = relay(
+            &json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}], "name": "n"}], "temperature": 0.2, "evil": 1, "stream": true, "tools": [{"type": "function"}]}),
         )
         .unwrap();
         assert!(stream);
-        assert_eq!(req["model"], "default-model");
+        assert_eq!(req["model"], "m");
         assert_eq!(req["temperature"], 0.2);
+        assert_eq!(req["tools"], json!([{"type": "function"}]));
+        assert_eq!(req["messages"][0]["name"], "n", "messages relayed as sent");
         assert!(req.get("evil").is_none());
+        for bad_json in ["[1]", "{\"messages\":[}", ""] {
+            assert!(matches!(
+                relay_request(bad_json.as_bytes(), "m"),
+                Err(ApiError::InvalidJson(_))
+            ));
+        }
     }
 
     #[test]
     fn model_lists_are_normalized() {
-        let l = normalize_models(
-            &json!({"object": "list", "data": [{"id": "a", "created": 5}, {"x": 1}]}),
-        )
-        .unwrap();
+        let list =
+            json!({"object": "list", "data": [{"id": "a", "created": 5}, {"x": 1}, {"id": ""}]});
+        let l = normalize_models(list.to_string().as_bytes()).unwrap();
         assert_eq!(l, vec![model_entry("a", 5, "upstream")]);
-        let ollama = normalize_models(&json!({"models": [{"name": "llama3"}]})).unwrap();
+        let ollama = normalize_models(br#"{"models": [{"name": "llama3"}]}"#).unwrap();
         assert_eq!(ollama[0]["id"], "llama3");
-        assert!(normalize_models(&json!({"data": []})).is_none());
-        assert!(normalize_models(&json!([1])).is_none());
+        assert!(normalize_models(br#"{"data": []}"#).is_none());
+        assert!(normalize_models(b"[1]").is_none());
     }
 }

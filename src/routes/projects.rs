@@ -12,15 +12,14 @@ use crate::db::page::{Kind, PageReq};
 use crate::db::projects::ProjectPatch;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
-use crate::json_body::{object, opt_str, reject_unknown, req_str};
+use crate::json_body::strict_object;
 
 const FIELDS: &[&str] = &["name", "description"];
 
 pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = object(ctx)?;
-    reject_unknown(&body, FIELDS)?;
-    let name = req_str(&body, "name", 1, NAME_MAX)?;
-    let description = opt_str(&body, "description", 0, DESCRIPTION_MAX)?;
+    let body = strict_object(ctx, FIELDS)?;
+    let name = body.req_str("name", 1, NAME_MAX)?;
+    let description = body.opt_str("description", 0, DESCRIPTION_MAX)?;
     let p = app.db.create_project(&name, description.as_deref())?;
     Ok(Reply::json(201, &p.to_json()))
 }
@@ -36,8 +35,7 @@ pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = object(ctx)?;
-    reject_unknown(&body, FIELDS)?;
+    let body = strict_object(ctx, FIELDS)?;
     let name = match patch_str(&body, "name", 1, NAME_MAX)? {
         Some(None) => return Err(ApiError::validation("name", "must not be null")),
         other => other.flatten(),

@@ -37,6 +37,15 @@ pub enum Mode {
     Garbage,
     /// 200 with a JSON answer whose content is `bytes` long.
     Huge { bytes: usize },
+    /// 200 with a normal answer padded by `"pad":[0,0,...]` to about
+    /// `bytes` (many tiny JSON values: the costliest shape for a tree).
+    TinyValues { bytes: usize },
+    /// Streams the tokens, then only `: keep-alive` comments every `every`
+    /// (never a finish), until the client closes.
+    KeepAlive { every: Duration },
+    /// Streams content chunks of `chunk_bytes` as fast as the client takes
+    /// them, without end (see `streamed_bytes`).
+    Flood { chunk_bytes: usize },
     /// Chosen per request by the text of its last message: the mode of the
     /// first rule whose word it contains, else `default`. Lets a browser
     /// test steer the fake through what a person types ("slowly", "fail").
@@ -98,6 +107,8 @@ struct State {
     token_times: Vec<Instant>,
     accepted: usize,
     closed: Vec<usize>,
+    /// Bytes of streamed bodies written so far (all connections).
+    streamed_bytes: usize,
 }
 
 struct Shared {
@@ -187,6 +198,11 @@ impl FakeUpstream {
     /// Whether the client closed connection `conn` (see `Recorded::conn`).
     pub fn is_closed(&self, conn: usize) -> bool {
         self.shared.state.lock().unwrap().closed.contains(&conn)
+    }
+
+    /// Bytes of streamed answers written so far (SSE bodies).
+    pub fn streamed_bytes(&self) -> usize {
+        self.shared.state.lock().unwrap().streamed_bytes
     }
 
     /// Connections accepted so far.
@@ -361,6 +377,28 @@ fn chunk_json(content: Option<&str>, finish: Option<&str>) -> Value {
     v
 }
 
+/// A normal answer with `content`, padded to about `bytes` with
+/// `"pad":[0,0,...]`.
+pub fn tiny_values_answer(content: &str, bytes: usize) -> Vec<u8> {
+    let mut out = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+    })
+    .to_string()
+    .into_bytes();
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"pad\":[0");
+    while out.len() + 3 < bytes {
+        out.extend_from_slice(b",0");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 fn write_json(w: &mut TcpStream, status: u16, body: &[u8]) -> bool {
     let head = format!(
         "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -411,6 +449,9 @@ fn answer(
         let content = match mode {
             Mode::Garbage => return write_json(w, 200, b"<html>surprise, not JSON</html>"),
             Mode::Huge { bytes } => "x".repeat(*bytes),
+            Mode::TinyValues { bytes } => {
+                return write_json(w, 200, &tiny_values_answer(&tokens.concat(), *bytes))
+            }
             _ => tokens.concat(),
         };
         let body = json!({
@@ -429,6 +470,18 @@ fn answer(
         .is_err()
     {
         return false;
+    }
+    if let Mode::Flood { chunk_bytes } = mode {
+        let ev = format!(
+            "data: {}\n\n",
+            chunk_json(Some(&"x".repeat(*chunk_bytes)), None)
+        );
+        loop {
+            if !write_chunk(w, &ev) {
+                return false;
+            }
+            shared.state.lock().unwrap().streamed_bytes += ev.len();
+        }
     }
     if let Mode::Garbage = mode {
         return write_chunk(w, "data: {not json at all\n\n")
@@ -461,6 +514,13 @@ fn answer(
     if let Mode::ResetMidStream { .. } = mode {
         reset(sock);
         return false;
+    }
+    if let Mode::KeepAlive { every } = mode {
+        loop {
+            if !idle(sock, *every) || !write_chunk(w, ": keep-alive\n\n") {
+                return false;
+            }
+        }
     }
     let fin = format!("data: {}\n\n", chunk_json(None, Some("stop")));
     write_chunk(w, &fin) && write_chunk(w, "data: [DONE]\n\n") && write_chunk(w, "")

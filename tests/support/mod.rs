@@ -414,3 +414,15 @@ pub fn threads(pid: i32) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// Peak resident set size (high-water mark) of a process in KiB (Linux
+/// /proc `VmHWM`).
+pub fn hwm_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid)).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,336 @@
+//! Typed views of the upstream's JSON (answers, stream chunks, model
+//! lists), read without building a `serde_json::Value` tree: what we need
+//! is borrowed as raw text (`RawValue`) and parsed into its own type, the
+//! rest is skipped unparsed (`IgnoredAny`). An answer of 7.5 MiB of tiny
+//! values therefore costs its bytes, not 17x them.
+//!
+//! Reading is lenient in the same way as the `Value` lookups it replaces:
+//! a field of the wrong type reads as absent, it does not fail the answer.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::Deserialize as DeriveDeserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A `usage` object larger than this is not kept (real ones are ~100 bytes).
+pub const USAGE_MAX_BYTES: usize = 4096;
+
+/// Whether `bytes` is one JSON object (valid UTF-8 and syntax), checked
+/// without storing anything.
+pub fn is_json_object(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    crate::json_body::is_object_text(text) && serde_json::from_str::<IgnoredAny>(text).is_ok()
+}
+
+/// Whether `bytes` is JSON at all (any value), checked without storing.
+pub fn is_json(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|t| serde_json::from_str::<IgnoredAny>(t).is_ok())
+}
+
+/// The first element of a JSON array, typed; the rest is skipped unparsed.
+struct First<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = First<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<First<T>, A::Error> {
+                let first = seq.next_element::<T>()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(First(first))
+            }
+        }
+        d.deserialize_seq(V(PhantomData))
+    }
+}
+
+/// `true` when the field is present, whatever its value (even null).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// The top level of a chunk or answer.
+#[derive(DeriveDeserialize)]
+struct TopView<'a> {
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(DeriveDeserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(DeriveDeserialize)]
+struct ContentView<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+/// An object field's raw value parsed as `T`; None when it is not an
+/// object of that shape.
+fn object<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+    let raw = raw?;
+    if !crate::json_body::is_object_text(raw.get()) {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok()
+}
+
+fn string(raw: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+/// A small `usage` object as a value (to store); None when absent, not an
+/// object or oversized.
+fn usage(raw: Option<&RawValue>) -> Option<Value> {
+    let raw = raw?;
+    if raw.get().len() > USAGE_MAX_BYTES || !crate::json_body::is_object_text(raw.get()) {
+        return None;
+    }
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// What the relay needs from a stream chunk or a whole answer:
+/// `choices[0].delta.content` (chunks) or `choices[0].message.content`
+/// (answers), `choices[0].finish_reason`, `usage` when it is an object.
+#[derive(Debug, Default, PartialEq)]
+pub struct Parts {
+    pub content: Option<String>,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Value>,
+    /// The object has an `error` member (of any value).
+    pub error: bool,
+}
+
+/// Reads `Parts` from one JSON object; None when `json` is not a JSON
+/// object. `content_of` picks `delta` (chunks) or `message` (answers).
+fn parts(json: &str, in_delta: bool) -> Option<Parts> {
+    if !crate::json_body::is_object_text(json) {
+        return None;
+    }
+    let top: TopView = match serde_json::from_str(json) {
+        Ok(t) => t,
+        // Valid JSON of another shape (e.g. `"choices"` twice): lenient,
+        // as the `Value` lookups were; garbage is refused.
+        Err(e) if e.is_data() => {
+            return serde_json::from_str::<IgnoredAny>(json)
+                .ok()
+                .map(|_| Parts::default())
+        }
+        Err(_) => return None,
+    };
+    let choice: Option<ChoiceView> = top
+        .choices
+        .and_then(|c| serde_json::from_str::<First<&RawValue>>(c.get()).ok())
+        .and_then(|f| object(f.0));
+    let (content, finish_reason) = match choice {
+        Some(c) => {
+            let holder = if in_delta { c.delta } else { c.message };
+            let content = object::<ContentView>(holder).and_then(|v| string(v.content));
+            (content, string(c.finish_reason))
+        }
+        None => (None, None),
+    };
+    Some(Parts {
+        content,
+        finish_reason,
+        usage: usage(top.usage),
+        error: top.error,
+    })
+}
+
+/// A stream chunk's parts; None when it is not a JSON object.
+pub fn chunk_parts(data: &str) -> Option<Parts> {
+    parts(data, true)
+}
+
+/// A non-streamed answer's parts; None when it is not a JSON object.
+pub fn answer_parts(bytes: &[u8]) -> Option<Parts> {
+    parts(std::str::from_utf8(bytes).ok()?, false)
+}
+
+/// One entry of a model list, as the upstream sent it.
+#[derive(Debug, PartialEq)]
+pub struct ModelEntry {
+    pub id: String,
+    pub created: i64,
+    pub owned_by: Option<String>,
+}
+
+#[derive(DeriveDeserialize)]
+struct ListView<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    models: Option<&'a RawValue>,
+}
+
+#[derive(DeriveDeserialize)]
+struct EntryView<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    created: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    owned_by: Option<&'a RawValue>,
+}
+
+/// The entries of a model list (`{"data":[...]}`, OpenAI, or
+/// `{"models":[...]}`, Ollama): at most `max` entries that have a string
+/// `id` (or `name`) of 1 to `max_id_chars` characters; the others are
+/// skipped without being stored.
+pub fn model_entries(bytes: &[u8], max: usize, max_id_chars: usize) -> Vec<ModelEntry> {
+    let top = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+    let Some(list) = object::<ListView>(top) else {
+        return Vec::new();
+    };
+    let Some(entries) = list.data.or(list.models) else {
+        return Vec::new();
+    };
+    struct Entries(Vec<ModelEntry>, usize, usize);
+    impl<'de> Visitor<'de> for &mut Entries {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(raw) = seq.next_element::<&RawValue>()? {
+                if self.0.len() >= self.1 {
+                    continue;
+                }
+                let Some(e) = object::<EntryView>(Some(raw)) else {
+                    continue;
+                };
+                let Some(id) = string(e.id.or(e.name)) else {
+                    continue;
+                };
+                if id.is_empty() || id.chars().count() > self.2 {
+                    continue;
+                }
+                self.0.push(ModelEntry {
+                    id,
+                    created: e
+                        .created
+                        .and_then(|c| serde_json::from_str::<i64>(c.get()).ok())
+                        .unwrap_or(0),
+                    owned_by: string(e.owned_by),
+                });
+            }
+            Ok(())
+        }
+    }
+    let mut out = Entries(Vec::new(), max, max_id_chars);
+    let mut de = serde_json::Deserializer::from_str(entries.get());
+    if de.deserialize_seq(&mut out).is_err() {
+        return Vec::new();
+    }
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_parts_table() {
+        let full = r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"},{"x":1}],"usage":{"total_tokens":3}}"#;
+        assert_eq!(
+            chunk_parts(full),
+            Some(Parts {
+                content: Some("hi".into()),
+                finish_reason: Some("stop".into()),
+                usage: Some(serde_json::json!({"total_tokens": 3})),
+                error: false,
+            })
+        );
+        let cases: Vec<(&str, Option<Parts>)> = vec![
+            ("[1]", None),
+            ("{not json", None),
+            ("{\"a\":1} x", None),
+            ("{}", Some(Parts::default())),
+            (r#"{"choices":[]}"#, Some(Parts::default())),
+            (r#"{"choices":5,"usage":[1]}"#, Some(Parts::default())),
+            (
+                r#"{"choices":[{"delta":{"content":7}}]}"#,
+                Some(Parts::default()),
+            ),
+            (
+                r#"{"choices":[{"delta":null,"finish_reason":null}]}"#,
+                Some(Parts::default()),
+            ),
+            (
+                r#"{"error":null}"#,
+                Some(Parts {
+                    error: true,
+                    ..Parts::default()
+                }),
+            ),
+            (r#"{"choices":[1],"choices":[2]}"#, Some(Parts::default())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(chunk_parts(input), want, "{}", input);
+        }
+    }
+
+    #[test]
+    fn answers_read_message_content_and_skip_padding() {
+        let pad = vec!["0"; 100_000].join(",");
+        let a = format!(
+            r#"{{"pad":[{}],"choices":[{{"message":{{"role":"assistant","content":"yo"}},"finish_reason":"length"}}],"usage":{{"n":1}}}}"#,
+            pad
+        );
+        let p = answer_parts(a.as_bytes()).unwrap();
+        assert_eq!(p.content.as_deref(), Some("yo"));
+        assert_eq!(p.finish_reason.as_deref(), Some("length"));
+        assert!(p.usage.is_some());
+        let big_usage = format!(r#"{{"usage":{{"pad":[{}]}}}}"#, pad);
+        assert_eq!(answer_parts(big_usage.as_bytes()).unwrap().usage, None);
+        assert!(is_json_object(a.as_bytes()));
+        assert!(!is_json_object(b"[1]"));
+        assert!(!is_json_object(b"{\"a\":\xff}"));
+        assert!(!is_json_object(b"<html>"));
+    }
+
+    #[test]
+    fn model_lists_table() {
+        let e = |id: &str, created: i64, owned: Option<&str>| ModelEntry {
+            id: id.into(),
+            created,
+            owned_by: owned.map(str::to_string),
+        };
+        let openai = br#"{"object":"list","data":[{"id":"a","created":5,"owned_by":"o"},{"x":1},7,{"id":"b","created":"no"}]}"#;
+        assert_eq!(
+            model_entries(openai, 10, 5),
+            vec![e("a", 5, Some("o")), e("b", 0, None)]
+        );
+        assert_eq!(model_entries(openai, 1, 5), vec![e("a", 5, Some("o"))]);
+        let ollama = br#"{"models":[{"name":"llama3"}]}"#;
+        assert_eq!(model_entries(ollama, 10, 9), vec![e("llama3", 0, None)]);
+        for bad in [&b"[1]"[..], b"{\"data\":{}}", b"nope", b"{\"data\":[]}"] {
+            assert!(model_entries(bad, 10, 5).is_empty());
+        }
+    }
+}
