@@ -137,10 +137,15 @@ impl HeadScanner {
                 HeadError::HeadTooLarge
             };
             // +2: the CRLF does not count against the line limit.
-            if self.buf.len() - self.line_start + take > self.limits.max_line + 2 {
-                return Err(too_big);
-            }
-            if self.buf.len() + take > self.limits.max_head {
+            let line_room =
+                (self.limits.max_line + 2).saturating_sub(self.buf.len() - self.line_start);
+            let room = line_room.min(self.limits.max_head.saturating_sub(self.buf.len()));
+            if take > room {
+                // The bytes that fit are checked first, so the verdict does
+                // not depend on how the bytes were split into reads (fuzzed).
+                let old_len = self.buf.len();
+                self.buf.extend_from_slice(&rest[..room]);
+                check_bytes(&self.buf, old_len.saturating_sub(1).max(self.line_start))?;
                 return Err(too_big);
             }
             let old_len = self.buf.len();
@@ -484,6 +489,19 @@ mod tests {
             let h = s.parse().unwrap();
             assert!(h.expects_continue);
         }
+        // Found by the fuzz target: a NUL early in an over-long line is
+        // the verdict whether the line arrives whole or in pieces.
+        let mut line = b"GET /".to_vec();
+        line.push(0);
+        line.extend_from_slice(&[b'a'; 400]);
+        let whole = parse_head(&line, LIMITS).unwrap_err();
+        let mut s = HeadScanner::new(LIMITS);
+        let pieces = s
+            .feed(&line[..10])
+            .and_then(|_| s.feed(&line[10..]))
+            .unwrap_err();
+        assert_eq!(whole, HeadError::BadRequest("NUL in the request head"));
+        assert_eq!(whole, pieces);
         // A CR at a piece boundary followed by something else is refused.
         let mut s = HeadScanner::new(LIMITS);
         s.feed(b"GET / HTTP/1.1\r\nHost: a\r").unwrap();
