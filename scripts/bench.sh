@@ -23,7 +23,7 @@ need wrk wrk
 need nginx nginx
 
 echo "building release binaries..." >&2
-cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen >&2
+cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream >&2
 BIN=$ROOT/target/release/portcullis
 HELLO=$ROOT/target/release/examples/hello_tiny_http
 LOADGEN=$ROOT/target/release/examples/loadgen
@@ -195,6 +195,10 @@ PC_MAX_CONN=1024 PC_MAX_CONN_IP=128 start_portcullis
 ABUSE_DEFAULT=$("$LOADGEN" abuse http://127.0.0.1:$P_PORT "$PC_PID" 1000 "$DUR")
 stop_portcullis
 
+# ---- 7. memory per byte received (bodies and upstream answers) -------------
+echo "7. memory per byte received" >&2
+MEMORY_ROWS=$("$ROOT/scripts/body_memory.sh" --no-build)
+
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1==k{print $2}'; }
 
 cat > BENCHMARKS.md <<EOF
@@ -292,6 +296,18 @@ reconnecting whenever cut), while \`/health\` is probed from 127.0.0.1 every
 Targets: \`/health\` under 250 ms (250000 µs), RSS under 96 MiB (98304 KiB).
 ("slow connections held" counts sockets the loadgen opened; with the default
 per-address cap the server answers all but 128 of them with 503 at accept.)
+
+## Memory per byte received
+\`scripts/body_memory.sh\` (curl, loopback; a fresh server per row, since
+VmHWM is a high-water mark). Bodies are JSON of tiny values
+(\`{"name":"x","pad":[0,0,...]}\`, refused 400 for the unknown field after
+being received whole); answers are 7.5 MiB of tiny values from
+\`examples/mock_upstream.rs\`, relayed by \`/v1/chat/completions\`.
+
+$MEMORY_ROWS
+
+Targets: one request at most 3x its body above idle; eight concurrent
+10 MiB bodies under 128 MiB RSS in all.
 
 ## Durability
 150 of 150 acknowledged writes survive a SIGKILL: \`cargo test --test crash\`
