@@ -8,114 +8,18 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_upstream::{FakeUpstream, Mode};
+use support::sse::SseClient;
 use support::{hwm_kib, wait_until, Opts, Resp, Server};
 
 const MIB: u64 = 1024 * 1024;
 
 fn opts_for(up: &FakeUpstream) -> Opts {
     Opts::new().env("PORTCULLIS_UPSTREAM_BASE_URL", &up.base_url())
-}
-
-/// A streaming request, read up to the end of the response head.
-struct Stream {
-    r: BufReader<TcpStream>,
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Stream {
-    fn open(addr: SocketAddr, path: &str, key: Option<&str>, body: &Value) -> Stream {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let body = body.to_string();
-        let auth = match key {
-            Some(k) => format!("Authorization: Bearer {}\r\n", k),
-            None => "Origin: http://localhost:3000\r\n".to_string(),
-        };
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-            path,
-            auth,
-            body.len(),
-            body
-        );
-        (&s).write_all(head.as_bytes()).unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut headers = Vec::new();
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l).unwrap();
-            let l = l.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = l.split_once(':') {
-                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-        Stream { r, status, headers }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The JSON body of a non-stream answer (Content-Length framed).
-    fn body_json(&mut self) -> Value {
-        let len: usize = self
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut b = vec![0; len];
-        self.r.read_exact(&mut b).unwrap();
-        serde_json::from_slice(&b).unwrap()
-    }
-
-    /// Every `(event, data)` until the stream ends or `timeout` passes
-    /// (comments skipped).
-    fn events(&mut self, timeout: Duration) -> Vec<(Option<String>, String)> {
-        let deadline = Instant::now() + timeout;
-        let (mut out, mut event, mut data) = (Vec::new(), None, None::<String>);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return out;
-            }
-            self.r.get_ref().set_read_timeout(Some(left)).unwrap();
-            let mut l = String::new();
-            match self.r.read_line(&mut l) {
-                Ok(0) | Err(_) => return out,
-                Ok(_) => {}
-            }
-            let l = l.trim_end_matches('\n');
-            if l.is_empty() {
-                if let Some(d) = data.take() {
-                    out.push((event.take(), d));
-                }
-                event = None;
-            } else if let Some(v) = l.strip_prefix("data: ") {
-                data = Some(v.to_string());
-            } else if let Some(v) = l.strip_prefix("event: ") {
-                event = Some(v.to_string());
-            }
-        }
-    }
 }
 
 fn stream_body() -> Value {
@@ -180,13 +84,13 @@ fn ninth_stream_of_one_key_is_refused_and_another_key_is_served() {
     let s = Server::start(opts_for(&up));
     let (a, b) = (first_key(&s), create_key(&s, "second"));
     // Both routes count against the same cap.
-    let open: Vec<Stream> = (0..8)
+    let open: Vec<SseClient> = (0..8)
         .map(|i| {
             let (path, body) = match i % 2 {
                 0 => ("/v1/chat/completions", stream_body()),
                 _ => ("/api/chat", json!({"message": "hi", "stream": true})),
             };
-            Stream::open(s.addr, path, Some(&a), &body)
+            SseClient::open_as(s.addr, path, Some(&a), &body)
         })
         .collect();
     assert!(
@@ -199,17 +103,17 @@ fn ninth_stream_of_one_key_is_refused_and_another_key_is_served() {
             "/api/chat" => json!({"message": "one too many", "stream": true}),
             _ => stream_body(),
         };
-        let mut ninth = Stream::open(s.addr, path, Some(&a), &body);
+        let mut ninth = SseClient::open_as(s.addr, path, Some(&a), &body);
         assert_eq!(ninth.status, 503, "{}", path);
         assert_eq!(ninth.header("retry-after"), Some("1"));
         assert_eq!(ninth.body_json()["error"]["code"], "server_busy");
     }
-    let other = Stream::open(s.addr, "/v1/chat/completions", Some(&b), &stream_body());
+    let other = SseClient::open_as(s.addr, "/v1/chat/completions", Some(&b), &stream_body());
     assert_eq!(other.status, 200, "another key is still served");
     // A closed stream frees its slot.
     drop(open);
     assert!(wait_until(Duration::from_secs(5), || {
-        Stream::open(s.addr, "/v1/chat/completions", Some(&a), &stream_body()).status == 200
+        SseClient::open_as(s.addr, "/v1/chat/completions", Some(&a), &stream_body()).status == 200
     }));
 }
 
@@ -223,11 +127,11 @@ fn without_a_key_streams_are_counted_per_client_address() {
             .no_auth()
             .env("PORTCULLIS_SERVER_MAX_STREAMS_PER_CLIENT", "2"),
     );
-    let open: Vec<Stream> = (0..2)
-        .map(|_| Stream::open(s.addr, "/v1/chat/completions", None, &stream_body()))
+    let open: Vec<SseClient> = (0..2)
+        .map(|_| SseClient::open_as(s.addr, "/v1/chat/completions", None, &stream_body()))
         .collect();
     assert!(open.iter().all(|c| c.status == 200));
-    let mut third = Stream::open(s.addr, "/v1/chat/completions", None, &stream_body());
+    let mut third = SseClient::open_as(s.addr, "/v1/chat/completions", None, &stream_body());
     assert_eq!(third.status, 503);
     assert_eq!(third.body_json()["error"]["code"], "server_busy");
 }
@@ -246,7 +150,7 @@ fn a_stream_kept_alive_by_comments_is_cut_at_max_stream_s() {
             .env("PORTCULLIS_UPSTREAM_STREAM_IDLE_TIMEOUT_S", "1"),
     );
     let t = Instant::now();
-    let mut c = Stream::open(
+    let mut c = SseClient::open_as(
         s.addr,
         "/api/chat",
         None,
@@ -291,7 +195,7 @@ fn a_stream_kept_alive_by_comments_is_cut_at_max_stream_s() {
     assert_eq!(last["status"], "partial", "{}", last);
 
     // The /v1 stream ends with an in-stream error and no [DONE].
-    let mut c = Stream::open(s.addr, "/v1/chat/completions", None, &stream_body());
+    let mut c = SseClient::open_as(s.addr, "/v1/chat/completions", None, &stream_body());
     assert_eq!(c.status, 200);
     let events = c.events(Duration::from_secs(10));
     let last: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
@@ -316,8 +220,8 @@ fn a_client_that_stops_reading_is_dropped_within_write_timeout() {
     let before = hwm_kib(pid);
     let t = Instant::now();
     // Reads the head, then nothing more.
-    let stalled: Vec<Stream> = (0..4)
-        .map(|_| Stream::open(s.addr, "/v1/chat/completions", None, &stream_body()))
+    let stalled: Vec<SseClient> = (0..4)
+        .map(|_| SseClient::open_as(s.addr, "/v1/chat/completions", None, &stream_body()))
         .collect();
     assert!(stalled.iter().all(|c| c.status == 200));
     // Each flood stops when its client's buffers are full; the write then

@@ -274,6 +274,22 @@ pub struct Decision {
     pub info: RateInfo,
 }
 
+impl Decision {
+    /// The decision and its header fields for one bucket's answer.
+    fn of(class: Class, limit: u32, t: Take) -> Decision {
+        Decision {
+            allowed: t.allowed,
+            info: RateInfo {
+                policy: class.policy(),
+                limit,
+                remaining: t.remaining,
+                reset_s: t.reset_s,
+                window_s: WINDOW_S,
+            },
+        }
+    }
+}
+
 impl Limiter {
     pub fn new(cfg: &RateLimitConfig) -> Limiter {
         Limiter::with_shards(cfg, SHARDS)
@@ -358,16 +374,7 @@ impl Limiter {
         let t = taken.unwrap_or_else(|| {
             lock(&inner.overflow[keyed as usize][class.index()]).take(limit, now)
         });
-        Decision {
-            allowed: t.allowed,
-            info: RateInfo {
-                policy: class.policy(),
-                limit,
-                remaining: t.remaining,
-                reset_s: t.reset_s,
-                window_s: WINDOW_S,
-            },
-        }
+        Decision::of(class, limit, t)
     }
 
     /// Whether `key` has a token at `now`, without taking it (the headers'
@@ -394,16 +401,7 @@ impl Limiter {
         let t = peeked.unwrap_or_else(|| {
             lock(&inner.overflow[keyed as usize][class.index()]).peek(limit, now)
         });
-        Decision {
-            allowed: t.allowed,
-            info: RateInfo {
-                policy: class.policy(),
-                limit,
-                remaining: t.remaining,
-                reset_s: t.reset_s,
-                window_s: WINDOW_S,
-            },
-        }
+        Decision::of(class, limit, t)
     }
 
     /// Drops every bucket that is full again at `now` (idle clients);
