@@ -45,9 +45,7 @@ pub struct Metrics {
 }
 
 fn route_index(route: Option<Route>) -> usize {
-    route
-        .and_then(|r| ROUTES.iter().position(|(_, _, x)| *x == r))
-        .unwrap_or(ROUTES.len())
+    route.map(|r| r as usize).unwrap_or(ROUTES.len())
 }
 
 fn status_index(status: u16) -> usize {
@@ -138,8 +136,8 @@ impl Metrics {
         o.push_str("# HELP portcullis_requests_total Requests answered, by route and status.\n");
         o.push_str("# TYPE portcullis_requests_total counter\n");
         for r in 0..N_ROUTE {
-            let route = ROUTES.get(r).map(|(_, p, _)| *p).unwrap_or("none");
-            let method = ROUTES.get(r).map(|(m, _, _)| m.as_str()).unwrap_or("");
+            let route = ROUTES.get(r).map(|d| d.path).unwrap_or("none");
+            let method = ROUTES.get(r).map(|d| d.method.as_str()).unwrap_or("");
             for s in 0..N_STATUS {
                 let n = self.requests[r * N_STATUS + s].load(Relaxed);
                 if n == 0 {

@@ -1,34 +1,35 @@
-//! Method + path -> route, with `{param}` segments. Unknown paths are 404
-//! `not_found`; a known path with the wrong method is 405 with `Allow`.
-//! `ROUTES` is the one table of endpoints: the OpenAPI test checks the
-//! document against it.
+//! The route table and path matching. `ROUTES` is the only definition of
+//! an endpoint: one row gives its method, path pattern, handler, access,
+//! rate-limit class, request body and what it answers. The `Route` enum,
+//! `routes::dispatch`, the auth exemptions (filter 5), the rate-limit class
+//! (filter 6), which routes read a body, the metrics labels and the OpenAPI
+//! document (`routes::openapi`) are all derived from it.
+//!
+//! Matching: method + path -> route, with `{param}` segments. Unknown paths
+//! are 404 `not_found`; a known path with the wrong method is 405 with
+//! `Allow`; OPTIONS on a known path is a CORS preflight.
 
+use crate::app::App;
+use crate::db::page;
 use crate::error::ApiError;
-use crate::http::Method;
+use crate::http::{Ctx, Method, Reply};
+use crate::routes::fields::{Body, Field};
+use crate::routes::{chat, conversations, csrf, health, metrics, openai, openapi, projects};
+use crate::routes::{ready, ui};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Route {
-    Ui,
-    UiAsset,
-    Health,
-    HealthReady,
-    Metrics,
-    OpenApi,
-    CsrfToken,
-    ProjectsCreate,
-    ProjectsList,
-    ProjectGet,
-    ProjectUpdate,
-    ProjectDelete,
-    ConversationsCreate,
-    ConversationsList,
-    ConversationGet,
-    ConversationUpdate,
-    ConversationDelete,
-    MessagesList,
-    Chat,
-    ChatCompletions,
-    Models,
+/// A handler: the filtered request in, a reply or a contract error out.
+pub type Handler = fn(&App, &mut Ctx) -> Result<Reply, ApiError>;
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: no key needed (filter 5 lets it through).
+    Public,
+    /// A valid API key (`Authorization: Bearer`) in auth mode `api_key`.
+    Key,
+    /// Loopback clients and trusted proxies only, without a key; anyone
+    /// else gets 404 so the route is not advertised (`routes::dispatch`).
+    Local,
 }
 
 /// Rate-limit class of a route (filter 6).
@@ -36,102 +37,241 @@ pub enum Route {
 pub enum RouteClass {
     Chat,
     Other,
-    /// Health checks and the UI's static files: never limited.
+    /// Health checks, metrics and the UI's static files: never limited.
     Exempt,
 }
 
-impl Route {
-    pub fn class(self) -> RouteClass {
-        match self {
-            Route::Chat | Route::ChatCompletions => RouteClass::Chat,
-            Route::Health | Route::HealthReady | Route::Ui | Route::UiAsset | Route::Metrics => {
-                RouteClass::Exempt
-            }
-            _ => RouteClass::Other,
+/// What a route answers when it succeeds (for the document).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Answer {
+    /// JSON of the named schema (`routes::openapi` components).
+    Json(u16, &'static str),
+    /// A page of the named schema: `{"items": [...], "next_cursor"}`.
+    Page(&'static str),
+    /// No body.
+    Empty(u16),
+    /// JSON of the named schema, or a `text/event-stream` when the body
+    /// asks for `"stream": true`.
+    JsonOrStream(&'static str),
+    /// The chat page or one of its files (`ETag`, 304 when unchanged).
+    Page304,
+    /// Plain text (Prometheus exposition format).
+    Text,
+    /// `GET /health/ready`: 200 or 503 with the `Ready` schema.
+    Ready,
+}
+
+/// A query parameter a route reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Query {
+    /// `?limit=` of a paginated list (`db::page`).
+    Limit,
+    /// `?cursor=` of this list; empty means none.
+    Cursor(page::Kind),
+    /// A string parameter with the rules of this field.
+    Field(Field),
+}
+
+/// One row of the route table.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteDef {
+    pub method: Method,
+    /// Segments are literal or `{name}` (one non-empty segment).
+    pub path: &'static str,
+    pub handler: Handler,
+    pub access: Access,
+    pub class: RouteClass,
+    /// The JSON body the handler reads (content type checked, 415).
+    pub body: Option<&'static Body>,
+    pub query: &'static [Query],
+    pub answer: Answer,
+    /// Calls the upstream, so may answer 502 / 504.
+    pub upstream: bool,
+    /// One line for the document.
+    pub summary: &'static str,
+}
+
+impl RouteDef {
+    const fn new(method: Method, path: &'static str, handler: Handler) -> RouteDef {
+        RouteDef {
+            method,
+            path,
+            handler,
+            access: Access::Key,
+            class: RouteClass::Other,
+            body: None,
+            query: &[],
+            answer: Answer::Empty(204),
+            upstream: false,
+            summary: "",
         }
+    }
+    const fn access(self, access: Access) -> RouteDef {
+        RouteDef { access, ..self }
+    }
+    const fn class(self, class: RouteClass) -> RouteDef {
+        RouteDef { class, ..self }
+    }
+    const fn body(self, body: &'static Body) -> RouteDef {
+        RouteDef {
+            body: Some(body),
+            ..self
+        }
+    }
+    const fn query(self, query: &'static [Query]) -> RouteDef {
+        RouteDef { query, ..self }
+    }
+    const fn answers(self, answer: Answer) -> RouteDef {
+        RouteDef { answer, ..self }
+    }
+    const fn upstream(self) -> RouteDef {
+        RouteDef {
+            upstream: true,
+            ..self
+        }
+    }
+    const fn doc(self, summary: &'static str) -> RouteDef {
+        RouteDef { summary, ..self }
+    }
+}
+
+const fn get(path: &'static str, handler: Handler) -> RouteDef {
+    RouteDef::new(Method::Get, path, handler)
+}
+const fn post(path: &'static str, handler: Handler) -> RouteDef {
+    RouteDef::new(Method::Post, path, handler)
+}
+const fn patch(path: &'static str, handler: Handler) -> RouteDef {
+    RouteDef::new(Method::Patch, path, handler)
+}
+const fn delete(path: &'static str, handler: Handler) -> RouteDef {
+    RouteDef::new(Method::Delete, path, handler)
+}
+
+/// Defines `Route` (one variant per row, in table order) and `ROUTES`.
+macro_rules! route_table {
+    ($($name:ident = $row:expr,)*) => {
+        /// An endpoint; its row is `ROUTES[route as usize]`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Route {
+            $($name,)*
+        }
+
+        impl Route {
+            /// Every route, in table order.
+            pub const ALL: &'static [Route] = &[$(Route::$name,)*];
+        }
+
+        /// The route table.
+        pub const ROUTES: &[RouteDef] = &[$($row,)*];
+    };
+}
+
+const PAGE_OF_PROJECTS: &[Query] = &[Query::Limit, Query::Cursor(page::Kind::Projects)];
+const PAGE_OF_CONVERSATIONS: &[Query] = &[
+    Query::Field(conversations::LIST_PROJECT_ID),
+    Query::Limit,
+    Query::Cursor(page::Kind::Conversations),
+];
+const PAGE_OF_MESSAGES: &[Query] = &[Query::Limit, Query::Cursor(page::Kind::Messages)];
+
+use Access::{Local, Public};
+use RouteClass::{Chat, Exempt};
+
+route_table! {
+    Ui = get("/", ui::index).access(Public).class(Exempt).answers(Answer::Page304)
+        .doc("The built-in chat page (when `ui = true`; else 404)"),
+    UiAsset = get("/ui/{asset}", ui::asset).access(Public).class(Exempt).answers(Answer::Page304)
+        .doc("A file of the chat page (when `ui = true`; else 404)"),
+    Health = get("/health", health::live).access(Public).class(Exempt)
+        .answers(Answer::Json(200, "Health"))
+        .doc("Liveness; no database"),
+    HealthReady = get("/health/ready", ready::ready).access(Public).class(Exempt)
+        .answers(Answer::Ready)
+        .doc("Readiness: the database (bounded check, 503 when it fails) and the upstream"),
+    Metrics = get("/metrics", metrics::get).access(Local).class(Exempt).answers(Answer::Text)
+        .doc("Prometheus metrics; loopback and trusted proxies only, else 404"),
+    OpenApi = get("/api/openapi.json", openapi::get).access(Public)
+        .answers(Answer::Json(200, "OpenApi"))
+        .doc("This document"),
+    CsrfToken = get("/api/csrf-token", csrf::token).access(Public)
+        .answers(Answer::Json(200, "CsrfToken"))
+        .doc("A token for `X-CSRF-Token`"),
+    ProjectsCreate = post("/api/projects", projects::create).body(&projects::CREATE)
+        .answers(Answer::Json(201, "Project"))
+        .doc("Create a project"),
+    ProjectsList = get("/api/projects", projects::list).query(PAGE_OF_PROJECTS)
+        .answers(Answer::Page("Project"))
+        .doc("Projects, newest first"),
+    ProjectGet = get("/api/projects/{id}", projects::get)
+        .answers(Answer::Json(200, "Project"))
+        .doc("One project"),
+    ProjectUpdate = patch("/api/projects/{id}", projects::update).body(&projects::UPDATE)
+        .answers(Answer::Json(200, "Project"))
+        .doc("Change a project (JSON merge patch)"),
+    ProjectDelete = delete("/api/projects/{id}", projects::delete)
+        .doc("Delete a project with its conversations and messages"),
+    ConversationsCreate = post("/api/conversations", conversations::create)
+        .body(&conversations::CREATE)
+        .answers(Answer::Json(201, "Conversation"))
+        .doc("Create a conversation"),
+    ConversationsList = get("/api/conversations", conversations::list)
+        .query(PAGE_OF_CONVERSATIONS)
+        .answers(Answer::Page("Conversation"))
+        .doc("Conversations, newest first"),
+    ConversationGet = get("/api/conversations/{id}", conversations::get)
+        .answers(Answer::Json(200, "Conversation"))
+        .doc("One conversation"),
+    ConversationUpdate = patch("/api/conversations/{id}", conversations::update)
+        .body(&conversations::UPDATE)
+        .answers(Answer::Json(200, "Conversation"))
+        .doc("Change a conversation (JSON merge patch)"),
+    ConversationDelete = delete("/api/conversations/{id}", conversations::delete)
+        .doc("Delete a conversation and its messages"),
+    MessagesList = get("/api/conversations/{id}/messages", conversations::messages)
+        .query(PAGE_OF_MESSAGES)
+        .answers(Answer::Page("Message"))
+        .doc("A conversation's messages, oldest first"),
+    Chat = post("/api/chat", chat::chat).class(Chat).body(&chat::BODY)
+        .answers(Answer::JsonOrStream("ChatReply")).upstream()
+        .doc("One chat turn: stores the user message, asks the upstream, stores the answer"),
+    ChatCompletions = post("/v1/chat/completions", openai::completions).class(Chat)
+        .body(&openai::BODY)
+        .answers(Answer::JsonOrStream("ChatCompletion")).upstream()
+        .doc("OpenAI-compatible chat completions relay, streaming and not"),
+    Models = get("/v1/models", openai::models)
+        .answers(Answer::Json(200, "ModelList")).upstream()
+        .doc("Models in OpenAI shape: the upstream's list, or the configured model"),
+}
+
+// Table order is enum order, so `Route::def` is an index.
+const _: () = assert!(Route::ALL.len() == ROUTES.len());
+
+impl Route {
+    /// This route's row of the table.
+    pub fn def(self) -> &'static RouteDef {
+        &ROUTES[self as usize]
+    }
+
+    pub fn class(self) -> RouteClass {
+        self.def().class
     }
 
     /// Routes that need no API key (filter 5).
     pub fn auth_exempt(self) -> bool {
-        matches!(
-            self,
-            Route::Health
-                | Route::HealthReady
-                | Route::CsrfToken
-                | Route::Ui
-                | Route::UiAsset
-                | Route::OpenApi
-                | Route::Metrics
-        )
+        self.def().access != Access::Key
     }
 
     /// Routes whose handler reads a JSON body.
     pub fn takes_body(self) -> bool {
-        matches!(
-            self,
-            Route::ProjectsCreate
-                | Route::ProjectUpdate
-                | Route::ConversationsCreate
-                | Route::ConversationUpdate
-                | Route::Chat
-                | Route::ChatCompletions
-        )
+        self.def().body.is_some()
     }
 
     /// A stable name for logs and metrics (the path pattern).
     pub fn name(self) -> &'static str {
-        ROUTES
-            .iter()
-            .find(|(_, _, r)| *r == self)
-            .map(|(_, p, _)| *p)
-            .unwrap_or("?")
+        self.def().path
     }
 }
-
-/// Every endpoint: method, path pattern, route.
-pub const ROUTES: &[(Method, &str, Route)] = &[
-    (Method::Get, "/", Route::Ui),
-    (Method::Get, "/ui/{asset}", Route::UiAsset),
-    (Method::Get, "/health", Route::Health),
-    (Method::Get, "/health/ready", Route::HealthReady),
-    (Method::Get, "/metrics", Route::Metrics),
-    (Method::Get, "/api/openapi.json", Route::OpenApi),
-    (Method::Get, "/api/csrf-token", Route::CsrfToken),
-    (Method::Post, "/api/projects", Route::ProjectsCreate),
-    (Method::Get, "/api/projects", Route::ProjectsList),
-    (Method::Get, "/api/projects/{id}", Route::ProjectGet),
-    (Method::Patch, "/api/projects/{id}", Route::ProjectUpdate),
-    (Method::Delete, "/api/projects/{id}", Route::ProjectDelete),
-    (
-        Method::Post,
-        "/api/conversations",
-        Route::ConversationsCreate,
-    ),
-    (Method::Get, "/api/conversations", Route::ConversationsList),
-    (
-        Method::Get,
-        "/api/conversations/{id}",
-        Route::ConversationGet,
-    ),
-    (
-        Method::Patch,
-        "/api/conversations/{id}",
-        Route::ConversationUpdate,
-    ),
-    (
-        Method::Delete,
-        "/api/conversations/{id}",
-        Route::ConversationDelete,
-    ),
-    (
-        Method::Get,
-        "/api/conversations/{id}/messages",
-        Route::MessagesList,
-    ),
-    (Method::Post, "/api/chat", Route::Chat),
-    (Method::Post, "/v1/chat/completions", Route::ChatCompletions),
-    (Method::Get, "/v1/models", Route::Models),
-];
 
 /// Longest path we try to match; longer is simply not found.
 const MAX_PATH_BYTES: usize = 2048;
@@ -169,12 +309,12 @@ pub fn resolve(method: Method, path: &str) -> Result<Option<(Route, Vec<String>)
         method
     };
     let mut allow: Vec<&'static str> = Vec::new();
-    for (m, pattern, route) in ROUTES {
-        if let Some(params) = match_pattern(pattern, path) {
-            if *m == method {
+    for (def, route) in ROUTES.iter().zip(Route::ALL) {
+        if let Some(params) = match_pattern(def.path, path) {
+            if def.method == method {
                 return Ok(Some((*route, params)));
             }
-            allow.push(m.as_str());
+            allow.push(def.method.as_str());
         }
     }
     if allow.is_empty() {
@@ -194,8 +334,8 @@ pub fn resolve(method: Method, path: &str) -> Result<Option<(Route, Vec<String>)
 pub fn allowed_methods(path: &str) -> Vec<&'static str> {
     ROUTES
         .iter()
-        .filter(|(_, p, _)| match_pattern(p, path).is_some())
-        .map(|(m, _, _)| m.as_str())
+        .filter(|d| match_pattern(d.path, path).is_some())
+        .map(|d| d.method.as_str())
         .collect()
 }
 
@@ -273,9 +413,10 @@ mod tests {
 
     #[test]
     fn every_route_is_reachable_exactly_once() {
-        for (m, p, r) in ROUTES {
-            let concrete = p.replace("{id}", "x1").replace("{asset}", "app.js");
-            assert_eq!(resolve(*m, &concrete).unwrap().unwrap().0, *r);
+        for (d, r) in ROUTES.iter().zip(Route::ALL) {
+            let concrete = d.path.replace("{id}", "x1").replace("{asset}", "app.js");
+            assert_eq!(resolve(d.method, &concrete).unwrap().unwrap().0, *r);
+            assert_eq!(r.def().path, d.path);
         }
     }
 }

@@ -69,7 +69,9 @@ impl PageReq {
         };
         let after =
             match ctx.query_param("cursor") {
+                // `cursor=` (empty) is no cursor: the first page.
                 None => None,
+                Some(c) if c.is_empty() => None,
                 Some(c) => Some(decode(&c, kind).ok_or_else(|| {
                     ApiError::validation("cursor", "is not a cursor from this list")
                 })?),
@@ -186,6 +188,7 @@ mod tests {
             }
         );
         assert_eq!(req("limit=1", Kind::Projects).unwrap().limit, 1);
+        assert_eq!(req("cursor=", Kind::Projects).unwrap().after, None);
         assert_eq!(req("limit=200", Kind::Projects).unwrap().limit, 200);
         for bad in [
             "limit=0",
@@ -213,7 +216,6 @@ mod tests {
         let forged = [
             "zz".to_string(),
             "abc".into(),
-            "".into(),
             crate::ids::hex(b"p5"),
             crate::ids::hex(b"p-5.6"),
             crate::ids::hex(b"p5.6.7"),

@@ -31,28 +31,66 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::fields::{ID_MAX, MODEL_MAX, TITLE_MAX};
+use super::fields::{Body, Field, Kind, Unknown, ID_MAX, MODEL_MAX, TITLE_MAX};
 use crate::app::App;
 use crate::db::{Message, NewMessage};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply, StreamOut};
-use crate::json_body::strict_object;
 use crate::logging;
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::upstream::{self, views, StreamEvent};
 
-const FIELDS: &[&str] = &[
-    "conversation_id",
-    "project_id",
-    "message",
-    "model",
-    "stream",
-    "temperature",
-    "max_tokens",
-];
 /// Longest user message, in characters.
 pub const MESSAGE_MAX: usize = 32_000;
-const MAX_TOKENS_MAX: u64 = 1_000_000;
+/// Largest `max_tokens` passed on to the upstream.
+pub const MAX_TOKENS_MAX: u64 = 1_000_000;
+/// Highest `temperature` (OpenAI's range is 0..2).
+pub const TEMPERATURE_MAX: f64 = 2.0;
+
+const CONVERSATION_ID: Field = Field::string("conversation_id", 1, ID_MAX)
+    .doc("continue this conversation (default: create one)");
+const PROJECT_ID: Field = Field::string("project_id", 1, ID_MAX)
+    .doc("the new conversation's project; with conversation_id, must name its project");
+const MESSAGE: Field = Field::new(
+    "message",
+    Kind::Text {
+        min: 1,
+        max: MESSAGE_MAX,
+    },
+)
+.required()
+.doc("the user's turn; not blank");
+const MODEL: Field = Field::string("model", 1, MODEL_MAX)
+    .doc("default: the conversation's model, else `[upstream] model`");
+const STREAM: Field = Field::new("stream", Kind::Bool).doc("answer as server-sent events");
+const TEMPERATURE: Field = Field::new(
+    "temperature",
+    Kind::Num {
+        min: 0.0,
+        max: TEMPERATURE_MAX,
+    },
+);
+const MAX_TOKENS: Field = Field::new(
+    "max_tokens",
+    Kind::Int {
+        min: 1,
+        max: MAX_TOKENS_MAX,
+    },
+);
+/// `POST /api/chat`.
+pub const BODY: Body = Body {
+    name: "ChatRequest",
+    fields: &[
+        CONVERSATION_ID,
+        PROJECT_ID,
+        MESSAGE,
+        MODEL,
+        STREAM,
+        TEMPERATURE,
+        MAX_TOKENS,
+    ],
+    unknown: Unknown::Refused,
+};
 /// A new conversation's title: the message's first line, this long at most.
 const AUTO_TITLE_CHARS: usize = 80;
 const BUSY: ApiError = ApiError::ServerBusy { retry_after_s: 1 };
@@ -69,19 +107,15 @@ struct ChatRequest {
 }
 
 fn parse(ctx: &Ctx) -> Result<ChatRequest, ApiError> {
-    let body = strict_object(ctx, FIELDS)?;
-    let message = body.req_str("message", 1, MESSAGE_MAX)?;
-    if message.trim().is_empty() {
-        return Err(ApiError::validation("message", "must not be blank"));
-    }
+    let body = BODY.read(ctx)?;
     Ok(ChatRequest {
-        conversation_id: body.opt_str("conversation_id", 1, ID_MAX)?,
-        project_id: body.opt_str("project_id", 1, ID_MAX)?,
-        message,
-        model: body.opt_str("model", 1, MODEL_MAX)?,
-        stream: body.opt_bool("stream")?.unwrap_or(false),
-        temperature: body.opt_f64("temperature", 0.0, 2.0)?,
-        max_tokens: body.opt_u64("max_tokens", 1, MAX_TOKENS_MAX)?,
+        conversation_id: CONVERSATION_ID.opt_str(&body)?,
+        project_id: PROJECT_ID.opt_str(&body)?,
+        message: MESSAGE.req_str(&body)?,
+        model: MODEL.opt_str(&body)?,
+        stream: STREAM.opt_bool(&body)?.unwrap_or(false),
+        temperature: TEMPERATURE.opt_f64(&body)?,
+        max_tokens: MAX_TOKENS.opt_u64(&body)?,
     })
 }
 

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::fields::{patch_str, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
+use super::fields::{Body, Field, Unknown, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
 use super::path_id as id;
 use crate::app::App;
 use crate::db::audit_log::Actor;
@@ -13,16 +13,32 @@ use crate::db::conversations::ConversationPatch;
 use crate::db::page::{Kind, PageReq};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
-use crate::json_body::strict_object;
 
-const FIELDS: &[&str] = &["project_id", "title", "model", "system_prompt"];
+const PROJECT_ID: Field = Field::string("project_id", 1, ID_MAX).doc("an existing project's id");
+const TITLE: Field = Field::string("title", 0, TITLE_MAX);
+const MODEL: Field = Field::string("model", 1, MODEL_MAX)
+    .doc("the model chats in this conversation use (default: `[upstream] model`)");
+const SYSTEM_PROMPT: Field = Field::string("system_prompt", 0, SYSTEM_PROMPT_MAX);
+/// `POST /api/conversations`.
+pub const CREATE: Body = Body {
+    name: "ConversationCreate",
+    fields: &[PROJECT_ID, TITLE, MODEL, SYSTEM_PROMPT],
+    unknown: Unknown::Refused,
+};
+/// `PATCH /api/conversations/{id}`: the same fields; null clears one.
+pub const UPDATE: Body = Body {
+    name: "ConversationUpdate",
+    ..CREATE
+};
+/// `?project_id=` of the list: only that project's conversations.
+pub const LIST_PROJECT_ID: Field = PROJECT_ID;
 
 pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = strict_object(ctx, FIELDS)?;
-    let project_id = body.opt_str("project_id", 1, ID_MAX)?;
-    let title = body.opt_str("title", 0, TITLE_MAX)?;
-    let model = body.opt_str("model", 1, MODEL_MAX)?;
-    let system_prompt = body.opt_str("system_prompt", 0, SYSTEM_PROMPT_MAX)?;
+    let body = CREATE.read(ctx)?;
+    let project_id = PROJECT_ID.opt_str(&body)?;
+    let title = TITLE.opt_str(&body)?;
+    let model = MODEL.opt_str(&body)?;
+    let system_prompt = SYSTEM_PROMPT.opt_str(&body)?;
     let c = app.db.create_conversation(
         project_id.as_deref(),
         title.as_deref(),
@@ -52,12 +68,12 @@ pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = strict_object(ctx, FIELDS)?;
+    let body = UPDATE.read(ctx)?;
     let patch = ConversationPatch {
-        project_id: patch_str(&body, "project_id", 1, ID_MAX)?,
-        title: patch_str(&body, "title", 0, TITLE_MAX)?,
-        model: patch_str(&body, "model", 1, MODEL_MAX)?,
-        system_prompt: patch_str(&body, "system_prompt", 0, SYSTEM_PROMPT_MAX)?,
+        project_id: PROJECT_ID.patch_str(&body)?,
+        title: TITLE.patch_str(&body)?,
+        model: MODEL.patch_str(&body)?,
+        system_prompt: SYSTEM_PROMPT.patch_str(&body)?,
     };
     let c = app.db.update_conversation(id(ctx)?, &patch)?;
     Ok(Reply::json(200, &c.to_json()))

@@ -1,5 +1,6 @@
-//! Handlers, one module per resource. `dispatch` maps a route to its
-//! handler; handlers get the app and the filtered request context.
+//! Handlers, one module per resource. `dispatch` runs a route's handler
+//! from the route table (`router::ROUTES`); handlers get the app and the
+//! filtered request context.
 
 pub mod chat;
 pub mod conversations;
@@ -16,7 +17,7 @@ pub mod ui;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
-use crate::router::Route;
+use crate::router::{Access, Route};
 
 /// The `{id}` of a route's path (a route without one is not found).
 pub fn path_id(ctx: &Ctx) -> Result<&str, ApiError> {
@@ -26,28 +27,20 @@ pub fn path_id(ctx: &Ctx) -> Result<&str, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
+/// Runs the route's handler from the table (`router::ROUTES`). A
+/// `Access::Local` route answers 404 to anyone but loopback clients and
+/// trusted proxies, so its existence is not advertised.
 pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiError> {
-    match route {
-        Route::Health => health::live(app, ctx),
-        Route::Metrics => metrics::get(app, ctx),
-        Route::OpenApi => openapi::get(app, ctx),
-        Route::Ui => ui::index(app, ctx),
-        Route::UiAsset => ui::asset(app, ctx),
-        Route::Chat => chat::chat(app, ctx),
-        Route::ChatCompletions => openai::completions(app, ctx),
-        Route::Models => openai::models(app, ctx),
-        Route::HealthReady => ready::ready(app, ctx),
-        Route::ProjectsCreate => projects::create(app, ctx),
-        Route::ProjectsList => projects::list(app, ctx),
-        Route::ProjectGet => projects::get(app, ctx),
-        Route::ProjectUpdate => projects::update(app, ctx),
-        Route::ProjectDelete => projects::delete(app, ctx),
-        Route::ConversationsCreate => conversations::create(app, ctx),
-        Route::ConversationsList => conversations::list(app, ctx),
-        Route::ConversationGet => conversations::get(app, ctx),
-        Route::ConversationUpdate => conversations::update(app, ctx),
-        Route::ConversationDelete => conversations::delete(app, ctx),
-        Route::MessagesList => conversations::messages(app, ctx),
-        Route::CsrfToken => csrf::token(app, ctx),
+    let def = route.def();
+    if def.access == Access::Local && !is_local(app, ctx) {
+        return Err(ApiError::NotFound);
     }
+    (def.handler)(app, ctx)
+}
+
+/// A loopback client, or a trusted proxy itself (a scraper on the proxy
+/// host).
+fn is_local(app: &App, ctx: &Ctx) -> bool {
+    let client = crate::filters::client_ip::canonical(ctx.client);
+    client.is_loopback() || app.cfg.security.trusted_proxies.contains(client)
 }

@@ -34,6 +34,7 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body;
 use crate::logging;
+use crate::routes::fields::{Body, Field, Kind, Unknown, MODEL_MAX};
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::upstream::{self, views, StreamEvent};
 
@@ -59,7 +60,8 @@ const RELAYED_FIELDS: &[&str] = &[
     "top_p",
     "user",
 ];
-const ROLES: &[&str] = &[
+/// Roles a relayed message may have.
+pub const ROLES: &[&str] = &[
     "system",
     "developer",
     "user",
@@ -68,31 +70,53 @@ const ROLES: &[&str] = &[
     "function",
 ];
 /// Most messages one relayed request may carry.
-const MAX_MESSAGES: usize = 10_000;
-const MAX_MODEL_CHARS: usize = 200;
+pub const MAX_MESSAGES: usize = 10_000;
 
-/// Every top-level field the relay reads or passes on.
-fn known_fields() -> Vec<&'static str> {
-    let mut f = vec!["model", "messages", "stream"];
-    f.extend_from_slice(RELAYED_FIELDS);
-    f
-}
+const MODEL: Field = Field::string("model", 1, MODEL_MAX).doc("default: `[upstream] model`");
+const MESSAGES: Field = Field::new(
+    "messages",
+    Kind::Messages {
+        max: MAX_MESSAGES,
+        roles: ROLES,
+    },
+)
+.required();
+const STREAM: Field = Field::new("stream", Kind::Bool);
+
+/// `POST /v1/chat/completions`: `model`, `messages` and `stream` checked,
+/// the `RELAYED_FIELDS` passed on as sent, any other field dropped.
+pub const BODY: Body = Body {
+    name: "OpenAiChatRequest",
+    fields: &{
+        const ANY: Field = Field::new("", Kind::Any).doc("passed to the upstream as sent");
+        let mut all = [ANY; 3 + RELAYED_FIELDS.len()];
+        all[0] = MODEL;
+        all[1] = MESSAGES;
+        all[2] = STREAM;
+        let mut i = 0;
+        while i < RELAYED_FIELDS.len() {
+            all[3 + i].name = RELAYED_FIELDS[i];
+            i += 1;
+        }
+        all
+    },
+    unknown: Unknown::Dropped,
+};
 
 /// Validates an OpenAI chat request (the body's bytes) and builds the
 /// upstream's copy as JSON text: `model`, `messages` and the
 /// `RELAYED_FIELDS` as sent, `stream` as a boolean. Returns it and whether
 /// it asks for a stream.
 pub fn relay_request(body: &[u8], default_model: &str) -> Result<(Vec<u8>, bool), ApiError> {
-    let known = known_fields();
-    let fields = json_body::parse_object(body, &known)?;
+    let fields = BODY.parse(body)?;
     let messages = fields
         .raw("messages")
         .ok_or_else(|| ApiError::validation("messages", "is required"))?;
     check_messages(messages)?;
-    let model = fields
-        .opt_str("model", 1, MAX_MODEL_CHARS)?
+    let model = MODEL
+        .opt_str(&fields)?
         .unwrap_or_else(|| default_model.to_string());
-    let stream = fields.opt_bool("stream")?.unwrap_or(false);
+    let stream = STREAM.opt_bool(&fields)?.unwrap_or(false);
 
     let model_raw = serde_json::value::to_raw_value(&model).map_err(ApiError::internal)?;
     let stream_raw = serde_json::value::to_raw_value(&stream).map_err(ApiError::internal)?;
@@ -359,7 +383,7 @@ const MAX_MODELS: usize = 1000;
 /// The upstream's list (its bytes) in OpenAI's shape; None when it holds
 /// no usable model.
 fn normalize_models(list: &[u8]) -> Option<Vec<Value>> {
-    let out: Vec<Value> = views::model_entries(list, MAX_MODELS, MAX_MODEL_CHARS)
+    let out: Vec<Value> = views::model_entries(list, MAX_MODELS, MODEL_MAX)
         .into_iter()
         .map(|e| {
             model_entry(

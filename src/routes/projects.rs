@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::fields::{patch_str, DESCRIPTION_MAX, NAME_MAX};
+use super::fields::{Body, Field, Unknown, DESCRIPTION_MAX, NAME_MAX};
 use super::path_id as id;
 use crate::app::App;
 use crate::db::audit_log::Actor;
@@ -12,14 +12,29 @@ use crate::db::page::{Kind, PageReq};
 use crate::db::projects::ProjectPatch;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
-use crate::json_body::strict_object;
 
-const FIELDS: &[&str] = &["name", "description"];
+const NAME: Field = Field::string("name", 1, NAME_MAX).required();
+/// In a PATCH: optional, but a project always has a name.
+const NAME_PATCH: Field = Field::string("name", 1, NAME_MAX).not_null();
+const DESCRIPTION: Field = Field::string("description", 0, DESCRIPTION_MAX);
+/// `POST /api/projects`.
+pub const CREATE: Body = Body {
+    name: "ProjectCreate",
+    fields: &[NAME, DESCRIPTION],
+    unknown: Unknown::Refused,
+};
+/// `PATCH /api/projects/{id}`: as `CREATE`, every field optional, `name`
+/// never null.
+pub const UPDATE: Body = Body {
+    name: "ProjectUpdate",
+    fields: &[NAME_PATCH, DESCRIPTION],
+    unknown: Unknown::Refused,
+};
 
 pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = strict_object(ctx, FIELDS)?;
-    let name = body.req_str("name", 1, NAME_MAX)?;
-    let description = body.opt_str("description", 0, DESCRIPTION_MAX)?;
+    let body = CREATE.read(ctx)?;
+    let name = NAME.req_str(&body)?;
+    let description = DESCRIPTION.opt_str(&body)?;
     let p = app.db.create_project(&name, description.as_deref())?;
     Ok(Reply::json(201, &p.to_json()))
 }
@@ -35,14 +50,10 @@ pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let body = strict_object(ctx, FIELDS)?;
-    let name = match patch_str(&body, "name", 1, NAME_MAX)? {
-        Some(None) => return Err(ApiError::validation("name", "must not be null")),
-        other => other.flatten(),
-    };
+    let body = UPDATE.read(ctx)?;
     let patch = ProjectPatch {
-        name,
-        description: patch_str(&body, "description", 0, DESCRIPTION_MAX)?,
+        name: NAME_PATCH.patch_str(&body)?.flatten(),
+        description: DESCRIPTION.patch_str(&body)?,
     };
     let p = app.db.update_project(id(ctx)?, &patch)?;
     Ok(Reply::json(200, &p.to_json()))

@@ -37,6 +37,15 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
+/// The page's files as (name, media type without parameters); the first
+/// is the page itself (`GET /`), the others are served at `/ui/{name}`.
+pub fn files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ASSETS.iter().map(|a| {
+        let media = a.content_type.split(';').next().unwrap_or("").trim();
+        (a.name, media)
+    })
+}
+
 /// Strong ETags, computed once from the embedded bytes.
 fn etags() -> &'static Vec<String> {
     static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
