@@ -50,9 +50,10 @@ pub enum Answer {
     Page(&'static str),
     /// No body.
     Empty(u16),
-    /// JSON of the named schema, or a `text/event-stream` when the body
+    /// JSON of the named schema, or a `text/event-stream` of these event
+    /// names (`message` for events without an `event:` line) when the body
     /// asks for `"stream": true`.
-    JsonOrStream(&'static str),
+    JsonOrStream(&'static str, &'static [&'static str]),
     /// The chat page or one of its files (`ETag`, 304 when unchanged).
     Page304,
     /// Plain text (Prometheus exposition format).
@@ -233,11 +234,11 @@ route_table! {
         .answers(Answer::Page("Message"))
         .doc("A conversation's messages, oldest first"),
     Chat = post("/api/chat", chat::chat).class(Chat).body(&chat::BODY)
-        .answers(Answer::JsonOrStream("ChatReply")).upstream()
+        .answers(Answer::JsonOrStream("ChatReply", &["start", "delta", "done", "error"])).upstream()
         .doc("One chat turn: stores the user message, asks the upstream, stores the answer"),
     ChatCompletions = post("/v1/chat/completions", openai::completions).class(Chat)
         .body(&openai::BODY)
-        .answers(Answer::JsonOrStream("ChatCompletion")).upstream()
+        .answers(Answer::JsonOrStream("ChatCompletion", &["message"])).upstream()
         .doc("OpenAI-compatible chat completions relay, streaming and not"),
     Models = get("/v1/models", openai::models)
         .answers(Answer::Json(200, "ModelList")).upstream()

@@ -184,10 +184,35 @@ fn v1_streaming_relays_chunks_in_openai_framing_and_ends_with_done() {
 fn v1_rejects_malformed_requests_with_the_contract_error() {
     let up = FakeUpstream::start(Mode::Normal);
     let s = start(&up);
-    let r = post(&s, "/v1/chat/completions", &json!({"messages": "nope"}));
-    assert_eq!(r.status, 400);
-    assert_eq!(r.code(), "validation_failed");
-    assert_eq!(r.json()["error"]["field"], "messages");
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let too_many: Vec<Value> = (0..10_001).map(|_| user[0].clone()).collect();
+    let cases = [
+        (json!({"messages": "nope"}), "messages"),
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": too_many}), "messages"),
+        (
+            json!({"messages": [{"role": "boss", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
+        (
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            "messages[0].content",
+        ),
+        // issue 11 (schemathesis): an empty model is refused, as documented.
+        (json!({"messages": user, "model": ""}), "model"),
+        (json!({"messages": user, "model": "m".repeat(201)}), "model"),
+    ];
+    for (body, field) in cases {
+        let r = post(&s, "/v1/chat/completions", &body);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "validation_failed"),
+            "{}",
+            field
+        );
+        assert_eq!(r.json()["error"]["param"], field, "{}", r.text());
+    }
     assert!(up.requests().is_empty());
 }
 
@@ -675,7 +700,22 @@ fn chat_validates_its_body() {
         (json!({"message": "hi", "stream": "yes"}), "stream"),
         (json!({"message": "hi", "temperature": 3}), "temperature"),
         (json!({"message": "hi", "max_tokens": 0}), "max_tokens"),
+        (
+            json!({"message": "hi", "max_tokens": 1_000_001}),
+            "max_tokens",
+        ),
+        // issue 11 (schemathesis): a number as a string is not a number.
+        (json!({"message": "hi", "max_tokens": "64"}), "max_tokens"),
+        (json!({"message": "hi", "max_tokens": 64.5}), "max_tokens"),
         (json!({"message": "hi", "model": ""}), "model"),
+        (
+            json!({"message": "hi", "conversation_id": ""}),
+            "conversation_id",
+        ),
+        (
+            json!({"message": "hi", "conversation_id": "c".repeat(129)}),
+            "conversation_id",
+        ),
     ];
     for (body, field) in cases {
         let r = post(&s, "/api/chat", &body);
@@ -693,6 +733,21 @@ fn chat_validates_its_body() {
         &json!({"conversation_id": "nope", "message": "hi"}),
     );
     assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    // A project that is not the conversation's: no such conversation there.
+    let c = post(&s, "/api/conversations", &json!({}));
+    assert_eq!(c.status, 201, "{}", c.text());
+    let p = post(&s, "/api/projects", &json!({"name": "p"}));
+    let r = post(
+        &s,
+        "/api/chat",
+        &json!({"conversation_id": c.json()["id"], "project_id": p.json()["id"], "message": "hi"}),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "not_found"),
+        "{}",
+        r.text()
+    );
     assert!(up.requests().is_empty(), "nothing reached the upstream");
 }
 

@@ -224,9 +224,22 @@ fn conversations_crud_filter_and_messages() {
         ids,
         [c3["id"].as_str().unwrap(), c1["id"].as_str().unwrap()]
     );
-    assert_field(
+    // An unknown id, referenced or in the path, is 404 (API.md; issue 11).
+    assert_error(
         &get(&s, "/api/conversations?project_id=nope", &key),
-        "project_id",
+        404,
+        "not_found",
+    );
+    assert_error(
+        &send(
+            &s,
+            "POST",
+            "/api/conversations",
+            &key,
+            json!({"project_id": "missing"}),
+        ),
+        404,
+        "not_found",
     );
 
     let path = format!("/api/conversations/{}", c1["id"].as_str().unwrap());
@@ -248,9 +261,10 @@ fn conversations_crud_filter_and_messages() {
         ),
         (Some("New"), Value::Null, Some("m1"))
     );
-    assert_field(
+    assert_error(
         &send(&s, "PATCH", &path, &key, json!({"project_id": "nope"})),
-        "project_id",
+        404,
+        "not_found",
     );
 
     let msgs = get(&s, &format!("{}/messages", path), &key);
@@ -326,12 +340,6 @@ fn validation_errors_name_the_field() {
             format!("/api/projects/{}", pid),
             json!({"id": "x"}),
             "id",
-        ),
-        (
-            "POST",
-            "/api/conversations".into(),
-            json!({"project_id": "missing"}),
-            "project_id",
         ),
         (
             "POST",
@@ -420,6 +428,16 @@ fn validation_errors_name_the_field() {
     }
     for q in ["cursor=zz", "cursor=6331", "cursor=%00"] {
         assert_field(&s.get(&format!("/api/conversations?{}", q)), "cursor");
+    }
+    // An empty `cursor=` is no cursor: the first page (issue 11, schemathesis).
+    for path in [
+        "/api/projects?cursor=",
+        "/api/conversations?limit=5&cursor=",
+        "/api/conversations/nope/messages?cursor=",
+    ] {
+        let r = s.get(path);
+        let want = if path.contains("nope") { 404 } else { 200 };
+        assert_eq!(r.status, want, "{}: {}", path, r.text());
     }
 }
 

@@ -56,6 +56,9 @@ impl ConversationPatch {
 
 const COLUMNS: &str = "seq, id, project_id, title, model, system_prompt, created_at, updated_at";
 const NEWEST: &str = "SELECT created_at FROM conversations ORDER BY seq DESC LIMIT 1";
+/// A `project_id` naming no project: an unknown id, so 404 like one in a
+/// path (API.md "Errors"; issue 11, schemathesis).
+const UNKNOWN_PROJECT: ApiError = ApiError::NotFound;
 const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = ?1";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
@@ -100,7 +103,7 @@ impl Db {
         self.write(|tx| {
             if let Some(pid) = project_id {
                 if !exists(tx, PROJECT_EXISTS, pid)? {
-                    return Err(ApiError::validation("project_id", "no project has this id"));
+                    return Err(UNKNOWN_PROJECT);
                 }
             }
             let now = monotonic_now(tx, NEWEST)?;
@@ -142,7 +145,7 @@ impl Db {
         let rows = match project_id {
             Some(pid) => {
                 if !exists(&conn, PROJECT_EXISTS, pid)? {
-                    return Err(ApiError::validation("project_id", "no project has this id"));
+                    return Err(UNKNOWN_PROJECT);
                 }
                 let mut st = conn.prepare_cached(&format!(
                     "SELECT {} FROM conversations WHERE project_id = ?1 AND (created_at, seq) < (?2, ?3)
@@ -186,7 +189,7 @@ impl Db {
             }
             if let Some(Some(pid)) = &patch.project_id {
                 if !exists(tx, PROJECT_EXISTS, pid)? {
-                    return Err(ApiError::validation("project_id", "no project has this id"));
+                    return Err(UNKNOWN_PROJECT);
                 }
             }
             let set = |field: &mut Option<String>, v: &Option<Option<String>>| {
@@ -241,7 +244,7 @@ mod tests {
         assert_eq!(
             db.create_conversation(Some("nope"), None, None, None)
                 .unwrap_err(),
-            ApiError::validation("project_id", "no project has this id")
+            ApiError::NotFound
         );
         let same = db
             .update_conversation(&c.id, &ConversationPatch::default())

@@ -6,7 +6,8 @@
 //! (default: the conversation's model, else `[upstream] model`).
 //! `temperature`: 0..2. `max_tokens`: 1..1000000. `project_id` is used when
 //! a conversation is created (no `conversation_id`); with a
-//! `conversation_id` it must be absent or name that conversation's project.
+//! `conversation_id` it must be absent or name that conversation's project
+//! (else 404, as for an unknown id).
 //!
 //! Order of work: capacity first (a stream slot, a worker wait slot: 503
 //! `server_busy` before anything is written), then the conversation (found
@@ -176,11 +177,9 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let conversation = match &req.conversation_id {
         Some(id) => {
             let c = app.db.get_conversation(id)?;
+            // No such conversation in that project: an unknown id (404).
             if req.project_id.is_some() && req.project_id != c.project_id {
-                return Err(ApiError::validation(
-                    "project_id",
-                    "does not match the conversation's project",
-                ));
+                return Err(ApiError::NotFound);
             }
             c
         }

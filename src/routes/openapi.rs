@@ -215,10 +215,9 @@ fn cursor_pattern(kind: page::Kind) -> String {
     )
 }
 
-fn has_id_field(body: &Body) -> bool {
-    body.fields
-        .iter()
-        .any(|f| f.name == "conversation_id" || f.name == "id")
+/// A field naming another resource by id (`*_id`): an unknown one is 404.
+fn is_reference(f: &Field) -> bool {
+    f.name.ends_with("_id")
 }
 
 fn responses(def: &RouteDef) -> Value {
@@ -246,11 +245,15 @@ fn responses(def: &RouteDef) -> Value {
     let can_miss = def.path.contains('{')
         || def.access == Access::Local
         || def.answer == Answer::Page304
-        || def.body.is_some_and(has_id_field);
+        || def.body.is_some_and(|b| b.fields.iter().any(is_reference))
+        || def
+            .query
+            .iter()
+            .any(|q| matches!(q, Query::Field(f) if is_reference(f)));
     if can_miss {
         let why = match def.access {
             Access::Local => "not_found (not a loopback client or trusted proxy)",
-            _ => "not_found",
+            _ => "not_found: an unknown id, in the path or named by a `*_id` field",
         };
         r.insert("404".into(), error(why, None));
     }
@@ -330,14 +333,25 @@ fn success(def: &RouteDef, r: &mut Map<String, Value>) {
             }),
         ),
         Answer::Empty(status) => (status, json!({"description": "done", "headers": headers})),
-        Answer::JsonOrStream(schema) => (
+        Answer::JsonOrStream(schema, events) => (
             200,
             json!({
-                "description": "JSON, or with \"stream\": true a text/event-stream",
+                "description": "JSON, or with \"stream\": true a text/event-stream \
+                    (`: ping` comments while the upstream is silent)",
                 "headers": headers,
                 "content": {
                     "application/json": {"schema": schema_ref(schema)},
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": {
+                        "description": "one event; `data` is JSON text, or `[DONE]` ending an OpenAI stream",
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "event": {"enum": events},
+                            "data": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer"},
+                        },
+                    }},
                 },
             }),
         ),
