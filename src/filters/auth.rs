@@ -1,8 +1,8 @@
 //! Filter 5: API-key authentication.
 //!
-//! In `api_key` mode every route that is not auth-exempt (health, CSRF
-//! token, UI, OpenAPI, metrics; OPTIONS never gets here) needs
-//! `Authorization: Bearer pcs_...`. The key is checked for shape, hashed
+//! In `api_key` mode every route whose row in the route table
+//! (`router::ROUTES`) has `Access::Key` needs `Authorization: Bearer
+//! pcs_...`; the others are `Route::auth_exempt` (OPTIONS never gets here). The key is checked for shape, hashed
 //! (SHA-256) and looked up by hash; the stored hash is compared in constant
 //! time. Missing, malformed, unknown and revoked keys all answer the same
 //! 401 `unauthorized`; the reason goes to the audit trail (aggregated per
