@@ -707,6 +707,10 @@ fn chat_validates_its_body() {
         // issue 11 (schemathesis): a number as a string is not a number.
         (json!({"message": "hi", "max_tokens": "64"}), "max_tokens"),
         (json!({"message": "hi", "max_tokens": 64.5}), "max_tokens"),
+        (
+            json!({"message": "hi", "max_tokens": 1_000_000.5}),
+            "max_tokens",
+        ),
         (json!({"message": "hi", "model": ""}), "model"),
         (
             json!({"message": "hi", "conversation_id": ""}),

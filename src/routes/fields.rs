@@ -155,10 +155,25 @@ impl Field {
         }
     }
 
+    /// A whole number. As in JSON Schema, `64.0` is the integer 64; `64.5`
+    /// and `"64"` are not integers.
     pub fn opt_u64(&self, body: &Fields) -> Result<Option<u64>, ApiError> {
-        match self.kind {
-            Kind::Int { min, max } => body.opt_u64(self.name, min, max),
-            _ => Err(ApiError::internal(format!("{} is not an Int", self.name))),
+        let Kind::Int { min, max } = self.kind else {
+            return Err(ApiError::internal(format!("{} is not an Int", self.name)));
+        };
+        let refused = || {
+            ApiError::validation(
+                self.name,
+                format!("must be a whole number from {} to {}", min, max),
+            )
+        };
+        match body.opt_u64(self.name, min, max) {
+            Ok(n) => Ok(n),
+            Err(e) => match body.opt_f64(self.name, min as f64, max as f64) {
+                Ok(Some(v)) if v.fract() == 0.0 => Ok(Some(v as u64)),
+                Ok(_) => Err(refused()),
+                Err(_) => Err(e),
+            },
         }
     }
 
@@ -260,6 +275,11 @@ mod tests {
         let m = BODY.parse(br#"{"m":" x ","n":9}"#).unwrap();
         assert_eq!(field("m").req_str(&m).unwrap(), " x ");
         assert_eq!(field("n").opt_u64(&m).unwrap(), Some(9));
+        for (n, want) in [("9.0", Some(9)), ("9.5", None), ("10.0", None), ("0", None)] {
+            let body = format!(r#"{{"n":{}}}"#, n);
+            let m = BODY.parse(body.as_bytes()).unwrap();
+            assert_eq!(field("n").opt_u64(&m).ok().flatten(), want, "{}", n);
+        }
         assert_eq!(
             BODY.parse(br#"{"zz":1}"#).unwrap_err(),
             ApiError::validation("zz", "unknown field")
