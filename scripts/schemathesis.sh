@@ -96,6 +96,9 @@ echo "portcullis at $URL, upstream mock at 127.0.0.1:$UP_PORT" >&2
 EXTRA=()
 [ -n "$SEED" ] && EXTRA+=(--seed "$SEED")
 [ -n "$MAX_TIME" ] && EXTRA+=(--max-time "$MAX_TIME")
+# Run from $OUT: schemathesis keeps its cache (which replays earlier
+# failures first) in ./.schemathesis, which belongs there, not in the tree.
+cd "$OUT"
 set +e
 timeout "$DEADLINE" schemathesis run "$URL/api/openapi.json" \
   --url "$URL" \

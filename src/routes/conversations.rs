@@ -14,7 +14,8 @@ use crate::db::page::{Kind, PageReq};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 
-const PROJECT_ID: Field = Field::string("project_id", 1, ID_MAX).doc("an existing project's id");
+const PROJECT_ID: Field =
+    Field::string("project_id", 1, ID_MAX).doc("an existing project's id (else 404)");
 const TITLE: Field = Field::string("title", 0, TITLE_MAX);
 const MODEL: Field = Field::string("model", 1, MODEL_MAX)
     .doc("the model chats in this conversation use (default: `[upstream] model`)");

@@ -244,7 +244,7 @@ fn responses(def: &RouteDef) -> Value {
     }
     let can_miss = def.path.contains('{')
         || def.access == Access::Local
-        || def.answer == Answer::Page304
+        || def.answer == Answer::UiFile
         || def.body.is_some_and(|b| b.fields.iter().any(is_reference))
         || def
             .query
@@ -355,7 +355,7 @@ fn success(def: &RouteDef, r: &mut Map<String, Value>) {
                 },
             }),
         ),
-        Answer::Page304 => {
+        Answer::UiFile => {
             let files: Vec<(&str, &str)> = super::ui::files().collect();
             let media: Vec<&str> = if def.path == "/" {
                 files.iter().take(1).map(|(_, m)| *m).collect()
