@@ -14,6 +14,14 @@
 #        or debug for a quicker build while iterating).
 # Exit status: schemathesis's (0 when no check failed). The report (JUnit)
 # and the server's log are kept in $OUT (default target/schemathesis).
+#
+# Known disagreement (a check against the binding contract): with some
+# seeds the stateful phase reports ST302 "Created resource not found" for
+# a conversation whose project it deleted first. The contract has
+# `DELETE /api/projects/{id}` remove the project's conversations, so the
+# 404 is right; ensure_resource_availability only knows about a DELETE of
+# the resource itself. The server log shows the project's DELETE just
+# before. The default seed does not draw that sequence.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
