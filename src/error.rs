@@ -1,5 +1,5 @@
 //! The one error type of the request path. Its variants are exactly the
-//! contract's error codes (../shared/API.md "Errors"); `status` and `code`
+//! contract's error codes (docs/contract.md "Errors"); `status` and `code`
 //! map them, and `to_body` renders the contract's JSON body. Internal errors
 //! are converted at the boundary (`From` impls in the modules that own them)
 //! and their private detail is only ever shown with `debug = true`.

@@ -1,7 +1,7 @@
 //! The attack suite of issue 10: a real server driven over raw sockets with
 //! each case an attacker tried, asserting status, error code, the contract
 //! decorations, and whether the connection closed or stayed usable as
-//! ../shared/API.md ("HTTP framing") says.
+//! docs/contract.md ("HTTP framing") says.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! The filter chain of ../shared/API.md, in contract order. Each filter is
+//! The filter chain of docs/contract.md, in contract order. Each filter is
 //! a plain function in its own module with its own tests; `run` is the one
 //! place the order is stated. Filter 1 (request id) runs in `server.rs`
 //! before this, since every answer (even a refusal) needs the id; filter 9
