@@ -182,6 +182,7 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let mut ctx = Ctx::new(Method::parse(rq.method().as_str()), rq.url(), peer);
+    ctx.http10 = *rq.http_version() == tiny_http::HTTPVersion(1, 0);
     ctx.headers = rq
         .headers()
         .iter()
@@ -414,16 +415,12 @@ fn resume(
     dispatch(app, ctx, route).map(Step::Reply)
 }
 
-/// Renders a complete response (status line, headers, `Content-Length`,
-/// `Connection: close` when asked, body) for the places that write on the
-/// raw connection: relays, streams that fail before their first event, and
-/// the HTTP layer's own refusals. Returns the bytes and the body length sent.
-fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, usize) {
-    let data = match std::mem::replace(&mut reply.body, Body::Empty) {
-        Body::Bytes(b) => b,
-        _ => Vec::new(),
-    };
-    let mut out = Vec::with_capacity(1024 + if head_only { 0 } else { data.len() });
+/// Writes a response head: status line, `Date`, the reply's (decorated)
+/// headers, `Content-Length` when the body's length is given, and
+/// `Connection: close` when the connection ends after this response. The
+/// only writer of response heads: plain replies, relays, streams, stream
+/// failures and the HTTP layer's refusals all go through it.
+fn render_head(reply: &Reply, content_length: Option<usize>, close: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(
         format!(
             "HTTP/1.1 {} {}\r\nDate: {}\r\n",
@@ -433,12 +430,26 @@ fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>,
         )
         .as_bytes(),
     );
-    reply.render_headers(&mut out);
-    out.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes());
+    reply.render_headers(out);
+    // 1xx, 204 and 304 carry no body and no length (RFC 9110 §8.6).
+    let bodiless = reply.status < 200 || reply.status == 204 || reply.status == 304;
+    if let (Some(len), false) = (content_length, bodiless) {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", len).as_bytes());
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A complete response (head and body) as bytes, and the body length sent.
+fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, usize) {
+    let data = match std::mem::replace(&mut reply.body, Body::Empty) {
+        Body::Bytes(b) => b,
+        _ => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(1024 + if head_only { 0 } else { data.len() });
+    render_head(reply, Some(data.len()), close, &mut out);
     if head_only {
         return (out, 0);
     }
@@ -506,10 +517,8 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             rq.close_connection();
             let fd = rq.socket_fd();
             let (writer, body) = rq.into_writer_and_reader();
-            let mut head =
-                format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
-            reply.render_headers(&mut head);
-            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            let mut head = Vec::with_capacity(1024);
+            render_head(&reply, None, true, &mut head);
             // The head leaves with the first event; until then the stream
             // may still answer a plain JSON error (upstream refused, error
             // status) with its real status and the same decorations.
@@ -544,20 +553,25 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             None
         }
         body => {
-            let data = match body {
-                Body::Bytes(b) => b,
-                _ => Vec::new(),
-            };
-            let len = data.len();
-            let mut block = Vec::with_capacity(768);
-            reply.render_headers(&mut block);
-            let response = tiny_http::Response::from_data(data)
-                .with_status_code(reply.status)
-                .with_raw_headers(block);
-            let _ = rq.respond(response);
-            Some(if head_only { 0 } else { len })
+            reply.body = body;
+            // Written on the raw connection in one piece (keep-alive kept
+            // unless the request or a refusal ends it).
+            let close = ctx.close_connection || rq.body_pending() || client_closes(ctx);
+            let (out, len) = render_complete(&mut reply, head_only, close);
+            let mut writer = rq.into_writer();
+            let sent = writer.write_all(&out).and_then(|_| writer.flush());
+            Some(if sent.is_ok() { len } else { 0 })
         }
     }
+}
+
+/// Whether the client ends the connection after this request
+/// (`Connection: close`, or HTTP/1.0 without keep-alive: tiny_http then
+/// reads no further request).
+fn client_closes(ctx: &Ctx) -> bool {
+    let conn = ctx.header("connection").unwrap_or("");
+    let has = |t: &str| conn.split(',').any(|v| v.trim().eq_ignore_ascii_case(t));
+    has("close") || (ctx.http10 && !has("keep-alive"))
 }
 
 /// The reason phrase of every status portcullis sends.

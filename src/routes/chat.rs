@@ -8,7 +8,7 @@
 //! a conversation is created (no `conversation_id`); with a
 //! `conversation_id` it must be absent or name that conversation's project.
 //!
-//! Order of work: capacity first (a stream slot, a worker wait slot: 503
+//! Order of work: capacity first (a stream slot, global and per client: 503
 //! `server_busy` before anything is written), then the conversation (found
 //! or created, titled from the message), the user message (stored before
 //! the upstream is called), the history, the assistant message, the
