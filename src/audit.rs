@@ -118,11 +118,7 @@ impl Audit {
             wake: Condvar::new(),
         });
         let for_thread = inner.clone();
-        let flusher = std::thread::Builder::new()
-            .name("audit-flush".into())
-            .stack_size(crate::server::THREAD_STACK_BYTES)
-            .spawn(move || run_flusher(&for_thread))
-            .ok();
+        let flusher = crate::threads::spawn("audit-flush", move || run_flusher(&for_thread)).ok();
         Audit {
             inner,
             flusher: Mutex::new(flusher),

@@ -6,6 +6,15 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// The server layer's live gauges, read when `/metrics` renders. A trait so
+/// the arrow points from the server to here, not from the app up to the
+/// server.
+pub trait ServerGauges: Send + Sync {
+    fn open_connections(&self) -> usize;
+    fn queue_depth(&self) -> usize;
+    fn busy_workers(&self) -> usize;
+}
+
 use crate::router::{Route, ROUTES};
 
 /// Status codes we count individually; anything else is "other".

@@ -24,9 +24,6 @@ use crate::filters;
 use crate::http::{Body, Ctx, Method, Reply};
 use crate::logging;
 
-/// Stack for worker and stream threads: handlers are shallow, and 200 open
-/// streams must fit in a few tens of MiB.
-pub const THREAD_STACK_BYTES: usize = 256 * 1024;
 /// How often the drain loop re-checks for idle workers during shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -50,14 +47,14 @@ pub struct ServerStats {
     busy: Arc<AtomicUsize>,
 }
 
-impl ServerStats {
-    pub fn open_connections(&self) -> usize {
+impl crate::metrics::ServerGauges for ServerStats {
+    fn open_connections(&self) -> usize {
         self.server.open_connections()
     }
-    pub fn queue_depth(&self) -> usize {
+    fn queue_depth(&self) -> usize {
         self.server.pending_requests()
     }
-    pub fn busy_workers(&self) -> usize {
+    fn busy_workers(&self) -> usize {
         self.busy.load(Ordering::Relaxed)
     }
 }
@@ -107,7 +104,7 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
         let (server, app, busy) = (server.clone(), app.clone(), busy.clone());
         let handle = std::thread::Builder::new()
             .name(format!("worker-{}", i))
-            .stack_size(THREAD_STACK_BYTES.max(512 * 1024))
+            .stack_size(crate::threads::STACK_BYTES.max(512 * 1024))
             .spawn(move || worker_loop(&server, app, &busy, dispatch))?;
         workers.push(handle);
     }
@@ -537,16 +534,13 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             // The stream runs on its own thread so the worker is free again
             // (it never waits on the upstream); the handler bounded how many
             // exist (stream slots).
-            let spawned = std::thread::Builder::new()
-                .name("stream".into())
-                .stack_size(THREAD_STACK_BYTES)
-                .spawn(move || {
-                    logging::set_request_id(Some(&log_ctx.request_id));
-                    let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
-                    let status = out.status();
-                    drop(out);
-                    finish(&log_app, &log_ctx, status, 0);
-                });
+            let spawned = crate::threads::spawn("stream", move || {
+                logging::set_request_id(Some(&log_ctx.request_id));
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
+                let status = out.status();
+                drop(out);
+                finish(&log_app, &log_ctx, status, 0);
+            });
             if spawned.is_err() {
                 logging::error("cannot start stream thread", &[]);
             }

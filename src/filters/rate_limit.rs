@@ -439,33 +439,30 @@ impl Limiter {
     ) -> std::io::Result<SweeperHandle> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rate-limit-sweeper".into())
-            .stack_size(crate::server::THREAD_STACK_BYTES)
-            .spawn(move || {
-                let (stopped, wake) = &*signal;
-                loop {
-                    {
-                        let guard = lock(stopped);
-                        let (guard, _) = wake
-                            .wait_timeout_while(guard, interval, |stop| !*stop)
-                            .unwrap_or_else(|e| e.into_inner());
-                        if *guard {
-                            return;
-                        }
-                    }
-                    for limiter in &limiters {
-                        let dropped = limiter.sweep(Instant::now());
-                        crate::logging::debug(
-                            "rate-limit sweep",
-                            &[
-                                ("dropped", dropped.into()),
-                                ("tracked", limiter.tracked().into()),
-                            ],
-                        );
+        let thread = crate::threads::spawn("rate-limit-sweeper", move || {
+            let (stopped, wake) = &*signal;
+            loop {
+                {
+                    let guard = lock(stopped);
+                    let (guard, _) = wake
+                        .wait_timeout_while(guard, interval, |stop| !*stop)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *guard {
+                        return;
                     }
                 }
-            })?;
+                for limiter in &limiters {
+                    let dropped = limiter.sweep(Instant::now());
+                    crate::logging::debug(
+                        "rate-limit sweep",
+                        &[
+                            ("dropped", dropped.into()),
+                            ("tracked", limiter.tracked().into()),
+                        ],
+                    );
+                }
+            }
+        })?;
         Ok(SweeperHandle {
             stop,
             thread: Some(thread),
