@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::app::App;
 use portcullis::config::Config;
+use portcullis::metrics::ServerGauges;
 use portcullis::error::ApiError;
 use portcullis::http::{Ctx, Reply};
 use portcullis::router::Route;
