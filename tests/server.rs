@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use portcullis::app::App;
 use portcullis::config::Config;
-use portcullis::metrics::ServerGauges;
 use portcullis::error::ApiError;
 use portcullis::http::{Ctx, Reply};
+use portcullis::metrics::ServerGauges;
 use portcullis::router::Route;
 use support::*;
 
