@@ -92,7 +92,7 @@ pub struct Ctx {
     pub cors_origin: Option<String>,
     pub rate: Option<RateInfo>,
     /// The contract error code this request was answered with, if any.
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<crate::error::Code>,
     /// Set when the connection must close after the response (refused or
     /// unread body): see tiny_http's patched `Request::close_connection`.
     pub close_connection: bool,

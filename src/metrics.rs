@@ -97,7 +97,7 @@ impl Metrics {
         route: Option<Route>,
         status: u16,
         elapsed: Duration,
-        error_code: Option<&str>,
+        error_code: Option<crate::error::Code>,
     ) {
         self.requests[route_index(route) * N_STATUS + status_index(status)].fetch_add(1, Relaxed);
         let s = elapsed.as_secs_f64();
@@ -108,16 +108,12 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
         match error_code {
-            Some("rate_limited") => {
+            Some(crate::error::Code::RateLimited) => {
                 let class =
                     usize::from(route.map(|r| r.class()) != Some(crate::router::RouteClass::Chat));
                 self.rate_limited[class].fetch_add(1, Relaxed);
             }
-            Some(code) => {
-                if let Some(i) = UPSTREAM_KINDS.iter().position(|k| *k == code) {
-                    self.upstream_errors[i].fetch_add(1, Relaxed);
-                }
-            }
+            Some(code) => self.record_upstream_error(code.as_str()),
             None => {}
         }
     }
@@ -308,15 +304,20 @@ mod tests {
             Some(Route::Chat),
             429,
             Duration::from_millis(1),
-            Some("rate_limited"),
+            Some(crate::error::Code::RateLimited),
         );
         m.record(
             Some(Route::Chat),
             504,
             Duration::from_secs(3),
-            Some("upstream_timeout"),
+            Some(crate::error::Code::UpstreamTimeout),
         );
-        m.record(None, 404, Duration::from_micros(10), Some("not_found"));
+        m.record(
+            None,
+            404,
+            Duration::from_micros(10),
+            Some(crate::error::Code::NotFound),
+        );
         m.record_auth_refusal("unknown");
         m.record_auth_refusal("too_many_failures");
         m.record_auth_refusal("not-a-reason");

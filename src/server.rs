@@ -251,19 +251,19 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
                     };
                     rq = back;
                     let err = ApiError::internal("connection gone before its body");
-                    ctx.error_code = Some(err.code());
+                    ctx.error_code = Some(err.kind());
                     error_reply(app, &ctx, &err)
                 }
             }
         }
         Ok(Err(err)) => {
-            ctx.error_code = Some(err.code());
+            ctx.error_code = Some(err.kind());
             error_reply(app, &ctx, &err)
         }
         Err(_) => {
             // The panic hook already logged message and location.
             ctx.close_connection |= ctx.has_body();
-            ctx.error_code = Some("internal");
+            ctx.error_code = Some(crate::error::Code::Internal);
             error_reply(app, &ctx, &ApiError::internal("handler panicked"))
         }
     };
@@ -290,7 +290,7 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
                 Some(ticket) => return defer(app.clone(), rq, ctx, run, ticket),
                 None => {
                     let err = ApiError::ServerBusy { retry_after_s: 1 };
-                    ctx.error_code = Some(err.code());
+                    ctx.error_code = Some(err.kind());
                     reply = error_reply(app, &ctx, &err);
                 }
             }
@@ -342,16 +342,16 @@ fn run_deferred(app: &App, ctx: &mut Ctx, run: crate::http::DeferredFn) -> Reply
     let reply = match panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(r)) => r,
         Ok(Err(err)) => {
-            ctx.error_code = Some(err.code());
+            ctx.error_code = Some(err.kind());
             error_reply(app, ctx, &err)
         }
         Err(_) => {
-            ctx.error_code = Some("internal");
+            ctx.error_code = Some(crate::error::Code::Internal);
             error_reply(app, ctx, &ApiError::internal("deferred handler panicked"))
         }
     };
     if let Body::Stream(_) | Body::Deferred(_) = reply.body {
-        ctx.error_code = Some("internal");
+        ctx.error_code = Some(crate::error::Code::Internal);
         return error_reply(
             app,
             ctx,
@@ -467,13 +467,13 @@ fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let mut ctx = Ctx::new(Method::Other, "", peer);
     ctx.request_id = crate::ids::new_request_id();
-    ctx.error_code = Some(err.code());
+    ctx.error_code = Some(err.kind());
     let mut reply = Reply::error(&err, &ctx.request_id, app.cfg.server.debug);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let (out, len) = render_complete(&mut reply, false, true);
     if refusal.status == 503 {
         app.metrics
-            .record(None, 503, ctx.started.elapsed(), Some(err.code()));
+            .record(None, 503, ctx.started.elapsed(), Some(err.kind()));
     } else {
         logging::set_request_id(Some(&ctx.request_id));
         logging::info(
@@ -584,7 +584,7 @@ fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let status = reply.status;
     let bytes = send(app, rq, reply, &mut ctx).unwrap_or(0);
-    ctx.error_code = Some(err.code());
+    ctx.error_code = Some(err.kind());
     finish(app, &ctx, status, bytes);
 }
 
