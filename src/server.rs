@@ -297,13 +297,7 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
         }
     }
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-    let status = reply.status;
-    let error_code = ctx.error_code;
-    // Streams log themselves when they end (with the status sent).
-    if let Some(bytes) = send(app, rq, reply, &mut ctx) {
-        ctx.error_code = error_code;
-        finish(app, &ctx, status, bytes);
-    }
+    send(app, rq, reply, &mut ctx);
 }
 
 /// Finishes a `Body::Deferred` reply on a relay thread: the worker returns
@@ -327,12 +321,11 @@ fn defer(
         filters::headers::decorate(&mut reply, &ctx, &app.cfg);
         let head_only = ctx.method == Method::Head;
         let (out, len) = render_complete(&mut reply, head_only, ctx.close_connection);
-        let sent = writer.write_all(&out).and_then(|_| writer.flush());
-        let bytes = if sent.is_ok() { len } else { 0 };
+        finish(&app, &ctx, reply.status, len);
+        let _ = writer.write_all(&out).and_then(|_| writer.flush());
         // Releases the connection: its thread reads the next request.
         drop(writer);
         drop(body);
-        finish(&app, &ctx, reply.status, bytes);
         logging::set_request_id(None);
     }));
 }
@@ -500,9 +493,10 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
     Reply::error(err, &ctx.request_id, app.cfg.server.debug)
 }
 
-/// Writes the reply; returns the body bytes sent (streams: 0, they log
-/// their own totals).
-fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> Option<usize> {
+/// Writes the reply, counted and logged (`finish`) before its bytes leave,
+/// so a client that reads `/metrics` right after its answer sees it
+/// counted; streams are counted and logged when they end.
+fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) {
     // A body never read closes the connection by itself (patched
     // tiny_http: no drain, no smuggling); refusals ask for it here.
     if ctx.close_connection {
@@ -544,7 +538,6 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             if spawned.is_err() {
                 logging::error("cannot start stream thread", &[]);
             }
-            None
         }
         body => {
             reply.body = body;
@@ -552,9 +545,9 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             // unless the request or a refusal ends it).
             let close = ctx.close_connection || rq.body_pending() || client_closes(ctx);
             let (out, len) = render_complete(&mut reply, head_only, close);
+            finish(app, ctx, reply.status, len);
             let mut writer = rq.into_writer();
-            let sent = writer.write_all(&out).and_then(|_| writer.flush());
-            Some(if sent.is_ok() { len } else { 0 })
+            let _ = writer.write_all(&out).and_then(|_| writer.flush());
         }
     }
 }
@@ -582,10 +575,8 @@ fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
     app.metrics.record_queue_full();
     let mut reply = Reply::error(&err, &ctx.request_id, false);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-    let status = reply.status;
-    let bytes = send(app, rq, reply, &mut ctx).unwrap_or(0);
     ctx.error_code = Some(err.kind());
-    finish(app, &ctx, status, bytes);
+    send(app, rq, reply, &mut ctx);
 }
 
 /// The one place a finished request is counted (metrics) and logged (the

@@ -252,11 +252,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
         let _slot = slot;
         let started = Instant::now();
-        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics) {
+        let store_error = || {
             let id = start["message_id"].as_str().unwrap_or_default();
             if let Err(e) = app_db.update_message(id, "", "error", None) {
                 log_store_failure(&e);
             }
+        };
+        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, store_error) {
             super::openai::log_stream_end("/api/chat", code, started);
             return;
         }

@@ -292,7 +292,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
-        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics) {
+        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, || {}) {
             log_stream_end("/v1/chat/completions", code, started);
             return;
         }
