@@ -161,6 +161,8 @@ pub struct LoggingConfig {
 
 /// The whole validated configuration, filled from the settings table by
 /// name: a section per struct, a field per key (see `settings::SETTINGS`).
+/// `Deserialize` is how `build` fills it, after checking every value
+/// against its row; it is not a way to read settings from elsewhere.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -353,19 +355,19 @@ impl Config {
                     .to_string(),
             );
         }
-        let addr: SocketAddr = self
-            .server
-            .bind
-            .parse()
-            .expect("build checked that bind is IP:PORT");
-        if addr.ip().is_unspecified() {
-            problems.push(format!(
-                "[server] bind {} listens on every interface with plain HTTP; bind to loopback behind the TLS proxy (contrib/nginx.conf)",
-                self.server.bind
-            ));
-        }
-        if addr.port() == 0 {
-            problems.push("[server] bind uses port 0 (a random port) in production".to_string());
+        // `build` refuses a bind that is not IP:PORT; a `Config` changed by
+        // hand afterwards is the caller's business.
+        if let Ok(addr) = self.server.bind.parse::<SocketAddr>() {
+            if addr.ip().is_unspecified() {
+                problems.push(format!(
+                    "[server] bind {} listens on every interface with plain HTTP; bind to loopback behind the TLS proxy (contrib/nginx.conf)",
+                    self.server.bind
+                ));
+            }
+            if addr.port() == 0 {
+                problems
+                    .push("[server] bind uses port 0 (a random port) in production".to_string());
+            }
         }
         problems
     }

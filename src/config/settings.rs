@@ -5,7 +5,6 @@
 //! README's settings table are rendered from it (`render_ini`,
 //! `render_markdown`) and checked by the tests below.
 
-use std::net::SocketAddr as SocketAddrValue;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -291,7 +290,7 @@ impl Kind {
             Path => Ok(Value::from(v)),
             OptionalPath if v.is_empty() => Ok(Value::Null),
             OptionalPath => Ok(Value::from(v)),
-            SocketAddr => match v.parse::<SocketAddrValue>() {
+            SocketAddr => match v.parse::<std::net::SocketAddr>() {
                 Ok(_) => Ok(Value::from(v)),
                 Err(_) => Err("must be IP:PORT, e.g. 127.0.0.1:8000 or [::1]:8000".into()),
             },
@@ -492,24 +491,24 @@ pub fn render_markdown() -> String {
     out
 }
 
-/// The markers around the generated table in README.md.
-pub const README_BEGIN: &str = "<!-- settings:begin -->";
-pub const README_END: &str = "<!-- settings:end -->";
-
-/// `readme` with the text between the markers replaced by `table`; `None`
-/// when the markers are missing.
-pub fn splice_readme(readme: &str, table: &str) -> Option<String> {
-    let start = readme.find(README_BEGIN)? + README_BEGIN.len();
-    let end = start + readme[start..].find(README_END)?;
-    Some(format!("{}\n{}{}", &readme[..start], table, &readme[end..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::PathBuf;
 
     const REGENERATE: &str = "cargo test --lib regenerate_settings_docs -- --ignored";
+
+    /// The markers around the generated table in README.md.
+    const README_BEGIN: &str = "<!-- settings:begin -->";
+    const README_END: &str = "<!-- settings:end -->";
+
+    /// `readme` with the text between the markers replaced by `table`; `None`
+    /// when the markers are missing.
+    fn splice_readme(readme: &str, table: &str) -> Option<String> {
+        let start = readme.find(README_BEGIN)? + README_BEGIN.len();
+        let end = start + readme[start..].find(README_END)?;
+        Some(format!("{}\n{}{}", &readme[..start], table, &readme[end..]))
+    }
 
     fn repo_file(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
