@@ -422,9 +422,14 @@ pub fn split_list(v: &str) -> Vec<String> {
 }
 
 /// Checks every raw value against its row's kind, then fills `Config` by
-/// name: `{section: {field: value}}` decoded by the structs' `Deserialize`.
-/// Every value error names its origin (file:line or variable) and key.
+/// name. Every value error names its origin (file:line or variable) and key.
 fn build(raw: &Raw) -> Result<Config, ConfigError> {
+    decode(checked_tree(raw)?)
+}
+
+/// `{section: {field: value}}`, each value checked and in the shape its
+/// field decodes.
+fn checked_tree(raw: &Raw) -> Result<serde_json::Value, ConfigError> {
     let mut tree = serde_json::Map::new();
     for (s, (value, origin)) in SETTINGS.iter().zip(raw) {
         let checked = s.kind.check(value).map_err(|what| {
@@ -441,9 +446,15 @@ fn build(raw: &Raw) -> Result<Config, ConfigError> {
             .expect("sections are objects")
             .insert(s.field().to_string(), checked);
     }
-    // Only a table row without its field (or the reverse) fails here, and
-    // the tests load the defaults, so this never reaches a user.
-    serde_json::from_value(serde_json::Value::Object(tree)).map_err(|e| {
+    Ok(serde_json::Value::Object(tree))
+}
+
+/// Fills the structs from a checked tree. Only a table row without its
+/// field (or a field without its row, or a bound its type cannot hold)
+/// fails here; the tests load the defaults and every bound, so this never
+/// reaches a user.
+fn decode(tree: serde_json::Value) -> Result<Config, ConfigError> {
+    serde_json::from_value(tree).map_err(|e| {
         ConfigError(format!(
             "the settings table (src/config/settings.rs) and the Config structs disagree: {e}"
         ))
@@ -539,6 +550,24 @@ mod tests {
             let want = if at_max { 1024 } else { 1 };
             assert_eq!(c.server.workers, want);
         }
+    }
+
+    /// The safety net for a newcomer: a row without its field, or a field
+    /// without its row, is an error that says which.
+    #[test]
+    fn table_and_structs_must_match_field_for_field() {
+        let mut tree = checked_tree(&defaults()).unwrap();
+        tree["server"]["bogus"] = serde_json::json!(1);
+        let e = decode(tree).unwrap_err();
+        assert!(e.0.contains("unknown field `bogus`"), "{e}");
+
+        let mut tree = checked_tree(&defaults()).unwrap();
+        tree["database"]
+            .as_object_mut()
+            .unwrap()
+            .remove("synchronous");
+        let e = decode(tree).unwrap_err();
+        assert!(e.0.contains("missing field `synchronous`"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub struct Setting {
 
 const DAY_S: u64 = 86_400;
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 
 use Item::*;
 use Kind::*;
@@ -121,7 +122,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Serve the built-in chat page at `/`." },
 
     // [security]
-    Setting { section: "security", key: "max_body_bytes", default: "10485760", kind: Bytes { min: 1, max: 16384 * MIB },
+    Setting { section: "security", key: "max_body_bytes", default: "10485760", kind: Bytes { min: 1, max: 16 * GIB },
         doc: "Bodies over this (10 MiB by default) are refused with 413: a declared length before any byte is read, a chunked body once it passes the cap." },
     Setting { section: "security", key: "body_timeout_s", default: "30", kind: Seconds { min: 1, max: 3600 },
         doc: "A request body must arrive completely within this time (408, connection closed)." },
@@ -189,7 +190,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "While the upstream is silent, a comment line (`: ping`) is sent this often on SSE streams." },
     Setting { section: "upstream", key: "max_stream_s", default: "600", kind: Seconds { min: 1, max: DAY_S },
         doc: "A stream's whole lifetime, however often the upstream sends comments or chunks; then an `upstream_timeout` error event ends it, the upstream request is aborted and the answer stored as `partial`." },
-    Setting { section: "upstream", key: "max_response_bytes", default: "8388608", kind: Bytes { min: 1024, max: 4096 * MIB },
+    Setting { section: "upstream", key: "max_response_bytes", default: "8388608", kind: Bytes { min: 1024, max: 4 * GIB },
         doc: "Largest non-streaming upstream answer read." },
     Setting { section: "upstream", key: "history_max_messages", default: "50", kind: Uint { min: 1, max: 10_000 },
         doc: "History sent upstream: at most this many messages." },
@@ -756,7 +757,7 @@ mod tests {
         assert_eq!(
             Bytes {
                 min: 1024,
-                max: 4096 * MIB
+                max: 4 * GIB
             }
             .describe(),
             "1 KiB to 4 GiB"
