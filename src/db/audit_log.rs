@@ -6,7 +6,6 @@
 
 use super::Cached;
 use rusqlite::params;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde_json::{json, Value};
 
 use super::{Db, StoreError};
@@ -14,7 +13,7 @@ use super::{Db, StoreError};
 /// What an audit row records. Its name (`as_str`) is the text stored in
 /// the `event` column and printed by `portcullis audit`; nowhere else is
 /// it text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AuditEvent {
     KeyCreated,
     KeyRevoked,
@@ -48,27 +47,7 @@ impl AuditEvent {
     }
 }
 
-impl std::str::FromStr for AuditEvent {
-    type Err = ();
-    fn from_str(s: &str) -> Result<AuditEvent, ()> {
-        AuditEvent::ALL
-            .into_iter()
-            .find(|e| e.as_str() == s)
-            .ok_or(())
-    }
-}
-
-impl ToSql for AuditEvent {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for AuditEvent {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<AuditEvent> {
-        v.as_str()?.parse().map_err(|()| FromSqlError::InvalidType)
-    }
-}
+text_enum!(AuditEvent);
 
 /// Who caused an event (a request's actor: `audit::actor`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,11 +5,11 @@
 //! apart in `keys list` without the key itself.
 //!
 //! Valid keys are cached in memory (`KeyCache`), so an authenticated
-//! request does not query SQLite; every key change, here or from the
+//! request does not query SQLite. Every key change, here or from the
 //! command line in another process, rewrites the key stamp beside the
-//! database and empties the cache, so a revoked key is still refused on its
-//! very next request. Unknown and revoked keys always reach the database
-//! (one indexed read).
+//! database, and each lookup drops the cache when the stamp changed, so a
+//! revoked key is still refused on its very next request. Unknown and
+//! revoked keys always reach the database (one indexed read).
 
 use super::Cached;
 use std::path::{Path, PathBuf};
@@ -224,8 +224,9 @@ impl Db {
         })
     }
 
-    /// Looks a presented key up by its hash (indexed) and compares the
-    /// stored hash in constant time.
+    /// Looks a presented key up: a valid key already seen under the
+    /// current key stamp comes from `KeyCache`; any other is looked up by
+    /// its hash (indexed) and the stored hash compared in constant time.
     pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, StoreError> {
         let hash = hash_key(presented);
         let stamp = self.key_cache.current_stamp();

@@ -2,7 +2,6 @@
 //! moves its conversation's `updated_at` forward in the same transaction.
 
 use super::Cached;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
@@ -51,30 +50,6 @@ impl Status {
     }
 }
 
-/// The text edges: `FromStr` for what is read, `ToSql`/`FromSql` for the
-/// column; both refuse a name that is not in `ALL`.
-macro_rules! text_enum {
-    ($t:ty) => {
-        impl std::str::FromStr for $t {
-            type Err = ();
-            fn from_str(s: &str) -> Result<$t, ()> {
-                <$t>::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
-            }
-        }
-
-        impl ToSql for $t {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
-            }
-        }
-
-        impl FromSql for $t {
-            fn column_result(v: ValueRef<'_>) -> FromSqlResult<$t> {
-                v.as_str()?.parse().map_err(|()| FromSqlError::InvalidType)
-            }
-        }
-    };
-}
 text_enum!(Role);
 text_enum!(Status);
 

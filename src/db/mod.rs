@@ -17,6 +17,37 @@
 //! write lock up front and the busy timeout applies; a deferred transaction
 //! upgrading from read to write could fail at once with SQLITE_BUSY.
 
+/// The text edges of an enum stored as text (`Role`, `Status`,
+/// `AuditEvent`): `FromStr`, and `ToSql`/`FromSql` for its column, all
+/// through its `as_str` names; a name not in its `ALL` is refused. Defined
+/// before the modules so that each can use it.
+macro_rules! text_enum {
+    ($t:ty) => {
+        impl std::str::FromStr for $t {
+            type Err = ();
+            fn from_str(s: &str) -> Result<$t, ()> {
+                <$t>::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<$t> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|()| rusqlite::types::FromSqlError::InvalidType)
+            }
+        }
+    };
+}
+
 pub mod audit_log;
 pub mod conversations;
 pub mod error;
