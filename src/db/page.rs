@@ -14,8 +14,8 @@
 //! The cursor is the hex of `<kind><created_at>.<seq>`: opaque to clients,
 //! tagged with the list it belongs to, and checked when decoded.
 //!
-//! Reading `limit` and `cursor` from a request is the routes' job
-//! (`routes::fields::page_req`); the rules are here (`PageReq::parse`).
+//! The rules for `limit` and `cursor` are here (`PageReq::from_query`);
+//! the handler passes its query lookup, so storage never sees a request.
 
 use super::StoreError;
 
@@ -55,15 +55,15 @@ pub struct PageReq {
 }
 
 impl PageReq {
-    /// A page request from the `limit` and `cursor` texts as sent (absent:
-    /// `DEFAULT_LIMIT` rows from the list's start). `limit` must be a whole
-    /// number from 1 to `MAX_LIMIT`; `cursor` must be one this list issued.
-    pub fn parse(
-        limit: Option<&str>,
-        cursor: Option<&str>,
+    /// Reads `limit` and `cursor` through `param`, the request's query
+    /// lookup (storage never sees the request itself). Absent: `DEFAULT_LIMIT`
+    /// rows from the list's start. `limit` must be a whole number from 1 to
+    /// `MAX_LIMIT`; `cursor` must be one this list issued.
+    pub fn from_query(
+        param: impl Fn(&str) -> Option<String>,
         kind: Kind,
     ) -> Result<PageReq, StoreError> {
-        let limit = match limit {
+        let limit = match param("limit") {
             None => DEFAULT_LIMIT,
             Some(s) => match s.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -75,9 +75,9 @@ impl PageReq {
                 }
             },
         };
-        let after = match cursor {
+        let after = match param("cursor") {
             None => None,
-            Some(c) => Some(decode(c, kind).ok_or(StoreError::InvalidCursor)?),
+            Some(c) => Some(decode(&c, kind).ok_or(StoreError::InvalidCursor)?),
         };
         Ok(PageReq { limit, after })
     }
@@ -150,13 +150,14 @@ pub fn decode(s: &str, kind: Kind) -> Option<Position> {
 mod tests {
     use super::*;
 
-    /// `q` as a query string's `limit=` and `cursor=`.
+    /// `q` as a query string (`limit=5&cursor=...`).
     fn req(q: &str, kind: Kind) -> Result<PageReq, StoreError> {
         let param = |name: &str| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
         };
-        PageReq::parse(param("limit"), param("cursor"), kind)
+        PageReq::from_query(param, kind)
     }
 
     fn field(e: StoreError) -> &'static str {

@@ -5,11 +5,11 @@
 
 use serde_json::json;
 
-use super::fields::{page_req, patch_str, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
+use super::fields::{patch_str, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
 use super::path_id as id;
 use crate::app::App;
 use crate::db::conversations::ConversationPatch;
-use crate::db::page::Kind;
+use crate::db::page::{Kind, PageReq};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body::strict_object;
@@ -32,7 +32,7 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let req = page_req(ctx, Kind::Conversations)?;
+    let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Conversations)?;
     let project_id = ctx.query_param("project_id");
     if let Some(p) = &project_id {
         if p.is_empty() || p.chars().count() > ID_MAX {
@@ -70,7 +70,7 @@ pub fn delete(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn messages(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let req = page_req(ctx, Kind::Messages)?;
+    let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Messages)?;
     let page = app.db.list_messages(id(ctx)?, &req)?;
     Ok(Reply::json(200, &page.to_json(|m| m.to_json())))
 }

@@ -15,9 +15,7 @@
 //! patch: an absent field is left alone, `null` clears it, and an empty
 //! object changes nothing (200 with the resource as it is).
 
-use crate::db::page::{Kind, PageReq};
 use crate::error::ApiError;
-use crate::http::Ctx;
 use crate::json_body::Fields;
 
 pub const NAME_MAX: usize = 200;
@@ -40,13 +38,6 @@ pub fn patch_str(
         None => Ok(None),
         Some(_) => body.opt_str(field, min, max).map(Some),
     }
-}
-
-/// The page a list request asks for: `?limit=` and `?cursor=` (rules in
-/// `db::page`; storage never sees the request).
-pub fn page_req(ctx: &Ctx, kind: Kind) -> Result<PageReq, ApiError> {
-    let (limit, cursor) = (ctx.query_param("limit"), ctx.query_param("cursor"));
-    Ok(PageReq::parse(limit.as_deref(), cursor.as_deref(), kind)?)
 }
 
 #[cfg(test)]

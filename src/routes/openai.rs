@@ -29,13 +29,13 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::fields::MODEL_MAX;
 use crate::app::App;
 use crate::db::Role;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body;
 use crate::logging;
+use crate::routes::fields::MODEL_MAX;
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::upstream::{self, views, StreamEvent};
 

@@ -4,10 +4,10 @@
 
 use serde_json::json;
 
-use super::fields::{page_req, patch_str, DESCRIPTION_MAX, NAME_MAX};
+use super::fields::{patch_str, DESCRIPTION_MAX, NAME_MAX};
 use super::path_id as id;
 use crate::app::App;
-use crate::db::page::Kind;
+use crate::db::page::{Kind, PageReq};
 use crate::db::projects::ProjectPatch;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
@@ -24,7 +24,7 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let req = page_req(ctx, Kind::Projects)?;
+    let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Projects)?;
     let page = app.db.list_projects(&req)?;
     Ok(Reply::json(200, &page.to_json(|p| p.to_json())))
 }
