@@ -56,8 +56,8 @@ pub struct PageReq {
 
 impl PageReq {
     /// Reads `limit` and `cursor` through `param`, the request's query
-    /// lookup (storage never sees the request itself). Absent: `DEFAULT_LIMIT`
-    /// rows from the list's start. `limit` must be a whole number from 1 to
+    /// lookup (storage never sees the request itself). Absent (or an empty
+    /// `cursor`): `DEFAULT_LIMIT` rows from the list's start. `limit` must be a whole number from 1 to
     /// `MAX_LIMIT`; `cursor` must be one this list issued.
     pub fn from_query(
         param: impl Fn(&str) -> Option<String>,
@@ -76,7 +76,9 @@ impl PageReq {
             },
         };
         let after = match param("cursor") {
+            // `cursor=` (empty) is no cursor: the first page.
             None => None,
+            Some(c) if c.is_empty() => None,
             Some(c) => Some(decode(&c, kind).ok_or(StoreError::InvalidCursor)?),
         };
         Ok(PageReq { limit, after })
@@ -190,6 +192,7 @@ mod tests {
             }
         );
         assert_eq!(req("limit=1", Kind::Projects).unwrap().limit, 1);
+        assert_eq!(req("cursor=", Kind::Projects).unwrap().after, None);
         assert_eq!(req("limit=200", Kind::Projects).unwrap().limit, 200);
         for bad in [
             "limit=0",
@@ -217,7 +220,6 @@ mod tests {
         let forged = [
             "zz".to_string(),
             "abc".into(),
-            "".into(),
             crate::ids::hex(b"p5"),
             crate::ids::hex(b"p-5.6"),
             crate::ids::hex(b"p5.6.7"),
