@@ -341,6 +341,29 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The one boundary between storage and the contract: every `StoreError`
+/// reaching the request path becomes an `ApiError` here and nowhere else
+/// (storage never imports this module; ARCHITECTURE.md "Invariants").
+/// Load (pool exhausted, busy lock, full disk) is 503 `server_busy` with
+/// `Retry-After`, as the write was rolled back and may succeed later.
+impl From<crate::db::StoreError> for ApiError {
+    fn from(e: crate::db::StoreError) -> ApiError {
+        use crate::db::StoreError::*;
+        /// Seconds a client is asked to wait after a busy database.
+        const RETRY_AFTER_S: u64 = 1;
+        match e {
+            NotFound => ApiError::NotFound,
+            UnknownProject => ApiError::validation("project_id", "no project has this id"),
+            Invalid { field, message } => ApiError::validation(field, message),
+            InvalidCursor => ApiError::validation("cursor", "is not a cursor from this list"),
+            PoolExhausted | Busy | DiskFull => ApiError::ServerBusy {
+                retry_after_s: RETRY_AFTER_S,
+            },
+            Internal { detail } => ApiError::Internal { detail },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

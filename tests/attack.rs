@@ -297,7 +297,7 @@ fn trickled_bodies_of_every_kind_never_hold_a_worker() {
 #[test]
 fn expect_continue_is_answered_only_after_the_filters_passed() {
     let s = Server::start(Opts::new());
-    let key = std::fs::read_to_string(s.dir.join("first_api_key")).unwrap();
+    let key = first_key(&s);
     let head = |auth: &str| {
         format!(
             "POST /api/projects HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {auth}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 13\r\n\r\n"

@@ -30,10 +30,12 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::db::Role;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body;
 use crate::logging;
+use crate::routes::fields::MODEL_MAX;
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::upstream::{self, views, StreamEvent};
 
@@ -59,17 +61,18 @@ const RELAYED_FIELDS: &[&str] = &[
     "top_p",
     "user",
 ];
+/// Roles a relayed message may have: the stored roles (`db::Role`) and
+/// those only OpenAI's API knows (relayed, never stored).
 const ROLES: &[&str] = &[
-    "system",
+    Role::System.as_str(),
     "developer",
-    "user",
-    "assistant",
+    Role::User.as_str(),
+    Role::Assistant.as_str(),
     "tool",
     "function",
 ];
 /// Most messages one relayed request may carry.
 const MAX_MESSAGES: usize = 10_000;
-const MAX_MODEL_CHARS: usize = 200;
 
 /// Every top-level field the relay reads or passes on.
 fn known_fields() -> Vec<&'static str> {
@@ -90,7 +93,7 @@ pub fn relay_request(body: &[u8], default_model: &str) -> Result<(Vec<u8>, bool)
         .ok_or_else(|| ApiError::validation("messages", "is required"))?;
     check_messages(messages)?;
     let model = fields
-        .opt_str("model", 1, MAX_MODEL_CHARS)?
+        .opt_str("model", 1, MODEL_MAX)?
         .unwrap_or_else(|| default_model.to_string());
     let stream = fields.opt_bool("stream")?.unwrap_or(false);
 
@@ -359,7 +362,7 @@ const MAX_MODELS: usize = 1000;
 /// The upstream's list (its bytes) in OpenAI's shape; None when it holds
 /// no usable model.
 fn normalize_models(list: &[u8]) -> Option<Vec<Value>> {
-    let out: Vec<Value> = views::model_entries(list, MAX_MODELS, MAX_MODEL_CHARS)
+    let out: Vec<Value> = views::model_entries(list, MAX_MODELS, MODEL_MAX)
         .into_iter()
         .map(|e| {
             model_entry(
