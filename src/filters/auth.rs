@@ -33,8 +33,7 @@ pub trait KeyStore {
 }
 
 impl KeyStore for crate::db::Db {
-    // The storage error converts to the contract's at this boundary.
-    #[allow(clippy::needless_question_mark)]
+    // The storage error converts to the contract's here (`From` in error.rs).
     fn lookup(&self, presented: &str) -> Result<KeyLookup, ApiError> {
         Ok(self.lookup_key(presented)?)
     }
