@@ -132,7 +132,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let slot = match req.stream {
         true => Some(
             app.streams
-                .try_acquire(&crate::streams::client_key(ctx))
+                .try_acquire(crate::streams::client_key(ctx))
                 .ok_or(BUSY)?,
         ),
         false => None,

@@ -284,7 +284,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
     let slot = app
         .streams
-        .try_acquire(&crate::streams::client_key(ctx))
+        .try_acquire(crate::streams::client_key(ctx))
         .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
     let mut handle = app.upstream.open_stream(request, &ctx.request_id)?;
     let ping_every = app.cfg.upstream.ping_interval;
