@@ -11,12 +11,7 @@ use serde_json::{json, Value};
 use support::{assert_error, is_time, keyed, run_cli, Opts, Resp, Server};
 
 fn get(s: &Server, path: &str, key: &str) -> Resp {
-    s.req(
-        "GET",
-        path,
-        &[("Authorization", &format!("Bearer {}", key))],
-        None,
-    )
+    s.get_as(path, key)
 }
 
 /// The CLI on the server's data dir: (exit code, stdout, stderr).

@@ -14,12 +14,7 @@ use serde_json::{json, Value};
 use support::{assert_error, is_time, keyed, run_cli, Opts, Resp, Server};
 
 fn get(s: &Server, path: &str, key: &str) -> Resp {
-    s.req(
-        "GET",
-        path,
-        &[("Authorization", &format!("Bearer {}", key))],
-        None,
-    )
+    s.get_as(path, key)
 }
 
 fn send(s: &Server, method: &str, path: &str, key: &str, body: Value) -> Resp {

@@ -234,6 +234,16 @@ impl Server {
         self.req("GET", path, &[], None)
     }
 
+    /// A GET with `Authorization: Bearer <key>`.
+    pub fn get_as(&self, path: &str, key: &str) -> Resp {
+        self.req(
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {}", key))],
+            None,
+        )
+    }
+
     /// A request with `Host: localhost` (and the given headers and body).
     pub fn req(
         &self,
