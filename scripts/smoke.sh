@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Curl checks of the HTTP contract (../shared/API.md) against a running
+# Curl checks of the HTTP contract (docs/contract.md) against a running
 # portcullis. Exits non-zero on the first failure with a readable message.
 #
 #   BASE_URL=http://127.0.0.1:8000 API_KEY=pcs_... scripts/smoke.sh

@@ -33,7 +33,7 @@ pub struct App {
     sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
     shutting_down: AtomicBool,
-    stats: OnceLock<crate::server::ServerStats>,
+    stats: OnceLock<Box<dyn crate::metrics::ServerGauges>>,
 }
 
 impl App {
@@ -94,7 +94,7 @@ impl App {
         .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         let relays = crate::relay_pool::RelayPool::new(
             cfg.server.max_concurrent_streams,
-            crate::server::THREAD_STACK_BYTES,
+            crate::threads::STACK_BYTES,
         );
         Ok(App {
             streams,
@@ -124,12 +124,12 @@ impl App {
     }
 
     /// The server's gauges (connections, queue depth), once it runs.
-    pub fn set_stats(&self, stats: crate::server::ServerStats) {
+    pub fn set_stats(&self, stats: Box<dyn crate::metrics::ServerGauges>) {
         let _ = self.stats.set(stats);
     }
 
-    pub fn stats(&self) -> Option<&crate::server::ServerStats> {
-        self.stats.get()
+    pub fn stats(&self) -> Option<&dyn crate::metrics::ServerGauges> {
+        self.stats.get().map(|s| s.as_ref())
     }
 
     /// Stops background threads (rate-limit sweeper, audit flusher) at

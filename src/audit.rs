@@ -18,9 +18,19 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::db::audit_log::Actor;
-use crate::db::Db;
+use crate::db::{Actor, AuditEvent, Db};
 use crate::http::Ctx;
+
+/// Who caused an event on the request path: the request's id, its
+/// authenticated key and its resolved client address. (Storage takes an
+/// `Actor` and never sees the request.)
+pub fn actor(ctx: &Ctx) -> Actor {
+    Actor {
+        request_id: Some(ctx.request_id.clone()),
+        key_id: ctx.key_id.clone(),
+        client: Some(ctx.client.to_string()),
+    }
+}
 
 /// Aggregation window of counted events.
 pub const WINDOW_MS: i64 = 60_000;
@@ -37,18 +47,18 @@ struct Tally {
 #[derive(Default)]
 struct Pending {
     window_start: Option<i64>,
-    counters: HashMap<(&'static str, String, String), Tally>,
+    counters: HashMap<(AuditEvent, String, String), Tally>,
     stopping: bool,
 }
 
 /// A row ready to write: (time, event, actor, detail).
-pub type AuditRowOut = (i64, &'static str, Actor, Value);
+pub type AuditRowOut = (i64, AuditEvent, Actor, Value);
 
 impl Pending {
     fn count(
         &mut self,
         now_ms: i64,
-        event: &'static str,
+        event: AuditEvent,
         key: &str,
         reason: &str,
         actor: Actor,
@@ -118,11 +128,7 @@ impl Audit {
             wake: Condvar::new(),
         });
         let for_thread = inner.clone();
-        let flusher = std::thread::Builder::new()
-            .name("audit-flush".into())
-            .stack_size(crate::server::THREAD_STACK_BYTES)
-            .spawn(move || run_flusher(&for_thread))
-            .ok();
+        let flusher = crate::threads::spawn("audit-flush", move || run_flusher(&for_thread)).ok();
         Audit {
             inner,
             flusher: Mutex::new(flusher),
@@ -131,15 +137,14 @@ impl Audit {
 
     /// Writes one event row now; a failure is logged, never returned (an
     /// audit hiccup must not turn a refusal into a 500).
-    pub fn record(&self, event: &str, ctx: &Ctx, detail: Value) {
-        if let Err(e) = self
-            .inner
-            .db
-            .record_audit(event, &Actor::from_ctx(ctx), &detail)
-        {
+    pub fn record(&self, event: AuditEvent, ctx: &Ctx, detail: Value) {
+        if let Err(e) = self.inner.db.record_audit(event, &actor(ctx), &detail) {
             crate::logging::warn(
                 "audit write failed",
-                &[("event", json!(event)), ("error", json!(e.code()))],
+                &[
+                    ("event", json!(event.as_str())),
+                    ("error", json!(crate::logging::redact_text(&e.to_string()))),
+                ],
             );
         }
     }
@@ -149,7 +154,7 @@ impl Audit {
     pub fn record_rate_limited(&self, key: &str) {
         self.count_at(
             crate::time::now_millis(),
-            "rate_limited",
+            AuditEvent::RateLimited,
             key,
             "",
             Actor::default(),
@@ -161,29 +166,29 @@ impl Audit {
     pub fn rate_limited(&self, ctx: &Ctx, key: &str) {
         self.count_at(
             crate::time::now_millis(),
-            "rate_limited",
+            AuditEvent::RateLimited,
             key,
             "",
-            Actor::from_ctx(ctx),
+            actor(ctx),
         );
     }
 
     /// Counts one authentication failure of the request's client.
     /// `reason`: missing, malformed, unknown or revoked.
     pub fn auth_failed(&self, ctx: &Ctx, reason: &'static str, key_id: Option<&str>) {
-        let mut actor = Actor::from_ctx(ctx);
-        actor.key_id = key_id.map(str::to_string);
+        let mut who = actor(ctx);
+        who.key_id = key_id.map(str::to_string);
         let client = ctx.client.to_string();
         self.count_at(
             crate::time::now_millis(),
-            "auth_failed",
+            AuditEvent::AuthFailed,
             &client,
             reason,
-            actor,
+            who,
         );
     }
 
-    fn count_at(&self, now_ms: i64, event: &'static str, key: &str, reason: &str, actor: Actor) {
+    fn count_at(&self, now_ms: i64, event: AuditEvent, key: &str, reason: &str, actor: Actor) {
         let started = lock(&self.inner.pending).count(now_ms, event, key, reason, actor);
         if started {
             self.inner.wake.notify_one();
@@ -209,14 +214,13 @@ fn write(inner: &Inner, rows: &[AuditRowOut]) {
     if rows.is_empty() {
         return;
     }
-    let batch: Vec<(i64, &str, Actor, Value)> = rows
-        .iter()
-        .map(|(t, e, a, d)| (*t, *e, a.clone(), d.clone()))
-        .collect();
-    if let Err(e) = inner.db.record_audit_batch(&batch) {
+    if let Err(e) = inner.db.record_audit_batch(rows) {
         crate::logging::warn(
             "audit flush failed",
-            &[("rows", json!(rows.len())), ("error", json!(e.code()))],
+            &[
+                ("rows", json!(rows.len())),
+                ("error", json!(crate::logging::redact_text(&e.to_string()))),
+            ],
         );
     }
 }
@@ -264,13 +268,14 @@ mod tests {
             request_id: Some(r.into()),
             ..Actor::default()
         };
-        assert!(p.count(1_000, "auth_failed", "10.0.0.1", "unknown", actor("r1")));
-        assert!(!p.count(2_000, "auth_failed", "10.0.0.1", "unknown", actor("r2")));
-        p.count(3_000, "rate_limited", "key:k1", "", actor("r3"));
+        let failed = AuditEvent::AuthFailed;
+        assert!(p.count(1_000, failed, "10.0.0.1", "unknown", actor("r1")));
+        assert!(!p.count(2_000, failed, "10.0.0.1", "unknown", actor("r2")));
+        p.count(3_000, AuditEvent::RateLimited, "key:k1", "", actor("r3"));
         assert!(p.take_due(60_999, false).is_empty());
         let rows = p.take_due(61_000, false);
         assert_eq!(rows.len(), 2);
-        let auth = rows.iter().find(|r| r.1 == "auth_failed").unwrap();
+        let auth = rows.iter().find(|r| r.1 == failed).unwrap();
         assert_eq!(auth.0, 1_000);
         assert_eq!(auth.2.request_id.as_deref(), Some("r1"));
         assert_eq!(auth.3["count"], 2);
@@ -284,7 +289,7 @@ mod tests {
         for i in 0..MAX_COUNTERS + 50 {
             p.count(
                 0,
-                "auth_failed",
+                AuditEvent::AuthFailed,
                 &format!("c{}", i),
                 "unknown",
                 Actor::default(),
@@ -306,8 +311,8 @@ mod tests {
         let rows = db.audit_rows(None, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
-            (rows[0].event.as_str(), &rows[0].detail["count"]),
-            ("rate_limited", &json!(2))
+            (rows[0].event, &rows[0].detail["count"]),
+            (AuditEvent::RateLimited, &json!(2))
         );
     }
 }

@@ -239,7 +239,7 @@ fn serve(cfg: Config) -> i32 {
             return 1;
         }
     };
-    app.set_stats(running.stats());
+    app.set_stats(Box::new(running.stats()));
     let addr_file = app.cfg.server.data_dir.join(crate::data_files::ADDR_FILE);
     let addr_line = format!("{}\n", running.addr);
     if let Err(e) = crate::data_files::replace(&addr_file, addr_line.as_bytes()) {

@@ -1,18 +1,27 @@
-//! Settings: the INI file, `PORTCULLIS_<SECTION>_<KEY>` environment
-//! overrides, validation with file/line/key in every message, and the
+//! Loading settings: the INI file, `PORTCULLIS_<SECTION>_<KEY>` environment
+//! overrides, validation with file:line (or variable) and key in every
+//! message, the typed `Config` the rest of the code reads, and the
 //! production checklist of `check-config --production`.
 //!
-//! Every setting has a safe default here that equals the committed
-//! `config.ini`; a test keeps the two in step. Secrets never come from the
-//! INI file: see `secret.rs`.
+//! What each setting is (default, bounds, doc) lives only in the settings
+//! table, `config/settings.rs`; `config.ini` and the README table are
+//! rendered from it. Secrets never come from the INI file: see `secret.rs`.
 
-use std::collections::HashMap;
+pub mod settings;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
 use crate::filters::client_ip::TrustedProxies;
+use settings::SETTINGS;
+
+/// The shortest CSRF secret the production checklist accepts.
+const MIN_CSRF_SECRET_BYTES: usize = 32;
 
 /// Where a setting's value came from, for error messages.
 #[derive(Clone, Debug)]
@@ -44,7 +53,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub bind: String,
     pub data_dir: PathBuf,
@@ -68,25 +78,29 @@ pub struct ServerConfig {
     pub ui: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
+    #[serde(deserialize_with = "trusted_proxies")]
     pub trusted_proxies: TrustedProxies,
     pub csrf_tokens: bool,
     pub csrf_token_ttl: Duration,
     pub hsts: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     ApiKey,
     None,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub mode: AuthMode,
     /// Failed authentications per client address per minute before the
@@ -94,7 +108,8 @@ pub struct AuthConfig {
     pub max_failures_per_minute: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub chat_per_minute: u32,
     pub other_per_minute: u32,
@@ -102,7 +117,8 @@ pub struct RateLimitConfig {
     pub max_tracked_clients: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub path: PathBuf,
     pub pool_size: usize,
@@ -112,10 +128,12 @@ pub struct DatabaseConfig {
     pub max_connection_age: Duration,
     pub idle_check_after: Duration,
     /// `synchronous = full` (default) or `normal`.
+    #[serde(rename = "synchronous", deserialize_with = "is_full")]
     pub synchronous_full: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub base_url: String,
     pub model: String,
@@ -132,15 +150,21 @@ pub struct UpstreamConfig {
     pub max_idle_connections: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
+    #[serde(deserialize_with = "from_word")]
     pub level: log::LevelFilter,
     pub file: Option<PathBuf>,
     pub flush_interval: Duration,
 }
 
-/// The whole validated configuration.
-#[derive(Clone, Debug)]
+/// The whole validated configuration, filled from the settings table by
+/// name: a section per struct, a field per key (see `settings::SETTINGS`).
+/// `Deserialize` is how `build` fills it, after checking every value
+/// against its row; it is not a way to read settings from elsewhere.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub security: SecurityConfig,
@@ -150,88 +174,26 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub logging: LoggingConfig,
     /// The file the settings were read from, if any.
+    #[serde(skip)]
     pub source: Option<PathBuf>,
 }
 
-/// Every known setting and its default, in `config.ini` order. The default
-/// `config.ini` must hold exactly these values (tested).
-pub const DEFAULTS: &[(&str, &str, &str)] = &[
-    ("server", "bind", "127.0.0.1:8000"),
-    ("server", "data_dir", "data"),
-    ("server", "workers", "8"),
-    ("server", "queue_capacity", "128"),
-    ("server", "max_connections", "1024"),
-    ("server", "max_connections_per_ip", "128"),
-    ("server", "max_concurrent_streams", "64"),
-    ("server", "max_streams_per_client", "8"),
-    ("server", "read_timeout_s", "10"),
-    ("server", "write_timeout_s", "10"),
-    ("server", "shutdown_grace_s", "10"),
-    ("server", "max_request_line_bytes", "16384"),
-    ("server", "max_head_bytes", "65536"),
-    ("server", "max_headers", "100"),
-    ("server", "head_timeout_s", "10"),
-    ("server", "prebuffer_body_bytes", "16384"),
-    ("server", "debug", "false"),
-    ("server", "ui", "true"),
-    ("security", "max_body_bytes", "10485760"),
-    ("security", "body_timeout_s", "30"),
-    ("security", "allowed_hosts", "localhost, 127.0.0.1, ::1"),
-    (
-        "security",
-        "allowed_origins",
-        "http://localhost:3000, http://127.0.0.1:3000",
-    ),
-    ("security", "trusted_proxies", "127.0.0.1, ::1"),
-    ("security", "csrf_tokens", "false"),
-    ("security", "csrf_token_ttl_s", "3600"),
-    ("security", "hsts", "false"),
-    ("auth", "mode", "api_key"),
-    ("auth", "max_failures_per_minute", "20"),
-    ("rate_limit", "chat_per_minute", "10"),
-    ("rate_limit", "other_per_minute", "60"),
-    ("rate_limit", "sweep_interval_s", "300"),
-    ("rate_limit", "max_tracked_clients", "100000"),
-    ("database", "path", "portcullis.db"),
-    ("database", "pool_size", "5"),
-    ("database", "checkout_timeout_ms", "2000"),
-    ("database", "busy_timeout_ms", "5000"),
-    ("database", "ready_timeout_s", "5"),
-    ("database", "max_connection_age_s", "3600"),
-    ("database", "idle_check_after_s", "30"),
-    ("database", "synchronous", "full"),
-    ("upstream", "base_url", "http://127.0.0.1:11434/v1"),
-    ("upstream", "model", "gpt-oss:20b"),
-    ("upstream", "api_key_env", "PORTCULLIS_UPSTREAM_KEY"),
-    ("upstream", "connect_timeout_s", "5"),
-    ("upstream", "timeout_s", "30"),
-    ("upstream", "stream_idle_timeout_s", "60"),
-    ("upstream", "ping_interval_s", "15"),
-    ("upstream", "max_stream_s", "600"),
-    ("upstream", "max_response_bytes", "8388608"),
-    ("upstream", "history_max_messages", "50"),
-    ("upstream", "history_max_chars", "32000"),
-    ("upstream", "max_idle_connections", "64"),
-    ("logging", "level", "info"),
-    ("logging", "file", ""),
-    ("logging", "flush_interval_ms", "100"),
-];
+/// Raw settings in `SETTINGS` order: each value as written, and where from.
+type Raw = Vec<(String, Origin)>;
 
-const SECTIONS: &[&str] = &[
-    "server",
-    "security",
-    "auth",
-    "rate_limit",
-    "database",
-    "upstream",
-    "logging",
-];
+/// Every setting at its default.
+fn defaults() -> Raw {
+    SETTINGS
+        .iter()
+        .map(|s| (s.default.to_string(), Origin::Default))
+        .collect()
+}
 
-/// Raw settings: (section, key) -> (value, origin).
-type Raw = HashMap<(String, String), (String, Origin)>;
-
-fn is_known(section: &str, key: &str) -> bool {
-    DEFAULTS.iter().any(|(s, k, _)| *s == section && *k == key)
+/// The position of (section, key) in `SETTINGS`, if it is a setting.
+fn index_of(section: &str, key: &str) -> Option<usize> {
+    SETTINGS
+        .iter()
+        .position(|s| s.section == section && s.key == key)
 }
 
 /// Parses INI text. Unknown sections and keys are errors naming file and line.
@@ -239,6 +201,7 @@ pub fn parse_ini(
     text: &str,
     path: &Path,
 ) -> Result<Vec<(String, String, String, usize)>, ConfigError> {
+    let sections = settings::sections();
     let mut out = Vec::new();
     let mut section: Option<String> = None;
     for (i, raw_line) in text.lines().enumerate() {
@@ -253,12 +216,12 @@ pub fn parse_ini(
                 ConfigError(format!("{}: malformed section header {:?}", at(), line))
             })?;
             let name = name.trim();
-            if !SECTIONS.contains(&name) {
+            if !sections.contains(&name) {
                 return Err(ConfigError(format!(
                     "{}: unknown section [{}] (known: {})",
                     at(),
                     name,
-                    SECTIONS.join(", ")
+                    sections.join(", ")
                 )));
             }
             section = Some(name.to_string());
@@ -280,7 +243,7 @@ pub fn parse_ini(
                 key
             )));
         };
-        if !is_known(section, key) {
+        if settings::find(section, key).is_none() {
             return Err(ConfigError(format!(
                 "{}: unknown key `{}` in [{}]",
                 at(),
@@ -327,15 +290,7 @@ impl Config {
         path: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut raw: Raw = DEFAULTS
-            .iter()
-            .map(|(s, k, v)| {
-                (
-                    (s.to_string(), k.to_string()),
-                    (v.to_string(), Origin::Default),
-                )
-            })
-            .collect();
+        let mut raw = defaults();
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
             None => {
@@ -348,16 +303,12 @@ impl Config {
                 ConfigError(format!("cannot read config file {}: {}", file.display(), e))
             })?;
             for (s, k, v, line) in parse_ini(&text, file)? {
-                raw.insert(
-                    (s, k),
-                    (
-                        v,
-                        Origin::File {
-                            path: file.clone(),
-                            line,
-                        },
-                    ),
-                );
+                let i = index_of(&s, &k).expect("parse_ini returns known keys only");
+                let origin = Origin::File {
+                    path: file.clone(),
+                    line,
+                };
+                raw[i] = (v, origin);
             }
         }
         apply_env(&mut raw, env)?;
@@ -376,6 +327,10 @@ impl Config {
     }
 
     /// The deployment checklist; an empty list means every item passes.
+    ///
+    /// Only what a valid configuration may still get wrong for production
+    /// is here: what `build` refuses (wildcard origins, an empty
+    /// `allowed_hosts`, bad values) never reaches this list.
     pub fn production_problems(&self, csrf_secret_len: Option<usize>) -> Vec<String> {
         let mut problems = Vec::new();
         if self.server.debug {
@@ -385,20 +340,14 @@ impl Config {
             problems.push("[auth] mode must be api_key in production (auth is off)".to_string());
         }
         if let Some(len) = csrf_secret_len {
-            if len < 32 {
+            if len < MIN_CSRF_SECRET_BYTES {
                 problems.push(format!(
-                    "CSRF secret is {} bytes; at least 32 are required (PORTCULLIS_CSRF_SECRET)",
-                    len
+                    "CSRF secret is {} bytes; at least {} are required ({})",
+                    len,
+                    MIN_CSRF_SECRET_BYTES,
+                    crate::secret::CSRF_SECRET_ENV
                 ));
             }
-        }
-        if self
-            .security
-            .allowed_origins
-            .iter()
-            .any(|o| o.contains('*') || o == "null")
-        {
-            problems.push("[security] allowed_origins must not hold wildcards or null".to_string());
         }
         if self.security.trusted_proxies.is_catch_all() {
             problems.push(
@@ -406,6 +355,8 @@ impl Config {
                     .to_string(),
             );
         }
+        // `build` refuses a bind that is not IP:PORT; a `Config` changed by
+        // hand afterwards is the caller's business.
         if let Ok(addr) = self.server.bind.parse::<SocketAddr>() {
             if addr.ip().is_unspecified() {
                 problems.push(format!(
@@ -418,9 +369,6 @@ impl Config {
                     .push("[server] bind uses port 0 (a random port) in production".to_string());
             }
         }
-        if self.security.allowed_hosts.is_empty() {
-            problems.push("[security] allowed_hosts is empty".to_string());
-        }
         problems
     }
 }
@@ -432,10 +380,12 @@ fn apply_env(raw: &mut Raw, env: &[(String, String)]) -> Result<(), ConfigError>
         .find(|(k, _)| k == &env_name("upstream", "api_key_env"))
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| {
-            raw[&("upstream".to_string(), "api_key_env".to_string())]
-                .0
-                .clone()
+            let i = index_of("upstream", "api_key_env").expect("api_key_env is a setting");
+            raw[i].0.clone()
         });
+    // Longest section name first, so RATE_LIMIT_* is not read as RATE.
+    let mut sections = settings::sections();
+    sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("PORTCULLIS_") else {
             continue;
@@ -443,9 +393,6 @@ fn apply_env(raw: &mut Raw, env: &[(String, String)]) -> Result<(), ConfigError>
         if *name == key_var {
             continue;
         }
-        // Longest section name first, so RATE_LIMIT_* is not read as RATE.
-        let mut sections: Vec<&str> = SECTIONS.to_vec();
-        sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let hit = sections.iter().find_map(|s| {
             let prefix = format!("{}_", s.to_ascii_uppercase());
             rest.strip_prefix(&prefix)
@@ -455,81 +402,15 @@ fn apply_env(raw: &mut Raw, env: &[(String, String)]) -> Result<(), ConfigError>
             // PORTCULLIS_CSRF_SECRET and friends are secrets, read elsewhere.
             continue;
         };
-        if !is_known(section, &key) {
+        let Some(i) = index_of(section, &key) else {
             return Err(ConfigError(format!(
                 "environment variable {}: unknown key `{}` in [{}]",
                 name, key, section
             )));
-        }
-        raw.insert(
-            (section.to_string(), key),
-            (value.trim().to_string(), Origin::Env(name.clone())),
-        );
+        };
+        raw[i] = (value.trim().to_string(), Origin::Env(name.clone()));
     }
     Ok(())
-}
-
-/// Reads typed values out of the raw map; every error names origin and key.
-struct Reader<'a> {
-    raw: &'a Raw,
-}
-
-impl Reader<'_> {
-    fn get(&self, section: &str, key: &str) -> (&str, &Origin) {
-        let (v, o) = &self.raw[&(section.to_string(), key.to_string())];
-        (v.as_str(), o)
-    }
-
-    fn err(&self, section: &str, key: &str, what: &str) -> ConfigError {
-        let (v, o) = self.get(section, key);
-        ConfigError(format!("{}: [{}] {} = {:?}: {}", o, section, key, v, what))
-    }
-
-    fn string(&self, section: &str, key: &str) -> String {
-        self.get(section, key).0.to_string()
-    }
-
-    fn uint(&self, section: &str, key: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-        let v = self.get(section, key).0;
-        match v.parse::<u64>() {
-            Ok(n) if n >= min && n <= max => Ok(n),
-            _ => Err(self.err(
-                section,
-                key,
-                &format!("must be a whole number from {} to {}", min, max),
-            )),
-        }
-    }
-
-    fn usize(&self, section: &str, key: &str, min: u64, max: u64) -> Result<usize, ConfigError> {
-        self.uint(section, key, min, max).map(|n| n as usize)
-    }
-
-    fn secs(&self, section: &str, key: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
-        self.uint(section, key, min, max).map(Duration::from_secs)
-    }
-
-    fn millis(
-        &self,
-        section: &str,
-        key: &str,
-        min: u64,
-        max: u64,
-    ) -> Result<Duration, ConfigError> {
-        self.uint(section, key, min, max).map(Duration::from_millis)
-    }
-
-    fn boolean(&self, section: &str, key: &str) -> Result<bool, ConfigError> {
-        match self.get(section, key).0.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => Ok(true),
-            "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(self.err(section, key, "must be true or false")),
-        }
-    }
-
-    fn list(&self, section: &str, key: &str) -> Vec<String> {
-        split_list(self.get(section, key).0)
-    }
 }
 
 /// Splits a comma-separated list, dropping empty items.
@@ -540,202 +421,71 @@ pub fn split_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// Checks every raw value against its row's kind, then fills `Config` by
+/// name. Every value error names its origin (file:line or variable) and key.
 fn build(raw: &Raw) -> Result<Config, ConfigError> {
-    let r = Reader { raw };
-    const DAY_S: u64 = 86_400;
+    decode(checked_tree(raw)?)
+}
 
-    let bind = r.string("server", "bind");
-    if bind.parse::<SocketAddr>().is_err() {
-        return Err(r.err(
-            "server",
-            "bind",
-            "must be IP:PORT, e.g. 127.0.0.1:8000 or [::1]:8000",
-        ));
-    }
-    let data_dir = r.string("server", "data_dir");
-    if data_dir.is_empty() {
-        return Err(r.err("server", "data_dir", "must not be empty"));
-    }
-    let server = ServerConfig {
-        bind,
-        data_dir: PathBuf::from(data_dir),
-        workers: r.usize("server", "workers", 1, 1024)?,
-        queue_capacity: r.usize("server", "queue_capacity", 1, 100_000)?,
-        max_connections: r.usize("server", "max_connections", 1, 1_000_000)?,
-        max_connections_per_ip: r.usize("server", "max_connections_per_ip", 1, 1_000_000)?,
-        max_concurrent_streams: r.usize("server", "max_concurrent_streams", 1, 100_000)?,
-        max_streams_per_client: r.usize("server", "max_streams_per_client", 1, 100_000)?,
-        read_timeout: r.secs("server", "read_timeout_s", 1, 3600)?,
-        write_timeout: r.secs("server", "write_timeout_s", 1, 3600)?,
-        shutdown_grace: r.secs("server", "shutdown_grace_s", 0, 3600)?,
-        max_request_line_bytes: r.usize("server", "max_request_line_bytes", 256, 1 << 20)?,
-        max_head_bytes: r.usize("server", "max_head_bytes", 1024, 1 << 22)?,
-        max_headers: r.usize("server", "max_headers", 8, 10_000)?,
-        head_timeout: r.secs("server", "head_timeout_s", 1, 3600)?,
-        prebuffer_body_bytes: r.usize("server", "prebuffer_body_bytes", 0, 1 << 20)?,
-        debug: r.boolean("server", "debug")?,
-        ui: r.boolean("server", "ui")?,
-    };
-
-    let allowed_origins = r.list("security", "allowed_origins");
-    for o in &allowed_origins {
-        if o.contains('*') || o == "null" {
-            return Err(r.err(
-                "security",
-                "allowed_origins",
-                "wildcards and `null` are refused: list each origin exactly",
-            ));
-        }
-        if crate::filters::origin::parse_origin(o).is_none() {
-            return Err(r.err(
-                "security",
-                "allowed_origins",
-                &format!("{:?} is not an origin (scheme://host[:port], no path)", o),
-            ));
-        }
-    }
-    let allowed_hosts: Vec<String> = r
-        .list("security", "allowed_hosts")
-        .into_iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    if allowed_hosts.is_empty() {
-        return Err(r.err("security", "allowed_hosts", "must name at least one host"));
-    }
-    let trusted_proxies =
-        TrustedProxies::parse(&r.list("security", "trusted_proxies")).map_err(|bad| {
-            r.err(
-                "security",
-                "trusted_proxies",
-                &format!("{:?} is not an IP address or CIDR", bad),
-            )
-        })?;
-    let security = SecurityConfig {
-        max_body_bytes: r.uint("security", "max_body_bytes", 1, 1 << 34)?,
-        body_timeout: r.secs("security", "body_timeout_s", 1, 3600)?,
-        allowed_hosts,
-        allowed_origins,
-        trusted_proxies,
-        csrf_tokens: r.boolean("security", "csrf_tokens")?,
-        csrf_token_ttl: r.secs("security", "csrf_token_ttl_s", 60, DAY_S)?,
-        hsts: r.boolean("security", "hsts")?,
-    };
-
-    let auth = AuthConfig {
-        mode: match r.get("auth", "mode").0 {
-            "api_key" => AuthMode::ApiKey,
-            "none" => AuthMode::None,
-            _ => return Err(r.err("auth", "mode", "must be api_key or none")),
-        },
-        max_failures_per_minute: r.uint("auth", "max_failures_per_minute", 1, 1_000_000)? as u32,
-    };
-
-    let rate_limit = RateLimitConfig {
-        chat_per_minute: r.uint("rate_limit", "chat_per_minute", 1, 1_000_000)? as u32,
-        other_per_minute: r.uint("rate_limit", "other_per_minute", 1, 1_000_000)? as u32,
-        sweep_interval: r.secs("rate_limit", "sweep_interval_s", 1, DAY_S)?,
-        max_tracked_clients: r.usize("rate_limit", "max_tracked_clients", 16, 10_000_000)?,
-    };
-
-    let db_path = r.string("database", "path");
-    if db_path.is_empty() {
-        return Err(r.err("database", "path", "must not be empty"));
-    }
-    let database = DatabaseConfig {
-        path: PathBuf::from(db_path),
-        pool_size: r.usize("database", "pool_size", 1, 256)?,
-        checkout_timeout: r.millis("database", "checkout_timeout_ms", 1, 600_000)?,
-        busy_timeout: r.millis("database", "busy_timeout_ms", 0, 600_000)?,
-        ready_timeout: r.secs("database", "ready_timeout_s", 1, 600)?,
-        max_connection_age: r.secs("database", "max_connection_age_s", 1, 30 * DAY_S)?,
-        idle_check_after: r.secs("database", "idle_check_after_s", 0, DAY_S)?,
-        synchronous_full: match r
-            .get("database", "synchronous")
-            .0
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "full" => true,
-            "normal" => false,
-            _ => return Err(r.err("database", "synchronous", "must be full or normal")),
-        },
-    };
-
-    let base_url = r.string("upstream", "base_url");
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(r.err(
-            "upstream",
-            "base_url",
-            "must start with http:// or https://",
-        ));
-    }
-    let model = r.string("upstream", "model");
-    if model.is_empty() || model.len() > 200 {
-        return Err(r.err("upstream", "model", "must be 1..200 characters"));
-    }
-    let api_key_env = r.string("upstream", "api_key_env");
-    if !api_key_env
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(r.err(
-            "upstream",
-            "api_key_env",
-            "must be an environment variable name",
-        ));
-    }
-    let upstream = UpstreamConfig {
-        base_url: base_url.trim_end_matches('/').to_string(),
-        model,
-        api_key_env,
-        connect_timeout: r.secs("upstream", "connect_timeout_s", 1, 600)?,
-        timeout: r.secs("upstream", "timeout_s", 1, 3600)?,
-        stream_idle_timeout: r.secs("upstream", "stream_idle_timeout_s", 1, 3600)?,
-        ping_interval: r.secs("upstream", "ping_interval_s", 1, 600)?,
-        max_stream: r.secs("upstream", "max_stream_s", 1, 86_400)?,
-        max_response_bytes: r.uint("upstream", "max_response_bytes", 1024, 1 << 32)?,
-        history_max_messages: r.usize("upstream", "history_max_messages", 1, 10_000)?,
-        history_max_chars: r.usize("upstream", "history_max_chars", 100, 10_000_000)?,
-        max_idle_connections: r.usize("upstream", "max_idle_connections", 0, 1024)?,
-    };
-
-    let level = match r.get("logging", "level").0.to_ascii_lowercase().as_str() {
-        "off" => log::LevelFilter::Off,
-        "error" => log::LevelFilter::Error,
-        "warn" => log::LevelFilter::Warn,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        _ => {
-            return Err(r.err(
-                "logging",
-                "level",
-                "must be off, error, warn, info, debug or trace",
+/// `{section: {field: value}}`, each value checked and in the shape its
+/// field decodes.
+fn checked_tree(raw: &Raw) -> Result<serde_json::Value, ConfigError> {
+    let mut tree = serde_json::Map::new();
+    for (s, (value, origin)) in SETTINGS.iter().zip(raw) {
+        let checked = s.kind.check(value).map_err(|what| {
+            ConfigError(format!(
+                "{}: [{}] {} = {:?}: {}",
+                origin, s.section, s.key, value, what
             ))
-        }
-    };
-    let file = r.string("logging", "file");
-    let logging = LoggingConfig {
-        level,
-        file: (!file.is_empty()).then(|| PathBuf::from(file)),
-        flush_interval: r.millis("logging", "flush_interval_ms", 0, 10_000)?,
-    };
+        })?;
+        let section = tree
+            .entry(s.section)
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        section
+            .as_object_mut()
+            .expect("sections are objects")
+            .insert(s.field().to_string(), checked);
+    }
+    Ok(serde_json::Value::Object(tree))
+}
 
-    Ok(Config {
-        server,
-        security,
-        auth,
-        rate_limit,
-        database,
-        upstream,
-        logging,
-        source: None,
+/// Fills the structs from a checked tree. Only a table row without its
+/// field (or a field without its row, or a bound its type cannot hold)
+/// fails here; the tests load the defaults and every bound, so this never
+/// reaches a user.
+fn decode(tree: serde_json::Value) -> Result<Config, ConfigError> {
+    serde_json::from_value(tree).map_err(|e| {
+        ConfigError(format!(
+            "the settings table (src/config/settings.rs) and the Config structs disagree: {e}"
+        ))
     })
 }
 
+/// Decodes a `FromStr` type from a checked word (`log::LevelFilter`).
+fn from_word<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    String::deserialize(d)?.parse().map_err(de::Error::custom)
+}
+
+/// `[database] synchronous`: `full` is true.
+fn is_full<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(String::deserialize(d)? == "full")
+}
+
+fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<TrustedProxies, D::Error> {
+    TrustedProxies::parse(&Vec::<String>::deserialize(d)?)
+        .map_err(|bad| de::Error::custom(format!("{bad:?} is not an IP address or CIDR")))
+}
+
 impl Default for Config {
+    /// Every setting at its default from the settings table; reads no file
+    /// and no environment.
     fn default() -> Config {
-        Config::load_with_env(None, &[]).expect("built-in defaults are valid")
+        build(&defaults()).expect("built-in defaults are valid")
     }
 }
 
@@ -762,21 +512,94 @@ mod tests {
     }
 
     #[test]
-    fn committed_config_ini_equals_builtin_defaults() {
+    fn committed_config_ini_holds_every_default() {
         let text = include_str!("../config.ini");
         let parsed = parse_ini(text, Path::new("config.ini")).expect("config.ini parses");
-        for (s, k, v) in DEFAULTS {
-            let found = parsed
+        let found: Vec<(&str, &str, &str)> = parsed
+            .iter()
+            .map(|(s, k, v, _)| (s.as_str(), k.as_str(), v.as_str()))
+            .collect();
+        let want: Vec<(&str, &str, &str)> = SETTINGS
+            .iter()
+            .map(|s| (s.section, s.key, s.default))
+            .collect();
+        assert_eq!(found, want);
+    }
+
+    /// Every row's bounds fit its field's type, and every row has a field.
+    #[test]
+    fn every_setting_at_its_bounds_fills_config() {
+        use settings::Kind::*;
+        for at_max in [false, true] {
+            let env: Vec<(String, String)> = SETTINGS
                 .iter()
-                .find(|(ps, pk, _, _)| ps == s && pk == k)
-                .unwrap_or_else(|| panic!("config.ini lacks [{}] {}", s, k));
-            assert_eq!(
-                &found.2, v,
-                "config.ini [{}] {} differs from the default",
-                s, k
-            );
+                .filter_map(|s| {
+                    let (min, max) = match s.kind {
+                        Uint { min, max }
+                        | Bytes { min, max }
+                        | Seconds { min, max }
+                        | Millis { min, max } => (min, max),
+                        _ => return None,
+                    };
+                    let v = if at_max { max } else { min };
+                    Some((env_name(s.section, s.key), v.to_string()))
+                })
+                .collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let c = load_text("", &env).unwrap_or_else(|e| panic!("at_max {at_max}: {e}"));
+            let want = if at_max { 1024 } else { 1 };
+            assert_eq!(c.server.workers, want);
         }
-        assert_eq!(parsed.len(), DEFAULTS.len(), "config.ini has extra keys");
+    }
+
+    /// The safety net for a newcomer: a row without its field, or a field
+    /// without its row, is an error that says which.
+    #[test]
+    fn table_and_structs_must_match_field_for_field() {
+        let mut tree = checked_tree(&defaults()).unwrap();
+        tree["server"]["bogus"] = serde_json::json!(1);
+        let e = decode(tree).unwrap_err();
+        assert!(e.0.contains("unknown field `bogus`"), "{e}");
+
+        let mut tree = checked_tree(&defaults()).unwrap();
+        tree["database"]
+            .as_object_mut()
+            .unwrap()
+            .remove("synchronous");
+        let e = decode(tree).unwrap_err();
+        assert!(e.0.contains("missing field `synchronous`"), "{e}");
+    }
+
+    #[test]
+    fn defaults_fill_config_without_reading_a_file() {
+        let c = Config::default();
+        assert_eq!(c.server.bind, "127.0.0.1:8000");
+        assert_eq!(c.server.read_timeout, Duration::from_secs(10));
+        assert_eq!(c.database.checkout_timeout, Duration::from_millis(2000));
+        assert!(c.database.synchronous_full);
+        assert_eq!(c.auth.mode, AuthMode::ApiKey);
+        assert_eq!(c.logging.level, log::LevelFilter::Info);
+        assert_eq!(c.logging.file, None);
+        assert_eq!(c.security.allowed_hosts, ["localhost", "127.0.0.1", "::1"]);
+        assert!(c.security.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(c.source.is_none());
+    }
+
+    #[test]
+    fn decoded_words_and_normalised_values() {
+        let c = load_text(
+            "[database]\nsynchronous = NORMAL\n[logging]\nlevel = Warn\nfile = x.log\n\
+             [auth]\nmode = none\n[upstream]\nbase_url = https://api.example/v1/\n\
+             [security]\nallowed_hosts = Example.COM\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!c.database.synchronous_full);
+        assert_eq!(c.logging.level, log::LevelFilter::Warn);
+        assert_eq!(c.logging.file, Some(PathBuf::from("x.log")));
+        assert_eq!(c.auth.mode, AuthMode::None);
+        assert_eq!(c.upstream.base_url, "https://api.example/v1");
+        assert_eq!(c.security.allowed_hosts, ["example.com"]);
     }
 
     #[test]
@@ -843,20 +666,35 @@ mod tests {
         assert!(e.0.contains("allowed_origins"), "{}", e);
     }
 
+    /// Each checklist item fires on its own, and the defaults pass.
     #[test]
-    fn production_checklist_lists_every_failure() {
-        let c = load_text(
-            "[server]\ndebug = true\nbind = 0.0.0.0:8000\n[auth]\nmode = none\n[security]\ntrusted_proxies = 0.0.0.0/0\n",
-            &[],
-        )
-        .unwrap();
-        let p = c.production_problems(Some(8));
-        assert!(p.len() >= 5, "{:?}", p);
-        let defaults = Config::default();
-        assert!(
-            defaults.production_problems(Some(32)).is_empty(),
-            "{:?}",
-            defaults.production_problems(Some(32))
+    fn production_checklist_items_each_fire() {
+        let cases: &[(&str, Option<usize>, &str)] = &[
+            ("[server]\ndebug = true\n", Some(32), "debug"),
+            ("[auth]\nmode = none\n", Some(32), "[auth] mode"),
+            ("", Some(31), "CSRF secret is 31 bytes"),
+            (
+                "[security]\ntrusted_proxies = 10.0.0.1, ::/0\n",
+                None,
+                "trusted_proxies",
+            ),
+            ("[server]\nbind = [::]:8000\n", None, "every interface"),
+            ("[server]\nbind = 127.0.0.1:0\n", None, "port 0"),
+        ];
+        for (ini, secret_len, want) in cases {
+            let p = load_text(ini, &[])
+                .unwrap()
+                .production_problems(*secret_len);
+            assert_eq!(p.len(), 1, "{ini:?}: {p:?}");
+            assert!(p[0].contains(want), "{ini:?}: {p:?}");
+        }
+        assert_eq!(
+            Config::default().production_problems(Some(32)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            Config::default().production_problems(None),
+            Vec::<String>::new()
         );
     }
 }

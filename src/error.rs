@@ -1,5 +1,5 @@
 //! The one error type of the request path. Its variants are exactly the
-//! contract's error codes (../shared/API.md "Errors"); `status` and `code`
+//! contract's error codes (docs/contract.md "Errors"); `status` and `code`
 //! map them, and `to_body` renders the contract's JSON body. Internal errors
 //! are converted at the boundary (`From` impls in the modules that own them)
 //! and their private detail is only ever shown with `debug = true`.
@@ -61,6 +61,113 @@ pub enum ApiError {
     HttpVersionNotSupported,
 }
 
+/// The contract's error codes (docs/contract.md "Errors"): each with its
+/// status, its text and its OpenAI error type, stated once here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    InvalidJson,
+    ValidationFailed,
+    BadRequest,
+    Unauthorized,
+    OriginNotAllowed,
+    CsrfTokenInvalid,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    UriTooLong,
+    UnsupportedMediaType,
+    ExpectationFailed,
+    HostNotAllowed,
+    RateLimited,
+    HeadersTooLarge,
+    Internal,
+    NotImplemented,
+    UpstreamUnavailable,
+    UpstreamError,
+    ServerBusy,
+    UpstreamTimeout,
+    HttpVersionNotSupported,
+}
+
+impl Code {
+    /// Every code, in status order (for documents and tests).
+    pub const ALL: [Code; 23] = [
+        Code::InvalidJson,
+        Code::ValidationFailed,
+        Code::BadRequest,
+        Code::Unauthorized,
+        Code::OriginNotAllowed,
+        Code::CsrfTokenInvalid,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::RequestTimeout,
+        Code::PayloadTooLarge,
+        Code::UriTooLong,
+        Code::UnsupportedMediaType,
+        Code::ExpectationFailed,
+        Code::HostNotAllowed,
+        Code::RateLimited,
+        Code::HeadersTooLarge,
+        Code::Internal,
+        Code::NotImplemented,
+        Code::UpstreamUnavailable,
+        Code::UpstreamError,
+        Code::ServerBusy,
+        Code::UpstreamTimeout,
+        Code::HttpVersionNotSupported,
+    ];
+
+    /// (status, text, OpenAI type): the one table of the contract's codes.
+    const fn row(self) -> (u16, &'static str, &'static str) {
+        const INVALID: &str = "invalid_request_error";
+        const SERVER: &str = "server_error";
+        match self {
+            Code::InvalidJson => (400, "invalid_json", INVALID),
+            Code::ValidationFailed => (400, "validation_failed", INVALID),
+            Code::BadRequest => (400, "bad_request", INVALID),
+            Code::Unauthorized => (401, "unauthorized", "authentication_error"),
+            Code::OriginNotAllowed => (403, "origin_not_allowed", "permission_error"),
+            Code::CsrfTokenInvalid => (403, "csrf_token_invalid", "permission_error"),
+            Code::NotFound => (404, "not_found", "not_found_error"),
+            Code::MethodNotAllowed => (405, "method_not_allowed", INVALID),
+            Code::RequestTimeout => (408, "request_timeout", INVALID),
+            Code::PayloadTooLarge => (413, "payload_too_large", INVALID),
+            Code::UriTooLong => (414, "uri_too_long", INVALID),
+            Code::UnsupportedMediaType => (415, "unsupported_media_type", INVALID),
+            Code::ExpectationFailed => (417, "expectation_failed", INVALID),
+            Code::HostNotAllowed => (421, "host_not_allowed", "permission_error"),
+            Code::RateLimited => (429, "rate_limited", "rate_limit_error"),
+            Code::HeadersTooLarge => (431, "headers_too_large", INVALID),
+            Code::Internal => (500, "internal", SERVER),
+            Code::NotImplemented => (501, "not_implemented", SERVER),
+            Code::UpstreamUnavailable => (502, "upstream_unavailable", SERVER),
+            Code::UpstreamError => (502, "upstream_error", SERVER),
+            Code::ServerBusy => (503, "server_busy", SERVER),
+            Code::UpstreamTimeout => (504, "upstream_timeout", SERVER),
+            Code::HttpVersionNotSupported => (505, "http_version_not_supported", SERVER),
+        }
+    }
+
+    pub const fn status(self) -> u16 {
+        self.row().0
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        self.row().1
+    }
+
+    pub const fn error_type(self) -> &'static str {
+        self.row().2
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ApiError {
     pub fn validation(field: &str, message: impl Into<String>) -> ApiError {
         ApiError::ValidationFailed {
@@ -75,78 +182,49 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> u16 {
+    /// The contract code of this error (its status, text and type follow).
+    pub fn kind(&self) -> Code {
         use ApiError::*;
         match self {
-            InvalidJson(_) | ValidationFailed { .. } | BadRequest { .. } => 400,
-            Unauthorized => 401,
-            OriginNotAllowed | CsrfTokenInvalid => 403,
-            NotFound => 404,
-            MethodNotAllowed { .. } => 405,
-            RequestTimeout => 408,
-            PayloadTooLarge => 413,
-            UriTooLong => 414,
-            UnsupportedMediaType => 415,
-            ExpectationFailed => 417,
-            HostNotAllowed => 421,
-            HeadersTooLarge => 431,
-            RateLimited { .. } => 429,
-            Internal { .. } => 500,
-            UpstreamUnavailable { .. } | UpstreamError { .. } => 502,
-            ServerBusy { .. } => 503,
-            UpstreamTimeout { .. } => 504,
-            NotImplemented => 501,
-            HttpVersionNotSupported => 505,
+            InvalidJson(_) => Code::InvalidJson,
+            ValidationFailed { .. } => Code::ValidationFailed,
+            Unauthorized => Code::Unauthorized,
+            OriginNotAllowed => Code::OriginNotAllowed,
+            CsrfTokenInvalid => Code::CsrfTokenInvalid,
+            NotFound => Code::NotFound,
+            MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            RequestTimeout => Code::RequestTimeout,
+            PayloadTooLarge => Code::PayloadTooLarge,
+            UnsupportedMediaType => Code::UnsupportedMediaType,
+            HostNotAllowed => Code::HostNotAllowed,
+            RateLimited { .. } => Code::RateLimited,
+            Internal { .. } => Code::Internal,
+            UpstreamUnavailable { .. } => Code::UpstreamUnavailable,
+            UpstreamError { .. } => Code::UpstreamError,
+            ServerBusy { .. } => Code::ServerBusy,
+            UpstreamTimeout { .. } => Code::UpstreamTimeout,
+            BadRequest { .. } => Code::BadRequest,
+            UriTooLong => Code::UriTooLong,
+            ExpectationFailed => Code::ExpectationFailed,
+            HeadersTooLarge => Code::HeadersTooLarge,
+            NotImplemented => Code::NotImplemented,
+            HttpVersionNotSupported => Code::HttpVersionNotSupported,
         }
     }
 
+    pub fn status(&self) -> u16 {
+        self.kind().status()
+    }
+
+    /// The code's text, as the JSON body and the logs show it.
     pub fn code(&self) -> &'static str {
-        use ApiError::*;
-        match self {
-            InvalidJson(_) => "invalid_json",
-            ValidationFailed { .. } => "validation_failed",
-            Unauthorized => "unauthorized",
-            OriginNotAllowed => "origin_not_allowed",
-            CsrfTokenInvalid => "csrf_token_invalid",
-            NotFound => "not_found",
-            MethodNotAllowed { .. } => "method_not_allowed",
-            RequestTimeout => "request_timeout",
-            PayloadTooLarge => "payload_too_large",
-            UnsupportedMediaType => "unsupported_media_type",
-            HostNotAllowed => "host_not_allowed",
-            RateLimited { .. } => "rate_limited",
-            Internal { .. } => "internal",
-            UpstreamUnavailable { .. } => "upstream_unavailable",
-            UpstreamError { .. } => "upstream_error",
-            ServerBusy { .. } => "server_busy",
-            UpstreamTimeout { .. } => "upstream_timeout",
-            BadRequest { .. } => "bad_request",
-            UriTooLong => "uri_too_long",
-            ExpectationFailed => "expectation_failed",
-            HeadersTooLarge => "headers_too_large",
-            NotImplemented => "not_implemented",
-            HttpVersionNotSupported => "http_version_not_supported",
-        }
+        self.kind().as_str()
     }
 
     /// The OpenAI error type that fits (API.md "Errors: additions"), so
     /// OpenAI SDKs read our errors natively.
     pub fn error_type(&self) -> &'static str {
-        use ApiError::*;
-        match self {
-            Unauthorized => "authentication_error",
-            OriginNotAllowed | CsrfTokenInvalid | HostNotAllowed => "permission_error",
-            NotFound => "not_found_error",
-            RateLimited { .. } => "rate_limit_error",
-            Internal { .. }
-            | UpstreamUnavailable { .. }
-            | UpstreamError { .. }
-            | ServerBusy { .. }
-            | UpstreamTimeout { .. }
-            | NotImplemented
-            | HttpVersionNotSupported => "server_error",
-            _ => "invalid_request_error",
-        }
+        self.kind().error_type()
     }
 
     /// The offending field, if one is to blame.
@@ -263,6 +341,31 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The one boundary between storage and the contract: every `StoreError`
+/// reaching the request path becomes an `ApiError` here and nowhere else
+/// (storage never imports this module; ARCHITECTURE.md "Invariants").
+/// Load (pool exhausted, busy lock, full disk) is 503 `server_busy` with
+/// `Retry-After`, as the write was rolled back and may succeed later.
+impl From<crate::db::StoreError> for ApiError {
+    fn from(e: crate::db::StoreError) -> ApiError {
+        use crate::db::StoreError::*;
+        /// Seconds a client is asked to wait after a busy database.
+        const RETRY_AFTER_S: u64 = 1;
+        match e {
+            NotFound => ApiError::NotFound,
+            // A `project_id` naming no project is an unknown id: 404, as
+            // in a path (API.md "Errors"; issue 11, schemathesis).
+            UnknownProject => ApiError::NotFound,
+            Invalid { field, message } => ApiError::validation(field, message),
+            InvalidCursor => ApiError::validation("cursor", "is not a cursor from this list"),
+            PoolExhausted | Busy | DiskFull => ApiError::ServerBusy {
+                retry_after_s: RETRY_AFTER_S,
+            },
+            Internal { detail } => ApiError::Internal { detail },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +454,14 @@ mod tests {
         for (e, status, code) in table {
             assert_eq!((e.status(), e.code()), (status, code));
         }
+        // Every code is listed once, in status order.
+        for pair in Code::ALL.windows(2) {
+            assert!(pair[0].status() <= pair[1].status(), "{:?}", pair);
+        }
+        let mut texts: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), Code::ALL.len());
     }
 
     #[test]

@@ -92,10 +92,12 @@ pub struct Ctx {
     pub cors_origin: Option<String>,
     pub rate: Option<RateInfo>,
     /// The contract error code this request was answered with, if any.
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<crate::error::Code>,
     /// Set when the connection must close after the response (refused or
     /// unread body): see tiny_http's patched `Request::close_connection`.
     pub close_connection: bool,
+    /// An HTTP/1.0 request (keep-alive only when asked for).
+    pub http10: bool,
     pub started: Instant,
 }
 
@@ -124,6 +126,7 @@ impl Ctx {
             rate: None,
             error_code: None,
             close_connection: false,
+            http10: false,
             started: Instant::now(),
         }
     }
@@ -149,6 +152,7 @@ impl Ctx {
             rate: self.rate.clone(),
             error_code: self.error_code,
             close_connection: true,
+            http10: self.http10,
             started: self.started,
         }
     }

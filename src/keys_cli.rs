@@ -1,7 +1,9 @@
 //! `portcullis keys create|list|revoke` and `portcullis audit`: operator
 //! commands on the same database file as the server (same `--config` and
 //! `PORTCULLIS_*` settings). They work while the server runs: WAL lets a
-//! second process write, and the server reads keys on every request.
+//! second process write, and every key change rewrites the key stamp that
+//! the server's key cache checks on each request (`db::keys::KeyCache`),
+//! so a revoked key is refused on its next request.
 //!
 //! Output: `keys create` prints the key alone on standard output (so
 //! `KEY=$(portcullis keys create --name ci)` works) and its id on standard
@@ -10,9 +12,8 @@
 use std::io::Write;
 
 use crate::config::Config;
-use crate::db::audit_log::Actor;
 use crate::db::keys::Revoke;
-use crate::db::Db;
+use crate::db::{Actor, Db, StoreError};
 
 /// Opens the database after the server's start-up check of our files
 /// (`data_files::secure_existing`): links refused, loose modes tightened.
@@ -42,14 +43,8 @@ fn open(cfg: &Config) -> Option<Db> {
     }
 }
 
-fn fail(what: &str, e: crate::error::ApiError) -> i32 {
-    eprintln!(
-        "portcullis: {}: {}",
-        what,
-        e.detail()
-            .map(str::to_string)
-            .unwrap_or_else(|| e.message())
-    );
+fn fail(what: &str, e: StoreError) -> i32 {
+    eprintln!("portcullis: {}: {}", what, e);
     1
 }
 

@@ -24,5 +24,6 @@ pub mod server;
 pub mod signals;
 pub mod sse;
 pub mod streams;
+pub mod threads;
 pub mod time;
 pub mod upstream;

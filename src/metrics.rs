@@ -6,6 +6,15 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// The server layer's live gauges, read when `/metrics` renders. A trait so
+/// the arrow points from the server to here, not from the app up to the
+/// server.
+pub trait ServerGauges: Send + Sync {
+    fn open_connections(&self) -> usize;
+    fn queue_depth(&self) -> usize;
+    fn busy_workers(&self) -> usize;
+}
+
 use crate::router::{Route, ROUTES};
 
 /// Status codes we count individually; anything else is "other".
@@ -86,7 +95,7 @@ impl Metrics {
         route: Option<Route>,
         status: u16,
         elapsed: Duration,
-        error_code: Option<&str>,
+        error_code: Option<crate::error::Code>,
     ) {
         self.requests[route_index(route) * N_STATUS + status_index(status)].fetch_add(1, Relaxed);
         let s = elapsed.as_secs_f64();
@@ -97,16 +106,12 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
         match error_code {
-            Some("rate_limited") => {
+            Some(crate::error::Code::RateLimited) => {
                 let class =
                     usize::from(route.map(|r| r.class()) != Some(crate::router::RouteClass::Chat));
                 self.rate_limited[class].fetch_add(1, Relaxed);
             }
-            Some(code) => {
-                if let Some(i) = UPSTREAM_KINDS.iter().position(|k| *k == code) {
-                    self.upstream_errors[i].fetch_add(1, Relaxed);
-                }
-            }
+            Some(code) => self.record_upstream_error(code.as_str()),
             None => {}
         }
     }
@@ -297,15 +302,20 @@ mod tests {
             Some(Route::Chat),
             429,
             Duration::from_millis(1),
-            Some("rate_limited"),
+            Some(crate::error::Code::RateLimited),
         );
         m.record(
             Some(Route::Chat),
             504,
             Duration::from_secs(3),
-            Some("upstream_timeout"),
+            Some(crate::error::Code::UpstreamTimeout),
         );
-        m.record(None, 404, Duration::from_micros(10), Some("not_found"));
+        m.record(
+            None,
+            404,
+            Duration::from_micros(10),
+            Some(crate::error::Code::NotFound),
+        );
         m.record_auth_refusal("unknown");
         m.record_auth_refusal("too_many_failures");
         m.record_auth_refusal("not-a-reason");

@@ -24,9 +24,6 @@ use crate::filters;
 use crate::http::{Body, Ctx, Method, Reply};
 use crate::logging;
 
-/// Stack for worker and stream threads: handlers are shallow, and 200 open
-/// streams must fit in a few tens of MiB.
-pub const THREAD_STACK_BYTES: usize = 256 * 1024;
 /// How often the drain loop re-checks for idle workers during shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -50,14 +47,14 @@ pub struct ServerStats {
     busy: Arc<AtomicUsize>,
 }
 
-impl ServerStats {
-    pub fn open_connections(&self) -> usize {
+impl crate::metrics::ServerGauges for ServerStats {
+    fn open_connections(&self) -> usize {
         self.server.open_connections()
     }
-    pub fn queue_depth(&self) -> usize {
+    fn queue_depth(&self) -> usize {
         self.server.pending_requests()
     }
-    pub fn busy_workers(&self) -> usize {
+    fn busy_workers(&self) -> usize {
         self.busy.load(Ordering::Relaxed)
     }
 }
@@ -107,7 +104,7 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
         let (server, app, busy) = (server.clone(), app.clone(), busy.clone());
         let handle = std::thread::Builder::new()
             .name(format!("worker-{}", i))
-            .stack_size(THREAD_STACK_BYTES.max(512 * 1024))
+            .stack_size(crate::threads::STACK_BYTES.max(512 * 1024))
             .spawn(move || worker_loop(&server, app, &busy, dispatch))?;
         workers.push(handle);
     }
@@ -182,6 +179,7 @@ fn context_from(rq: &tiny_http::Request) -> Ctx {
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let mut ctx = Ctx::new(Method::parse(rq.method().as_str()), rq.url(), peer);
+    ctx.http10 = *rq.http_version() == tiny_http::HTTPVersion(1, 0);
     ctx.headers = rq
         .headers()
         .iter()
@@ -253,19 +251,19 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
                     };
                     rq = back;
                     let err = ApiError::internal("connection gone before its body");
-                    ctx.error_code = Some(err.code());
+                    ctx.error_code = Some(err.kind());
                     error_reply(app, &ctx, &err)
                 }
             }
         }
         Ok(Err(err)) => {
-            ctx.error_code = Some(err.code());
+            ctx.error_code = Some(err.kind());
             error_reply(app, &ctx, &err)
         }
         Err(_) => {
             // The panic hook already logged message and location.
             ctx.close_connection |= ctx.has_body();
-            ctx.error_code = Some("internal");
+            ctx.error_code = Some(crate::error::Code::Internal);
             error_reply(app, &ctx, &ApiError::internal("handler panicked"))
         }
     };
@@ -292,20 +290,14 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
                 Some(ticket) => return defer(app.clone(), rq, ctx, run, ticket),
                 None => {
                     let err = ApiError::ServerBusy { retry_after_s: 1 };
-                    ctx.error_code = Some(err.code());
+                    ctx.error_code = Some(err.kind());
                     reply = error_reply(app, &ctx, &err);
                 }
             }
         }
     }
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-    let status = reply.status;
-    let error_code = ctx.error_code;
-    // Streams log themselves when they end (with the status sent).
-    if let Some(bytes) = send(app, rq, reply, &mut ctx) {
-        ctx.error_code = error_code;
-        finish(app, &ctx, status, bytes);
-    }
+    send(app, rq, reply, &mut ctx);
 }
 
 /// Finishes a `Body::Deferred` reply on a relay thread: the worker returns
@@ -329,12 +321,11 @@ fn defer(
         filters::headers::decorate(&mut reply, &ctx, &app.cfg);
         let head_only = ctx.method == Method::Head;
         let (out, len) = render_complete(&mut reply, head_only, ctx.close_connection);
-        let sent = writer.write_all(&out).and_then(|_| writer.flush());
-        let bytes = if sent.is_ok() { len } else { 0 };
+        finish(&app, &ctx, reply.status, len);
+        let _ = writer.write_all(&out).and_then(|_| writer.flush());
         // Releases the connection: its thread reads the next request.
         drop(writer);
         drop(body);
-        finish(&app, &ctx, reply.status, bytes);
         logging::set_request_id(None);
     }));
 }
@@ -344,16 +335,16 @@ fn run_deferred(app: &App, ctx: &mut Ctx, run: crate::http::DeferredFn) -> Reply
     let reply = match panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(r)) => r,
         Ok(Err(err)) => {
-            ctx.error_code = Some(err.code());
+            ctx.error_code = Some(err.kind());
             error_reply(app, ctx, &err)
         }
         Err(_) => {
-            ctx.error_code = Some("internal");
+            ctx.error_code = Some(crate::error::Code::Internal);
             error_reply(app, ctx, &ApiError::internal("deferred handler panicked"))
         }
     };
     if let Body::Stream(_) | Body::Deferred(_) = reply.body {
-        ctx.error_code = Some("internal");
+        ctx.error_code = Some(crate::error::Code::Internal);
         return error_reply(
             app,
             ctx,
@@ -414,16 +405,12 @@ fn resume(
     dispatch(app, ctx, route).map(Step::Reply)
 }
 
-/// Renders a complete response (status line, headers, `Content-Length`,
-/// `Connection: close` when asked, body) for the places that write on the
-/// raw connection: relays, streams that fail before their first event, and
-/// the HTTP layer's own refusals. Returns the bytes and the body length sent.
-fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, usize) {
-    let data = match std::mem::replace(&mut reply.body, Body::Empty) {
-        Body::Bytes(b) => b,
-        _ => Vec::new(),
-    };
-    let mut out = Vec::with_capacity(1024 + if head_only { 0 } else { data.len() });
+/// Writes a response head: status line, `Date`, the reply's (decorated)
+/// headers, `Content-Length` when the body's length is given, and
+/// `Connection: close` when the connection ends after this response. The
+/// only writer of response heads: plain replies, relays, streams, stream
+/// failures and the HTTP layer's refusals all go through it.
+fn render_head(reply: &Reply, content_length: Option<usize>, close: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(
         format!(
             "HTTP/1.1 {} {}\r\nDate: {}\r\n",
@@ -433,12 +420,26 @@ fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>,
         )
         .as_bytes(),
     );
-    reply.render_headers(&mut out);
-    out.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes());
+    reply.render_headers(out);
+    // 1xx, 204 and 304 carry no body and no length (RFC 9110 §8.6).
+    let bodiless = reply.status < 200 || reply.status == 204 || reply.status == 304;
+    if let (Some(len), false) = (content_length, bodiless) {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", len).as_bytes());
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A complete response (head and body) as bytes, and the body length sent.
+fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, usize) {
+    let data = match std::mem::replace(&mut reply.body, Body::Empty) {
+        Body::Bytes(b) => b,
+        _ => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(1024 + if head_only { 0 } else { data.len() });
+    render_head(reply, Some(data.len()), close, &mut out);
     if head_only {
         return (out, 0);
     }
@@ -459,13 +460,13 @@ fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let mut ctx = Ctx::new(Method::Other, "", peer);
     ctx.request_id = crate::ids::new_request_id();
-    ctx.error_code = Some(err.code());
+    ctx.error_code = Some(err.kind());
     let mut reply = Reply::error(&err, &ctx.request_id, app.cfg.server.debug);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     let (out, len) = render_complete(&mut reply, false, true);
     if refusal.status == 503 {
         app.metrics
-            .record(None, 503, ctx.started.elapsed(), Some(err.code()));
+            .record(None, 503, ctx.started.elapsed(), Some(err.kind()));
     } else {
         logging::set_request_id(Some(&ctx.request_id));
         logging::info(
@@ -492,9 +493,10 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
     Reply::error(err, &ctx.request_id, app.cfg.server.debug)
 }
 
-/// Writes the reply; returns the body bytes sent (streams: 0, they log
-/// their own totals).
-fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) -> Option<usize> {
+/// Writes the reply, counted and logged (`finish`) before its bytes leave,
+/// so a client that reads `/metrics` right after its answer sees it
+/// counted; streams are counted and logged when they end.
+fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) {
     // A body never read closes the connection by itself (patched
     // tiny_http: no drain, no smuggling); refusals ask for it here.
     if ctx.close_connection {
@@ -506,10 +508,8 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             rq.close_connection();
             let fd = rq.socket_fd();
             let (writer, body) = rq.into_writer_and_reader();
-            let mut head =
-                format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
-            reply.render_headers(&mut head);
-            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            let mut head = Vec::with_capacity(1024);
+            render_head(&reply, None, true, &mut head);
             // The head leaves with the first event; until then the stream
             // may still answer a plain JSON error (upstream refused, error
             // status) with its real status and the same decorations.
@@ -528,36 +528,37 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             // The stream runs on its own thread so the worker is free again
             // (it never waits on the upstream); the handler bounded how many
             // exist (stream slots).
-            let spawned = std::thread::Builder::new()
-                .name("stream".into())
-                .stack_size(THREAD_STACK_BYTES)
-                .spawn(move || {
-                    logging::set_request_id(Some(&log_ctx.request_id));
-                    let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
-                    let status = out.status();
-                    drop(out);
-                    finish(&log_app, &log_ctx, status, 0);
-                });
+            let spawned = crate::threads::spawn("stream", move || {
+                logging::set_request_id(Some(&log_ctx.request_id));
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
+                let status = out.status();
+                drop(out);
+                finish(&log_app, &log_ctx, status, 0);
+            });
             if spawned.is_err() {
                 logging::error("cannot start stream thread", &[]);
             }
-            None
         }
         body => {
-            let data = match body {
-                Body::Bytes(b) => b,
-                _ => Vec::new(),
-            };
-            let len = data.len();
-            let mut block = Vec::with_capacity(768);
-            reply.render_headers(&mut block);
-            let response = tiny_http::Response::from_data(data)
-                .with_status_code(reply.status)
-                .with_raw_headers(block);
-            let _ = rq.respond(response);
-            Some(if head_only { 0 } else { len })
+            reply.body = body;
+            // Written on the raw connection in one piece (keep-alive kept
+            // unless the request or a refusal ends it).
+            let close = ctx.close_connection || rq.body_pending() || client_closes(ctx);
+            let (out, len) = render_complete(&mut reply, head_only, close);
+            finish(app, ctx, reply.status, len);
+            let mut writer = rq.into_writer();
+            let _ = writer.write_all(&out).and_then(|_| writer.flush());
         }
     }
+}
+
+/// Whether the client ends the connection after this request
+/// (`Connection: close`, or HTTP/1.0 without keep-alive: tiny_http then
+/// reads no further request).
+fn client_closes(ctx: &Ctx) -> bool {
+    let conn = ctx.header("connection").unwrap_or("");
+    let has = |t: &str| conn.split(',').any(|v| v.trim().eq_ignore_ascii_case(t));
+    has("close") || (ctx.http10 && !has("keep-alive"))
 }
 
 /// The reason phrase of every status portcullis sends.
@@ -574,10 +575,8 @@ fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
     app.metrics.record_queue_full();
     let mut reply = Reply::error(&err, &ctx.request_id, false);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-    let status = reply.status;
-    let bytes = send(app, rq, reply, &mut ctx).unwrap_or(0);
-    ctx.error_code = Some(err.code());
-    finish(app, &ctx, status, bytes);
+    ctx.error_code = Some(err.kind());
+    send(app, rq, reply, &mut ctx);
 }
 
 /// The one place a finished request is counted (metrics) and logged (the

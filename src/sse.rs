@@ -21,14 +21,20 @@ use crate::upstream::{StreamEvent, StreamHandle};
 /// for the upstream to accept. A failure by then is answered as the
 /// contract's plain JSON error with its real status (logged and counted)
 /// and its code returned: the stream is over. Otherwise the 200 head goes
-/// out now, and pings cover any further silence.
+/// out now, and pings cover any further silence. `before_answer` runs
+/// before a failure is answered (to store it), so a client that acts on the
+/// answer finds the failure already recorded.
 pub fn open_or_fail(
     out: &mut StreamOut,
     handle: &mut StreamHandle,
     grace: Duration,
     metrics: &crate::metrics::Metrics,
+    before_answer: impl FnOnce(),
 ) -> Option<&'static str> {
     if let Err(e) = handle.wait_opened(grace) {
+        if !out.started() {
+            before_answer();
+        }
         if out.fail_before_start(&e) {
             crate::upstream::log_failure(&e);
             metrics.record_upstream_error(e.code());

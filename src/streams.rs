@@ -13,17 +13,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::filters::rate_limit::Identity;
+
 /// Whose streams are counted together: the API key when the request has
-/// one, else the client address (IPv6 by its /64, like the rate limiter).
-pub fn client_key(ctx: &crate::http::Ctx) -> String {
-    match &ctx.key_id {
-        Some(id) => format!("key:{}", id),
-        None => format!("addr:{}", crate::filters::client_ip::bucket_key(ctx.client)),
-    }
+/// one, else the client address (IPv6 by its /64), as the rate limiter.
+pub fn client_key(ctx: &crate::http::Ctx) -> Identity {
+    Identity::of(ctx)
 }
 
 /// Open streams per client (only clients with at least one).
-type PerClient = Arc<Mutex<HashMap<String, usize>>>;
+type PerClient = Arc<Mutex<HashMap<Identity, usize>>>;
 
 #[derive(Clone)]
 pub struct StreamSlots {
@@ -36,7 +35,7 @@ pub struct StreamSlots {
 /// One open stream; dropping it frees its global and per-client slot.
 pub struct StreamSlot {
     active: Arc<AtomicUsize>,
-    client: Option<(PerClient, String)>,
+    client: Option<(PerClient, Identity)>,
 }
 
 impl StreamSlots {
@@ -51,17 +50,17 @@ impl StreamSlots {
 
     /// A slot for one more stream of `client` (an API key id or a client
     /// address); None when the server or that client is at its cap.
-    pub fn try_acquire(&self, client: &str) -> Option<StreamSlot> {
+    pub fn try_acquire(&self, client: Identity) -> Option<StreamSlot> {
         let mut slot = self.acquire_global()?;
         {
             let mut map = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(client.to_string()).or_insert(0);
+            let n = map.entry(client.clone()).or_insert(0);
             if *n >= self.max_per_client {
                 return None; // `slot` drops: the global slot is freed.
             }
             *n += 1;
         }
-        slot.client = Some((self.per_client.clone(), client.to_string()));
+        slot.client = Some((self.per_client.clone(), client));
         Some(slot)
     }
 
@@ -120,34 +119,41 @@ impl Drop for StreamSlot {
 mod tests {
     use super::*;
 
+    fn key(name: &str) -> Identity {
+        Identity::Key(name.into())
+    }
+
     #[test]
     fn slots_are_bounded_and_released() {
         let s = StreamSlots::new(2, 8);
-        let a = s.try_acquire("a").unwrap();
-        let _b = s.try_acquire("b").unwrap();
-        assert!(s.try_acquire("c").is_none());
+        let a = s.try_acquire(key("a")).unwrap();
+        let _b = s.try_acquire(key("b")).unwrap();
+        assert!(s.try_acquire(key("c")).is_none());
         drop(a);
         assert_eq!(s.active(), 1);
-        assert!(s.try_acquire("c").is_some());
+        assert!(s.try_acquire(key("c")).is_some());
     }
 
     #[test]
     fn one_client_cannot_take_every_slot() {
         let s = StreamSlots::new(10, 2);
-        let a1 = s.try_acquire("key-a").unwrap();
-        let _a2 = s.try_acquire("key-a").unwrap();
-        assert!(s.try_acquire("key-a").is_none(), "third stream of key-a");
+        let a1 = s.try_acquire(key("key-a")).unwrap();
+        let _a2 = s.try_acquire(key("key-a")).unwrap();
+        assert!(
+            s.try_acquire(key("key-a")).is_none(),
+            "third stream of key-a"
+        );
         assert_eq!(s.active(), 2, "a refused client slot frees its global slot");
-        let _b = s.try_acquire("key-b").unwrap();
+        let _b = s.try_acquire(key("key-b")).unwrap();
         drop(a1);
-        assert!(s.try_acquire("key-a").is_some());
+        assert!(s.try_acquire(key("key-a")).is_some());
     }
 
     #[test]
     fn idle_clients_leave_the_map() {
         let s = StreamSlots::new(10, 2);
         let slots: Vec<_> = (0..5)
-            .map(|i| s.try_acquire(&format!("c{}", i)).unwrap())
+            .map(|i| s.try_acquire(key(&format!("c{}", i))).unwrap())
             .collect();
         assert_eq!(s.tracked_clients(), 5);
         drop(slots);

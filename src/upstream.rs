@@ -345,7 +345,7 @@ impl Upstream {
         v
     }
 
-    /// How long a streaming handler waits (holding its worker) for the
+    /// How long a stream's thread waits (no worker is held) for the
     /// upstream's response head: errors seen by then (refused, error status,
     /// a `timeout_s` shorter than this) are answered as plain JSON errors
     /// with their real status; after it, the stream starts with 200 and any

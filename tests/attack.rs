@@ -1,7 +1,7 @@
 //! The attack suite of issue 10: a real server driven over raw sockets with
 //! each case an attacker tried, asserting status, error code, the contract
 //! decorations, and whether the connection closed or stayed usable as
-//! ../shared/API.md ("HTTP framing") says.
+//! docs/contract.md ("HTTP framing") says.
 
 mod support;
 
@@ -250,7 +250,7 @@ fn trickled_bodies_of_every_kind_never_hold_a_worker() {
     // Valid JSON past the 16 KiB read-ahead limit: whitespace is free.
     let big = format!("{{\"name\":\"big\"{}}}", " ".repeat(30_000)).into_bytes();
     let small = br#"{"name":"trickled"}"#.to_vec();
-    let gap = Duration::from_millis(150);
+    let gap = Duration::from_millis(250);
     let mut clients = Vec::new();
     for i in 0..8 {
         let c = connect(s.addr);
@@ -276,16 +276,25 @@ fn trickled_bodies_of_every_kind_never_hold_a_worker() {
         };
         clients.push(std::thread::spawn(move || trickle(c, head, pieces, gap)));
     }
-    // While the eight trickle in, /health answers at once, again and again.
-    let mut worst = Duration::ZERO;
+    // While the eight trickle in (each over ~1.5 s), /health answers at
+    // once, again and again. Had any body been read on a worker, both
+    // workers would be held and /health would wait for a whole body.
+    let mut took = Vec::new();
     while clients.iter().any(|c| !c.is_finished()) {
         let t = Instant::now();
         assert_eq!(s.get("/health").status, 200);
-        worst = worst.max(t.elapsed());
+        took.push(t.elapsed());
     }
+    took.sort();
+    let (median, worst) = (took[took.len() / 2], took[took.len() - 1]);
+    assert!(took.len() >= 5, "only {} probes", took.len());
+    // The median holds the contract's 250 ms with room to spare; the worst
+    // allows a loaded test machine one slow probe, yet stays well under
+    // the time a trickled body takes, which a held worker would cost.
     assert!(
-        worst < Duration::from_millis(250),
-        "/health took {:?} while bodies trickled",
+        median < Duration::from_millis(250) && worst < Duration::from_millis(1000),
+        "/health took {:?} (median) and {:?} (worst) while bodies trickled",
+        median,
         worst
     );
     for c in clients {
@@ -297,7 +306,7 @@ fn trickled_bodies_of_every_kind_never_hold_a_worker() {
 #[test]
 fn expect_continue_is_answered_only_after_the_filters_passed() {
     let s = Server::start(Opts::new());
-    let key = std::fs::read_to_string(s.dir.join("first_api_key")).unwrap();
+    let key = first_key(&s);
     let head = |auth: &str| {
         format!(
             "POST /api/projects HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {auth}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 13\r\n\r\n"

@@ -61,10 +61,7 @@ fn assert_429(r: &Resp) -> u64 {
 #[test]
 fn twenty_wrong_keys_then_the_address_gets_429_before_any_lookup() {
     let s = Server::start(Opts::new());
-    let valid = std::fs::read_to_string(s.dir.join("first_api_key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let valid = support::first_key(&s);
     let wrong = format!("pcs_{}", "0f".repeat(24));
 
     let started = Instant::now();

@@ -1,6 +1,6 @@
 //! Chat and the OpenAI relay against a fake upstream (a real HTTP server in
 //! this process, tests/support/fake_upstream.rs) and the real binary.
-//! Contract: ../shared/API.md "Chat", "Errors" (502/504/503), `/v1/*`.
+//! Contract: docs/contract.md "Chat", "Errors" (502/504/503), `/v1/*`.
 
 mod support;
 

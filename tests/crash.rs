@@ -55,10 +55,7 @@ fn crash_run(synchronous: &str) {
             .env("PORTCULLIS_DATABASE_SYNCHRONOUS", synchronous),
     );
     let dir = first.dir.clone();
-    let key = std::fs::read_to_string(dir.join("first_api_key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = support::first_key_in(&dir);
 
     let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

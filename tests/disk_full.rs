@@ -26,10 +26,7 @@ fn file_size_limit_gives_clean_errors_and_loses_nothing() {
     let dir = TempDir::new("diskfull");
     // A first run creates the schema, the key and some rows.
     let mut first = Server::start(Opts::new().data_dir(dir.path()));
-    let key = std::fs::read_to_string(dir.path().join("first_api_key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = first_key_in(dir.path());
     let mut acked = Vec::new();
     for i in 0..5 {
         let r = first.json(
@@ -188,10 +185,7 @@ fn full_file_system_gives_503_and_loses_nothing() {
     }
     let _guard = Mount(mnt.clone());
     let s = Server::start(Opts::new().data_dir(&mnt));
-    let key = std::fs::read_to_string(mnt.join("first_api_key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = first_key_in(&mnt);
     let mut acked = Vec::new();
     let mut refused = None;
     for i in 0..5000 {

@@ -1,4 +1,4 @@
-//! The filter chain (../shared/API.md "Filter chain") through real sockets
+//! The filter chain (docs/contract.md "Filter chain") through real sockets
 //! against the real binary: host allowlist, body cap and connection
 //! closing, proxy-aware client address, rate limits and their headers,
 //! origin check, CORS preflight, CSRF tokens, and the security headers on

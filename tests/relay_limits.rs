@@ -2,7 +2,7 @@
 //! a per-client stream cap, a whole-lifetime cap on streams, and clients
 //! that stop reading dropped with bounded memory. Real binary, real sockets,
 //! fake upstream (tests/support/fake_upstream.rs).
-//! Contract: ../shared/API.md "Errors" (400, 503 `server_busy`), "Chat"
+//! Contract: docs/contract.md "Errors" (400, 503 `server_busy`), "Chat"
 //! (`event: error`, message status), settings `max_streams_per_client`,
 //! `max_stream_s`.
 

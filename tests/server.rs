@@ -15,28 +15,9 @@ use portcullis::app::App;
 use portcullis::config::Config;
 use portcullis::error::ApiError;
 use portcullis::http::{Ctx, Reply};
+use portcullis::metrics::ServerGauges;
 use portcullis::router::Route;
 use support::*;
-
-fn run_cli(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PORTCULLIS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("PORTCULLIS_SERVER_DATA_DIR", dir);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn help_version_and_usage_errors() {

@@ -20,7 +20,7 @@ fn smoke_script_passes_against_a_running_server() {
     }
     let up = FakeUpstream::start(Mode::Normal);
     let s = Server::start(Opts::new().env("PORTCULLIS_UPSTREAM_BASE_URL", &up.base_url()));
-    let key = std::fs::read_to_string(s.dir.join("first_api_key")).unwrap();
+    let key = support::first_key(&s);
     let out = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smoke.sh"))
         .env("BASE_URL", format!("http://{}", s.addr))

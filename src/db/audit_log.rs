@@ -8,10 +8,48 @@ use super::Cached;
 use rusqlite::params;
 use serde_json::{json, Value};
 
-use super::Db;
-use crate::error::ApiError;
+use super::{Db, StoreError};
 
-/// Who caused an event.
+/// What an audit row records. Its name (`as_str`) is the text stored in
+/// the `event` column and printed by `portcullis audit`; nowhere else is
+/// it text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditEvent {
+    KeyCreated,
+    KeyRevoked,
+    ProjectDeleted,
+    ConversationDeleted,
+    /// Counted per client per minute (`audit::Audit`).
+    AuthFailed,
+    /// Counted per client per minute (`audit::Audit`).
+    RateLimited,
+}
+
+impl AuditEvent {
+    pub const ALL: [AuditEvent; 6] = [
+        AuditEvent::KeyCreated,
+        AuditEvent::KeyRevoked,
+        AuditEvent::ProjectDeleted,
+        AuditEvent::ConversationDeleted,
+        AuditEvent::AuthFailed,
+        AuditEvent::RateLimited,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::KeyCreated => "key_created",
+            AuditEvent::KeyRevoked => "key_revoked",
+            AuditEvent::ProjectDeleted => "project_deleted",
+            AuditEvent::ConversationDeleted => "conversation_deleted",
+            AuditEvent::AuthFailed => "auth_failed",
+            AuditEvent::RateLimited => "rate_limited",
+        }
+    }
+}
+
+text_enum!(AuditEvent);
+
+/// Who caused an event (a request's actor: `audit::actor`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actor {
     pub request_id: Option<String>,
@@ -20,15 +58,6 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The request's id, authenticated key and resolved client address.
-    pub fn from_ctx(ctx: &crate::http::Ctx) -> Actor {
-        Actor {
-            request_id: Some(ctx.request_id.clone()),
-            key_id: ctx.key_id.clone(),
-            client: Some(ctx.client.to_string()),
-        }
-    }
-
     /// The operator at the command line.
     pub fn cli() -> Actor {
         Actor {
@@ -42,20 +71,20 @@ impl Actor {
 /// Writes one row on `conn` (usually inside the caller's transaction).
 pub fn insert(
     conn: &rusqlite::Connection,
-    event: &str,
+    event: AuditEvent,
     actor: &Actor,
     detail: &Value,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     insert_at(conn, crate::time::now_millis(), event, actor, detail)
 }
 
 pub fn insert_at(
     conn: &rusqlite::Connection,
     time: i64,
-    event: &str,
+    event: AuditEvent,
     actor: &Actor,
     detail: &Value,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     conn.execute_cached(
         "INSERT INTO audit (time, event, request_id, key_id, client, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![time, event, actor.request_id, actor.key_id, actor.client, detail.to_string()],
@@ -68,7 +97,7 @@ pub fn insert_at(
 pub struct AuditRow {
     pub id: i64,
     pub time: i64,
-    pub event: String,
+    pub event: AuditEvent,
     pub actor: Actor,
     pub detail: Value,
 }
@@ -78,7 +107,7 @@ impl AuditRow {
         json!({
             "id": self.id,
             "time": crate::time::format_millis(self.time),
-            "event": self.event,
+            "event": self.event.as_str(),
             "request_id": self.actor.request_id,
             "key_id": self.actor.key_id,
             "client": self.actor.client,
@@ -89,15 +118,23 @@ impl AuditRow {
 
 impl Db {
     /// Writes one audit row in its own transaction.
-    pub fn record_audit(&self, event: &str, actor: &Actor, detail: &Value) -> Result<(), ApiError> {
+    pub fn record_audit(
+        &self,
+        event: AuditEvent,
+        actor: &Actor,
+        detail: &Value,
+    ) -> Result<(), StoreError> {
         insert(&*self.conn()?, event, actor, detail)
     }
 
     /// Writes several rows (aggregated counters) in one transaction.
-    pub fn record_audit_batch(&self, rows: &[(i64, &str, Actor, Value)]) -> Result<(), ApiError> {
+    pub fn record_audit_batch(
+        &self,
+        rows: &[(i64, AuditEvent, Actor, Value)],
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
             for (time, event, actor, detail) in rows {
-                insert_at(tx, *time, event, actor, detail)?;
+                insert_at(tx, *time, *event, actor, detail)?;
             }
             Ok(())
         })
@@ -105,7 +142,11 @@ impl Db {
 
     /// Rows at or after `since` (epoch ms), oldest first, at most `limit`;
     /// without `since`, the newest `limit` rows, still oldest first.
-    pub fn audit_rows(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditRow>, ApiError> {
+    pub fn audit_rows(
+        &self,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let map = |r: &rusqlite::Row<'_>| {
@@ -157,8 +198,15 @@ mod tests {
     #[test]
     fn rows_come_back_oldest_first_with_since_and_limit() {
         let db = temp_db();
-        let rows: Vec<(i64, &str, Actor, Value)> = (0..5)
-            .map(|i| (1000 + i, "e", Actor::cli(), json!({ "n": i })))
+        let rows: Vec<(i64, AuditEvent, Actor, Value)> = (0..5)
+            .map(|i| {
+                (
+                    1000 + i,
+                    AuditEvent::KeyCreated,
+                    Actor::cli(),
+                    json!({ "n": i }),
+                )
+            })
             .collect();
         db.record_audit_batch(&rows).unwrap();
         let last2 = db.audit_rows(None, 2).unwrap();
@@ -173,5 +221,23 @@ mod tests {
         );
         assert_eq!(since[0].detail["n"], 1);
         assert_eq!(since[0].to_json()["client"], "cli");
+        assert_eq!(since[0].to_json()["event"], "key_created");
+    }
+
+    #[test]
+    fn event_names_round_trip_and_unknown_text_is_refused() {
+        for e in AuditEvent::ALL {
+            assert_eq!(e.as_str().parse(), Ok(e));
+        }
+        assert_eq!("Key_Created".parse::<AuditEvent>(), Err(()));
+        let db = temp_db();
+        db.conn()
+            .unwrap()
+            .execute_batch("INSERT INTO audit (time, event) VALUES (1, 'no_such_event')")
+            .unwrap();
+        assert!(matches!(
+            db.audit_rows(None, 10),
+            Err(StoreError::Internal { .. })
+        ));
     }
 }

@@ -7,10 +7,9 @@ use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
-use super::audit_log::{self, Actor};
+use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
-use super::{exists, monotonic_now, opt_json, Db};
-use crate::error::ApiError;
+use super::{exists, monotonic_now, opt_json, Db, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conversation {
@@ -56,9 +55,6 @@ impl ConversationPatch {
 
 const COLUMNS: &str = "seq, id, project_id, title, model, system_prompt, created_at, updated_at";
 const NEWEST: &str = "SELECT created_at FROM conversations ORDER BY seq DESC LIMIT 1";
-/// A `project_id` naming no project: an unknown id, so 404 like one in a
-/// path (API.md "Errors"; issue 11, schemathesis).
-const UNKNOWN_PROJECT: ApiError = ApiError::NotFound;
 const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = ?1";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
@@ -78,7 +74,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
     Ok((c, pos))
 }
 
-fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, ApiError> {
+fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, StoreError> {
     conn.query_row_cached(
         &format!("SELECT {} FROM conversations WHERE id = ?1", COLUMNS),
         [id],
@@ -86,12 +82,12 @@ fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, ApiErro
     )
     .optional()?
     .map(|(c, _)| c)
-    .ok_or(ApiError::NotFound)
+    .ok_or(StoreError::NotFound)
 }
 
 impl Db {
-    /// Creates a conversation. An unknown `project_id` is a validation
-    /// error naming `project_id` (checked in the same transaction as the
+    /// Creates a conversation. An unknown `project_id` is
+    /// `UnknownProject` (checked in the same transaction as the
     /// insert, so a concurrent project delete cannot slip between).
     pub fn create_conversation(
         &self,
@@ -99,11 +95,11 @@ impl Db {
         title: Option<&str>,
         model: Option<&str>,
         system_prompt: Option<&str>,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, StoreError> {
         self.write(|tx| {
             if let Some(pid) = project_id {
                 if !exists(tx, PROJECT_EXISTS, pid)? {
-                    return Err(UNKNOWN_PROJECT);
+                    return Err(StoreError::UnknownProject);
                 }
             }
             let now = monotonic_now(tx, NEWEST)?;
@@ -126,17 +122,17 @@ impl Db {
     }
 
     /// One conversation, or `NotFound`.
-    pub fn get_conversation(&self, id: &str) -> Result<Conversation, ApiError> {
+    pub fn get_conversation(&self, id: &str) -> Result<Conversation, StoreError> {
         get_in(&*self.conn()?, id)
     }
 
     /// Conversations newest first, optionally of one project (an unknown
-    /// project is a validation error naming `project_id`).
+    /// project is `UnknownProject`).
     pub fn list_conversations(
         &self,
         project_id: Option<&str>,
         req: &PageReq,
-    ) -> Result<Page<Conversation>, ApiError> {
+    ) -> Result<Page<Conversation>, StoreError> {
         let conn = self.conn()?;
         let before = req.after.unwrap_or(Position {
             created_at: i64::MAX,
@@ -145,7 +141,7 @@ impl Db {
         let rows = match project_id {
             Some(pid) => {
                 if !exists(&conn, PROJECT_EXISTS, pid)? {
-                    return Err(UNKNOWN_PROJECT);
+                    return Err(StoreError::UnknownProject);
                 }
                 let mut st = conn.prepare_cached(&format!(
                     "SELECT {} FROM conversations WHERE project_id = ?1 AND (created_at, seq) < (?2, ?3)
@@ -181,7 +177,7 @@ impl Db {
         &self,
         id: &str,
         patch: &ConversationPatch,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, StoreError> {
         self.write(|tx| {
             let mut c = get_in(tx, id)?;
             if patch.is_empty() {
@@ -189,7 +185,7 @@ impl Db {
             }
             if let Some(Some(pid)) = &patch.project_id {
                 if !exists(tx, PROJECT_EXISTS, pid)? {
-                    return Err(UNKNOWN_PROJECT);
+                    return Err(StoreError::UnknownProject);
                 }
             }
             let set = |field: &mut Option<String>, v: &Option<Option<String>>| {
@@ -213,15 +209,15 @@ impl Db {
 
     /// Deletes a conversation and its messages; audited in the same
     /// transaction.
-    pub fn delete_conversation(&self, id: &str, actor: &Actor) -> Result<(), ApiError> {
+    pub fn delete_conversation(&self, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx| {
             let n = tx.execute_cached("DELETE FROM conversations WHERE id = ?1", [id])?;
             if n == 0 {
-                return Err(ApiError::NotFound);
+                return Err(StoreError::NotFound);
             }
             audit_log::insert(
                 tx,
-                "conversation_deleted",
+                AuditEvent::ConversationDeleted,
                 actor,
                 &json!({ "conversation_id": id }),
             )
@@ -244,7 +240,7 @@ mod tests {
         assert_eq!(
             db.create_conversation(Some("nope"), None, None, None)
                 .unwrap_err(),
-            ApiError::NotFound
+            StoreError::UnknownProject
         );
         let same = db
             .update_conversation(&c.id, &ConversationPatch::default())
@@ -265,10 +261,10 @@ mod tests {
             (None, Some("m"), Some("be brief"))
         );
         db.delete_conversation(&c.id, &Actor::default()).unwrap();
-        assert_eq!(db.get_conversation(&c.id), Err(ApiError::NotFound));
+        assert_eq!(db.get_conversation(&c.id), Err(StoreError::NotFound));
         assert_eq!(
             db.delete_conversation(&c.id, &Actor::default()),
-            Err(ApiError::NotFound)
+            Err(StoreError::NotFound)
         );
     }
 

@@ -4,9 +4,12 @@
 //! `prefix` column keeps the first characters so an operator can tell keys
 //! apart in `keys list` without the key itself.
 //!
-//! No cache: every authenticated request looks its key up (one indexed
-//! read, tens of microseconds), so a key revoked from the command line is
-//! refused on its very next request.
+//! Valid keys are cached in memory (`KeyCache`), so an authenticated
+//! request does not query SQLite. Every key change, here or from the
+//! command line in another process, rewrites the key stamp beside the
+//! database, and each lookup drops the cache when the stamp changed, so a
+//! revoked key is still refused on its very next request. Unknown and
+//! revoked keys always reach the database (one indexed read).
 
 use super::Cached;
 use std::path::{Path, PathBuf};
@@ -14,9 +17,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
-use super::audit_log::{self, Actor};
-use super::Db;
-use crate::error::ApiError;
+use super::audit_log::{self, Actor, AuditEvent};
+use super::{Db, StoreError};
 use crate::secret::Secret;
 
 pub const KEY_PREFIX: &str = "pcs_";
@@ -90,10 +92,10 @@ fn new_key() -> Secret {
 }
 
 /// A key name: 1..100 characters, no control characters.
-pub fn check_name(name: &str) -> Result<(), ApiError> {
+pub fn check_name(name: &str) -> Result<(), StoreError> {
     let n = name.chars().count();
     if n == 0 || n > NAME_MAX_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::validation(
+        return Err(StoreError::invalid(
             "name",
             format!(
                 "must be 1 to {} characters without control characters",
@@ -108,7 +110,7 @@ fn insert_key(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
     actor: &Actor,
-) -> Result<(ApiKey, Secret), ApiError> {
+) -> Result<(ApiKey, Secret), StoreError> {
     check_name(name)?;
     let secret = new_key();
     let key = ApiKey {
@@ -130,7 +132,7 @@ fn insert_key(
     )?;
     audit_log::insert(
         tx,
-        "key_created",
+        AuditEvent::KeyCreated,
         actor,
         &json!({ "key": key.id, "name": key.name }),
     )?;
@@ -139,7 +141,7 @@ fn insert_key(
 
 impl Db {
     /// Creates a key; the secret is returned once and never stored.
-    pub fn create_key(&self, name: &str, actor: &Actor) -> Result<(ApiKey, Secret), ApiError> {
+    pub fn create_key(&self, name: &str, actor: &Actor) -> Result<(ApiKey, Secret), StoreError> {
         let r = self.write(|tx| insert_key(tx, name, actor));
         self.key_cache.bump_stamp();
         r
@@ -165,21 +167,16 @@ impl Db {
             let mut contents = secret.expose().to_vec();
             contents.push(b'\n');
             crate::data_files::replace(file, &contents).map_err(|e| {
-                ApiError::internal(format!("cannot write {}: {}", file.display(), e))
+                StoreError::internal(format!("cannot write {}: {}", file.display(), e))
             })?;
             Ok(true)
         });
         self.key_cache.bump_stamp();
-        r.map_err(|e| {
-            format!(
-                "cannot create the first API key: {}",
-                e.detail().unwrap_or(&e.message())
-            )
-        })
+        r.map_err(|e| format!("cannot create the first API key: {}", e))
     }
 
     /// Every key, oldest first (never the key itself).
-    pub fn list_keys(&self) -> Result<Vec<ApiKey>, ApiError> {
+    pub fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare(
             "SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
@@ -197,7 +194,7 @@ impl Db {
     }
 
     /// Revokes a key at once (the next request with it is refused).
-    pub fn revoke_key(&self, id: &str, actor: &Actor) -> Result<Revoke, ApiError> {
+    pub fn revoke_key(&self, id: &str, actor: &Actor) -> Result<Revoke, StoreError> {
         let r = self.revoke_in_db(id, actor);
         // After the commit: a server that sees the new stamp finds the key
         // revoked in the database.
@@ -205,7 +202,7 @@ impl Db {
         r
     }
 
-    fn revoke_in_db(&self, id: &str, actor: &Actor) -> Result<Revoke, ApiError> {
+    fn revoke_in_db(&self, id: &str, actor: &Actor) -> Result<Revoke, StoreError> {
         self.write(|tx| {
             let revoked: Option<Option<i64>> = tx
                 .query_row_cached("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| {
@@ -220,16 +217,17 @@ impl Db {
                         "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
                         params![id, crate::time::now_millis()],
                     )?;
-                    audit_log::insert(tx, "key_revoked", actor, &json!({ "key": id }))?;
+                    audit_log::insert(tx, AuditEvent::KeyRevoked, actor, &json!({ "key": id }))?;
                     Ok(Revoke::Revoked)
                 }
             }
         })
     }
 
-    /// Looks a presented key up by its hash (indexed) and compares the
-    /// stored hash in constant time.
-    pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, ApiError> {
+    /// Looks a presented key up: a valid key already seen under the
+    /// current key stamp comes from `KeyCache`; any other is looked up by
+    /// its hash (indexed) and the stored hash compared in constant time.
+    pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, StoreError> {
         let hash = hash_key(presented);
         let stamp = self.key_cache.current_stamp();
         if let Some(id) = self.key_cache.get(&hash, stamp) {
@@ -242,7 +240,7 @@ impl Db {
         Ok(found)
     }
 
-    fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, ApiError> {
+    fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, StoreError> {
         let row: Option<(String, String, Option<i64>)> = self
             .conn()?
             .query_row_cached(

@@ -6,19 +6,60 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
 use super::page::{Kind, Page, PageReq, Position};
-use super::{exists, monotonic_now, opt_json, Db};
-use crate::error::ApiError;
+use super::{exists, monotonic_now, opt_json, Db, StoreError};
 
-pub const ROLES: &[&str] = &["system", "user", "assistant"];
-pub const STATUSES: &[&str] = &["complete", "partial", "error"];
+/// Who wrote a stored message. The one list of stored roles: the schema's
+/// CHECK constraint and the JSON say the same names (`as_str`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// How a stored message ended: `Partial` while a streamed answer is being
+/// written or when it broke off, `Error` (empty) when nothing arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    Complete,
+    Partial,
+    Error,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::System, Role::User, Role::Assistant];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+impl Status {
+    pub const ALL: [Status; 3] = [Status::Complete, Status::Partial, Status::Error];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Partial => "partial",
+            Status::Error => "error",
+        }
+    }
+}
+
+text_enum!(Role);
+text_enum!(Status);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
     pub id: String,
     pub conversation_id: String,
-    pub role: String,
+    pub role: Role,
     pub content: String,
-    pub status: String,
+    pub status: Status,
     pub model: Option<String>,
     /// Epoch milliseconds.
     pub created_at: i64,
@@ -31,9 +72,9 @@ impl Message {
         let mut v = json!({
             "id": self.id,
             "conversation_id": self.conversation_id,
-            "role": self.role,
+            "role": self.role.as_str(),
             "content": self.content,
-            "status": self.status,
+            "status": self.status.as_str(),
             "model": opt_json(&self.model),
             "created_at": crate::time::format_millis(self.created_at),
         });
@@ -48,9 +89,9 @@ impl Message {
 #[derive(Clone, Debug)]
 pub struct NewMessage<'a> {
     pub conversation_id: &'a str,
-    pub role: &'a str,
+    pub role: Role,
     pub content: &'a str,
-    pub status: &'a str,
+    pub status: Status,
     pub model: Option<&'a str>,
     pub usage: Option<&'a serde_json::Value>,
 }
@@ -81,27 +122,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Message, Position)> {
     Ok((m, pos))
 }
 
-fn check_enum(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(ApiError::validation(
-            field,
-            format!("must be one of {}", allowed.join(", ")),
-        ))
-    }
-}
-
 impl Db {
-    /// Stores a message (unknown conversation: `NotFound`; bad role or
-    /// status: validation error naming the field).
-    pub fn insert_message(&self, m: &NewMessage<'_>) -> Result<Message, ApiError> {
-        check_enum("role", m.role, ROLES)?;
-        check_enum("status", m.status, STATUSES)?;
+    /// Stores a message (unknown conversation: `NotFound`).
+    pub fn insert_message(&self, m: &NewMessage<'_>) -> Result<Message, StoreError> {
         let usage_text = m.usage.map(|u| u.to_string());
         self.write(|tx| {
             if !exists(tx, CONVERSATION_EXISTS, m.conversation_id)? {
-                return Err(ApiError::NotFound);
+                return Err(StoreError::NotFound);
             }
             let now = monotonic_now(tx, NEWEST)?;
             let id = crate::ids::new_id();
@@ -114,9 +141,9 @@ impl Db {
             Ok(Message {
                 id,
                 conversation_id: m.conversation_id.to_string(),
-                role: m.role.to_string(),
+                role: m.role,
                 content: m.content.to_string(),
-                status: m.status.to_string(),
+                status: m.status,
                 model: m.model.map(str::to_string),
                 created_at: now,
                 usage: m.usage.cloned(),
@@ -130,10 +157,9 @@ impl Db {
         &self,
         id: &str,
         content: &str,
-        status: &str,
+        status: Status,
         usage: Option<&serde_json::Value>,
-    ) -> Result<(), ApiError> {
-        check_enum("status", status, STATUSES)?;
+    ) -> Result<(), StoreError> {
         let usage_text = usage.map(|u| u.to_string());
         self.write(|tx| {
             let conversation: Option<String> = tx
@@ -144,7 +170,7 @@ impl Db {
                 )
                 .optional()?;
             let Some(conversation) = conversation else {
-                return Err(ApiError::NotFound);
+                return Err(StoreError::NotFound);
             };
             tx.execute_cached(
                 "UPDATE messages SET content = ?2, status = ?3, usage = ?4 WHERE id = ?1",
@@ -164,7 +190,7 @@ impl Db {
         &self,
         conversation_id: &str,
         max: usize,
-    ) -> Result<Vec<Message>, ApiError> {
+    ) -> Result<Vec<Message>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&format!(
             "SELECT {} FROM messages WHERE conversation_id = ?1 ORDER BY created_at DESC, seq DESC LIMIT ?2",
@@ -185,10 +211,10 @@ impl Db {
         &self,
         conversation_id: &str,
         req: &PageReq,
-    ) -> Result<Page<Message>, ApiError> {
+    ) -> Result<Page<Message>, StoreError> {
         let conn = self.conn()?;
         if !exists(&conn, CONVERSATION_EXISTS, conversation_id)? {
-            return Err(ApiError::NotFound);
+            return Err(StoreError::NotFound);
         }
         let after = req.after.unwrap_or(Position {
             created_at: i64::MIN,
@@ -217,9 +243,9 @@ mod tests {
     fn msg<'a>(conversation_id: &'a str, content: &'a str) -> NewMessage<'a> {
         NewMessage {
             conversation_id,
-            role: "user",
+            role: Role::User,
             content,
-            status: "complete",
+            status: Status::Complete,
             model: None,
             usage: None,
         }
@@ -239,15 +265,37 @@ mod tests {
         assert!(after.updated_at >= recent[2].created_at);
         assert_eq!(
             db.insert_message(&msg("nope", "x")).unwrap_err(),
-            ApiError::NotFound
+            StoreError::NotFound
         );
-        let bad_role = NewMessage {
-            role: "tool",
-            ..msg(&c.id, "x")
+    }
+
+    #[test]
+    fn names_round_trip_and_the_schema_allows_exactly_them() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse(), Ok(r));
+        }
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse(), Ok(s));
+        }
+        assert_eq!("tool".parse::<Role>(), Err(()));
+        assert_eq!("done".parse::<Status>(), Err(()));
+        // The CHECK constraints name the same lists.
+        let db = temp_db();
+        let c = db.create_conversation(None, None, None, None).unwrap();
+        let insert = |role: &str, status: &str| {
+            db.conn().unwrap().execute(
+                "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+                 VALUES (?1, ?2, ?3, '', ?4, 0)",
+                params![crate::ids::new_id(), c.id, role, status],
+            )
         };
-        assert!(
-            matches!(db.insert_message(&bad_role), Err(ApiError::ValidationFailed { ref field, .. }) if field == "role")
-        );
+        for r in Role::ALL {
+            for s in Status::ALL {
+                assert!(insert(r.as_str(), s.as_str()).is_ok());
+            }
+        }
+        assert!(insert("tool", "complete").is_err());
+        assert!(insert("user", "done").is_err());
     }
 
     #[test]
@@ -256,23 +304,25 @@ mod tests {
         let c = db.create_conversation(None, None, None, None).unwrap();
         let m = db
             .insert_message(&NewMessage {
-                role: "assistant",
-                status: "partial",
+                role: Role::Assistant,
+                status: Status::Partial,
                 ..msg(&c.id, "")
             })
             .unwrap();
         let usage = json!({"prompt_tokens": 3});
-        db.update_message(&m.id, "done", "complete", Some(&usage))
+        db.update_message(&m.id, "done", Status::Complete, Some(&usage))
             .unwrap();
         let got = db.recent_messages(&c.id, 10).unwrap().remove(0);
         assert_eq!(
-            (got.content.as_str(), got.status.as_str(), got.usage.clone()),
-            ("done", "complete", Some(usage))
+            (got.content.as_str(), got.status, got.usage.clone()),
+            ("done", Status::Complete, Some(usage))
         );
         assert_eq!(got.to_json()["usage"]["prompt_tokens"], 3);
+        assert_eq!(got.to_json()["status"], "complete");
+        assert_eq!(got.to_json()["role"], "assistant");
         assert_eq!(
-            db.update_message("nope", "x", "complete", None),
-            Err(ApiError::NotFound)
+            db.update_message("nope", "x", Status::Complete, None),
+            Err(StoreError::NotFound)
         );
     }
 

@@ -1,20 +1,56 @@
 //! Storage: SQLite behind a small connection pool. `Db` is the one handle
 //! handlers, the auth filter and the CLI use; it owns every SQL statement
-//! (all parameterised) and converts `rusqlite::Error` into `ApiError` at
-//! this boundary (busy/locked: 503 `server_busy`, anything else: 500
-//! `internal` with the detail kept for logs).
+//! (all parameterised) and sorts `rusqlite::Error` into `StoreError`
+//! (busy/locked, disk full, anything else with the detail kept for logs).
+//!
+//! Storage never imports the HTTP layer (`http`, `error`): callers get
+//! `StoreError`, and the request path converts it to the contract's
+//! `ApiError` in one place, `impl From<StoreError> for ApiError` in
+//! `src/error.rs`.
 //!
 //! Module map: `pool` (connections), `schema` (migrations), `page` (keyset
 //! cursors), `projects`, `conversations`, `messages`, `keys`, `audit_log`,
-//! `ready` (bounded health query).
+//! `ready` (bounded health query), `error` (`StoreError`).
 //!
 //! Invariant: a write that depends on a read (existence checks, monotonic
 //! `created_at`) runs in one `BEGIN IMMEDIATE` transaction, so it takes the
 //! write lock up front and the busy timeout applies; a deferred transaction
 //! upgrading from read to write could fail at once with SQLITE_BUSY.
 
+/// The text edges of an enum stored as text (`Role`, `Status`,
+/// `AuditEvent`): `FromStr`, and `ToSql`/`FromSql` for its column, all
+/// through its `as_str` names; a name not in its `ALL` is refused. Defined
+/// before the modules so that each can use it.
+macro_rules! text_enum {
+    ($t:ty) => {
+        impl std::str::FromStr for $t {
+            type Err = ();
+            fn from_str(s: &str) -> Result<$t, ()> {
+                <$t>::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<$t> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|()| rusqlite::types::FromSqlError::InvalidType)
+            }
+        }
+    };
+}
+
 pub mod audit_log;
 pub mod conversations;
+pub mod error;
 pub mod keys;
 pub mod messages;
 pub mod page;
@@ -23,19 +59,17 @@ pub mod projects;
 pub mod ready;
 pub mod schema;
 
-use rusqlite::{ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::config::Config;
-use crate::error::ApiError;
 
+pub use audit_log::{Actor, AuditEvent};
 pub use conversations::Conversation;
-pub use messages::{Message, NewMessage};
+pub use error::StoreError;
+pub use messages::{Message, NewMessage, Role, Status};
 pub use page::{Page, PageReq};
 pub use pool::PooledConn;
 pub use projects::Project;
-
-/// How long a client is asked to wait after a busy database.
-const BUSY_RETRY_AFTER_S: u64 = 1;
 
 /// The database handle: cheap to clone, shared by every worker.
 #[derive(Clone)]
@@ -74,29 +108,6 @@ impl Cached for rusqlite::Connection {
 
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
         self.prepare_cached(sql)?.execute(params)
-    }
-}
-
-impl From<rusqlite::Error> for ApiError {
-    /// SQLITE_BUSY/LOCKED (the busy timeout ran out) is load, not a bug:
-    /// 503 `server_busy`. So is SQLITE_FULL (disk or file-size limit full):
-    /// the write was rolled back, nothing is corrupted, and it may succeed
-    /// once space is freed. Anything else is 500 with the detail for the log.
-    fn from(e: rusqlite::Error) -> ApiError {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-                ApiError::ServerBusy {
-                    retry_after_s: BUSY_RETRY_AFTER_S,
-                }
-            }
-            Some(ErrorCode::DiskFull) => {
-                crate::logging::error("database: disk full", &[]);
-                ApiError::ServerBusy {
-                    retry_after_s: BUSY_RETRY_AFTER_S,
-                }
-            }
-            _ => ApiError::internal(format!("database: {}", e)),
-        }
     }
 }
 
@@ -141,9 +152,9 @@ impl Db {
         })
     }
 
-    /// Checks out a connection (503 `server_busy` when the pool stays empty
+    /// Checks out a connection (`PoolExhausted` when the pool stays empty
     /// for `checkout_timeout_ms`).
-    pub fn conn(&self) -> Result<PooledConn, ApiError> {
+    pub fn conn(&self) -> Result<PooledConn, StoreError> {
         self.pool.get()
     }
 
@@ -151,8 +162,8 @@ impl Db {
     /// succeeds and rolled back when it fails.
     pub fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -180,7 +191,7 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 /// (`newest_sql` selects it), so `(created_at, seq)` grows with commit
 /// order even when clocks of concurrent requests disagree by a millisecond
 /// or the wall clock steps back. Call inside the write transaction.
-fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, ApiError> {
+fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, StoreError> {
     let newest: Option<i64> = tx
         .query_row_cached(newest_sql, [], |r| r.get(0))
         .optional()?;
@@ -188,7 +199,7 @@ fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, 
 }
 
 /// Whether `sql` (a `SELECT 1 ... WHERE id = ?1`) finds a row.
-fn exists(tx: &rusqlite::Connection, sql: &'static str, id: &str) -> Result<bool, ApiError> {
+fn exists(tx: &rusqlite::Connection, sql: &'static str, id: &str) -> Result<bool, StoreError> {
     Ok(tx
         .query_row_cached(sql, [id], |_| Ok(()))
         .optional()?
@@ -218,26 +229,6 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn busy_and_locked_map_to_server_busy_and_others_to_internal() {
-        let busy = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            None,
-        );
-        assert_eq!(
-            ApiError::from(busy),
-            ApiError::ServerBusy { retry_after_s: 1 }
-        );
-        let locked = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED),
-            None,
-        );
-        assert_eq!(ApiError::from(locked).status(), 503);
-        let other = ApiError::from(rusqlite::Error::InvalidQuery);
-        assert_eq!(other.status(), 500);
-        assert!(other.detail().unwrap().contains("database"));
-    }
 
     #[test]
     fn database_file_is_private() {

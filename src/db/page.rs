@@ -13,9 +13,11 @@
 //!
 //! The cursor is the hex of `<kind><created_at>.<seq>`: opaque to clients,
 //! tagged with the list it belongs to, and checked when decoded.
+//!
+//! The rules for `limit` and `cursor` are here (`PageReq::from_query`);
+//! the handler passes its query lookup, so storage never sees a request.
 
-use crate::error::ApiError;
-use crate::http::Ctx;
+use super::StoreError;
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 200;
@@ -53,29 +55,32 @@ pub struct PageReq {
 }
 
 impl PageReq {
-    /// Reads `limit` and `cursor` from the query string.
-    pub fn from_query(ctx: &Ctx, kind: Kind) -> Result<PageReq, ApiError> {
-        let limit = match ctx.query_param("limit") {
+    /// Reads `limit` and `cursor` through `param`, the request's query
+    /// lookup (storage never sees the request itself). Absent (or an empty
+    /// `cursor`): `DEFAULT_LIMIT` rows from the list's start. `limit` must be a whole number from 1 to
+    /// `MAX_LIMIT`; `cursor` must be one this list issued.
+    pub fn from_query(
+        param: impl Fn(&str) -> Option<String>,
+        kind: Kind,
+    ) -> Result<PageReq, StoreError> {
+        let limit = match param("limit") {
             None => DEFAULT_LIMIT,
             Some(s) => match s.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
                 _ => {
-                    return Err(ApiError::validation(
+                    return Err(StoreError::invalid(
                         "limit",
                         format!("must be a whole number from 1 to {}", MAX_LIMIT),
                     ))
                 }
             },
         };
-        let after =
-            match ctx.query_param("cursor") {
-                // `cursor=` (empty) is no cursor: the first page.
-                None => None,
-                Some(c) if c.is_empty() => None,
-                Some(c) => Some(decode(&c, kind).ok_or_else(|| {
-                    ApiError::validation("cursor", "is not a cursor from this list")
-                })?),
-            };
+        let after = match param("cursor") {
+            // `cursor=` (empty) is no cursor: the first page.
+            None => None,
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(decode(&c, kind).ok_or(StoreError::InvalidCursor)?),
+        };
         Ok(PageReq { limit, after })
     }
 
@@ -146,22 +151,21 @@ pub fn decode(s: &str, kind: Kind) -> Option<Position> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Method;
 
-    fn req(q: &str, kind: Kind) -> Result<PageReq, ApiError> {
-        PageReq::from_query(
-            &Ctx::new(
-                Method::Get,
-                &format!("/x?{}", q),
-                "127.0.0.1".parse().unwrap(),
-            ),
-            kind,
-        )
+    /// `q` as a query string (`limit=5&cursor=...`).
+    fn req(q: &str, kind: Kind) -> Result<PageReq, StoreError> {
+        let param = |name: &str| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        PageReq::from_query(param, kind)
     }
 
-    fn field(e: ApiError) -> String {
+    fn field(e: StoreError) -> &'static str {
         match e {
-            ApiError::ValidationFailed { field, .. } => field,
+            StoreError::Invalid { field, .. } => field,
+            StoreError::InvalidCursor => "cursor",
             other => panic!("{:?}", other),
         }
     }

@@ -1,10 +1,11 @@
 //! A fixed-size SQLite connection pool (Mutex + Condvar, no pool crate).
 //!
 //! `pool_size` connections are opened at start. `get` waits at most
-//! `checkout_timeout` for one and then answers 503 `server_busy`, so a
-//! saturated database sheds load instead of piling up workers. The mutex
-//! guards only the list of idle connections: no SQL (not even the `SELECT 1`
-//! validity check or opening a replacement) runs while it is held.
+//! `checkout_timeout` for one and then gives up with `PoolExhausted` (503
+//! `server_busy` to a client), so a saturated database sheds load instead
+//! of piling up workers. The mutex guards only the list of idle
+//! connections: no SQL (not even the `SELECT 1` validity check or opening
+//! a replacement) runs while it is held.
 //!
 //! A checked-out connection lives in a `PooledConn` guard whose `Drop`
 //! returns it on every path, panics included. A guard dropped while its
@@ -19,10 +20,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::error::ApiError;
-
-/// How long a client should wait after a refused checkout.
-const BUSY_RETRY_AFTER_S: u64 = 1;
+use super::StoreError;
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -159,14 +157,14 @@ impl Pool {
     }
 
     /// Checks out a connection, waiting at most `checkout_timeout`.
-    /// Exhausted: `ServerBusy`. A connection that fails its validity check,
+    /// Exhausted: `PoolExhausted`. A connection that fails its validity check,
     /// or is too old, is replaced transparently.
-    pub fn get(&self) -> Result<PooledConn, ApiError> {
+    pub fn get(&self) -> Result<PooledConn, StoreError> {
         self.get_within(self.inner.cfg.checkout_timeout)
     }
 
     /// As `get` with an explicit wait bound (readiness uses its own).
-    pub fn get_within(&self, wait: Duration) -> Result<PooledConn, ApiError> {
+    pub fn get_within(&self, wait: Duration) -> Result<PooledConn, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let deadline = Instant::now() + wait;
         let taken = {
@@ -187,9 +185,7 @@ impl Pool {
                 let now = Instant::now();
                 if now >= deadline {
                     self.inner.timeouts.fetch_add(1, Relaxed);
-                    return Err(ApiError::ServerBusy {
-                        retry_after_s: BUSY_RETRY_AFTER_S,
-                    });
+                    return Err(StoreError::PoolExhausted);
                 }
                 st = self
                     .inner
@@ -377,10 +373,8 @@ mod tests {
         let held = pool.get().unwrap();
         let t = Instant::now();
         let second = pool.get();
-        assert!(matches!(
-            second,
-            Err(ApiError::ServerBusy { retry_after_s: 1 })
-        ));
+        // 503 `server_busy` with `Retry-After: 1` to a client (tests/storage.rs).
+        assert!(matches!(second, Err(StoreError::PoolExhausted)));
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         assert!(t.elapsed() >= Duration::from_millis(50));
         drop(held);

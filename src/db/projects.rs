@@ -6,10 +6,9 @@ use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
-use super::audit_log::{self, Actor};
+use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
-use super::{monotonic_now, opt_json, Db};
-use crate::error::ApiError;
+use super::{monotonic_now, opt_json, Db, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Project {
@@ -58,7 +57,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Project, Position)> {
     Ok((p, pos))
 }
 
-fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, ApiError> {
+fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, StoreError> {
     conn.query_row_cached(
         &format!("SELECT {} FROM projects WHERE id = ?1", COLUMNS),
         [id],
@@ -66,7 +65,7 @@ fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, ApiError> {
     )
     .optional()?
     .map(|(p, _)| p)
-    .ok_or(ApiError::NotFound)
+    .ok_or(StoreError::NotFound)
 }
 
 impl Db {
@@ -74,7 +73,7 @@ impl Db {
         &self,
         name: &str,
         description: Option<&str>,
-    ) -> Result<Project, ApiError> {
+    ) -> Result<Project, StoreError> {
         self.write(|tx| {
             let now = monotonic_now(tx, NEWEST)?;
             let p = Project {
@@ -92,12 +91,12 @@ impl Db {
         })
     }
 
-    pub fn get_project(&self, id: &str) -> Result<Project, ApiError> {
+    pub fn get_project(&self, id: &str) -> Result<Project, StoreError> {
         get_in(&*self.conn()?, id)
     }
 
     /// Projects, newest first.
-    pub fn list_projects(&self, req: &PageReq) -> Result<Page<Project>, ApiError> {
+    pub fn list_projects(&self, req: &PageReq) -> Result<Page<Project>, StoreError> {
         let conn = self.conn()?;
         let before = req.after.unwrap_or(Position {
             created_at: i64::MAX,
@@ -118,7 +117,7 @@ impl Db {
     }
 
     /// Applies a PATCH; an empty one returns the project unchanged.
-    pub fn update_project(&self, id: &str, patch: &ProjectPatch) -> Result<Project, ApiError> {
+    pub fn update_project(&self, id: &str, patch: &ProjectPatch) -> Result<Project, StoreError> {
         self.write(|tx| {
             let mut p = get_in(tx, id)?;
             if *patch == ProjectPatch::default() {
@@ -140,7 +139,7 @@ impl Db {
     }
 
     /// Deletes a project with its conversations and messages.
-    pub fn delete_project(&self, id: &str, actor: &Actor) -> Result<(), ApiError> {
+    pub fn delete_project(&self, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx| {
             let conversations: i64 = tx.query_row_cached(
                 "SELECT count(*) FROM conversations WHERE project_id = ?1",
@@ -149,11 +148,11 @@ impl Db {
             )?;
             let n = tx.execute_cached("DELETE FROM projects WHERE id = ?1", [id])?;
             if n == 0 {
-                return Err(ApiError::NotFound);
+                return Err(StoreError::NotFound);
             }
             audit_log::insert(
                 tx,
-                "project_deleted",
+                AuditEvent::ProjectDeleted,
                 actor,
                 &json!({ "project_id": id, "conversations": conversations }),
             )
@@ -177,15 +176,15 @@ mod tests {
         let other = db.create_conversation(None, None, None, None).unwrap();
         db.insert_message(&NewMessage {
             conversation_id: &c.id,
-            role: "user",
+            role: crate::db::Role::User,
             content: "hi",
-            status: "complete",
+            status: crate::db::Status::Complete,
             model: None,
             usage: None,
         })
         .unwrap();
         db.delete_project(&p.id, &Actor::default()).unwrap();
-        assert_eq!(db.get_conversation(&c.id), Err(ApiError::NotFound));
+        assert_eq!(db.get_conversation(&c.id), Err(StoreError::NotFound));
         assert!(db.get_conversation(&other.id).is_ok());
         let left: i64 = db
             .conn()
@@ -242,7 +241,7 @@ mod tests {
         assert_eq!(u.description, None);
         assert_eq!(
             db.update_project("nope", &ProjectPatch::default()),
-            Err(ApiError::NotFound)
+            Err(StoreError::NotFound)
         );
     }
 }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::Db;
-use crate::error::ApiError;
+use super::{Db, StoreError};
 
 /// Why the database check failed (a short code, never internals).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,15 +73,12 @@ impl Db {
             .get_within(limit.min(self.pool().checkout_timeout()))
         {
             Ok(c) => c,
-            Err(ApiError::ServerBusy { .. }) => {
+            // Busy and full come from opening a replacement connection:
+            // like the exhausted pool, a request would get 503 `server_busy`.
+            Err(StoreError::PoolExhausted | StoreError::Busy | StoreError::DiskFull) => {
                 return Err((ReadyFailure::PoolExhausted, started.elapsed()))
             }
-            Err(e) => {
-                return Err((
-                    ReadyFailure::Error(e.detail().unwrap_or("").to_string()),
-                    started.elapsed(),
-                ))
-            }
+            Err(e) => return Err((ReadyFailure::Error(e.to_string()), started.elapsed())),
         };
         let left = limit
             .saturating_sub(started.elapsed())

@@ -11,7 +11,7 @@
 //! revoke` is still refused on its next request.
 //!
 //! Failed keys are limited per client address (IPv6 per /64): each failure
-//! takes a token from the address's bucket in `App::auth_failures`
+//! takes a token from the address's bucket (`Auth::failures`)
 //! (`auth.max_failures_per_minute`, refilled continuously); an address
 //! whose bucket is empty gets 429 `rate_limited` with `Retry-After` and the
 //! `"auth_failures"` rate-limit fields before its key is read or looked up,
@@ -19,13 +19,40 @@
 
 use std::time::Instant;
 
-use crate::app::App;
 use crate::config::AuthMode;
 use crate::db::keys::{self, KeyLookup};
 use crate::error::ApiError;
 use crate::filters::client_ip;
-use crate::filters::rate_limit::{Class, Identity, Key};
+use crate::filters::rate_limit::{Class, Identity, Key, Limiter};
 use crate::http::Ctx;
+
+/// Where presented keys are looked up (`db::Db` in the server; a map in
+/// tests).
+pub trait KeyStore {
+    fn lookup(&self, presented: &str) -> Result<KeyLookup, ApiError>;
+}
+
+impl KeyStore for crate::db::Db {
+    // The storage error converts to the contract's here (`From` in error.rs).
+    fn lookup(&self, presented: &str) -> Result<KeyLookup, ApiError> {
+        Ok(self.lookup_key(presented)?)
+    }
+}
+
+/// Where failed authentications are reported (the audit trail, aggregated
+/// per client per minute, and the metrics, in the server).
+pub trait FailureLog {
+    fn auth_failed(&self, ctx: &Ctx, reason: &'static str, key_id: Option<&str>);
+}
+
+/// What authentication uses, and nothing else.
+pub struct Auth<'a> {
+    pub mode: AuthMode,
+    pub keys: &'a dyn KeyStore,
+    /// Failed authentications per client address.
+    pub failures: &'a Limiter,
+    pub log: &'a dyn FailureLog,
+}
 
 /// Why a request was refused (for the audit trail).
 #[derive(Debug, PartialEq, Eq)]
@@ -51,12 +78,6 @@ fn presented_key(ctx: &Ctx) -> Result<&str, Refusal> {
     Ok(key)
 }
 
-/// Authenticates the request (see the module doc). Reads the clock once;
-/// `check_at` is the same with time injected.
-pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
-    check_at(app, ctx, Instant::now())
-}
-
 /// The client address's failure bucket (IPv6 per /64, as the rate limiter).
 fn failure_key(ctx: &Ctx) -> Key {
     Key {
@@ -65,82 +86,82 @@ fn failure_key(ctx: &Ctx) -> Key {
     }
 }
 
-/// Counts one failed authentication against the client address (also for
-/// the sign-in route, once it exists), for the audit trail (aggregated per
-/// client per minute) and the metrics.
-pub fn count_failure(
-    app: &App,
-    ctx: &Ctx,
-    reason: &'static str,
-    key_id: Option<&str>,
-    now: Instant,
-) {
-    app.auth_failures.take(failure_key(ctx), now);
-    app.audit.auth_failed(ctx, reason, key_id);
-    app.metrics.record_auth_refusal(reason);
-}
-
-fn refuse(
-    app: &App,
-    ctx: &Ctx,
-    reason: &'static str,
-    key_id: Option<&str>,
-    now: Instant,
-) -> ApiError {
-    count_failure(app, ctx, reason, key_id, now);
-    ApiError::Unauthorized
-}
-
-/// Refuses (429 `rate_limited`, `Retry-After` until the next failure is
-/// forgiven, the `"auth_failures"` rate-limit fields in `ctx.rate`) an
-/// address past `auth.max_failures_per_minute`; reads nothing of the
-/// request but its client address. Also for the sign-in route.
-pub fn check_failure_budget(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
-    let budget = app.auth_failures.peek(&failure_key(ctx), now);
-    if budget.allowed {
-        return Ok(());
+impl Auth<'_> {
+    /// Counts one failed authentication against the client address (also
+    /// for the sign-in route, once it exists) and reports it.
+    pub fn count_failure(
+        &self,
+        ctx: &Ctx,
+        reason: &'static str,
+        key_id: Option<&str>,
+        now: Instant,
+    ) {
+        self.failures.take(failure_key(ctx), now);
+        self.log.auth_failed(ctx, reason, key_id);
     }
-    let retry_after_s = budget.info.reset_s;
-    ctx.rate = Some(budget.info);
-    app.audit.auth_failed(ctx, "too_many_failures", None);
-    app.metrics.record_auth_refusal("too_many_failures");
-    Err(ApiError::RateLimited { retry_after_s })
-}
 
-/// As `check`, at `now` (tests inject time).
-pub fn check_at(app: &App, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
-    if app.cfg.auth.mode == AuthMode::None {
-        return Ok(());
+    fn refuse(
+        &self,
+        ctx: &Ctx,
+        reason: &'static str,
+        key_id: Option<&str>,
+        now: Instant,
+    ) -> ApiError {
+        self.count_failure(ctx, reason, key_id, now);
+        ApiError::Unauthorized
     }
-    // An unrouted request never reaches here; if one did, it needs a key.
-    if ctx.route.is_some_and(|r| r.auth_exempt()) {
-        return Ok(());
-    }
-    // Past `max_failures_per_minute`, the address is refused before its
-    // key is even read. A valid key from that address is refused too, on
-    // purpose: telling it apart would need the lookup this limit exists to
-    // avoid, and a 200-vs-429 answer would keep the address an oracle for
-    // guessed keys. The owner of a valid key waits for `Retry-After` (one
-    // failure refills every 60/N s) or uses another address.
-    check_failure_budget(app, ctx, now)?;
-    let key = match presented_key(ctx) {
-        Ok(k) => k,
-        Err(r) => {
-            let reason = if r == Refusal::Missing {
-                "missing"
-            } else {
-                "malformed"
-            };
-            return Err(refuse(app, ctx, reason, None, now));
+
+    /// Refuses (429 `rate_limited`, `Retry-After` until the next failure
+    /// is forgiven, the `"auth_failures"` rate-limit fields in `ctx.rate`)
+    /// an address past `auth.max_failures_per_minute`; reads nothing of
+    /// the request but its client address. Also for the sign-in route.
+    pub fn check_failure_budget(&self, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
+        let budget = self.failures.peek(&failure_key(ctx), now);
+        if budget.allowed {
+            return Ok(());
         }
-    };
-    match app.db.lookup_key(key)? {
-        KeyLookup::Valid { id } => {
-            ctx.key_id = Some(id);
-            Ok(())
+        let retry_after_s = budget.info.reset_s;
+        ctx.rate = Some(budget.info);
+        self.log.auth_failed(ctx, "too_many_failures", None);
+        Err(ApiError::RateLimited { retry_after_s })
+    }
+
+    /// Authenticates the request at `now` (see the module doc).
+    pub fn check(&self, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
+        if self.mode == AuthMode::None {
+            return Ok(());
         }
-        KeyLookup::Revoked { id } => Err(refuse(app, ctx, "revoked", Some(&id), now)),
-        KeyLookup::Unknown => Err(refuse(app, ctx, "unknown", None, now)),
+        // An unrouted request never reaches here; if one did, it needs a key.
+        if ctx.route.is_some_and(|r| r.auth_exempt()) {
+            return Ok(());
+        }
+        // Past `max_failures_per_minute`, the address is refused before its
+        // key is even read. A valid key from that address is refused too,
+        // on purpose: telling it apart would need the lookup this limit
+        // exists to avoid, and a 200-vs-429 answer would keep the address
+        // an oracle for guessed keys. The owner of a valid key waits for
+        // `Retry-After` (one failure refills every 60/N s) or uses another
+        // address.
+        self.check_failure_budget(ctx, now)?;
+        let key = match presented_key(ctx) {
+            Ok(k) => k,
+            Err(r) => {
+                let reason = if r == Refusal::Missing {
+                    "missing"
+                } else {
+                    "malformed"
+                };
+                return Err(self.refuse(ctx, reason, None, now));
+            }
+        };
+        match self.keys.lookup(key)? {
+            KeyLookup::Valid { id } => {
+                ctx.key_id = Some(id);
+                Ok(())
+            }
+            KeyLookup::Revoked { id } => Err(self.refuse(ctx, "revoked", Some(&id), now)),
+            KeyLookup::Unknown => Err(self.refuse(ctx, "unknown", None, now)),
+        }
     }
 }
 
@@ -187,16 +208,46 @@ mod tests {
         );
     }
 
+    /// Keys in a map; failures recorded, lookups counted.
+    #[derive(Default)]
+    struct Fake {
+        valid: Vec<String>,
+        lookups: std::cell::Cell<u32>,
+        failures: std::cell::RefCell<Vec<&'static str>>,
+    }
+
+    impl KeyStore for Fake {
+        fn lookup(&self, presented: &str) -> Result<KeyLookup, ApiError> {
+            self.lookups.set(self.lookups.get() + 1);
+            Ok(if self.valid.iter().any(|k| k == presented) {
+                KeyLookup::Valid { id: "k1".into() }
+            } else {
+                KeyLookup::Unknown
+            })
+        }
+    }
+
+    impl FailureLog for Fake {
+        fn auth_failed(&self, _: &Ctx, reason: &'static str, _: Option<&str>) {
+            self.failures.borrow_mut().push(reason);
+        }
+    }
+
     #[test]
     fn failed_keys_are_limited_per_address_before_any_lookup() {
-        let mut c = crate::config::Config::default();
-        c.server.data_dir =
-            std::env::temp_dir().join(format!("portcullis-auth-{}", crate::ids::random_hex(6)));
-        let app = App::new(c.clone()).unwrap();
-        let valid = std::fs::read_to_string(c.server.data_dir.join(crate::app::FIRST_KEY_FILE))
-            .unwrap()
-            .trim()
-            .to_string();
+        let valid = format!("pcs_{}", "a1".repeat(24));
+        let fake = Fake {
+            valid: vec![valid.clone()],
+            ..Default::default()
+        };
+        let limiter = Limiter::for_auth_failures(20, 1000);
+        let app = Auth {
+            mode: AuthMode::ApiKey,
+            keys: &fake,
+            failures: &limiter,
+            log: &fake,
+        };
+        let check_at = |app: &Auth, ctx: &mut Ctx, now| app.check(ctx, now);
         let wrong = format!("pcs_{}", "0f".repeat(24));
         let req = |from: &str, key: &str, route: crate::router::Route| {
             let mut ctx = Ctx::new(Method::Get, "/api/projects", from.parse().unwrap())
@@ -211,14 +262,12 @@ mod tests {
             let mut ctx = req("198.51.100.7", &wrong, projects);
             assert_eq!(check_at(&app, &mut ctx, t0), Err(ApiError::Unauthorized));
         }
-        let refusals = |reason: &str| -> u64 {
-            let text = app.metrics.render(&Default::default());
-            let line = format!("portcullis_auth_refusals_total{{reason=\"{}\"}} ", reason);
-            text.lines()
-                .find_map(|l| l.strip_prefix(line.as_str()))
-                .unwrap()
-                .parse()
-                .unwrap()
+        let refusals = |reason: &str| {
+            fake.failures
+                .borrow()
+                .iter()
+                .filter(|r| **r == reason)
+                .count()
         };
         assert_eq!(refusals("unknown"), 20);
         // (case, client, key, route, wait after the 20th failure, outcome)
@@ -300,10 +349,9 @@ mod tests {
                 );
             }
         }
-        // Lookups: 20 + 1 unknown; the three 429s never reached the database.
+        // Lookups: 20 + 1 unknown, 2 valid; the three 429s never looked up.
         assert_eq!(refusals("unknown"), 21);
         assert_eq!(refusals("too_many_failures"), 3);
-        app.stop_background();
-        let _ = std::fs::remove_dir_all(&c.server.data_dir);
+        assert_eq!(fake.lookups.get(), 23);
     }
 }

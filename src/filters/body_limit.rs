@@ -5,7 +5,7 @@
 //! the cap, within `body_timeout_s`, so memory never exceeds the cap and no
 //! worker waits for it. After any refusal the connection is closed, never
 //! reused: the unread remainder would otherwise be drained without limit or
-//! parsed as a next request (smuggling; ../shared/FINDINGS.md).
+//! parsed as a next request (smuggling; docs/findings.md).
 
 use crate::error::ApiError;
 use crate::http::Ctx;

@@ -12,7 +12,6 @@
 //! before the MAC is checked; the MAC comparison is constant time
 //! (`ring::hmac::verify`). Tokens are stateless: nothing is stored.
 
-use crate::app::App;
 use crate::error::ApiError;
 use crate::http::Ctx;
 use crate::secret::Secret;
@@ -98,12 +97,12 @@ pub fn verify(secret: &Secret, token: &str, now_unix: u64) -> bool {
 
 /// Refuses (403 `csrf_token_invalid`) an unsafe request that has an
 /// `Origin` but no valid `X-CSRF-Token`, when CSRF tokens are enabled.
-pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
-    if !app.cfg.security.csrf_tokens || !ctx.method.is_unsafe() || ctx.header("origin").is_none() {
+pub fn check(enabled: bool, secret: &Secret, ctx: &Ctx, now_unix: u64) -> Result<(), ApiError> {
+    if !enabled || !ctx.method.is_unsafe() || ctx.header("origin").is_none() {
         return Ok(());
     }
     match ctx.header("x-csrf-token") {
-        Some(t) if verify(&app.csrf_secret, t.trim(), now_unix()) => Ok(()),
+        Some(t) if verify(secret, t.trim(), now_unix) => Ok(()),
         _ => Err(ApiError::CsrfTokenInvalid),
     }
 }
@@ -188,12 +187,7 @@ mod tests {
 
     #[test]
     fn check_guards_unsafe_browser_requests_only_when_enabled() {
-        let mut c = crate::config::Config::default();
-        c.security.csrf_tokens = true;
-        c.server.data_dir =
-            std::env::temp_dir().join(format!("portcullis-csrf-{}", crate::ids::random_hex(6)));
-        let app = App::new(c.clone()).unwrap();
-        let token = issue(&app.csrf_secret, now_unix(), TTL);
+        let token = issue(&secret(), NOW, TTL);
         let req = |m, headers: &[(&str, &str)]| {
             let mut ctx = Ctx::new(m, "/api/projects", "127.0.0.1".parse().unwrap());
             for (n, v) in headers {
@@ -213,21 +207,15 @@ mod tests {
             (Post, &[], true), // not a browser request (the Origin filter decides)
         ];
         for (m, h, ok) in cases {
-            let got = check(&app, &mut req(*m, h));
+            let got = check(true, &secret(), &req(*m, h), NOW);
             assert_eq!(got.is_ok(), *ok, "{:?} {:?}", m, h);
             if !ok {
                 assert_eq!(got, Err(ApiError::CsrfTokenInvalid));
             }
         }
-        app.stop_background();
-        let mut off = c.clone();
-        off.security.csrf_tokens = false;
-        let app_off = App::new(off).unwrap();
         assert!(
-            check(&app_off, &mut req(Post, &[origin])).is_ok(),
+            check(false, &secret(), &req(Post, &[origin]), NOW).is_ok(),
             "disabled: no token needed"
         );
-        app_off.stop_background();
-        let _ = std::fs::remove_dir_all(&c.server.data_dir);
     }
 }

@@ -1,4 +1,4 @@
-//! The filter chain of ../shared/API.md, in contract order. Each filter is
+//! The filter chain of docs/contract.md, in contract order. Each filter is
 //! a plain function in its own module with its own tests; `run` is the one
 //! place the order is stated. Filter 1 (request id) runs in `server.rs`
 //! before this, since every answer (even a refusal) needs the id; filter 9
@@ -13,6 +13,8 @@ pub mod host;
 pub mod origin;
 pub mod rate_limit;
 pub mod request_id;
+
+use std::time::Instant;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -41,14 +43,34 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
         return origin::preflight(ctx, &sec.allowed_origins).map(Some);
     }
 
-    auth::check(app, ctx)?;
-    rate_limit::check(app, ctx)?;
+    let now = Instant::now();
+    auth::Auth {
+        mode: app.cfg.auth.mode,
+        keys: &app.db,
+        failures: &app.auth_failures,
+        log: app,
+    }
+    .check(ctx, now)?;
+    rate_limit::check(&app.limiter, ctx, now).inspect_err(|_| {
+        // Counted in memory, written as one audit row per client a minute.
+        app.audit
+            .rate_limited(ctx, &rate_limit::Identity::of(ctx).to_string());
+    })?;
     origin::check(
         ctx,
         &sec.allowed_origins,
         &sec.trusted_proxies,
         ctx.key_id.is_some(),
     )?;
-    csrf::check(app, ctx)?;
+    csrf::check(sec.csrf_tokens, &app.csrf_secret, ctx, csrf::now_unix())?;
     Ok(None)
+}
+
+/// Failed authentications go to the audit trail (aggregated per client per
+/// minute) and the metrics.
+impl auth::FailureLog for App {
+    fn auth_failed(&self, ctx: &Ctx, reason: &'static str, key_id: Option<&str>) {
+        self.audit.auth_failed(ctx, reason, key_id);
+        self.metrics.record_auth_refusal(reason);
+    }
 }

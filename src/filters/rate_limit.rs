@@ -45,7 +45,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::app::App;
 use crate::config::RateLimitConfig;
 use crate::error::ApiError;
 use crate::filters::client_ip;
@@ -112,6 +111,16 @@ pub enum Identity {
     Key(Box<str>),
     /// A client address, already reduced by `client_ip::bucket_key`.
     Addr(IpAddr),
+}
+
+/// `key:<id>` or `addr:<address>`, as the audit trail names who was limited.
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Key(id) => write!(f, "key:{}", id),
+            Identity::Addr(a) => write!(f, "addr:{}", a),
+        }
+    }
 }
 
 impl Identity {
@@ -439,33 +448,30 @@ impl Limiter {
     ) -> std::io::Result<SweeperHandle> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rate-limit-sweeper".into())
-            .stack_size(crate::server::THREAD_STACK_BYTES)
-            .spawn(move || {
-                let (stopped, wake) = &*signal;
-                loop {
-                    {
-                        let guard = lock(stopped);
-                        let (guard, _) = wake
-                            .wait_timeout_while(guard, interval, |stop| !*stop)
-                            .unwrap_or_else(|e| e.into_inner());
-                        if *guard {
-                            return;
-                        }
-                    }
-                    for limiter in &limiters {
-                        let dropped = limiter.sweep(Instant::now());
-                        crate::logging::debug(
-                            "rate-limit sweep",
-                            &[
-                                ("dropped", dropped.into()),
-                                ("tracked", limiter.tracked().into()),
-                            ],
-                        );
+        let thread = crate::threads::spawn("rate-limit-sweeper", move || {
+            let (stopped, wake) = &*signal;
+            loop {
+                {
+                    let guard = lock(stopped);
+                    let (guard, _) = wake
+                        .wait_timeout_while(guard, interval, |stop| !*stop)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *guard {
+                        return;
                     }
                 }
-            })?;
+                for limiter in &limiters {
+                    let dropped = limiter.sweep(Instant::now());
+                    crate::logging::debug(
+                        "rate-limit sweep",
+                        &[
+                            ("dropped", dropped.into()),
+                            ("tracked", limiter.tracked().into()),
+                        ],
+                    );
+                }
+            }
+        })?;
         Ok(SweeperHandle {
             stop,
             thread: Some(thread),
@@ -503,28 +509,22 @@ impl Drop for SweeperHandle {
 /// Limits the request unless its route is exempt. Sets `ctx.rate` for the
 /// headers on every limited route, allowed or refused; refuses with 429
 /// `rate_limited` and a `Retry-After` of whole seconds (at least 1).
-pub fn check(app: &App, ctx: &mut Ctx) -> Result<(), ApiError> {
+pub fn check(limiter: &Limiter, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
     let Some(class) = ctx.route.and_then(|r| Class::of(r.class())) else {
         return Ok(());
     };
-    let d = app.limiter.take(
+    let d = limiter.take(
         Key {
             id: Identity::of(ctx),
             class,
         },
-        Instant::now(),
+        now,
     );
     let retry_after_s = d.info.reset_s;
     ctx.rate = Some(d.info);
     if d.allowed {
         Ok(())
     } else {
-        // Counted in memory, written as one audit row per client a minute.
-        let who = match &ctx.key_id {
-            Some(id) => format!("key:{}", id),
-            None => format!("addr:{}", crate::filters::client_ip::bucket_key(ctx.client)),
-        };
-        app.audit.rate_limited(ctx, &who);
         Err(ApiError::RateLimited { retry_after_s })
     }
 }
@@ -956,21 +956,18 @@ mod tests {
 
     #[test]
     fn check_sets_headers_and_refuses_with_retry_after() {
-        let mut c = crate::config::Config::default();
-        c.rate_limit.other_per_minute = 2;
-        c.server.data_dir =
-            std::env::temp_dir().join(format!("portcullis-rl-{}", crate::ids::random_hex(6)));
-        let app = App::new(c.clone()).unwrap();
+        let limiter = Limiter::new(&cfg(10, 2, 1000));
+        let now = Instant::now();
         let mut ctx = Ctx::new(
             crate::http::Method::Get,
             "/api/projects",
             "127.0.0.1".parse().unwrap(),
         );
         ctx.route = Some(crate::router::Route::ProjectsList);
-        assert_eq!(check(&app, &mut ctx), Ok(()));
+        assert_eq!(check(&limiter, &mut ctx, now), Ok(()));
         assert_eq!(ctx.rate.as_ref().unwrap().remaining, 1);
-        assert_eq!(check(&app, &mut ctx), Ok(()));
-        match check(&app, &mut ctx) {
+        assert_eq!(check(&limiter, &mut ctx, now), Ok(()));
+        match check(&limiter, &mut ctx, now) {
             Err(ApiError::RateLimited { retry_after_s }) => {
                 assert!((1..=30).contains(&retry_after_s))
             }
@@ -984,13 +981,11 @@ mod tests {
         );
         health.route = Some(crate::router::Route::Health);
         for _ in 0..5 {
-            assert_eq!(check(&app, &mut health), Ok(()));
+            assert_eq!(check(&limiter, &mut health, now), Ok(()));
         }
         assert_eq!(
             health.rate, None,
             "exempt routes carry no rate-limit headers"
         );
-        app.stop_background();
-        let _ = std::fs::remove_dir_all(&c.server.data_dir);
     }
 }

@@ -9,7 +9,7 @@
 //! `conversation_id` it must be absent or name that conversation's project
 //! (else 404, as for an unknown id).
 //!
-//! Order of work: capacity first (a stream slot, a worker wait slot: 503
+//! Order of work: capacity first (a stream slot, global and per client: 503
 //! `server_busy` before anything is written), then the conversation (found
 //! or created, titled from the message), the user message (stored before
 //! the upstream is called), the history, the assistant message, the
@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 
 use super::fields::{Body, Field, Kind, Unknown, ID_MAX, MODEL_MAX, TITLE_MAX};
 use crate::app::App;
-use crate::db::{Message, NewMessage};
+use crate::db::{Message, NewMessage, Role, Status};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply, StreamOut};
 use crate::logging;
@@ -136,11 +136,10 @@ fn auto_title(message: &str) -> String {
 pub fn history(system_prompt: Option<&str>, stored: &[Message], max_chars: usize) -> Vec<Value> {
     let mut picked: Vec<&Message> = Vec::new();
     let mut used = 0usize;
-    let usable = stored.iter().rev().filter(|m| {
-        m.status != "error"
-            && !m.content.is_empty()
-            && matches!(m.role.as_str(), "user" | "assistant" | "system")
-    });
+    let usable = stored
+        .iter()
+        .rev()
+        .filter(|m| m.status != Status::Error && !m.content.is_empty());
     for m in usable {
         let n = m.content.chars().count();
         if !picked.is_empty() && used + n > max_chars {
@@ -157,7 +156,7 @@ pub fn history(system_prompt: Option<&str>, stored: &[Message], max_chars: usize
         picked
             .iter()
             .rev()
-            .map(|m| json!({"role": m.role, "content": m.content})),
+            .map(|m| json!({"role": m.role.as_str(), "content": m.content})),
     );
     out
 }
@@ -168,7 +167,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let slot = match req.stream {
         true => Some(
             app.streams
-                .try_acquire(&crate::streams::client_key(ctx))
+                .try_acquire(crate::streams::client_key(ctx))
                 .ok_or(BUSY)?,
         ),
         false => None,
@@ -200,9 +199,9 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         .unwrap_or_else(|| app.cfg.upstream.model.clone());
     let user = app.db.insert_message(&NewMessage {
         conversation_id: &conversation.id,
-        role: "user",
+        role: Role::User,
         content: &req.message,
-        status: "complete",
+        status: Status::Complete,
         model: None,
         usage: None,
     })?;
@@ -242,12 +241,12 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 Ok((content, parts.usage))
             });
             let (content, status, usage) = match &answered {
-                Ok((c, u)) => (c.as_str(), "complete", u.as_ref()),
-                Err(_) => ("", "error", None),
+                Ok((c, u)) => (c.as_str(), Status::Complete, u.as_ref()),
+                Err(_) => ("", Status::Error, None),
             };
             let assistant = db.insert_message(&NewMessage {
                 conversation_id: &conversation_id,
-                role: "assistant",
+                role: Role::Assistant,
                 content,
                 status,
                 model: Some(&model),
@@ -263,16 +262,16 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
     let assistant = app.db.insert_message(&NewMessage {
         conversation_id: &conversation.id,
-        role: "assistant",
+        role: Role::Assistant,
         content: "",
-        status: "partial",
+        status: Status::Partial,
         model: Some(&model),
         usage: None,
     })?;
     let mut handle = match app.upstream.open_stream(upstream_req, &ctx.request_id) {
         Ok(h) => h,
         Err(e) => {
-            store_end(app, &assistant.id, "", "error");
+            store_end(app, &assistant.id, "", Status::Error);
             return Err(e);
         }
     };
@@ -285,11 +284,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(sse::reply(Box::new(move |out: &mut StreamOut| {
         let _slot = slot;
         let started = Instant::now();
-        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics) {
+        let store_error = || {
             let id = start["message_id"].as_str().unwrap_or_default();
-            if let Err(e) = app_db.update_message(id, "", "error", None) {
-                log_store_failure(&e);
+            if let Err(e) = app_db.update_message(id, "", Status::Error, None) {
+                log_store_failure(e);
             }
+        };
+        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, store_error) {
             super::openai::log_stream_end("/api/chat", code, started);
             return;
         }
@@ -308,17 +309,19 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             }
         };
         let (status, outcome) = match (&end, &answer.failed) {
-            (PumpEnd::ClientGone, _) => ("partial", "client_gone"),
-            (PumpEnd::Finished, None) => ("complete", "complete"),
-            (PumpEnd::Finished, Some(_)) if answer.text.is_empty() => ("error", "upstream_failed"),
-            (PumpEnd::Finished, Some(_)) => ("partial", "upstream_failed"),
+            (PumpEnd::ClientGone, _) => (Status::Partial, "client_gone"),
+            (PumpEnd::Finished, None) => (Status::Complete, "complete"),
+            (PumpEnd::Finished, Some(_)) if answer.text.is_empty() => {
+                (Status::Error, "upstream_failed")
+            }
+            (PumpEnd::Finished, Some(_)) => (Status::Partial, "upstream_failed"),
         };
         if let Some(err) = &answer.failed {
             metrics.record_upstream_error(err.code());
         }
         let id = start["message_id"].as_str().unwrap_or_default();
         if let Err(e) = app_db.update_message(id, &answer.text, status, answer.usage.as_ref()) {
-            log_store_failure(&e);
+            log_store_failure(e);
         }
         super::openai::log_stream_end("/api/chat", outcome, started);
     })))
@@ -379,13 +382,14 @@ impl Answer {
 
 /// Final update of an assistant message; a failure is logged (the reply
 /// already reflects the upstream outcome).
-fn store_end(app: &App, id: &str, content: &str, status: &str) {
+fn store_end(app: &App, id: &str, content: &str, status: Status) {
     if let Err(e) = app.db.update_message(id, content, status, None) {
-        log_store_failure(&e);
+        log_store_failure(e);
     }
 }
 
-fn log_store_failure(e: &ApiError) {
+fn log_store_failure(e: crate::db::StoreError) {
+    let e = ApiError::from(e);
     logging::error(
         "cannot store the assistant message",
         &[
@@ -406,9 +410,9 @@ mod tests {
         Message {
             id: String::new(),
             conversation_id: String::new(),
-            role: role.into(),
+            role: role.parse().unwrap(),
             content: content.into(),
-            status: status.into(),
+            status: status.parse().unwrap(),
             model: None,
             created_at: 0,
             usage: None,

@@ -8,7 +8,6 @@ use serde_json::json;
 use super::fields::{Body, Field, Unknown, ID_MAX, MODEL_MAX, SYSTEM_PROMPT_MAX, TITLE_MAX};
 use super::path_id as id;
 use crate::app::App;
-use crate::db::audit_log::Actor;
 use crate::db::conversations::ConversationPatch;
 use crate::db::page::{Kind, PageReq};
 use crate::error::ApiError;
@@ -50,7 +49,7 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let req = PageReq::from_query(ctx, Kind::Conversations)?;
+    let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Conversations)?;
     let project_id = ctx.query_param("project_id");
     if let Some(p) = &project_id {
         if p.is_empty() || p.chars().count() > ID_MAX {
@@ -82,13 +81,13 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 pub fn delete(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let id = id(ctx)?.to_string();
-    app.db.delete_conversation(&id, &Actor::from_ctx(ctx))?;
+    app.db.delete_conversation(&id, &crate::audit::actor(ctx))?;
     crate::logging::info("conversation deleted", &[("conversation_id", json!(id))]);
     Ok(Reply::empty(204))
 }
 
 pub fn messages(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let req = PageReq::from_query(ctx, Kind::Messages)?;
+    let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Messages)?;
     let page = app.db.list_messages(id(ctx)?, &req)?;
     Ok(Reply::json(200, &page.to_json(|m| m.to_json())))
 }

@@ -30,6 +30,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::db::Role;
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body;
@@ -60,12 +61,13 @@ const RELAYED_FIELDS: &[&str] = &[
     "top_p",
     "user",
 ];
-/// Roles a relayed message may have.
+/// Roles a relayed message may have: the stored roles (`db::Role`) and
+/// those only OpenAI's API knows (relayed, never stored).
 pub const ROLES: &[&str] = &[
-    "system",
+    Role::System.as_str(),
     "developer",
-    "user",
-    "assistant",
+    Role::User.as_str(),
+    Role::Assistant.as_str(),
     "tool",
     "function",
 ];
@@ -305,7 +307,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
     let slot = app
         .streams
-        .try_acquire(&crate::streams::client_key(ctx))
+        .try_acquire(crate::streams::client_key(ctx))
         .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
     let mut handle = app.upstream.open_stream(request, &ctx.request_id)?;
     let ping_every = app.cfg.upstream.ping_interval;
@@ -316,7 +318,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
-        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics) {
+        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, || {}) {
             log_stream_end("/v1/chat/completions", code, started);
             return;
         }

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use super::fields::{Body, Field, Kind, Unknown, ID_MAX};
 use crate::app::App;
 use crate::db::page;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::http::{Ctx, Method, Reply};
 use crate::router::{Access, Answer, Query, RouteClass, RouteDef, ROUTES};
 
@@ -524,41 +524,21 @@ pub fn body_schema(body: &Body) -> Value {
     s
 }
 
-/// Every error code the server can answer (`ApiError::code`).
-fn error_codes() -> Vec<&'static str> {
-    let none = String::new;
-    let errors = [
-        ApiError::InvalidJson(none()),
-        ApiError::validation("", ""),
-        ApiError::Unauthorized,
-        ApiError::OriginNotAllowed,
-        ApiError::CsrfTokenInvalid,
-        ApiError::NotFound,
-        ApiError::MethodNotAllowed { allow: Vec::new() },
-        ApiError::PayloadTooLarge,
-        ApiError::UnsupportedMediaType,
-        ApiError::HostNotAllowed,
-        ApiError::RateLimited { retry_after_s: 0 },
-        ApiError::Internal { detail: none() },
-        ApiError::UpstreamUnavailable { detail: none() },
-        ApiError::UpstreamError { detail: none() },
-        ApiError::ServerBusy { retry_after_s: 0 },
-        ApiError::UpstreamTimeout { detail: none() },
-        ApiError::RequestTimeout,
-        ApiError::BadRequest { why: "" },
-        ApiError::UriTooLong,
-        ApiError::ExpectationFailed,
-        ApiError::HeadersTooLarge,
-        ApiError::NotImplemented,
-        ApiError::HttpVersionNotSupported,
-    ];
-    errors.iter().map(ApiError::code).collect()
+/// Every error code the server can answer, and the OpenAI error types
+/// they map to (`error::Code`, the one table of codes).
+fn error_codes() -> (Vec<&'static str>, Vec<&'static str>) {
+    let codes = Code::ALL.iter().map(|c| c.as_str()).collect();
+    let mut types: Vec<&str> = Code::ALL.iter().map(|c| c.error_type()).collect();
+    types.sort_unstable();
+    types.dedup();
+    (codes, types)
 }
 
 fn schemas() -> Value {
     let time =
         json!({"type": "string", "format": "date-time", "example": "2026-11-23T15:29:03.123Z"});
     let opt_str = json!({"type": ["string", "null"]});
+    let (codes, types) = error_codes();
     let mut s = json!({
         "Error": {
             "type": "object",
@@ -567,12 +547,9 @@ fn schemas() -> Value {
                 "type": "object",
                 "required": ["code", "message", "type", "param", "request_id"],
                 "properties": {
-                    "code": {"type": "string", "enum": error_codes()},
+                    "code": {"type": "string", "enum": codes},
                     "message": {"type": "string", "description": "for humans; never internals"},
-                    "type": {"type": "string", "enum": [
-                        "invalid_request_error", "authentication_error", "permission_error",
-                        "not_found_error", "rate_limit_error", "server_error",
-                    ], "description": "the OpenAI error type that fits"},
+                    "type": {"type": "string", "enum": types, "description": "the OpenAI error type that fits"},
                     "param": {"type": ["string", "null"], "description": "the offending field, or null"},
                     "request_id": {"type": "string"},
                     "field": {"type": "string", "description": "validation_failed: the offending field (as param)"},

@@ -7,7 +7,6 @@ use serde_json::json;
 use super::fields::{Body, Field, Unknown, DESCRIPTION_MAX, NAME_MAX};
 use super::path_id as id;
 use crate::app::App;
-use crate::db::audit_log::Actor;
 use crate::db::page::{Kind, PageReq};
 use crate::db::projects::ProjectPatch;
 use crate::error::ApiError;
@@ -40,7 +39,7 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 }
 
 pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let req = PageReq::from_query(ctx, Kind::Projects)?;
+    let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Projects)?;
     let page = app.db.list_projects(&req)?;
     Ok(Reply::json(200, &page.to_json(|p| p.to_json())))
 }
@@ -61,7 +60,7 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 
 pub fn delete(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let id = id(ctx)?.to_string();
-    app.db.delete_project(&id, &Actor::from_ctx(ctx))?;
+    app.db.delete_project(&id, &crate::audit::actor(ctx))?;
     crate::logging::info("project deleted", &[("project_id", json!(id))]);
     Ok(Reply::empty(204))
 }

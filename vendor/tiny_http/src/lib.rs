@@ -134,7 +134,6 @@ mod head;
 mod limits;
 mod request;
 mod response;
-mod ssl;
 mod test;
 mod util;
 

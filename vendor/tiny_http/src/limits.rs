@@ -2,7 +2,7 @@
 //!
 //! Stock tiny_http spawns one thread per connection without bound, sets no
 //! socket timeouts and buffers request heads without limit (see
-//! portcullis' ../shared/FINDINGS.md). These limits are enforced in the
+//! portcullis' docs/findings.md). These limits are enforced in the
 //! accept loop and the head parser, before any request reaches a worker.
 
 use std::collections::HashMap;
