@@ -354,7 +354,7 @@ impl From<crate::db::StoreError> for ApiError {
         match e {
             NotFound => ApiError::NotFound,
             // A `project_id` naming no project is an unknown id: 404, as
-            // in a path (API.md "Errors"; issue 11, schemathesis).
+            // in a path (docs/contract.md "Errors"; issue 11, schemathesis).
             UnknownProject => ApiError::NotFound,
             Invalid { field, message } => ApiError::validation(field, message),
             InvalidCursor => ApiError::validation("cursor", "is not a cursor from this list"),

@@ -184,7 +184,7 @@ fn conversations_crud_filter_and_messages() {
         ids,
         [c3["id"].as_str().unwrap(), c1["id"].as_str().unwrap()]
     );
-    // An unknown id, referenced or in the path, is 404 (API.md; issue 11).
+    // An unknown id, referenced or in the path, is 404 (docs/contract.md "Errors"; issue 11).
     assert_error(
         &get(&s, "/api/conversations?project_id=nope", &key),
         404,

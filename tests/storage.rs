@@ -24,7 +24,7 @@ fn store_errors_map_to_the_contract_in_one_place() {
     let busy = ApiError::ServerBusy { retry_after_s: 1 };
     let table = [
         (StoreError::NotFound, ApiError::NotFound),
-        // An unknown id, referenced or in the path, is 404 (API.md; issue 11).
+        // An unknown id, referenced or in the path, is 404 (docs/contract.md "Errors"; issue 11).
         (StoreError::UnknownProject, ApiError::NotFound),
         (
             StoreError::invalid("limit", "must be a whole number from 1 to 200"),
