@@ -375,10 +375,16 @@ fn reset_mid_stream_ends_with_an_error_event_and_no_done() {
         .filter(|f| !f.comment && !f.data.contains("\"error\""))
         .count();
     assert_eq!(chunks, 2, "{:?}", frames);
+    let err = &data_json(frames.last().unwrap())["error"];
     assert_eq!(
-        data_json(frames.last().unwrap())["error"]["code"],
-        "upstream_error"
+        (&err["code"], &err["type"], &err["param"]),
+        (
+            &json!("upstream_error"),
+            &json!("server_error"),
+            &Value::Null
+        )
     );
+    assert!(err["request_id"].is_string());
     assert!(frames.iter().all(|f| f.data != "[DONE]"));
 }
 

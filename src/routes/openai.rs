@@ -10,8 +10,8 @@
 //! and we never forward what we have not reviewed). Answers are relayed as
 //! the upstream sent them: non-streaming bounded by `max_response_bytes`,
 //! streaming re-framed as `data: {...}` events ending with `data: [DONE]`.
-//! Errors use the contract's body (`{"error":{"code","message",
-//! "request_id"}}`, which OpenAI SDKs read as an API error); a failure after
+//! Errors use the contract's body (`{"error":{"code","message","type",
+//! "param","request_id"}}`, which OpenAI SDKs read as an API error); a failure after
 //! the stream began is sent as one `data: {"error":...}` event, and the
 //! stream ends without `[DONE]` (the SDKs raise it).
 //!
@@ -275,9 +275,16 @@ fn check_message(i: usize, raw: &RawValue) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The contract's error body, as a JSON value (for in-stream errors).
+/// The contract's error body, as a JSON value (for in-stream errors): with
+/// `type` and `param` like every error body, so the SDKs read it natively.
 pub fn error_value(err: &ApiError, request_id: &str) -> Value {
-    json!({"error": {"code": err.code(), "message": err.message(), "request_id": request_id}})
+    json!({"error": {
+        "code": err.code(),
+        "message": err.message(),
+        "type": err.error_type(),
+        "param": err.param(),
+        "request_id": request_id,
+    }})
 }
 
 /// Logs how a stream ended (the access log line was written when the head
