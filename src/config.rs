@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::filters::client_ip::TrustedProxies;
+use crate::net::TrustedProxies;
 use settings::SETTINGS;
 
 /// The shortest CSRF secret the production checklist accepts.

@@ -16,6 +16,7 @@ pub mod json_body;
 pub mod keys_cli;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod relay_pool;
 pub mod router;
 pub mod routes;

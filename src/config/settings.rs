@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::filters::client_ip::TrustedProxies;
+use crate::net::TrustedProxies;
 
 /// What a setting's value may be; the bounds are inclusive.
 #[derive(Clone, Copy, Debug)]
@@ -375,7 +375,7 @@ impl Item {
                             "wildcards and `null` are refused: list each origin exactly".into()
                         );
                     }
-                    if crate::filters::origin::parse_origin(o).is_none() {
+                    if crate::net::parse_origin(o).is_none() {
                         return Err(format!(
                             "{o:?} is not an origin (scheme://host[:port], no path)"
                         ));

@@ -9,48 +9,10 @@
 use crate::error::ApiError;
 use crate::http::{Ctx, Method, Reply};
 
+pub use crate::net::parse_origin;
+
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_S: u32 = 600;
-
-/// Normalises an origin (`scheme://host[:port]`): lower-cased, default
-/// port dropped. None for anything that is not exactly an origin.
-pub fn parse_origin(s: &str) -> Option<String> {
-    let s = s.trim();
-    let (scheme, rest) = s.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => "80",
-        "https" => "443",
-        _ => return None,
-    };
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-        return None;
-    }
-    let rest = rest.to_ascii_lowercase();
-    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-        let (h, after) = r.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        (format!("[{}]", h), port)
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.clone(), None),
-        }
-    };
-    if host.is_empty() || host == "[]" {
-        return None;
-    }
-    match port {
-        Some(p) if p.parse::<u16>().is_err() => None,
-        Some(p) if p == default_port => Some(format!("{}://{}", scheme, host)),
-        Some(p) => Some(format!("{}://{}:{}", scheme, host, p)),
-        None => Some(format!("{}://{}", scheme, host)),
-    }
-}
 
 /// The origin of a Referer URL (`https://a.example/x?y` -> `https://a.example`).
 fn referer_origin(referer: &str) -> Option<String> {
