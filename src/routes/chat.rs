@@ -291,7 +291,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             }
         };
         if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, store_error) {
-            super::openai::log_stream_end("/api/chat", code, started);
+            super::openai::log_stream_end(crate::router::Route::Chat, code, started);
             return;
         }
         let mut answer = Answer::default();
@@ -323,7 +323,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         if let Err(e) = app_db.update_message(id, &answer.text, status, answer.usage.as_ref()) {
             log_store_failure(e);
         }
-        super::openai::log_stream_end("/api/chat", outcome, started);
+        super::openai::log_stream_end(crate::router::Route::Chat, outcome, started);
     })))
 }
 

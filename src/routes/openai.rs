@@ -289,11 +289,11 @@ pub fn error_value(err: &ApiError, request_id: &str) -> Value {
 
 /// Logs how a stream ended (the access log line was written when the head
 /// went out).
-pub fn log_stream_end(route: &str, outcome: &str, started: Instant) {
+pub fn log_stream_end(route: crate::router::Route, outcome: &str, started: Instant) {
     logging::info(
         "stream ended",
         &[
-            ("route", json!(route)),
+            ("route", json!(route.name())),
             ("outcome", json!(outcome)),
             ("duration_ms", json!(started.elapsed().as_millis() as u64)),
         ],
@@ -326,7 +326,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let _slot = slot;
         let started = Instant::now();
         if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, || {}) {
-            log_stream_end("/v1/chat/completions", code, started);
+            log_stream_end(crate::router::Route::ChatCompletions, code, started);
             return;
         }
         let mut outcome = "complete";
@@ -348,7 +348,7 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         if end == PumpEnd::ClientGone {
             outcome = "client_gone";
         }
-        log_stream_end("/v1/chat/completions", outcome, started);
+        log_stream_end(crate::router::Route::ChatCompletions, outcome, started);
     })))
 }
 
