@@ -21,7 +21,12 @@
 # `DELETE /api/projects/{id}` remove the project's conversations, so the
 # 404 is right; ensure_resource_availability only knows about a DELETE of
 # the resource itself. The server log shows the project's DELETE just
-# before. The default seed does not draw that sequence.
+# before. The same check also fires (seed 1, on the merged tree) when a
+# PATCH /api/conversations/{id} names a `project_id` that does not exist:
+# the server answers 404 `not_found` for the unknown project (the contract:
+# "unknown path or id" is 404), which ST302 reads as the conversation
+# missing. A 400 instead trips positive_data_acceptance (schema-valid data
+# refused), so one of the two checks disagrees with any contract answer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
