@@ -320,9 +320,9 @@ fn defer(
         let mut reply = run_deferred(&app, &mut ctx, run);
         filters::headers::decorate(&mut reply, &ctx, &app.cfg);
         let head_only = ctx.method == Method::Head;
-        let (out, len) = render_complete(&mut reply, head_only, ctx.close_connection);
+        let (head, rest, len) = render_complete(&mut reply, head_only, ctx.close_connection);
         finish(&app, &ctx, reply.status, len);
-        let _ = writer.write_all(&out).and_then(|_| writer.flush());
+        let _ = write_complete(&mut writer, &head, &rest);
         // Releases the connection: its thread reads the next request.
         drop(writer);
         drop(body);
@@ -432,19 +432,39 @@ fn render_head(reply: &Reply, content_length: Option<usize>, close: bool, out: &
     out.extend_from_slice(b"\r\n");
 }
 
-/// A complete response (head and body) as bytes, and the body length sent.
-fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, usize) {
+/// Bodies up to this size are copied behind the head and leave in one
+/// write; larger ones are written after it, never copied (a 7.5 MiB relayed
+/// answer would otherwise briefly exist twice).
+const COALESCE_BODY_BYTES: usize = 16 * 1024;
+
+/// A complete response: the head (with a small body appended) and the rest
+/// of the body to write after it; and the body length sent.
+fn render_complete(reply: &mut Reply, head_only: bool, close: bool) -> (Vec<u8>, Vec<u8>, usize) {
     let data = match std::mem::replace(&mut reply.body, Body::Empty) {
         Body::Bytes(b) => b,
         _ => Vec::new(),
     };
-    let mut out = Vec::with_capacity(1024 + if head_only { 0 } else { data.len() });
+    let small = data.len() <= COALESCE_BODY_BYTES;
+    let mut out = Vec::with_capacity(1024 + if small { data.len() } else { 0 });
     render_head(reply, Some(data.len()), close, &mut out);
     if head_only {
-        return (out, 0);
+        return (out, Vec::new(), 0);
     }
-    out.extend_from_slice(&data);
-    (out, data.len())
+    let len = data.len();
+    if small {
+        out.extend_from_slice(&data);
+        return (out, Vec::new(), len);
+    }
+    (out, data, len)
+}
+
+/// Writes what `render_complete` rendered and flushes.
+fn write_complete(writer: &mut dyn Write, head: &[u8], rest: &[u8]) -> std::io::Result<()> {
+    writer.write_all(head)?;
+    if !rest.is_empty() {
+        writer.write_all(rest)?;
+    }
+    writer.flush()
 }
 
 /// The HTTP layer's own answers (malformed or oversized head, slow head or
@@ -463,7 +483,8 @@ fn render_refusal(app: &App, refusal: &tiny_http::Refusal) -> Vec<u8> {
     ctx.error_code = Some(err.kind());
     let mut reply = Reply::error(&err, &ctx.request_id, app.cfg.server.debug);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-    let (out, len) = render_complete(&mut reply, false, true);
+    let (mut out, rest, len) = render_complete(&mut reply, false, true);
+    out.extend_from_slice(&rest);
     if refusal.status == 503 {
         app.metrics
             .record(None, 503, ctx.started.elapsed(), Some(err.kind()));
@@ -517,7 +538,9 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
             let fail: crate::http::ErrorResponder = Box::new(move |err: &ApiError| {
                 let mut reply = Reply::error(err, &err_ctx.request_id, err_app.cfg.server.debug);
                 filters::headers::decorate(&mut reply, &err_ctx, &err_app.cfg);
-                render_complete(&mut reply, false, true).0
+                let (mut out, rest, _) = render_complete(&mut reply, false, true);
+                out.extend_from_slice(&rest);
+                out
             });
             let mut out = crate::http::StreamOut::new(writer, Some(body), fd).with_pending_head(
                 reply.status,
@@ -541,13 +564,13 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
         }
         body => {
             reply.body = body;
-            // Written on the raw connection in one piece (keep-alive kept
-            // unless the request or a refusal ends it).
+            // Written on the raw connection (keep-alive kept unless the
+            // request or a refusal ends it), small answers in one piece.
             let close = ctx.close_connection || rq.body_pending() || client_closes(ctx);
-            let (out, len) = render_complete(&mut reply, head_only, close);
+            let (head, rest, len) = render_complete(&mut reply, head_only, close);
             finish(app, ctx, reply.status, len);
             let mut writer = rq.into_writer();
-            let _ = writer.write_all(&out).and_then(|_| writer.flush());
+            let _ = write_complete(&mut writer, &head, &rest);
         }
     }
 }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod fake_upstream;
+pub mod relay;
 pub mod sse;
 
 /// Polls `cond` every few ms until it holds or `timeout` passes.
