@@ -117,14 +117,15 @@ impl AuditRow {
 }
 
 impl Db {
-    /// Writes one audit row in its own transaction.
+    /// Writes one audit row in its own transaction (in the writers' queue,
+    /// like every write).
     pub fn record_audit(
         &self,
         event: AuditEvent,
         actor: &Actor,
         detail: &Value,
     ) -> Result<(), StoreError> {
-        insert(&*self.conn()?, event, actor, detail)
+        self.write(|tx| insert(tx, event, actor, detail))
     }
 
     /// Writes several rows (aggregated counters) in one transaction.

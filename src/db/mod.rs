@@ -75,6 +75,8 @@ pub use projects::Project;
 #[derive(Clone)]
 pub struct Db {
     pool: pool::Pool,
+    /// One writer at a time inside this process (see `write`).
+    writers: std::sync::Arc<WriteGate>,
     /// Valid API keys recently seen (see `keys::KeyCache`).
     key_cache: std::sync::Arc<keys::KeyCache>,
 }
@@ -148,6 +150,7 @@ impl Db {
         }
         Ok(Db {
             pool,
+            writers: std::sync::Arc::new(WriteGate::default()),
             key_cache: std::sync::Arc::new(keys::KeyCache::new(&path)),
         })
     }
@@ -159,11 +162,17 @@ impl Db {
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f`
-    /// succeeds and rolled back when it fails.
+    /// succeeds and rolled back when it fails. Writers of this process take
+    /// turns at the `WriteGate` first (waiting at most `checkout_timeout_ms`,
+    /// then `PoolExhausted`), so they queue in memory instead of meeting
+    /// inside SQLite, whose busy handler sleeps losers in growing steps (1,
+    /// 2, 5 ... 100 ms: a p99 near a second at 32 writers). SQLite's busy
+    /// timeout is left for other processes (the CLI).
     pub fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let _turn = self.writers.enter(self.pool.checkout_timeout())?;
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -173,6 +182,92 @@ impl Db {
 
     pub fn pool(&self) -> &pool::Pool {
         &self.pool
+    }
+}
+
+/// Admits one writer at a time, in arrival order (a ticket lock with a
+/// timeout), so queued writers wait their turn instead of retrying.
+#[derive(Default)]
+pub struct WriteGate {
+    state: std::sync::Mutex<GateState>,
+    turn: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    next_ticket: u64,
+    serving: u64,
+    /// Tickets whose holders stopped waiting; skipped when their turn comes.
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+/// Holding one is holding the turn; dropping it passes the turn on.
+pub struct WriteTurn<'a> {
+    gate: &'a WriteGate,
+}
+
+impl WriteGate {
+    /// Waits for this caller's turn, at most `wait` (`PoolExhausted`).
+    pub fn enter(&self, wait: std::time::Duration) -> Result<WriteTurn<'_>, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        while st.serving != ticket {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                // Our turn has not come (`serving` < `ticket`): it is
+                // skipped when it does.
+                st.abandoned.insert(ticket);
+                return Err(StoreError::PoolExhausted);
+            }
+            st = self
+                .turn
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(WriteTurn { gate: self })
+    }
+}
+
+impl Drop for WriteTurn<'_> {
+    fn drop(&mut self) {
+        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = st.serving + 1;
+        while st.abandoned.remove(&next) {
+            next += 1;
+        }
+        st.serving = next;
+        drop(st);
+        self.gate.turn.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn turns_are_taken_in_order_and_an_abandoned_ticket_is_skipped() {
+        let gate = std::sync::Arc::new(WriteGate::default());
+        let first = gate.enter(Duration::from_secs(1)).unwrap();
+        // A second caller gives up while the first holds the turn.
+        assert_eq!(
+            gate.enter(Duration::from_millis(20)).err(),
+            Some(StoreError::PoolExhausted)
+        );
+        // A third waits on another thread; the abandoned ticket must not
+        // block it once the first is done.
+        let g = gate.clone();
+        let third = std::thread::spawn(move || g.enter(Duration::from_secs(5)).map(|_| ()).is_ok());
+        drop(first);
+        assert!(
+            third.join().unwrap(),
+            "the turn passed over the abandoned ticket"
+        );
+        assert!(gate.enter(Duration::from_millis(100)).is_ok());
     }
 }
 
