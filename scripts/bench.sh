@@ -23,7 +23,7 @@ need wrk wrk
 need nginx nginx
 
 echo "building release binaries..." >&2
-cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream >&2
+cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream --example sqlite_ceiling >&2
 BIN=$ROOT/target/release/portcullis
 HELLO=$ROOT/target/release/examples/hello_tiny_http
 LOADGEN=$ROOT/target/release/examples/loadgen
@@ -171,6 +171,12 @@ p99() { awk 'function us(v){ if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v
 OUT=$(wrk -t2 -c32 -d${DUR}s --latency -s "$TMP/create.lua" http://127.0.0.1:$P_PORT/api/projects)
 CREATE_RPS=$(echo "$OUT" | wrk_rps); CREATE_P99=$(echo "$OUT" | p99)
 CREATE_NON2XX=$(echo "$OUT" | awk '/Non-2xx/{print $5}'); CREATE_NON2XX=${CREATE_NON2XX:-0}
+# The disk's raw ceiling for the same row: one thread, one durable commit
+# per row, WAL + synchronous=FULL (examples/sqlite_ceiling.rs), in the same
+# directory as portcullis' database.
+CEILING=$("$ROOT/target/release/examples/sqlite_ceiling" "$TMP" "$DUR")
+CEIL_RPS=$(echo "$CEILING" | tr ' ' '\n' | awk -F= '$1=="rows_per_s"{print $2}')
+CEIL_P99=$(echo "$CEILING" | tr ' ' '\n' | awk -F= '$1=="p99_us"{print $2}')
 OUT=$(wrk -t2 -c32 -d${DUR}s --latency -s "$TMP/list.lua" "http://127.0.0.1:$P_PORT/api/projects?limit=50")
 LIST_RPS=$(echo "$OUT" | wrk_rps); LIST_P99=$(echo "$OUT" | p99)
 stop_upstream
@@ -254,8 +260,13 @@ Upstream: \`loadgen upstream\` (keep-alive, answers at once).
 |---|---|---|
 | POST /api/projects (create) | $CREATE_RPS | $CREATE_P99 |
 | GET /api/projects?limit=50 (list) | $LIST_RPS | $LIST_P99 |
+| raw SQLite ceiling: one thread, one durable commit per row (\`examples/sqlite_ceiling.rs\`) | $CEIL_RPS | $CEIL_P99 |
 
 Non-2xx answers during the create run: $CREATE_NON2XX.
+Targets (issue 12): create at 32 connections at least the raw ceiling
+(ratio $(awk -v a="$CREATE_RPS" -v b="$CEIL_RPS" 'BEGIN{printf "%.2f", a/b}')), p99 at most 20 ms (20000 µs). Writers take turns in
+memory (\`db::WriteGate\`); batching several writes per commit is not done
+yet.
 
 ## Streaming
 Time from the upstream writing the first token to the client reading it
