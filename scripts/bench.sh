@@ -264,9 +264,8 @@ Upstream: \`loadgen upstream\` (keep-alive, answers at once).
 
 Non-2xx answers during the create run: $CREATE_NON2XX.
 Targets (issue 12): create at 32 connections at least the raw ceiling
-(ratio $(awk -v a="$CREATE_RPS" -v b="$CEIL_RPS" 'BEGIN{printf "%.2f", a/b}')), p99 at most 20 ms (20000 µs). Writers take turns in
-memory (\`db::WriteGate\`); batching several writes per commit is not done
-yet.
+(ratio $(awk -v a="$CREATE_RPS" -v b="$CEIL_RPS" 'BEGIN{printf "%.2f", a/b}')), p99 at most 20 ms (20000 µs). Writes take turns in memory
+and share commits (\`db::writer\`: one fsync for the writes queued behind it).
 
 ## Streaming
 Time from the upstream writing the first token to the client reading it

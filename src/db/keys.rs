@@ -107,7 +107,7 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 }
 
 fn insert_key(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     name: &str,
     actor: &Actor,
 ) -> Result<(ApiKey, Secret), StoreError> {

@@ -58,8 +58,9 @@ pub mod pool;
 pub mod projects;
 pub mod ready;
 pub mod schema;
+pub mod writer;
 
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::OptionalExtension;
 
 use crate::config::Config;
 
@@ -75,8 +76,8 @@ pub use projects::Project;
 #[derive(Clone)]
 pub struct Db {
     pool: pool::Pool,
-    /// One writer at a time inside this process (see `write`).
-    writers: std::sync::Arc<WriteGate>,
+    /// The process's one writer (see `writer.rs`).
+    writer: std::sync::Arc<writer::Writer>,
     /// Valid API keys recently seen (see `keys::KeyCache`).
     key_cache: std::sync::Arc<keys::KeyCache>,
 }
@@ -133,7 +134,7 @@ impl Db {
         }
         create_private(&path)
             .map_err(|e| format!("cannot create database {}: {}", path.display(), e))?;
-        let pool = pool::Pool::open(pool::PoolConfig {
+        let pool_cfg = pool::PoolConfig {
             path: path.clone(),
             size,
             checkout_timeout: cfg.database.checkout_timeout,
@@ -141,16 +142,22 @@ impl Db {
             max_age: cfg.database.max_connection_age,
             idle_check_after: cfg.database.idle_check_after,
             sync_full: cfg.database.synchronous_full,
-        })?;
+        };
+        let pool = pool::Pool::open(pool_cfg.clone())?;
         {
             let mut conn = pool
                 .get()
                 .map_err(|e| format!("cannot use database {}: {}", path.display(), e))?;
             schema::migrate(&mut conn).map_err(|e| format!("{} ({})", e, path.display()))?;
         }
+        let writer_conn = pool::open_connection(&pool_cfg)
+            .map_err(|e| format!("cannot use database {}: {}", path.display(), e))?;
         Ok(Db {
+            writer: std::sync::Arc::new(writer::Writer::new(
+                writer_conn,
+                cfg.database.checkout_timeout,
+            )),
             pool,
-            writers: std::sync::Arc::new(WriteGate::default()),
             key_cache: std::sync::Arc::new(keys::KeyCache::new(&path)),
         })
     }
@@ -161,113 +168,19 @@ impl Db {
         self.pool.get()
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f`
-    /// succeeds and rolled back when it fails. Writers of this process take
-    /// turns at the `WriteGate` first (waiting at most `checkout_timeout_ms`,
-    /// then `PoolExhausted`), so they queue in memory instead of meeting
-    /// inside SQLite, whose busy handler sleeps losers in growing steps (1,
-    /// 2, 5 ... 100 ms: a p99 near a second at 32 writers). SQLite's busy
-    /// timeout is left for other processes (the CLI).
+    /// Runs `f` as one write: in its own savepoint of the writer's
+    /// transaction, on the process's one writer connection, returning once
+    /// the commit that holds it is durable; rolled back alone when it
+    /// fails (see `writer.rs`: writers queue in memory and share commits).
     pub fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let _turn = self.writers.enter(self.pool.checkout_timeout())?;
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        self.writer.write(f)
     }
 
     pub fn pool(&self) -> &pool::Pool {
         &self.pool
-    }
-}
-
-/// Admits one writer at a time, in arrival order (a ticket lock with a
-/// timeout), so queued writers wait their turn instead of retrying.
-#[derive(Default)]
-pub struct WriteGate {
-    state: std::sync::Mutex<GateState>,
-    turn: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct GateState {
-    next_ticket: u64,
-    serving: u64,
-    /// Tickets whose holders stopped waiting; skipped when their turn comes.
-    abandoned: std::collections::BTreeSet<u64>,
-}
-
-/// Holding one is holding the turn; dropping it passes the turn on.
-pub struct WriteTurn<'a> {
-    gate: &'a WriteGate,
-}
-
-impl WriteGate {
-    /// Waits for this caller's turn, at most `wait` (`PoolExhausted`).
-    pub fn enter(&self, wait: std::time::Duration) -> Result<WriteTurn<'_>, StoreError> {
-        let deadline = std::time::Instant::now() + wait;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        while st.serving != ticket {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                // Our turn has not come (`serving` < `ticket`): it is
-                // skipped when it does.
-                st.abandoned.insert(ticket);
-                return Err(StoreError::PoolExhausted);
-            }
-            st = self
-                .turn
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        Ok(WriteTurn { gate: self })
-    }
-}
-
-impl Drop for WriteTurn<'_> {
-    fn drop(&mut self) {
-        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = st.serving + 1;
-        while st.abandoned.remove(&next) {
-            next += 1;
-        }
-        st.serving = next;
-        drop(st);
-        self.gate.turn.notify_all();
-    }
-}
-
-#[cfg(test)]
-mod gate_tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn turns_are_taken_in_order_and_an_abandoned_ticket_is_skipped() {
-        let gate = std::sync::Arc::new(WriteGate::default());
-        let first = gate.enter(Duration::from_secs(1)).unwrap();
-        // A second caller gives up while the first holds the turn.
-        assert_eq!(
-            gate.enter(Duration::from_millis(20)).err(),
-            Some(StoreError::PoolExhausted)
-        );
-        // A third waits on another thread; the abandoned ticket must not
-        // block it once the first is done.
-        let g = gate.clone();
-        let third = std::thread::spawn(move || g.enter(Duration::from_secs(5)).map(|_| ()).is_ok());
-        drop(first);
-        assert!(
-            third.join().unwrap(),
-            "the turn passed over the abandoned ticket"
-        );
-        assert!(gate.enter(Duration::from_millis(100)).is_ok());
     }
 }
 
@@ -286,7 +199,7 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 /// (`newest_sql` selects it), so `(created_at, seq)` grows with commit
 /// order even when clocks of concurrent requests disagree by a millisecond
 /// or the wall clock steps back. Call inside the write transaction.
-fn monotonic_now(tx: &Transaction<'_>, newest_sql: &'static str) -> Result<i64, StoreError> {
+fn monotonic_now(tx: &rusqlite::Connection, newest_sql: &'static str) -> Result<i64, StoreError> {
     let newest: Option<i64> = tx
         .query_row_cached(newest_sql, [], |r| r.get(0))
         .optional()?;
