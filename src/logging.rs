@@ -396,16 +396,7 @@ pub fn log_path<'a>(path: &'a str, query: &str) -> Cow<'a, str> {
     }
     let mut out = String::with_capacity(path.len() + query.len());
     if secret_segment {
-        for (i, seg) in path.split('/').enumerate() {
-            if i > 0 {
-                out.push('/');
-            }
-            out.push_str(if looks_like_secret(seg) {
-                "[redacted]"
-            } else {
-                seg
-            });
-        }
+        push_redacted(&mut out, path.split('/'), '/');
     } else {
         out.push_str(path);
     }
@@ -415,18 +406,23 @@ pub fn log_path<'a>(path: &'a str, query: &str) -> Cow<'a, str> {
             .split('&')
             .filter(|kv| !kv.is_empty())
             .map(|kv| kv.split('=').next().unwrap_or(""));
-        for (i, name) in names.enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            out.push_str(if looks_like_secret(name) {
-                "[redacted]"
-            } else {
-                name
-            });
-        }
+        push_redacted(&mut out, names, '&');
     }
     Cow::Owned(out)
+}
+
+/// Appends `parts` joined by `sep`, each key-shaped one as `[redacted]`.
+fn push_redacted<'a>(out: &mut String, parts: impl Iterator<Item = &'a str>, sep: char) {
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        out.push_str(if looks_like_secret(part) {
+            "[redacted]"
+        } else {
+            part
+        });
+    }
 }
 
 /// As `log_path`, from a path with its query.

@@ -263,6 +263,14 @@ mod tests {
         (Arc::new(Writer::new(conn, Duration::from_secs(5))), path)
     }
 
+    /// One write of one row.
+    fn insert(w: &Writer, v: i64) -> Result<(), StoreError> {
+        w.write(|c| {
+            c.execute("INSERT INTO t VALUES (?1)", [v])?;
+            Ok(())
+        })
+    }
+
     fn count(path: &std::path::Path) -> i64 {
         Connection::open(path)
             .unwrap()
@@ -295,12 +303,7 @@ mod tests {
                 Ok(())
             })
             .is_err());
-        assert!(w
-            .write(|c| c
-                .execute("INSERT INTO t VALUES (2000)", [])
-                .map(|_| ())
-                .map_err(Into::into))
-            .is_ok());
+        assert!(insert(&w, 2000).is_ok());
         // Every acknowledged write is visible to another connection.
         assert_eq!(count(&path), 33);
         let _ = std::fs::remove_file(&path);
@@ -314,12 +317,7 @@ mod tests {
             panic!("boom")
         });
         assert!(r.is_err());
-        assert!(w
-            .write(|c| c
-                .execute("INSERT INTO t VALUES (8)", [])
-                .map(|_| ())
-                .map_err(Into::into))
-            .is_ok());
+        assert!(insert(&w, 8).is_ok());
         assert_eq!(count(&path), 1);
         let _ = std::fs::remove_file(&path);
     }
