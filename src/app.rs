@@ -16,9 +16,9 @@ pub struct App {
     pub csrf_secret: Secret,
     pub upstream_key: Option<Secret>,
     pub streams: StreamSlots,
-    /// Threads for non-streaming upstream calls (`Body::Deferred`), so a
-    /// slow model never holds a worker; at most `max_concurrent_streams`.
-    pub relays: crate::relay_pool::RelayPool,
+    /// Non-streaming upstream calls in flight (`Body::Deferred`); at most
+    /// `max_concurrent_streams`.
+    pub relays: crate::relays::Relays,
     /// Shared with stream threads, which count their own upstream failures.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The upstream client (the only outbound HTTP in the process).
@@ -92,10 +92,7 @@ impl App {
             cfg.rate_limit.sweep_interval,
         )
         .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
-        let relays = crate::relay_pool::RelayPool::new(
-            cfg.server.max_concurrent_streams,
-            crate::threads::STACK_BYTES,
-        );
+        let relays = crate::relays::Relays::new(cfg.server.max_concurrent_streams);
         Ok(App {
             streams,
             relays,

@@ -1,19 +1,18 @@
 //! The server layer: the listening socket, the (patched) tiny_http accept
-//! loop, the bounded request queue, the fixed worker pool, panic isolation,
-//! response writing (including raw streamed bodies) and graceful shutdown.
+//! loop, turns to run (`seats`: at most `workers` at once, a bounded line),
+//! panic isolation, response writing (including raw streamed bodies) and
+//! graceful shutdown.
 //!
 //! Path of a request: tiny_http's accept thread (connection caps, socket
-//! timeouts) -> connection thread (head limits) -> bounded queue (full: 503
-//! at once, on the connection's thread) -> worker -> `handle`: request id,
+//! timeouts) -> connection thread (head limits) -> a seat (line full: 503
+//! at once) -> `handle`, still on the connection's thread: request id,
 //! filters, router, body, handler -> `headers::decorate` -> response ->
 //! access log. See ARCHITECTURE.md.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -23,8 +22,9 @@ use crate::error::ApiError;
 use crate::filters;
 use crate::http::{Body, Ctx, Method, Reply};
 use crate::logging;
+use crate::seats::{Seat, Seats};
 
-/// How often the drain loop re-checks for idle workers during shutdown.
+/// How often the drain loop re-checks for running requests during shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Maps a routed request to its handler. `routes::dispatch` in production;
@@ -37,14 +37,13 @@ pub struct Running {
     pub addr: SocketAddr,
     app: Arc<App>,
     server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
-    busy: Arc<AtomicUsize>,
+    seats: Arc<Seats>,
 }
 
 /// Gauges the metrics endpoint reads.
 pub struct ServerStats {
     server: Arc<tiny_http::Server>,
-    busy: Arc<AtomicUsize>,
+    seats: Arc<Seats>,
 }
 
 impl crate::metrics::ServerGauges for ServerStats {
@@ -52,10 +51,10 @@ impl crate::metrics::ServerGauges for ServerStats {
         self.server.open_connections()
     }
     fn queue_depth(&self) -> usize {
-        self.server.pending_requests()
+        self.seats.waiting()
     }
     fn busy_workers(&self) -> usize {
-        self.busy.load(Ordering::Relaxed)
+        self.seats.taken()
     }
 }
 
@@ -73,6 +72,8 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
 
     let overflow_app = app.clone();
     let refusal_app = app.clone();
+    let seats = Arc::new(Seats::new(cfg.workers, cfg.queue_capacity));
+    let (serve_app, serve_seats) = (app.clone(), seats.clone());
     let limits = tiny_http::Limits {
         max_connections: cfg.max_connections,
         max_connections_per_ip: cfg.max_connections_per_ip,
@@ -93,27 +94,22 @@ pub fn start_with(app: Arc<App>, dispatch: Dispatch) -> std::io::Result<Running>
         refusal: Some(Arc::new(move |r: &tiny_http::Refusal| {
             render_refusal(&refusal_app, r)
         })),
+        // Every request is served on its connection's thread, so
+        // tiny_http's own queue stays empty.
+        inline: Some(Arc::new(move |rq| {
+            serve(&serve_app, rq, dispatch, &serve_seats);
+            None
+        })),
     };
     let server = Arc::new(
         tiny_http::Server::from_listener_with_limits(listener, limits)
             .map_err(|e| std::io::Error::other(e.to_string()))?,
     );
-    let busy = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::with_capacity(cfg.workers);
-    for i in 0..cfg.workers {
-        let (server, app, busy) = (server.clone(), app.clone(), busy.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("worker-{}", i))
-            .stack_size(crate::threads::STACK_BYTES.max(512 * 1024))
-            .spawn(move || worker_loop(&server, app, &busy, dispatch))?;
-        workers.push(handle);
-    }
     Ok(Running {
         addr,
         app,
         server,
-        workers,
-        busy,
+        seats,
     })
 }
 
@@ -121,19 +117,20 @@ impl Running {
     pub fn stats(&self) -> ServerStats {
         ServerStats {
             server: self.server.clone(),
-            busy: self.busy.clone(),
+            seats: self.seats.clone(),
         }
     }
 
     /// Graceful shutdown: stop accepting (the port closes), let queued and
-    /// in-flight requests and streams finish within `grace`, stop workers.
+    /// in-flight requests and streams finish within `grace`.
     /// Returns whether everything drained in time.
     pub fn shutdown(self, grace: Duration) -> bool {
         self.app.begin_shutdown();
         self.server.stop_accepting();
         let deadline = Instant::now() + grace;
         let drained = loop {
-            let idle = self.busy.load(Ordering::Acquire) == 0
+            let idle = self.seats.taken() == 0
+                && self.seats.waiting() == 0
                 && self.server.pending_requests() == 0
                 && self.app.active_streams() == 0
                 && self.app.relays.in_flight() == 0;
@@ -145,31 +142,19 @@ impl Running {
             }
             std::thread::sleep(DRAIN_POLL);
         };
-        // One unblock per worker releases each blocked recv() exactly once.
-        for _ in &self.workers {
-            self.server.unblock();
-        }
-        if drained {
-            for w in self.workers {
-                let _ = w.join();
-            }
-        }
         drained
     }
 }
 
-fn worker_loop(server: &tiny_http::Server, app: Arc<App>, busy: &AtomicUsize, dispatch: Dispatch) {
-    loop {
-        let rq = match server.recv() {
-            Ok(rq) => rq,
-            Err(_) if app.shutting_down() => return,
-            Err(_) => continue,
-        };
-        busy.fetch_add(1, Ordering::AcqRel);
-        handle(&app, rq, dispatch, busy);
-        busy.fetch_sub(1, Ordering::AcqRel);
-        logging::set_request_id(None);
+/// Serves a request on its connection's own thread once it has a seat
+/// (no hand-off to another thread and back); a full line answers 503
+/// `server_busy` at once.
+fn serve(app: &Arc<App>, rq: tiny_http::Request, dispatch: Dispatch, seats: &Seats) {
+    match seats.take() {
+        Some(seat) => handle(app, rq, dispatch, seat),
+        None => answer_busy(app, rq),
     }
+    logging::set_request_id(None);
 }
 
 /// Copies what filters and handlers need out of tiny_http's request.
@@ -209,12 +194,19 @@ enum Step {
     NeedBody,
 }
 
-/// Serves one request on a worker thread. Never panics: a panic in a
-/// filter or handler answers 500 `internal` and the worker lives on. Never
-/// waits for a client: a body that has not arrived when the filters pass is
-/// received on the connection's own thread (`receive_body_later`), and the
-/// request comes back here with its `Ctx` once it has.
-fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: &AtomicUsize) {
+/// Serves one request holding a seat. Never panics: a panic in a filter or
+/// handler answers 500 `internal` and the connection's thread lives on.
+/// Never holds a seat while waiting for a client: a body that has not
+/// arrived when the filters pass is received after the seat is given back
+/// (`receive_body_later`), and the request comes back here with its `Ctx`
+/// (and a new seat) once it has. Never holds a seat while waiting on the
+/// model either (deferred replies and streams give it back first).
+fn handle(
+    app: &Arc<App>,
+    mut rq: tiny_http::Request,
+    dispatch: Dispatch,
+    mut seat: Seat,
+) {
     let resumed = rq.take_state().and_then(|s| s.downcast::<Ctx>().ok());
     let is_resumed = resumed.is_some();
     let mut ctx = match resumed {
@@ -241,6 +233,7 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
     let mut reply = match outcome {
         Ok(Ok(Step::Reply(reply))) => reply,
         Ok(Ok(Step::NeedBody)) => {
+            seat.release();
             match rq.receive_body_later(app.cfg.security.max_body_bytes, Box::new(ctx)) {
                 Ok(()) => return,
                 Err(mut back) => {
@@ -278,56 +271,20 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, busy: 
         // The handler built what it sends upstream: the request body (up to
         // `max_body_bytes`) need not live while the upstream thinks.
         ctx.body = Vec::new();
-        // While at least half the workers are idle, wait on the upstream
-        // right here (no thread handoff: the lightly loaded case stays
-        // fast). Each such call keeps its worker busy, so at most half the
-        // workers ever wait on the upstream; beyond that the relay pool
-        // takes the call and the worker is free at once.
-        if busy.load(Ordering::Acquire) * 2 <= app.cfg.server.workers {
-            reply = run_deferred(app, &mut ctx, run);
-        } else {
-            match app.relays.try_reserve() {
-                Some(ticket) => return defer(app.clone(), rq, ctx, run, ticket),
-                None => {
-                    let err = ApiError::ServerBusy { retry_after_s: 1 };
-                    ctx.error_code = Some(err.kind());
-                    reply = error_reply(app, &ctx, &err);
-                }
+        // The connection's thread waits on the upstream (it serves only
+        // this client), without its seat, counted among the relays.
+        seat.release();
+        match app.relays.enter() {
+            Some(_in_flight) => reply = run_deferred(app, &mut ctx, run),
+            None => {
+                let err = ApiError::ServerBusy { retry_after_s: 1 };
+                ctx.error_code = Some(err.kind());
+                reply = error_reply(app, &ctx, &err);
             }
         }
     }
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-    send(app, rq, reply, &mut ctx);
-}
-
-/// Finishes a `Body::Deferred` reply on a relay thread: the worker returns
-/// at once, the relay waits on the upstream, then the reply is decorated,
-/// written on the raw connection (keep-alive is preserved: the response is
-/// complete with Content-Length) and logged.
-fn defer(
-    app: Arc<App>,
-    rq: tiny_http::Request,
-    mut ctx: Ctx,
-    run: crate::http::DeferredFn,
-    ticket: crate::relay_pool::Ticket,
-) {
-    if ctx.close_connection {
-        rq.close_connection();
-    }
-    let (mut writer, body) = rq.into_writer_and_reader();
-    ticket.run(Box::new(move || {
-        logging::set_request_id(Some(&ctx.request_id));
-        let mut reply = run_deferred(&app, &mut ctx, run);
-        filters::headers::decorate(&mut reply, &ctx, &app.cfg);
-        let head_only = ctx.method == Method::Head;
-        let (head, rest, len) = render_complete(&mut reply, head_only, ctx.close_connection);
-        finish(&app, &ctx, reply.status, len);
-        let _ = write_complete(&mut writer, &head, &rest);
-        // Releases the connection: its thread reads the next request.
-        drop(writer);
-        drop(body);
-        logging::set_request_id(None);
-    }));
+    send(app, rq, reply, &mut ctx, Some(seat));
 }
 
 /// Runs a deferred handler body; panics and errors become error replies.
@@ -517,7 +474,7 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
 /// Writes the reply, counted and logged (`finish`) before its bytes leave,
 /// so a client that reads `/metrics` right after its answer sees it
 /// counted; streams are counted and logged when they end.
-fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx) {
+fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx, seat: Option<Seat>) {
     // A body never read closes the connection by itself (patched
     // tiny_http: no drain, no smuggling); refusals ask for it here.
     if ctx.close_connection {
@@ -547,20 +504,13 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx)
                 head,
                 fail,
             );
-            let (log_app, log_ctx) = (app.clone(), ctx.detached());
-            // The stream runs on its own thread so the worker is free again
-            // (it never waits on the upstream); the handler bounded how many
-            // exist (stream slots).
-            let spawned = crate::threads::spawn("stream", move || {
-                logging::set_request_id(Some(&log_ctx.request_id));
-                let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
-                let status = out.status();
-                drop(out);
-                finish(&log_app, &log_ctx, status, 0);
-            });
-            if spawned.is_err() {
-                logging::error("cannot start stream thread", &[]);
-            }
+            // The stream runs on the connection's thread without its seat:
+            // the handler bounded how many exist (stream slots).
+            drop(seat);
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| run(&mut out)));
+            let status = out.status();
+            drop(out);
+            finish(app, ctx, status, 0);
         }
         body => {
             reply.body = body;
@@ -599,7 +549,7 @@ fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
     let mut reply = Reply::error(&err, &ctx.request_id, false);
     filters::headers::decorate(&mut reply, &ctx, &app.cfg);
     ctx.error_code = Some(err.kind());
-    send(app, rq, reply, &mut ctx);
+    send(app, rq, reply, &mut ctx, None);
 }
 
 /// The one place a finished request is counted (metrics) and logged (the

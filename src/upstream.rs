@@ -30,6 +30,7 @@
 //! bytes received; chunks are read into the few fields the relay needs.
 
 mod abort;
+mod plain_tcp;
 mod resolver;
 pub mod views;
 

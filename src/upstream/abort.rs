@@ -154,6 +154,17 @@ impl Connector<()> for AbortableConnector {
         details: &ConnectionDetails,
         chained: Option<()>,
     ) -> Result<Option<Self::Out>, ureq::Error> {
+        if chained.is_none() && details.uri.scheme_str() == Some("http") {
+            let tcp = super::plain_tcp::PlainTcp::connect(details)?;
+            let handle = tcp.shutdown_handle();
+            (details.register_shutdown)(handle.clone())?;
+            return Ok(Some(AbortableTransport {
+                inner: Box::new(tcp),
+                handles: vec![handle],
+                pending: Vec::new(),
+                pending_timeout: None,
+            }));
+        }
         let captured: Captured = Arc::default();
         let forward = details.register_shutdown.clone();
         let keep = captured.clone();

@@ -140,7 +140,7 @@ mod util;
 pub use body::{receive as receive_body, BodyError};
 pub use head::{parse_head, Framing, Head, HeadError, HeadLimits, HeadScanner};
 use limits::ConnectionTracker;
-pub use limits::{Limits, OverflowHandler, Refusal, RefusalRenderer};
+pub use limits::{InlineHandler, Limits, OverflowHandler, Refusal, RefusalRenderer};
 
 /// The main class of this library.
 ///
@@ -347,6 +347,15 @@ impl Server {
                             return;
                         };
                         let queue = |rq: Request| {
+                            // portcullis patch: the embedder may serve the
+                            // request on this thread instead.
+                            let rq = match limits.inline {
+                                Some(ref serve) => match serve(rq) {
+                                    Some(rq) => rq,
+                                    None => return,
+                                },
+                                None => rq,
+                            };
                             if let Some(Message::NewRequest(rq)) =
                                 messages.push_bounded(rq.into(), limits.max_pending_requests)
                             {

@@ -17,6 +17,13 @@ use crate::Request;
 /// so the caller can answer (e.g. 503) without the request ever queueing.
 pub type OverflowHandler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
 
+/// Called on the connection's own thread with each request before it is
+/// queued: the embedder either serves it right there (returns `None`: no
+/// hand-off to another thread, so no wake-up on the way in or out) or
+/// gives it back (`Some`) to be queued for `Server::recv` as usual, e.g.
+/// when its own bound on requests served at once is reached.
+pub type InlineHandler = Arc<dyn Fn(Request) -> Option<Request> + Send + Sync + 'static>;
+
 /// portcullis patch: an answer the HTTP layer writes itself (malformed or
 /// oversized head, slow head or read-ahead body, connection cap). The
 /// connection is closed after it.
@@ -78,6 +85,9 @@ pub struct Limits {
     pub overflow: Option<OverflowHandler>,
     /// Renders the answers the HTTP layer writes itself (default: bare).
     pub refusal: Option<RefusalRenderer>,
+    /// Serves requests on their connection's thread when it can (default:
+    /// none, every request is queued).
+    pub inline: Option<InlineHandler>,
 }
 
 impl Limits {
@@ -105,6 +115,7 @@ impl Default for Limits {
             max_pending_requests: 1024,
             overflow: None,
             refusal: None,
+            inline: None,
         }
     }
 }
