@@ -23,7 +23,7 @@ need wrk wrk
 need nginx nginx
 
 echo "building release binaries..." >&2
-cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream --example sqlite_ceiling >&2
+cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream --example sqlite_ceiling --example bulk_load --example growth_probe >&2
 BIN=$ROOT/target/release/portcullis
 HELLO=$ROOT/target/release/examples/hello_tiny_http
 LOADGEN=$ROOT/target/release/examples/loadgen
@@ -205,6 +205,10 @@ stop_portcullis
 echo "7. memory per byte received" >&2
 MEMORY_ROWS=$("$ROOT/scripts/body_memory.sh" --no-build)
 
+# ---- 8. cost growth: empty vs 1,000,000 messages ---------------------------
+echo "8. cost growth" >&2
+GROWTH=$("$ROOT/scripts/cost_growth.sh" --no-build)
+
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1==k{print $2}'; }
 
 cat > BENCHMARKS.md <<EOF
@@ -318,6 +322,18 @@ $MEMORY_ROWS
 
 Targets: one request at most 3x its body above idle; eight concurrent
 10 MiB bodies under 128 MiB RSS in all.
+
+## Cost growth: empty vs 1,000,000 messages
+\`scripts/cost_growth.sh\`: \`examples/bulk_load.rs\` writes 1,000,000 messages in
+10,000 conversations over 100 projects and 10,000 API keys straight into
+SQLite, as the server would (its schema, statements, ids and key hashes);
+two release servers (auth on), one on that database and one on an empty
+one holding just a page of each list, answer the same requests, taken by
+\`examples/growth_probe.rs\` (sequential, one keep-alive connection, every
+answer checked 200), alternating sides. The query plans behind them are
+pinned by \`tests/query_plans.rs\`.
+
+$GROWTH
 
 ## Durability
 150 of 150 acknowledged writes survive a SIGKILL: \`cargo test --test crash\`

@@ -8,6 +8,7 @@ use super::Cached;
 use rusqlite::params;
 use serde_json::{json, Value};
 
+use super::reads::{Arg, Read};
 use super::{Db, StoreError};
 
 /// What an audit row records. Its name (`as_str`) is the text stored in
@@ -67,6 +68,31 @@ impl Actor {
         }
     }
 }
+
+/// The columns `AuditRow` is read from, in order.
+macro_rules! columns {
+    () => {
+        "id, time, event, request_id, key_id, client, detail"
+    };
+}
+/// Rows from a time on, oldest first.
+const SINCE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM audit WHERE time >= ?1 ORDER BY time, id LIMIT ?2"
+);
+/// The newest rows, newest first.
+const NEWEST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM audit ORDER BY time DESC, id DESC LIMIT ?1"
+);
+
+/// The reads above, for tests/query_plans.rs (`db::reads`).
+pub const READS: &[Read] = &[
+    Read::bounded("audit_log::since", SINCE, &[Arg::AuditTime, Arg::Limit]),
+    Read::bounded("audit_log::newest", NEWEST, &[Arg::Limit]),
+];
 
 /// Writes one row on `conn` (usually inside the caller's transaction).
 pub fn insert(
@@ -166,21 +192,14 @@ impl Db {
                     .unwrap_or(Value::Null),
             })
         };
-        const COLUMNS: &str = "id, time, event, request_id, key_id, client, detail";
         let rows = match since {
             Some(t) => {
-                let mut st = conn.prepare(&format!(
-                    "SELECT {} FROM audit WHERE time >= ?1 ORDER BY time, id LIMIT ?2",
-                    COLUMNS
-                ))?;
+                let mut st = conn.prepare(SINCE)?;
                 let rows = st.query_map(params![t, limit], map)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             }
             None => {
-                let mut st = conn.prepare(&format!(
-                    "SELECT {} FROM audit ORDER BY time DESC, id DESC LIMIT ?1",
-                    COLUMNS
-                ))?;
+                let mut st = conn.prepare(NEWEST)?;
                 let rows = st.query_map(params![limit], map)?;
                 let mut rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
                 rows.reverse();

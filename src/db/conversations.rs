@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
+use super::reads::{Arg, Read};
 use super::{exists, monotonic_now, opt_json, Db, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,9 +54,59 @@ impl ConversationPatch {
     }
 }
 
-const COLUMNS: &str = "seq, id, project_id, title, model, system_prompt, created_at, updated_at";
-const NEWEST: &str = "SELECT created_at FROM conversations ORDER BY seq DESC LIMIT 1";
+/// The columns `from_row` reads, in its order.
+macro_rules! columns {
+    () => {
+        "seq, id, project_id, title, model, system_prompt, created_at, updated_at"
+    };
+}
+const GET: &str = concat!("SELECT ", columns!(), " FROM conversations WHERE id = ?1");
+const LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversations WHERE (created_at, seq) < (?1, ?2)
+     ORDER BY created_at DESC, seq DESC LIMIT ?3"
+);
+const LIST_OF_PROJECT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversations WHERE project_id = ?1 AND (created_at, seq) < (?2, ?3)
+     ORDER BY created_at DESC, seq DESC LIMIT ?4"
+);
+/// The newest row's `created_at` (two lookups, as `projects::NEWEST`).
+const NEWEST: &str =
+    "SELECT created_at FROM conversations WHERE seq = (SELECT max(seq) FROM conversations)";
 const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = ?1";
+/// The conversation row as the server writes it (also `examples/bulk_load.rs`).
+pub const INSERT: &str =
+    "INSERT INTO conversations (id, project_id, title, model, system_prompt, created_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// The reads above, for tests/query_plans.rs (`db::reads`).
+pub const READS: &[Read] = &[
+    Read::bounded("conversations::get", GET, &[Arg::ConversationId]),
+    Read::bounded(
+        "conversations::list",
+        LIST,
+        &[Arg::Int(i64::MAX), Arg::Int(i64::MAX), Arg::Limit],
+    ),
+    Read::bounded(
+        "conversations::list_of_project",
+        LIST_OF_PROJECT,
+        &[
+            Arg::ProjectId,
+            Arg::Int(i64::MAX),
+            Arg::Int(i64::MAX),
+            Arg::Limit,
+        ],
+    ),
+    Read::bounded("conversations::newest", NEWEST, &[]),
+    Read::bounded(
+        "conversations::project_exists",
+        PROJECT_EXISTS,
+        &[Arg::ProjectId],
+    ),
+];
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
     let c = Conversation {
@@ -75,14 +126,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
 }
 
 fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, StoreError> {
-    conn.query_row_cached(
-        &format!("SELECT {} FROM conversations WHERE id = ?1", COLUMNS),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .map(|(c, _)| c)
-    .ok_or(StoreError::NotFound)
+    conn.query_row_cached(GET, [id], from_row)
+        .optional()?
+        .map(|(c, _)| c)
+        .ok_or(StoreError::NotFound)
 }
 
 impl Db {
@@ -113,9 +160,16 @@ impl Db {
                 updated_at: now,
             };
             tx.execute_cached(
-                "INSERT INTO conversations (id, project_id, title, model, system_prompt, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.created_at, c.updated_at],
+                INSERT,
+                params![
+                    c.id,
+                    c.project_id,
+                    c.title,
+                    c.model,
+                    c.system_prompt,
+                    c.created_at,
+                    c.updated_at
+                ],
             )?;
             Ok(c)
         })
@@ -143,11 +197,7 @@ impl Db {
                 if !exists(&conn, PROJECT_EXISTS, pid)? {
                     return Err(StoreError::UnknownProject);
                 }
-                let mut st = conn.prepare_cached(&format!(
-                    "SELECT {} FROM conversations WHERE project_id = ?1 AND (created_at, seq) < (?2, ?3)
-                     ORDER BY created_at DESC, seq DESC LIMIT ?4",
-                    COLUMNS
-                ))?;
+                let mut st = conn.prepare_cached(LIST_OF_PROJECT)?;
                 let rows = st.query_map(
                     params![pid, before.created_at, before.seq, req.fetch()],
                     from_row,
@@ -155,11 +205,7 @@ impl Db {
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             }
             None => {
-                let mut st = conn.prepare_cached(&format!(
-                    "SELECT {} FROM conversations WHERE (created_at, seq) < (?1, ?2)
-                     ORDER BY created_at DESC, seq DESC LIMIT ?3",
-                    COLUMNS
-                ))?;
+                let mut st = conn.prepare_cached(LIST)?;
                 let rows = st.query_map(
                     params![before.created_at, before.seq, req.fetch()],
                     from_row,

@@ -18,6 +18,7 @@ use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
 use super::audit_log::{self, Actor, AuditEvent};
+use super::reads::{Arg, Reach, Read};
 use super::{Db, StoreError};
 use crate::secret::Secret;
 
@@ -29,6 +30,30 @@ const KEY_HEX_CHARS: usize = KEY_RANDOM_BYTES * 2;
 /// few to help guessing the other 160).
 const DISPLAY_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
 pub const NAME_MAX_CHARS: usize = 100;
+
+const INSERT: &str =
+    "INSERT INTO api_keys (id, name, prefix, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// Whether any key exists: one step, however many there are.
+const ANY: &str = "SELECT 1 FROM api_keys LIMIT 1";
+const LIST: &str =
+    "SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id";
+const REVOKED_AT: &str = "SELECT revoked_at FROM api_keys WHERE id = ?1";
+/// The auth filter's lookup, by the UNIQUE index on `hash`.
+const BY_HASH: &str = "SELECT id, hash, revoked_at FROM api_keys WHERE hash = ?1";
+
+/// The reads above, for tests/query_plans.rs (`db::reads`).
+pub const READS: &[Read] = &[
+    Read::bounded("keys::any", ANY, &[]),
+    Read {
+        name: "keys::list",
+        sql: LIST,
+        args: &[],
+        // `portcullis keys list` prints every key, by design.
+        reach: Reach::EveryRow,
+    },
+    Read::bounded("keys::revoked_at", REVOKED_AT, &[Arg::KeyId]),
+    Read::bounded("keys::by_hash", BY_HASH, &[Arg::KeyHash]),
+];
 
 /// A stored key, without its secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +131,11 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_key(
+/// Creates a key on `tx` (inside the caller's transaction) and its
+/// `key_created` audit row; the secret is returned once and never stored.
+/// The caller bumps the key stamp after the commit (`KeyCache::bump_stamp`).
+/// Public for `examples/bulk_load.rs`, which stores keys exactly as this.
+pub fn insert_key(
     tx: &rusqlite::Connection,
     name: &str,
     actor: &Actor,
@@ -121,7 +150,7 @@ fn insert_key(
         revoked_at: None,
     };
     tx.execute_cached(
-        "INSERT INTO api_keys (id, name, prefix, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        INSERT,
         params![
             key.id,
             key.name,
@@ -152,8 +181,11 @@ impl Db {
     /// can read. Returns whether a key was created.
     pub fn ensure_first_key(&self, file: &Path) -> Result<bool, String> {
         let r = self.write(|tx| {
-            let n: i64 = tx.query_row_cached("SELECT count(*) FROM api_keys", [], |r| r.get(0))?;
-            if n > 0 {
+            if tx
+                .query_row_cached(ANY, [], |_| Ok(()))
+                .optional()?
+                .is_some()
+            {
                 return Ok(false);
             }
             let (_, secret) = insert_key(
@@ -178,9 +210,7 @@ impl Db {
     /// Every key, oldest first (never the key itself).
     pub fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn.prepare(
-            "SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
-        )?;
+        let mut st = conn.prepare(LIST)?;
         let rows = st.query_map([], |r| {
             Ok(ApiKey {
                 id: r.get(0)?,
@@ -205,9 +235,7 @@ impl Db {
     fn revoke_in_db(&self, id: &str, actor: &Actor) -> Result<Revoke, StoreError> {
         self.write(|tx| {
             let revoked: Option<Option<i64>> = tx
-                .query_row_cached("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
+                .query_row_cached(REVOKED_AT, [id], |r| r.get(0))
                 .optional()?;
             match revoked {
                 None => Ok(Revoke::NotFound),
@@ -243,11 +271,7 @@ impl Db {
     fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, StoreError> {
         let row: Option<(String, String, Option<i64>)> = self
             .conn()?
-            .query_row_cached(
-                "SELECT id, hash, revoked_at FROM api_keys WHERE hash = ?1",
-                [hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row_cached(BY_HASH, [hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         Ok(match row {
             Some((id, stored, revoked))

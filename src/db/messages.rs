@@ -6,6 +6,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde_json::json;
 
 use super::page::{Kind, Page, PageReq, Position};
+use super::reads::{Arg, Read};
 use super::{exists, monotonic_now, opt_json, Db, StoreError};
 
 /// Who wrote a stored message. The one list of stored roles: the schema's
@@ -96,11 +97,67 @@ pub struct NewMessage<'a> {
     pub usage: Option<&'a serde_json::Value>,
 }
 
-const COLUMNS: &str = "seq, id, conversation_id, role, content, status, model, created_at, usage";
-const NEWEST: &str = "SELECT created_at FROM messages ORDER BY seq DESC LIMIT 1";
+/// The columns `from_row` reads, in its order.
+macro_rules! columns {
+    () => {
+        "seq, id, conversation_id, role, content, status, model, created_at, usage"
+    };
+}
+/// The newest `?2` messages, newest first (the chat history).
+const RECENT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM messages WHERE conversation_id = ?1
+     ORDER BY created_at DESC, seq DESC LIMIT ?2"
+);
+const LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM messages WHERE conversation_id = ?1 AND (created_at, seq) > (?2, ?3)
+     ORDER BY created_at ASC, seq ASC LIMIT ?4"
+);
+/// The newest row's `created_at` (two lookups, as `projects::NEWEST`).
+const NEWEST: &str = "SELECT created_at FROM messages WHERE seq = (SELECT max(seq) FROM messages)";
 const CONVERSATION_EXISTS: &str = "SELECT 1 FROM conversations WHERE id = ?1";
-const BUMP_CONVERSATION: &str =
+const CONVERSATION_OF: &str = "SELECT conversation_id FROM messages WHERE id = ?1";
+/// The message row as the server writes it (also `examples/bulk_load.rs`).
+pub const INSERT: &str =
+    "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+/// Moves a conversation's `updated_at` to a new message's time (also
+/// `examples/bulk_load.rs`).
+pub const BUMP_CONVERSATION: &str =
     "UPDATE conversations SET updated_at = max(updated_at, ?2) WHERE id = ?1";
+
+/// The reads above, for tests/query_plans.rs (`db::reads`).
+pub const READS: &[Read] = &[
+    Read::bounded(
+        "messages::recent",
+        RECENT,
+        &[Arg::ConversationId, Arg::Limit],
+    ),
+    Read::bounded(
+        "messages::list",
+        LIST,
+        &[
+            Arg::ConversationId,
+            Arg::Int(i64::MIN),
+            Arg::Int(i64::MIN),
+            Arg::Limit,
+        ],
+    ),
+    Read::bounded("messages::newest", NEWEST, &[]),
+    Read::bounded(
+        "messages::conversation_exists",
+        CONVERSATION_EXISTS,
+        &[Arg::ConversationId],
+    ),
+    Read::bounded(
+        "messages::conversation_of",
+        CONVERSATION_OF,
+        &[Arg::MessageId],
+    ),
+];
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Message, Position)> {
     let usage: Option<String> = r.get(8)?;
@@ -133,9 +190,17 @@ impl Db {
             let now = monotonic_now(tx, NEWEST)?;
             let id = crate::ids::new_id();
             tx.execute_cached(
-                "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![id, m.conversation_id, m.role, m.content, m.status, m.model, usage_text, now],
+                INSERT,
+                params![
+                    id,
+                    m.conversation_id,
+                    m.role,
+                    m.content,
+                    m.status,
+                    m.model,
+                    usage_text,
+                    now
+                ],
             )?;
             tx.execute_cached(BUMP_CONVERSATION, params![m.conversation_id, now])?;
             Ok(Message {
@@ -163,11 +228,7 @@ impl Db {
         let usage_text = usage.map(|u| u.to_string());
         self.write(|tx| {
             let conversation: Option<String> = tx
-                .query_row_cached(
-                    "SELECT conversation_id FROM messages WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
+                .query_row_cached(CONVERSATION_OF, [id], |r| r.get(0))
                 .optional()?;
             let Some(conversation) = conversation else {
                 return Err(StoreError::NotFound);
@@ -192,10 +253,7 @@ impl Db {
         max: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT {} FROM messages WHERE conversation_id = ?1 ORDER BY created_at DESC, seq DESC LIMIT ?2",
-            COLUMNS
-        ))?;
+        let mut st = conn.prepare_cached(RECENT)?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut rows = st
             .query_map(params![conversation_id, limit], from_row)?
@@ -220,11 +278,7 @@ impl Db {
             created_at: i64::MIN,
             seq: i64::MIN,
         });
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT {} FROM messages WHERE conversation_id = ?1 AND (created_at, seq) > (?2, ?3)
-             ORDER BY created_at ASC, seq ASC LIMIT ?4",
-            COLUMNS
-        ))?;
+        let mut st = conn.prepare_cached(LIST)?;
         let rows = st
             .query_map(
                 params![conversation_id, after.created_at, after.seq, req.fetch()],

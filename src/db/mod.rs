@@ -10,7 +10,8 @@
 //!
 //! Module map: `pool` (connections), `schema` (migrations), `page` (keyset
 //! cursors), `projects`, `conversations`, `messages`, `keys`, `audit_log`,
-//! `ready` (bounded health query), `error` (`StoreError`).
+//! `reads` (every `SELECT`, listed for the query-plan test), `ready`
+//! (bounded health query), `error` (`StoreError`).
 //!
 //! Invariant: a write that depends on a read (existence checks, monotonic
 //! `created_at`) runs in one `BEGIN IMMEDIATE` transaction, so it takes the
@@ -56,6 +57,7 @@ pub mod messages;
 pub mod page;
 pub mod pool;
 pub mod projects;
+pub mod reads;
 pub mod ready;
 pub mod schema;
 pub mod writer;

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
+use super::reads::{Arg, Read};
 use super::{monotonic_now, opt_json, Db, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +40,41 @@ pub struct ProjectPatch {
     pub description: Option<Option<String>>,
 }
 
-const COLUMNS: &str = "seq, id, name, description, created_at, updated_at";
-const NEWEST: &str = "SELECT created_at FROM projects ORDER BY seq DESC LIMIT 1";
+/// The columns `from_row` reads, in its order.
+macro_rules! columns {
+    () => {
+        "seq, id, name, description, created_at, updated_at"
+    };
+}
+const GET: &str = concat!("SELECT ", columns!(), " FROM projects WHERE id = ?1");
+const LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM projects WHERE (created_at, seq) < (?1, ?2)
+     ORDER BY created_at DESC, seq DESC LIMIT ?3"
+);
+/// The newest row's `created_at`, found through the rowid's maximum (a
+/// plan of two lookups, never a walk).
+const NEWEST: &str = "SELECT created_at FROM projects WHERE seq = (SELECT max(seq) FROM projects)";
+const COUNT_CONVERSATIONS: &str = "SELECT count(*) FROM conversations WHERE project_id = ?1";
+/// The project row as the server writes it (also `examples/bulk_load.rs`).
+pub const INSERT: &str = "INSERT INTO projects (id, name, description, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// The reads above, for tests/query_plans.rs (`db::reads`).
+pub const READS: &[Read] = &[
+    Read::bounded("projects::get", GET, &[Arg::ProjectId]),
+    Read::bounded(
+        "projects::list",
+        LIST,
+        &[Arg::Int(i64::MAX), Arg::Int(i64::MAX), Arg::Limit],
+    ),
+    Read::bounded("projects::newest", NEWEST, &[]),
+    Read::bounded(
+        "projects::count_conversations",
+        COUNT_CONVERSATIONS,
+        &[Arg::ProjectId],
+    ),
+];
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Project, Position)> {
     let p = Project {
@@ -58,14 +92,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Project, Position)> {
 }
 
 fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, StoreError> {
-    conn.query_row_cached(
-        &format!("SELECT {} FROM projects WHERE id = ?1", COLUMNS),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .map(|(p, _)| p)
-    .ok_or(StoreError::NotFound)
+    conn.query_row_cached(GET, [id], from_row)
+        .optional()?
+        .map(|(p, _)| p)
+        .ok_or(StoreError::NotFound)
 }
 
 impl Db {
@@ -84,7 +114,7 @@ impl Db {
                 updated_at: now,
             };
             tx.execute_cached(
-                "INSERT INTO projects (id, name, description, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                INSERT,
                 params![p.id, p.name, p.description, p.created_at, p.updated_at],
             )?;
             Ok(p)
@@ -102,11 +132,7 @@ impl Db {
             created_at: i64::MAX,
             seq: i64::MAX,
         });
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT {} FROM projects WHERE (created_at, seq) < (?1, ?2)
-             ORDER BY created_at DESC, seq DESC LIMIT ?3",
-            COLUMNS
-        ))?;
+        let mut st = conn.prepare_cached(LIST)?;
         let rows = st
             .query_map(
                 params![before.created_at, before.seq, req.fetch()],
@@ -141,11 +167,8 @@ impl Db {
     /// Deletes a project with its conversations and messages.
     pub fn delete_project(&self, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx| {
-            let conversations: i64 = tx.query_row_cached(
-                "SELECT count(*) FROM conversations WHERE project_id = ?1",
-                [id],
-                |r| r.get(0),
-            )?;
+            let conversations: i64 =
+                tx.query_row_cached(COUNT_CONVERSATIONS, [id], |r| r.get(0))?;
             let n = tx.execute_cached("DELETE FROM projects WHERE id = ?1", [id])?;
             if n == 0 {
                 return Err(StoreError::NotFound);

@@ -1,0 +1,77 @@
+//! Every read statement of the storage layer, listed (issue 12: costs that
+//! stay flat as data grows). Each module that queries a table defines its
+//! `SELECT`s as constants and lists them in its `READS`, beside the code
+//! that runs them; `all` gathers the lists. `tests/query_plans.rs` runs
+//! `EXPLAIN QUERY PLAN` on each (no full scan, no sort in a temporary
+//! B-tree) and counts the work each does at one and ten times the rows,
+//! and it fails when a module has a `SELECT` its `READS` does not list,
+//! so a new query cannot skip the check.
+
+/// One read statement.
+#[derive(Clone, Copy, Debug)]
+pub struct Read {
+    /// `module::what`, for test messages.
+    pub name: &'static str,
+    /// The statement exactly as the code runs it.
+    pub sql: &'static str,
+    /// What each `?N` stands for, in order; a test binds real values.
+    pub args: &'static [Arg],
+    pub reach: Reach,
+}
+
+/// What a parameter stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// A project with more conversations than a page holds.
+    ProjectId,
+    /// A conversation with more messages than a page holds.
+    ConversationId,
+    MessageId,
+    KeyId,
+    /// The SHA-256 hex of a stored key (`keys::hash_key`).
+    KeyHash,
+    /// An audit time with more rows after it than the limit.
+    AuditTime,
+    /// A page's size plus one (`PageReq::fetch` of the default limit), or a
+    /// history's length.
+    Limit,
+    /// A literal: the open end of a keyset walk (`i64::MAX` before the
+    /// newest row, `i64::MIN` after the oldest).
+    Int(i64),
+}
+
+/// How many rows a read may visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// A bounded number whatever the table size: an indexed lookup, or a
+    /// walk along an index that stops at its `LIMIT`.
+    Bounded,
+    /// Every row of a table, in index order: only for a command-line
+    /// listing whose whole point is every row (`portcullis keys list`).
+    EveryRow,
+}
+
+impl Read {
+    pub const fn bounded(name: &'static str, sql: &'static str, args: &'static [Arg]) -> Read {
+        Read {
+            name,
+            sql,
+            args,
+            reach: Reach::Bounded,
+        }
+    }
+}
+
+/// Each module's file under `src/db` with its list.
+pub const MODULES: &[(&str, &[Read])] = &[
+    ("projects.rs", super::projects::READS),
+    ("conversations.rs", super::conversations::READS),
+    ("messages.rs", super::messages::READS),
+    ("keys.rs", super::keys::READS),
+    ("audit_log.rs", super::audit_log::READS),
+];
+
+/// Every listed read.
+pub fn all() -> impl Iterator<Item = &'static Read> {
+    MODULES.iter().flat_map(|(_, reads)| reads.iter())
+}
