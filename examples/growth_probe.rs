@@ -1,4 +1,5 @@
-//! Request latencies for `scripts/cost_growth.sh` (issue 12): N sequential
+//! Request latencies for `scripts/cost_growth.sh` and `scripts/bench.sh`
+//! (issue 12): N sequential
 //! requests on one keep-alive connection, each timed from the first byte
 //! written to the last byte of the answer read; every answer must be 200
 //! (else the probe fails, so a figure is never made of errors). Prints
@@ -15,6 +16,9 @@
 //!       be the last).
 //!   chat ADDR KEY CONVERSATION_ID N
 //!       POST /api/chat, not streaming, continuing the conversation.
+//!   post ADDR KEY PATH JSON N
+//!       POST the JSON body to PATH (scripts/bench.sh counts system calls,
+//!       context switches and allocations over exactly N relayed requests).
 //!   cold-keys ADDR KEYS_FILE N FIRST
 //!       GET /api/projects?limit=1, each request with its own key: lines
 //!       FIRST.. FIRST+N-1 (0-based) of KEYS_FILE, one key per line. The
@@ -60,6 +64,12 @@ fn main() {
             );
             repeat(n(4), WARM_UP, || {
                 c.expect_200("POST", "/api/chat", &key, Some(&body));
+            })
+        }
+        "post" => {
+            let (key, path, body) = (a(2), a(3), a(4));
+            repeat(n(5), WARM_UP, || {
+                c.expect_200("POST", &path, &key, Some(&body));
             })
         }
         "cold-keys" => {

@@ -1,4 +1,4 @@
-//! The shared state every worker reads: configuration, secrets and the
+//! The shared state every request reads: configuration, secrets and the
 //! services (rate limiter, database, upstream client, stream slots,
 //! metrics). Built once at start-up; handlers get `&App`.
 

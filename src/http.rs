@@ -457,8 +457,9 @@ fn send_timeout(fd: i32) -> Option<std::time::Duration> {
     (rc == 0 && !t.is_zero()).then_some(t)
 }
 
-/// Work that waits on the upstream, run on a relay thread (not a worker);
-/// its reply is decorated and written like any other.
+/// Work that waits on the upstream, run after the request gave its seat
+/// back (`server::handle`); its reply is decorated and written like any
+/// other.
 pub type DeferredFn = Box<dyn FnOnce() -> Result<Reply, crate::error::ApiError> + Send + 'static>;
 
 pub enum Body {
@@ -534,8 +535,8 @@ impl Reply {
         }
     }
 
-    /// A reply computed later on a relay thread (`server::defer`), so the
-    /// worker is free while the upstream thinks.
+    /// A reply computed after the request gave its seat back, so no seat
+    /// waits while the upstream thinks.
     pub fn deferred(run: DeferredFn) -> Reply {
         Reply {
             status: 200,

@@ -20,7 +20,7 @@
 //! address and the path through `log_path`).
 //!
 //! The current request id is kept in a
-//! thread-local set by the worker, so every line written while serving a
+//! thread-local set by the serving thread, so every line written while serving a
 //! request carries it.
 //!
 //! simplelog is not used: it has no JSON format, and wrapping it would be

@@ -248,12 +248,12 @@ impl Metrics {
             ),
             (
                 "portcullis_queue_depth",
-                "Requests waiting for a worker.",
+                "Requests waiting for a seat (server.workers busy).",
                 gauges.queue_depth,
             ),
             (
                 "portcullis_busy_workers",
-                "Workers serving a request.",
+                "Requests holding a seat (at most server.workers).",
                 gauges.busy_workers,
             ),
             (

@@ -519,6 +519,9 @@ fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx,
             let close = ctx.close_connection || rq.body_pending() || client_closes(ctx);
             let (head, rest, len) = render_complete(&mut reply, head_only, close);
             finish(app, ctx, reply.status, len);
+            // A client slow to read its answer holds its own thread (up to
+            // `write_timeout_s`), not a seat.
+            drop(seat);
             let mut writer = rq.into_writer();
             let _ = write_complete(&mut writer, &head, &rest);
         }
@@ -553,8 +556,7 @@ fn answer_busy(app: &Arc<App>, rq: tiny_http::Request) {
 }
 
 /// The one place a finished request is counted (metrics) and logged (the
-/// access line), whichever thread finished it: worker, relay, stream,
-/// connection (queue full, refusals).
+/// access line): plain answers, relays, streams, a full line, refusals.
 fn finish(app: &App, ctx: &Ctx, status: u16, bytes: usize) {
     app.metrics
         .record(ctx.route, status, ctx.started.elapsed(), ctx.error_code);

@@ -236,7 +236,7 @@ fn chunked(body: &[u8]) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn trickled_bodies_of_every_kind_never_hold_a_worker() {
+fn trickled_bodies_of_every_kind_never_hold_a_seat() {
     // Two workers and long timeouts: if any of the eight trickled bodies
     // were read on a worker, /health would wait behind them for seconds.
     let s = Server::start(

@@ -501,7 +501,7 @@ fn sse_event_latency_figure() {
 // ------------------------------------------------- relays and workers
 
 #[test]
-fn non_streaming_relays_wait_on_relay_threads_not_workers() {
+fn non_streaming_relays_never_hold_a_seat() {
     // One worker, an upstream that never answers: three pending relays
     // must not keep /health or resource requests waiting.
     let up = FakeUpstream::start(Mode::Hang);

@@ -181,7 +181,7 @@ fn panicking_dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, A
 }
 
 #[test]
-fn panic_in_handler_answers_500_and_worker_lives_on() {
+fn panic_in_handler_answers_500_and_the_server_lives_on() {
     // One worker: if the panic killed it, nothing would answer afterwards.
     let (app, _dir) = lib_app("panic", 1, 8);
     let running = portcullis::server::start_with(app, panicking_dispatch).unwrap();
@@ -605,7 +605,7 @@ fn trickled_head_is_cut_at_head_timeout_even_when_each_byte_is_on_time() {
 }
 
 #[test]
-fn stalled_small_bodies_never_hold_a_worker() {
+fn stalled_small_bodies_never_hold_a_seat() {
     // One worker, long timeouts: if a stalled body reached the worker,
     // /health would wait for the body timeout (30 s).
     let s = Server::start(

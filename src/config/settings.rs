@@ -89,9 +89,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { section: "server", key: "data_dir", default: "data", kind: Path,
         doc: "Directory for the database, generated secrets and the first API key." },
     Setting { section: "server", key: "workers", default: "8", kind: Uint { min: 1, max: 1024 },
-        doc: "Worker threads that run the filter chain and handlers." },
+        doc: "Requests served at once (filter chain and handler), each on its connection's own thread. Waiting for a body, on the model or on a client slow to read does not count." },
     Setting { section: "server", key: "queue_capacity", default: "128", kind: Uint { min: 1, max: 100_000 },
-        doc: "Requests waiting for a worker; beyond this, 503 `server_busy` at once." },
+        doc: "Requests waiting for their turn while `workers` are served (first come, first served); beyond this, 503 `server_busy` at once." },
     Setting { section: "server", key: "max_connections", default: "1024", kind: Uint { min: 1, max: 1_000_000 },
         doc: "Open connections in total; beyond this, new ones get 503 and are closed." },
     Setting { section: "server", key: "max_connections_per_ip", default: "128", kind: Uint { min: 1, max: 1_000_000 },
@@ -115,7 +115,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { section: "server", key: "head_timeout_s", default: "10", kind: Seconds { min: 1, max: 3600 },
         doc: "A request head must be complete this long after its first byte (408)." },
     Setting { section: "server", key: "prebuffer_body_bytes", default: "16384", kind: Bytes { min: 0, max: MIB },
-        doc: "Bodies declared up to this size are read by the connection's own thread before a worker sees the request. Larger, chunked and `Expect: 100-continue` bodies are received by that thread too, but only after every filter (auth included) passed. No body is ever read on a worker. Memory before auth: at most this much per open connection." },
+        doc: "Bodies declared up to this size are read before the request takes its turn (`workers`). Larger, chunked and `Expect: 100-continue` bodies are received only after every filter (auth included) passed, with the turn given back meanwhile. No body is ever read while holding a turn. Memory before auth: at most this much per open connection." },
     Setting { section: "server", key: "debug", default: "false", kind: Bool,
         doc: "Adds a `detail` field to error bodies. Never in production." },
     Setting { section: "server", key: "ui", default: "true", kind: Bool,
@@ -741,7 +741,7 @@ mod tests {
     fn rendered_ini_names_bounds_and_wraps_comments() {
         let ini = render_ini();
         assert!(
-            ini.contains("\n# Worker threads that run the filter chain and handlers.\n# Allowed: 1 to 1024.\nworkers = 8\n"),
+            ini.contains("\n# Requests served at once (filter chain and handler), each on its connection's\n"),
             "{ini}"
         );
         assert!(ini.contains("\nfile =\n"));
