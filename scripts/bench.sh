@@ -149,8 +149,11 @@ read D_AVG D_P50 D_P99 D_RPS <<<"$(lat http://$UP/v1/chat/completions)"
 read N_AVG N_P50 N_P99 N_RPS <<<"$(lat http://127.0.0.1:$N_PORT/v1/chat/completions)"
 read P_AVG P_P50 P_P99 P_RPS <<<"$(lat http://127.0.0.1:$P_PORT/v1/chat/completions)"
 N_OVER=$((N_P50 - D_P50)); P_OVER=$((P_P50 - D_P50))
-N32=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$N_PORT/v1/chat/completions | wrk_rps)
-P32=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$P_PORT/v1/chat/completions | wrk_rps)
+non2xx() { awk '/Non-2xx/{n=$5} END{print n+0}'; }
+OUT=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$N_PORT/v1/chat/completions)
+N32=$(echo "$OUT" | wrk_rps); N32_BAD=$(echo "$OUT" | non2xx)
+OUT=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$P_PORT/v1/chat/completions)
+P32=$(echo "$OUT" | wrk_rps); P32_BAD=$(echo "$OUT" | non2xx)
 T32_RATIO=$(awk -v a="$P32" -v b="$N32" 'BEGIN{printf "%.2f", a/b}')
 kill "$(cat "$TMP/nginx.pid")"; rm -f "$TMP/nginx.pid"
 
@@ -309,6 +312,8 @@ Upstream: \`loadgen upstream\` (keep-alive, answers at once).
 
 - Overhead at p50: nginx **${N_OVER} µs**, portcullis **${P_OVER} µs** (target: at most twice nginx's).
 - 32 clients (\`wrk -t2 -c32\`): nginx $N32 req/s, portcullis $P32 req/s, ratio **$T32_RATIO** (target ≥ 0.5).
+  Answers other than 2xx in that run: nginx $N32_BAD, portcullis **$P32_BAD** (target 0: a relay refuses only
+  beyond its configured limits; test \`a_client_per_relay_slot_is_never_refused\`).
 
 ## Where the time went (per relayed request)
 The same $PROFILE_N non-streaming relayed requests (one keep-alive client,

@@ -546,6 +546,51 @@ fn non_streaming_relays_never_hold_a_seat() {
 }
 
 #[test]
+fn a_client_per_relay_slot_is_never_refused() {
+    // Issue 12: with 32 clients the relay answered 0.5% of requests 503
+    // although its limit was 64. A relay thread still counted itself busy
+    // after writing its answer, so a client's next request could find its
+    // previous one still holding a reservation: two per client. Now a
+    // relay is counted from its start to its answer on the client's own
+    // thread, so as many clients as slots are always served.
+    const CLIENTS: usize = 8;
+    const EACH: usize = 150;
+    let up = FakeUpstream::start(Mode::Normal);
+    let s = Server::start(
+        opts_for(&up.base_url())
+            .env("PORTCULLIS_SERVER_MAX_CONCURRENT_STREAMS", &CLIENTS.to_string())
+            .env("PORTCULLIS_SERVER_WORKERS", "2"),
+    );
+    let body = user_says("hi").to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    let addr = s.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let req = req.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                let mut reader = std::io::BufReader::new(c.try_clone().unwrap());
+                let mut statuses = Vec::with_capacity(EACH);
+                for _ in 0..EACH {
+                    c.write_all(req.as_bytes()).unwrap();
+                    statuses.push(read_response(&mut reader).unwrap().status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for c in clients {
+        refused += c.join().unwrap().iter().filter(|&&st| st != 200).count();
+    }
+    assert_eq!(refused, 0, "of {} relayed requests", CLIENTS * EACH);
+}
+
+#[test]
 fn deferred_replies_keep_the_connection_alive() {
     let up = FakeUpstream::start(Mode::Normal);
     let s = start(&up);
