@@ -234,6 +234,9 @@ fn fill(tx: &Connection, a: &Args) -> rusqlite::Result<Vec<String>> {
         clock
     };
 
+    // Everything belongs to the admin every database has (as the first
+    // key's owner would have made it).
+    let admin: String = tx.query_row("SELECT id FROM users WHERE name = 'admin'", [], |r| r.get(0))?;
     let mut project_ids = Vec::with_capacity(a.projects as usize);
     {
         let mut st = tx.prepare(projects::INSERT)?;
@@ -245,7 +248,8 @@ fn fill(tx: &Connection, a: &Args) -> rusqlite::Result<Vec<String>> {
                 format!("Project {}", i),
                 Some("bulk loaded"),
                 t,
-                t
+                t,
+                admin
             ])?;
             project_ids.push(id);
         }
@@ -271,7 +275,7 @@ fn fill(tx: &Connection, a: &Args) -> rusqlite::Result<Vec<String>> {
             let t = tick();
             let title = format!("Conversation {}", i);
             let none: Option<&str> = None;
-            st.execute(params![id, project, title, none, none, t, t])?;
+            st.execute(params![id, project, title, none, none, t, t, admin])?;
             conversation_ids.push(id);
         }
     }
@@ -330,7 +334,13 @@ fn fill(tx: &Connection, a: &Args) -> rusqlite::Result<Vec<String>> {
 
     let mut secrets = Vec::with_capacity(a.keys as usize);
     for i in 0..a.keys {
-        let (_, secret) = keys::insert_key(tx, &format!("bulk {}", i), &Actor::cli())
+        let name = format!("bulk {}", i);
+        let new = keys::NewKey {
+            name: &name,
+            user_id: &admin,
+            ..keys::NewKey::default()
+        };
+        let (_, secret) = keys::insert_key(tx, &new, &Actor::cli())
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()))?;
         secrets.push(secret.expose_str().to_string());
     }

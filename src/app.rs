@@ -29,6 +29,9 @@ pub struct App {
     /// Failed authentications per client address (`filters::auth`), apart
     /// from `limiter` so failing addresses never crowd out request buckets.
     pub auth_failures: Limiter,
+    /// In auth mode `none`, the built-in admin `local` every request acts
+    /// for (its data is its own, as any user's).
+    pub local_user: Option<crate::db::Principal>,
     /// The sweeper thread of both limiters; `stop_background` ends it.
     sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
@@ -81,6 +84,14 @@ impl App {
         if cfg.auth.mode == crate::config::AuthMode::ApiKey {
             ensure_first_key(&db, &cfg.server.data_dir)?;
         }
+        let local_user = match cfg.auth.mode {
+            crate::config::AuthMode::None => Some(
+                db.ensure_user(crate::db::users::LOCAL_USER, crate::db::users::Role::Admin)
+                    .map_err(|e| format!("cannot create the built-in user: {}", e))?
+                    .principal(),
+            ),
+            crate::config::AuthMode::ApiKey => None,
+        };
         let audit = crate::audit::Audit::start(db.clone());
         let limiter = Limiter::new(&cfg.rate_limit);
         let auth_failures = Limiter::for_auth_failures(
@@ -94,6 +105,7 @@ impl App {
         .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         let relays = crate::relays::Relays::new(cfg.server.max_concurrent_streams);
         Ok(App {
+            local_user,
             streams,
             relays,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),

@@ -1,7 +1,10 @@
 //! The command line, without a framework crate:
 //! `portcullis [serve] [--config PATH]`,
 //! `portcullis check-config [--config PATH] [--production]`,
-//! `portcullis keys create --name NAME | keys list | keys revoke ID`,
+//! `portcullis keys create --name NAME [--user NAME] [--expires-in-days D]
+//! [--models a,b] | keys list | keys revoke ID`,
+//! `portcullis users create --name N [--role admin|member] | users list |
+//! users disable ID`,
 //! `portcullis audit [--since RFC3339] [--limit N]`, `--help`, `--version`.
 //!
 //! Exit codes: 0 success, 1 failure (bad configuration, failed checklist,
@@ -22,10 +25,17 @@ USAGE:
     portcullis check-config [--config PATH] [--production]
                                               validate settings; --production runs
                                               the deployment checklist
-    portcullis keys create --name NAME [--config PATH]
-                                              create an API key (printed once)
+    portcullis keys create --name NAME [--user NAME] [--expires-in-days D]
+                           [--models a,b] [--config PATH]
+                                              create an API key (printed once); without
+                                              --user it belongs to the first admin
     portcullis keys list [--config PATH]      list keys (never shows a key)
     portcullis keys revoke ID [--config PATH] revoke a key at once
+    portcullis users create --name NAME [--role admin|member] [--config PATH]
+                                              create a user (a member by default)
+    portcullis users list [--config PATH]     list users
+    portcullis users disable ID [--config PATH]
+                                              refuse the user's keys at once (data kept)
     portcullis audit [--since TIME] [--limit N] [--config PATH]
                                               print the audit trail
     portcullis --help | --version
@@ -38,7 +48,15 @@ Any setting can be overridden as PORTCULLIS_<SECTION>_<KEY>.
 pub enum Command {
     Serve,
     CheckConfig { production: bool },
-    KeysCreate { name: String },
+    KeysCreate {
+        name: String,
+        user: Option<String>,
+        expires_in_days: Option<u32>,
+        models: Option<Vec<String>>,
+    },
+    UsersCreate { name: String, role: crate::db::users::Role },
+    UsersList,
+    UsersDisable { id: String },
     KeysList,
     KeysRevoke { id: String },
     Audit { since: Option<String>, limit: usize },
@@ -58,6 +76,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut words: Vec<&str> = Vec::new();
     let mut production = false;
     let mut name = None;
+    let mut user = None;
+    let mut role = None;
+    let mut expires_in_days = None;
+    let mut models = None;
     let mut since = None;
     let mut limit = 100usize;
     let mut i = 0;
@@ -85,6 +107,34 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
             "--config" | "-c" => config = Some(PathBuf::from(value(a)?)),
             "--production" => production = true,
             "--name" => name = Some(value(a)?),
+            "--user" => user = Some(value(a)?),
+            "--role" => {
+                role = Some(
+                    value(a)?
+                        .parse::<crate::db::users::Role>()
+                        .map_err(|()| "--role is admin or member".to_string())?,
+                )
+            }
+            "--expires-in-days" => {
+                expires_in_days = Some(
+                    value(a)?
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|d| (1..=36_500).contains(d))
+                        .ok_or("--expires-in-days needs 1 to 36500")?,
+                )
+            }
+            "--models" => {
+                let list: Vec<String> = value(a)?
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    return Err("--models needs a comma-separated list".into());
+                }
+                models = Some(list)
+            }
             "--since" => since = Some(value(a)?),
             "--limit" => {
                 limit = value(a)?
@@ -109,11 +159,22 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         ["check-config"] => Command::CheckConfig { production },
         ["keys", "create"] => Command::KeysCreate {
             name: name.clone().ok_or("keys create needs --name NAME")?,
+            user: user.clone(),
+            expires_in_days,
+            models: models.clone(),
         },
         ["keys", "list"] => Command::KeysList,
         ["keys", "revoke", id] => Command::KeysRevoke { id: id.to_string() },
         ["keys", "revoke"] => return Err("keys revoke needs a key id".into()),
         ["keys", ..] => return Err("keys takes create, list or revoke".into()),
+        ["users", "create"] => Command::UsersCreate {
+            name: name.clone().ok_or("users create needs --name NAME")?,
+            role: role.unwrap_or(crate::db::users::Role::Member),
+        },
+        ["users", "list"] => Command::UsersList,
+        ["users", "disable", id] => Command::UsersDisable { id: id.to_string() },
+        ["users", "disable"] => return Err("users disable needs a user id".into()),
+        ["users", ..] => return Err("users takes create, list or disable".into()),
         ["audit"] => Command::Audit {
             since: since.clone(),
             limit,
@@ -125,8 +186,17 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         "--production",
     )?;
     flag_misuse(
-        name.is_none() || matches!(command, Command::KeysCreate { .. }),
+        name.is_none()
+            || matches!(command, Command::KeysCreate { .. } | Command::UsersCreate { .. }),
         "--name",
+    )?;
+    let key_create = matches!(command, Command::KeysCreate { .. });
+    flag_misuse(user.is_none() || key_create, "--user")?;
+    flag_misuse(expires_in_days.is_none() || key_create, "--expires-in-days")?;
+    flag_misuse(models.is_none() || key_create, "--models")?;
+    flag_misuse(
+        role.is_none() || matches!(command, Command::UsersCreate { .. }),
+        "--role",
     )?;
     flag_misuse(
         since.is_none() || matches!(command, Command::Audit { .. }),
@@ -165,7 +235,15 @@ pub fn main(args: Vec<String>) -> i32 {
     match inv.command {
         Command::Serve => serve(cfg),
         Command::CheckConfig { production } => check_config(&cfg, production),
-        Command::KeysCreate { name } => crate::keys_cli::create(&cfg, &name),
+        Command::KeysCreate {
+            name,
+            user,
+            expires_in_days,
+            models,
+        } => crate::keys_cli::create(&cfg, &name, user.as_deref(), expires_in_days, models),
+        Command::UsersCreate { name, role } => crate::keys_cli::users_create(&cfg, &name, role),
+        Command::UsersList => crate::keys_cli::users_list(&cfg),
+        Command::UsersDisable { id } => crate::keys_cli::users_disable(&cfg, &id),
         Command::KeysList => crate::keys_cli::list(&cfg),
         Command::KeysRevoke { id } => crate::keys_cli::revoke(&cfg, &id),
         Command::Audit { since, limit } => crate::keys_cli::audit(&cfg, since.as_deref(), limit),
@@ -289,7 +367,12 @@ mod tests {
         );
         assert_eq!(
             p(&["keys", "create", "--name", "ci"]).unwrap().command,
-            Command::KeysCreate { name: "ci".into() }
+            Command::KeysCreate {
+                name: "ci".into(),
+                user: None,
+                expires_in_days: None,
+                models: None
+            }
         );
         assert_eq!(
             p(&["keys", "revoke", "k1"]).unwrap().command,

@@ -14,6 +14,9 @@ pub enum ApiError {
         message: String,
     },
     Unauthorized,
+    /// 403: authenticated, but the role or the key does not allow this
+    /// (admin route, model not in the key's allowlist, disabled user).
+    Forbidden,
     OriginNotAllowed,
     CsrfTokenInvalid,
     NotFound,
@@ -69,6 +72,7 @@ pub enum Code {
     ValidationFailed,
     BadRequest,
     Unauthorized,
+    Forbidden,
     OriginNotAllowed,
     CsrfTokenInvalid,
     NotFound,
@@ -92,11 +96,12 @@ pub enum Code {
 
 impl Code {
     /// Every code, in status order (for documents and tests).
-    pub const ALL: [Code; 23] = [
+    pub const ALL: [Code; 24] = [
         Code::InvalidJson,
         Code::ValidationFailed,
         Code::BadRequest,
         Code::Unauthorized,
+        Code::Forbidden,
         Code::OriginNotAllowed,
         Code::CsrfTokenInvalid,
         Code::NotFound,
@@ -127,6 +132,7 @@ impl Code {
             Code::ValidationFailed => (400, "validation_failed", INVALID),
             Code::BadRequest => (400, "bad_request", INVALID),
             Code::Unauthorized => (401, "unauthorized", "authentication_error"),
+            Code::Forbidden => (403, "forbidden", "permission_error"),
             Code::OriginNotAllowed => (403, "origin_not_allowed", "permission_error"),
             Code::CsrfTokenInvalid => (403, "csrf_token_invalid", "permission_error"),
             Code::NotFound => (404, "not_found", "not_found_error"),
@@ -189,6 +195,7 @@ impl ApiError {
             InvalidJson(_) => Code::InvalidJson,
             ValidationFailed { .. } => Code::ValidationFailed,
             Unauthorized => Code::Unauthorized,
+            Forbidden => Code::Forbidden,
             OriginNotAllowed => Code::OriginNotAllowed,
             CsrfTokenInvalid => Code::CsrfTokenInvalid,
             NotFound => Code::NotFound,
@@ -261,6 +268,7 @@ impl ApiError {
             ),
             ValidationFailed { field, message } => format!("{}: {}", field, message),
             Unauthorized => "a valid API key is required (Authorization: Bearer <key>)".into(),
+            Forbidden => "this caller may not do this".into(),
             OriginNotAllowed => "the request's origin is not allowed".into(),
             CsrfTokenInvalid => "the CSRF token is missing, invalid or expired".into(),
             NotFound => "not found".into(),
@@ -380,6 +388,7 @@ mod tests {
                 "validation_failed",
             ),
             (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::Forbidden, 403, "forbidden"),
             (ApiError::OriginNotAllowed, 403, "origin_not_allowed"),
             (ApiError::CsrfTokenInvalid, 403, "csrf_token_invalid"),
             (ApiError::NotFound, 404, "not_found"),

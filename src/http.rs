@@ -88,6 +88,11 @@ pub struct Ctx {
     pub params: Vec<String>,
     /// The authenticated API key's id (filter 5).
     pub key_id: Option<String>,
+    /// The user the request acts for (filter 5; the built-in `local` user
+    /// in auth mode `none`). Storage calls take its `owner()`.
+    pub principal: Option<crate::db::Principal>,
+    /// The authenticating key's model allowlist (None: any model).
+    pub key_models: Option<Vec<String>>,
     /// The request's Origin when it is allowed (for CORS headers).
     pub cors_origin: Option<String>,
     pub rate: Option<RateInfo>,
@@ -122,6 +127,8 @@ impl Ctx {
             route: None,
             params: Vec::new(),
             key_id: None,
+            principal: None,
+            key_models: None,
             cors_origin: None,
             rate: None,
             error_code: None,
@@ -148,12 +155,48 @@ impl Ctx {
             route: self.route,
             params: Vec::new(),
             key_id: self.key_id.clone(),
+            principal: self.principal.clone(),
+            key_models: self.key_models.clone(),
             cors_origin: self.cors_origin.clone(),
             rate: self.rate.clone(),
             error_code: self.error_code,
             close_connection: true,
             http10: self.http10,
             started: self.started,
+        }
+    }
+
+    /// Who the request acts for; 401 when nobody authenticated (filter 5
+    /// sets it for every route that needs it).
+    pub fn principal(&self) -> Result<&crate::db::Principal, crate::error::ApiError> {
+        self.principal
+            .as_ref()
+            .ok_or(crate::error::ApiError::Unauthorized)
+    }
+
+    /// The owner every storage call of this request is scoped to.
+    pub fn owner(&self) -> Result<crate::db::Owner<'_>, crate::error::ApiError> {
+        self.principal().map(|p| p.owner())
+    }
+
+    /// 403 `forbidden` unless the caller is an admin.
+    pub fn require_admin(&self) -> Result<&crate::db::Principal, crate::error::ApiError> {
+        let p = self.principal()?;
+        if p.is_admin() {
+            Ok(p)
+        } else {
+            Err(crate::error::ApiError::Forbidden)
+        }
+    }
+
+    /// 403 `forbidden` when the authenticating key has a model allowlist
+    /// without `model`.
+    pub fn check_model(&self, model: &str) -> Result<(), crate::error::ApiError> {
+        match &self.key_models {
+            Some(allowed) if !allowed.iter().any(|m| m == model) => {
+                Err(crate::error::ApiError::Forbidden)
+            }
+            _ => Ok(()),
         }
     }
 

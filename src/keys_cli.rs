@@ -1,4 +1,5 @@
-//! `portcullis keys create|list|revoke` and `portcullis audit`: operator
+//! `portcullis keys create|list|revoke`, `users create|list|disable` and
+//! `portcullis audit`: operator
 //! commands on the same database file as the server (same `--config` and
 //! `PORTCULLIS_*` settings). They work while the server runs: WAL lets a
 //! second process write, and every key change rewrites the key stamp that
@@ -60,9 +61,37 @@ fn print_lines(lines: impl Iterator<Item = String>) -> i32 {
     0
 }
 
-pub fn create(cfg: &Config, name: &str) -> i32 {
+pub fn create(
+    cfg: &Config,
+    name: &str,
+    user: Option<&str>,
+    expires_in_days: Option<u32>,
+    models: Option<Vec<String>>,
+) -> i32 {
     let Some(db) = open(cfg) else { return 1 };
-    match db.create_key(name, &Actor::cli()) {
+    let owner = match user {
+        Some(n) => db.user_by_name(n),
+        None => db.first_admin(),
+    };
+    let owner = match owner {
+        Ok(u) => u,
+        Err(StoreError::NotFound) => {
+            eprintln!(
+                "portcullis: no user {}",
+                user.map_or("is an enabled admin".to_string(), |n| format!("is named {}", n))
+            );
+            return 1;
+        }
+        Err(e) => return fail("cannot read users", e),
+    };
+    let new = crate::db::keys::NewKey {
+        name,
+        user_id: &owner.id,
+        expires_at: expires_in_days
+            .map(|d| crate::time::now_millis() + i64::from(d) * 86_400_000),
+        models,
+    };
+    match db.create_key(&new, &Actor::cli()) {
         Ok((key, secret)) => {
             println!("{}", secret.expose_str());
             eprintln!(
@@ -85,7 +114,7 @@ pub fn list(cfg: &Config) -> i32 {
 
 pub fn revoke(cfg: &Config, id: &str) -> i32 {
     let Some(db) = open(cfg) else { return 1 };
-    match db.revoke_key(id, &Actor::cli()) {
+    match db.revoke_key(id, None, &Actor::cli()) {
         Ok(Revoke::Revoked) => {
             eprintln!("revoked API key {}", id);
             0
@@ -99,6 +128,46 @@ pub fn revoke(cfg: &Config, id: &str) -> i32 {
             1
         }
         Err(e) => fail("cannot revoke the key", e),
+    }
+}
+
+pub fn users_create(cfg: &Config, name: &str, role: crate::db::users::Role) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    match db.create_user(name, role, None, &Actor::cli()) {
+        Ok(u) => {
+            println!("{}", u.to_json());
+            0
+        }
+        Err(e) => fail("cannot create the user", e),
+    }
+}
+
+pub fn users_list(cfg: &Config) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    match db.list_users() {
+        Ok(users) => print_lines(users.iter().map(|u| u.to_json().to_string())),
+        Err(e) => fail("cannot list users", e),
+    }
+}
+
+/// Disables a user: their keys and sessions are refused on their next
+/// request, also by a server running meanwhile (the key stamp moves).
+pub fn users_disable(cfg: &Config, id: &str) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    let patch = crate::db::users::UserPatch {
+        disabled: Some(true),
+        ..Default::default()
+    };
+    match db.update_user(id, &patch, &Actor::cli()) {
+        Ok(u) => {
+            eprintln!("disabled user {} ({})", u.id, u.name);
+            0
+        }
+        Err(StoreError::NotFound) => {
+            eprintln!("portcullis: no user has id {}", id);
+            1
+        }
+        Err(e) => fail("cannot disable the user", e),
     }
 }
 

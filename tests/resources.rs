@@ -493,6 +493,19 @@ fn db_of(dir: &Path) -> portcullis::db::Db {
     portcullis::db::Db::open_for_cli(&cfg).unwrap()
 }
 
+/// The user id owning a conversation (the server's `local` user without
+/// auth, `admin` with the first key).
+fn owner_of(db: &portcullis::db::Db, conversation_id: &str) -> String {
+    db.conn()
+        .unwrap()
+        .query_row(
+            "SELECT owner_id FROM conversations WHERE id = ?1",
+            [conversation_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 fn new_message<'a>(conversation_id: &'a str, content: &'a str) -> portcullis::db::NewMessage<'a> {
     portcullis::db::NewMessage {
         conversation_id,
@@ -513,7 +526,7 @@ fn messages_page_oldest_first_while_another_writer_appends() {
     let cid = c["id"].as_str().unwrap().to_string();
     let db = db_of(&s.dir);
     for i in 0..25 {
-        db.insert_message(&new_message(&cid, &format!("m{:03}", i)))
+        db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &cid)), &new_message(&cid, &format!("m{:03}", i)))
             .unwrap();
     }
     let path = format!("/api/conversations/{}/messages", cid);
@@ -540,7 +553,7 @@ fn messages_page_oldest_first_while_another_writer_appends() {
         let (db, cid) = (db.clone(), cid.clone());
         std::thread::spawn(move || {
             for i in 25..60 {
-                db.insert_message(&new_message(&cid, &format!("m{:03}", i)))
+                db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &cid)), &new_message(&cid, &format!("m{:03}", i)))
                     .unwrap();
             }
         })
@@ -602,10 +615,10 @@ fn deleting_a_project_removes_its_conversations_and_messages() {
             .as_str()
             .unwrap()
             .to_string();
-        db.insert_message(&new_message(&c, "hi")).unwrap();
+        db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &c)), &new_message(&c, "hi")).unwrap();
         gone.push(c);
     }
-    db.insert_message(&new_message(&keep, "stay")).unwrap();
+    db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &keep)), &new_message(&keep, "stay")).unwrap();
     assert_eq!(
         delete(&s, &format!("/api/projects/{}", pid), &key).status,
         204

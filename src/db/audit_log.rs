@@ -18,6 +18,8 @@ use super::{Db, StoreError};
 pub enum AuditEvent {
     KeyCreated,
     KeyRevoked,
+    UserCreated,
+    UserUpdated,
     ProjectDeleted,
     ConversationDeleted,
     /// Counted per client per minute (`audit::Audit`).
@@ -27,9 +29,11 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 6] = [
+    pub const ALL: [AuditEvent; 8] = [
         AuditEvent::KeyCreated,
         AuditEvent::KeyRevoked,
+        AuditEvent::UserCreated,
+        AuditEvent::UserUpdated,
         AuditEvent::ProjectDeleted,
         AuditEvent::ConversationDeleted,
         AuditEvent::AuthFailed,
@@ -40,6 +44,8 @@ impl AuditEvent {
         match self {
             AuditEvent::KeyCreated => "key_created",
             AuditEvent::KeyRevoked => "key_revoked",
+            AuditEvent::UserCreated => "user_created",
+            AuditEvent::UserUpdated => "user_updated",
             AuditEvent::ProjectDeleted => "project_deleted",
             AuditEvent::ConversationDeleted => "conversation_deleted",
             AuditEvent::AuthFailed => "auth_failed",

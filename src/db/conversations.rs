@@ -1,5 +1,6 @@
-//! Conversations: an optional project, a title, a model and a system prompt.
-//! Listed newest first (by creation, so pages stay stable while
+//! Conversations: an optional project, a title, a model and a system
+//! prompt, owned by one user (every call takes its `Owner`; another user's
+//! conversation, or project, is `NotFound`/`UnknownProject`). Listed newest first (by creation, so pages stay stable while
 //! conversations are updated); deleting one removes its messages (FK
 //! cascade).
 
@@ -10,7 +11,8 @@ use serde_json::json;
 use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
 use super::reads::{Arg, Read};
-use super::{exists, monotonic_now, opt_json, Db, StoreError};
+use super::users::Owner;
+use super::{monotonic_now, opt_json, owned, Db, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conversation {
@@ -60,41 +62,58 @@ macro_rules! columns {
         "seq, id, project_id, title, model, system_prompt, created_at, updated_at"
     };
 }
-const GET: &str = concat!("SELECT ", columns!(), " FROM conversations WHERE id = ?1");
+const GET: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversations WHERE id = ?1 AND owner_id = ?2"
+);
 const LIST: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM conversations WHERE (created_at, seq) < (?1, ?2)
-     ORDER BY created_at DESC, seq DESC LIMIT ?3"
+    " FROM conversations WHERE owner_id = ?1 AND (created_at, seq) < (?2, ?3)
+     ORDER BY created_at DESC, seq DESC LIMIT ?4"
 );
 const LIST_OF_PROJECT: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM conversations WHERE project_id = ?1 AND (created_at, seq) < (?2, ?3)
-     ORDER BY created_at DESC, seq DESC LIMIT ?4"
+    // The project's index, named: by the owner's, SQLite would walk all
+    // of the owner's conversations to find one project's.
+    " FROM conversations INDEXED BY conversations_by_project
+     WHERE project_id = ?1 AND owner_id = ?2 AND (created_at, seq) < (?3, ?4)
+     ORDER BY created_at DESC, seq DESC LIMIT ?5"
 );
 /// The newest row's `created_at` (two lookups, as `projects::NEWEST`).
 const NEWEST: &str =
     "SELECT created_at FROM conversations WHERE seq = (SELECT max(seq) FROM conversations)";
-const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = ?1";
+const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = ?1 AND owner_id = ?2";
 /// The conversation row as the server writes it (also `examples/bulk_load.rs`).
 pub const INSERT: &str =
-    "INSERT INTO conversations (id, project_id, title, model, system_prompt, created_at, updated_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    "INSERT INTO conversations (id, project_id, title, model, system_prompt, created_at, updated_at, owner_id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 /// The reads above, for tests/query_plans.rs (`db::reads`).
 pub const READS: &[Read] = &[
-    Read::bounded("conversations::get", GET, &[Arg::ConversationId]),
+    Read::bounded(
+        "conversations::get",
+        GET,
+        &[Arg::ConversationId, Arg::UserId],
+    ),
     Read::bounded(
         "conversations::list",
         LIST,
-        &[Arg::Int(i64::MAX), Arg::Int(i64::MAX), Arg::Limit],
+        &[
+            Arg::UserId,
+            Arg::Int(i64::MAX),
+            Arg::Int(i64::MAX),
+            Arg::Limit,
+        ],
     ),
     Read::bounded(
         "conversations::list_of_project",
         LIST_OF_PROJECT,
         &[
             Arg::ProjectId,
+            Arg::UserId,
             Arg::Int(i64::MAX),
             Arg::Int(i64::MAX),
             Arg::Limit,
@@ -104,7 +123,7 @@ pub const READS: &[Read] = &[
     Read::bounded(
         "conversations::project_exists",
         PROJECT_EXISTS,
-        &[Arg::ProjectId],
+        &[Arg::ProjectId, Arg::UserId],
     ),
 ];
 
@@ -125,8 +144,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Conversation, Position)> {
     Ok((c, pos))
 }
 
-fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Conversation, StoreError> {
-    conn.query_row_cached(GET, [id], from_row)
+fn get_in(conn: &rusqlite::Connection, owner: Owner, id: &str) -> Result<Conversation, StoreError> {
+    conn.query_row_cached(GET, [id, owner.id()], from_row)
         .optional()?
         .map(|(c, _)| c)
         .ok_or(StoreError::NotFound)
@@ -138,6 +157,7 @@ impl Db {
     /// insert, so a concurrent project delete cannot slip between).
     pub fn create_conversation(
         &self,
+        owner: Owner,
         project_id: Option<&str>,
         title: Option<&str>,
         model: Option<&str>,
@@ -145,7 +165,7 @@ impl Db {
     ) -> Result<Conversation, StoreError> {
         self.write(|tx| {
             if let Some(pid) = project_id {
-                if !exists(tx, PROJECT_EXISTS, pid)? {
+                if !owned(tx, PROJECT_EXISTS, owner, pid)? {
                     return Err(StoreError::UnknownProject);
                 }
             }
@@ -168,7 +188,8 @@ impl Db {
                     c.model,
                     c.system_prompt,
                     c.created_at,
-                    c.updated_at
+                    c.updated_at,
+                    owner.id()
                 ],
             )?;
             Ok(c)
@@ -176,14 +197,15 @@ impl Db {
     }
 
     /// One conversation, or `NotFound`.
-    pub fn get_conversation(&self, id: &str) -> Result<Conversation, StoreError> {
-        get_in(&*self.conn()?, id)
+    pub fn get_conversation(&self, owner: Owner, id: &str) -> Result<Conversation, StoreError> {
+        get_in(&*self.conn()?, owner, id)
     }
 
     /// Conversations newest first, optionally of one project (an unknown
     /// project is `UnknownProject`).
     pub fn list_conversations(
         &self,
+        owner: Owner,
         project_id: Option<&str>,
         req: &PageReq,
     ) -> Result<Page<Conversation>, StoreError> {
@@ -194,12 +216,12 @@ impl Db {
         });
         let rows = match project_id {
             Some(pid) => {
-                if !exists(&conn, PROJECT_EXISTS, pid)? {
+                if !owned(&conn, PROJECT_EXISTS, owner, pid)? {
                     return Err(StoreError::UnknownProject);
                 }
                 let mut st = conn.prepare_cached(LIST_OF_PROJECT)?;
                 let rows = st.query_map(
-                    params![pid, before.created_at, before.seq, req.fetch()],
+                    params![pid, owner.id(), before.created_at, before.seq, req.fetch()],
                     from_row,
                 )?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -207,7 +229,7 @@ impl Db {
             None => {
                 let mut st = conn.prepare_cached(LIST)?;
                 let rows = st.query_map(
-                    params![before.created_at, before.seq, req.fetch()],
+                    params![owner.id(), before.created_at, before.seq, req.fetch()],
                     from_row,
                 )?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -221,16 +243,17 @@ impl Db {
     /// `updated_at` moves forward.
     pub fn update_conversation(
         &self,
+        owner: Owner,
         id: &str,
         patch: &ConversationPatch,
     ) -> Result<Conversation, StoreError> {
         self.write(|tx| {
-            let mut c = get_in(tx, id)?;
+            let mut c = get_in(tx, owner, id)?;
             if patch.is_empty() {
                 return Ok(c);
             }
             if let Some(Some(pid)) = &patch.project_id {
-                if !exists(tx, PROJECT_EXISTS, pid)? {
+                if !owned(tx, PROJECT_EXISTS, owner, pid)? {
                     return Err(StoreError::UnknownProject);
                 }
             }
@@ -255,9 +278,17 @@ impl Db {
 
     /// Deletes a conversation and its messages; audited in the same
     /// transaction.
-    pub fn delete_conversation(&self, id: &str, actor: &Actor) -> Result<(), StoreError> {
+    pub fn delete_conversation(
+        &self,
+        owner: Owner,
+        id: &str,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
-            let n = tx.execute_cached("DELETE FROM conversations WHERE id = ?1", [id])?;
+            let n = tx.execute_cached(
+                "DELETE FROM conversations WHERE id = ?1 AND owner_id = ?2",
+                [id, owner.id()],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -279,17 +310,19 @@ mod tests {
     #[test]
     fn create_get_update_delete() {
         let db = temp_db();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
         let c = db
-            .create_conversation(None, Some("t"), None, Some("be brief"))
+            .create_conversation(o, None, Some("t"), None, Some("be brief"))
             .unwrap();
-        assert_eq!(db.get_conversation(&c.id).unwrap(), c);
+        assert_eq!(db.get_conversation(o, &c.id).unwrap(), c);
         assert_eq!(
-            db.create_conversation(Some("nope"), None, None, None)
+            db.create_conversation(o, Some("nope"), None, None, None)
                 .unwrap_err(),
             StoreError::UnknownProject
         );
         let same = db
-            .update_conversation(&c.id, &ConversationPatch::default())
+            .update_conversation(o, &c.id, &ConversationPatch::default())
             .unwrap();
         assert_eq!(same, c);
         let patch = ConversationPatch {
@@ -297,7 +330,7 @@ mod tests {
             model: Some(Some("m".into())),
             ..Default::default()
         };
-        let u = db.update_conversation(&c.id, &patch).unwrap();
+        let u = db.update_conversation(o, &c.id, &patch).unwrap();
         assert_eq!(
             (
                 u.title.as_deref(),
@@ -306,10 +339,10 @@ mod tests {
             ),
             (None, Some("m"), Some("be brief"))
         );
-        db.delete_conversation(&c.id, &Actor::default()).unwrap();
-        assert_eq!(db.get_conversation(&c.id), Err(StoreError::NotFound));
+        db.delete_conversation(o, &c.id, &Actor::default()).unwrap();
+        assert_eq!(db.get_conversation(o, &c.id), Err(StoreError::NotFound));
         assert_eq!(
-            db.delete_conversation(&c.id, &Actor::default()),
+            db.delete_conversation(o, &c.id, &Actor::default()),
             Err(StoreError::NotFound)
         );
     }
@@ -317,9 +350,11 @@ mod tests {
     #[test]
     fn created_at_never_goes_backwards_in_commit_order() {
         let db = temp_db();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
         let ids: Vec<i64> = (0..20)
             .map(|_| {
-                db.create_conversation(None, None, None, None)
+                db.create_conversation(o, None, None, None, None)
                     .unwrap()
                     .created_at
             })

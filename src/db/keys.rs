@@ -1,4 +1,6 @@
-//! API keys. A key is `pcs_` + 48 hex characters (192 random bits from the
+//! API keys. Every key belongs to a user (`user_id`), may expire
+//! (`expires_at`) and may carry a model allowlist (`models`). A key is
+//! `pcs_` + 48 hex characters (192 random bits from the
 //! OS CSPRNG); it is shown once when created and only its SHA-256 (hex) is
 //! stored, under a UNIQUE index that the auth filter looks it up by. The
 //! `prefix` column keeps the first characters so an operator can tell keys
@@ -19,6 +21,7 @@ use serde_json::json;
 
 use super::audit_log::{self, Actor, AuditEvent};
 use super::reads::{Arg, Reach, Read};
+use super::users::{Owner, Principal, Role};
 use super::{Db, StoreError};
 use crate::secret::Secret;
 
@@ -31,15 +34,30 @@ const KEY_HEX_CHARS: usize = KEY_RANDOM_BYTES * 2;
 const DISPLAY_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
 pub const NAME_MAX_CHARS: usize = 100;
 
-const INSERT: &str =
-    "INSERT INTO api_keys (id, name, prefix, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT: &str = "INSERT INTO api_keys (id, name, prefix, hash, created_at, user_id, expires_at, models)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 /// Whether any key exists: one step, however many there are.
 const ANY: &str = "SELECT 1 FROM api_keys LIMIT 1";
-const LIST: &str =
-    "SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id";
-const REVOKED_AT: &str = "SELECT revoked_at FROM api_keys WHERE id = ?1";
-/// The auth filter's lookup, by the UNIQUE index on `hash`.
-const BY_HASH: &str = "SELECT id, hash, revoked_at FROM api_keys WHERE hash = ?1";
+macro_rules! columns {
+    () => {
+        "id, name, prefix, created_at, revoked_at, user_id, expires_at, models"
+    };
+}
+const LIST: &str = concat!("SELECT ", columns!(), " FROM api_keys ORDER BY created_at, id");
+/// One user's keys (at most `MAX_LISTED`).
+const LIST_OF_USER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id LIMIT ?2"
+);
+const REVOKED_AT: &str = "SELECT revoked_at, user_id FROM api_keys WHERE id = ?1";
+/// The auth filter's lookup, by the UNIQUE index on `hash`, with the
+/// key's user.
+const BY_HASH: &str = "SELECT k.id, k.hash, k.revoked_at, k.expires_at, k.models,
+            u.id, u.name, u.role, u.disabled
+     FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.hash = ?1";
+/// Keys listed for one user at most (more are never needed in a page).
+pub const MAX_LISTED: i64 = 1000;
 
 /// The reads above, for tests/query_plans.rs (`db::reads`).
 pub const READS: &[Read] = &[
@@ -51,6 +69,11 @@ pub const READS: &[Read] = &[
         // `portcullis keys list` prints every key, by design.
         reach: Reach::EveryRow,
     },
+    Read::bounded(
+        "keys::list_of_user",
+        LIST_OF_USER,
+        &[Arg::UserId, Arg::Limit],
+    ),
     Read::bounded("keys::revoked_at", REVOKED_AT, &[Arg::KeyId]),
     Read::bounded("keys::by_hash", BY_HASH, &[Arg::KeyHash]),
 ];
@@ -63,6 +86,9 @@ pub struct ApiKey {
     pub prefix: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    pub user_id: String,
+    pub expires_at: Option<i64>,
+    pub models: Option<Vec<String>>,
 }
 
 impl ApiKey {
@@ -71,18 +97,58 @@ impl ApiKey {
             "id": self.id,
             "name": self.name,
             "prefix": self.prefix,
+            "user_id": self.user_id,
             "created_at": crate::time::format_millis(self.created_at),
+            "expires_at": self.expires_at.map(crate::time::format_millis),
             "revoked_at": self.revoked_at.map(crate::time::format_millis),
+            "models": self.models,
         })
     }
+}
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+    let models: Option<String> = r.get(7)?;
+    Ok(ApiKey {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        prefix: r.get(2)?,
+        created_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+        user_id: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        expires_at: r.get(6)?,
+        models: models.and_then(|m| serde_json::from_str(&m).ok()),
+    })
+}
+
+/// What a valid key grants: its user, and the models it may use (None:
+/// any).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub key_id: String,
+    pub principal: Principal,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<i64>,
 }
 
 /// What a presented key turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyLookup {
-    Valid { id: String },
+    Valid(Grant),
     Revoked { id: String },
+    /// Past its `expires_at` (401, as a revoked key).
+    Expired { id: String },
+    /// Its user is disabled (403 `forbidden`).
+    Disabled { id: String },
     Unknown,
+}
+
+/// What a new key is.
+#[derive(Clone, Debug, Default)]
+pub struct NewKey<'a> {
+    pub name: &'a str,
+    pub user_id: &'a str,
+    pub expires_at: Option<i64>,
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,18 +203,25 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 /// Public for `examples/bulk_load.rs`, which stores keys exactly as this.
 pub fn insert_key(
     tx: &rusqlite::Connection,
-    name: &str,
+    new: &NewKey<'_>,
     actor: &Actor,
 ) -> Result<(ApiKey, Secret), StoreError> {
-    check_name(name)?;
+    check_name(new.name)?;
     let secret = new_key();
     let key = ApiKey {
         id: crate::ids::new_id(),
-        name: name.to_string(),
+        name: new.name.to_string(),
         prefix: secret.expose_str()[..DISPLAY_PREFIX_CHARS].to_string(),
         created_at: crate::time::now_millis(),
         revoked_at: None,
+        user_id: new.user_id.to_string(),
+        expires_at: new.expires_at,
+        models: new.models.clone(),
     };
+    let models = key
+        .models
+        .as_ref()
+        .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
     tx.execute_cached(
         INSERT,
         params![
@@ -156,22 +229,25 @@ pub fn insert_key(
             key.name,
             key.prefix,
             hash_key(secret.expose_str()),
-            key.created_at
+            key.created_at,
+            key.user_id,
+            key.expires_at,
+            models
         ],
     )?;
     audit_log::insert(
         tx,
         AuditEvent::KeyCreated,
         actor,
-        &json!({ "key": key.id, "name": key.name }),
+        &json!({ "key": key.id, "name": key.name, "user": key.user_id }),
     )?;
     Ok((key, secret))
 }
 
 impl Db {
     /// Creates a key; the secret is returned once and never stored.
-    pub fn create_key(&self, name: &str, actor: &Actor) -> Result<(ApiKey, Secret), StoreError> {
-        let r = self.write(|tx| insert_key(tx, name, actor));
+    pub fn create_key(&self, new: &NewKey<'_>, actor: &Actor) -> Result<(ApiKey, Secret), StoreError> {
+        let r = self.write(|tx| insert_key(tx, new, actor));
         self.key_cache.bump_stamp();
         r
     }
@@ -188,9 +264,17 @@ impl Db {
             {
                 return Ok(false);
             }
+            // The admin every database has (schema migration 2).
+            let admin = super::users::by_name_in(tx, super::users::UPGRADE_ADMIN)?
+                .ok_or_else(|| StoreError::internal("the admin user is missing"))?
+                .id;
             let (_, secret) = insert_key(
                 tx,
-                "first",
+                &NewKey {
+                    name: "first",
+                    user_id: &admin,
+                    ..NewKey::default()
+                },
                 &Actor {
                     client: Some("startup".into()),
                     ..Actor::default()
@@ -211,32 +295,42 @@ impl Db {
     pub fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare(LIST)?;
-        let rows = st.query_map([], |r| {
-            Ok(ApiKey {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                prefix: r.get(2)?,
-                created_at: r.get(3)?,
-                revoked_at: r.get(4)?,
-            })
-        })?;
+        let rows = st.query_map([], key_from_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Revokes a key at once (the next request with it is refused).
-    pub fn revoke_key(&self, id: &str, actor: &Actor) -> Result<Revoke, StoreError> {
-        let r = self.revoke_in_db(id, actor);
+    /// One user's keys, oldest first (at most `MAX_LISTED`).
+    pub fn list_user_keys(&self, owner: Owner) -> Result<Vec<ApiKey>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(LIST_OF_USER)?;
+        let rows = st.query_map(params![owner.id(), MAX_LISTED], key_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Revokes a key at once (the next request with it is refused). With
+    /// `only_of`, a key of another user is `NotFound`.
+    pub fn revoke_key(
+        &self,
+        id: &str,
+        only_of: Option<Owner>,
+        actor: &Actor,
+    ) -> Result<Revoke, StoreError> {
+        let r = self.revoke_in_db(id, only_of, actor);
         // After the commit: a server that sees the new stamp finds the key
         // revoked in the database.
         self.key_cache.bump_stamp();
         r
     }
 
-    fn revoke_in_db(&self, id: &str, actor: &Actor) -> Result<Revoke, StoreError> {
+    fn revoke_in_db(&self, id: &str, only_of: Option<Owner>, actor: &Actor) -> Result<Revoke, StoreError> {
         self.write(|tx| {
-            let revoked: Option<Option<i64>> = tx
-                .query_row_cached(REVOKED_AT, [id], |r| r.get(0))
+            let row: Option<(Option<i64>, Option<String>)> = tx
+                .query_row_cached(REVOKED_AT, [id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
+            let revoked = match (row, only_of) {
+                (Some((_, user)), Some(owner)) if user.as_deref() != Some(owner.id()) => None,
+                (row, _) => row.map(|(at, _)| at),
+            };
             match revoked {
                 None => Ok(Revoke::NotFound),
                 Some(Some(_)) => Ok(Revoke::AlreadyRevoked),
@@ -258,28 +352,58 @@ impl Db {
     pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, StoreError> {
         let hash = hash_key(presented);
         let stamp = self.key_cache.current_stamp();
-        if let Some(id) = self.key_cache.get(&hash, stamp) {
-            return Ok(KeyLookup::Valid { id });
-        }
-        let found = self.lookup_key_in_db(&hash)?;
-        if let KeyLookup::Valid { id } = &found {
-            self.key_cache.put(hash, id.clone(), stamp);
-        }
-        Ok(found)
+        let found = match self.key_cache.get(&hash, stamp) {
+            Some(grant) => KeyLookup::Valid(grant),
+            None => {
+                let found = self.lookup_key_in_db(&hash)?;
+                if let KeyLookup::Valid(grant) = &found {
+                    self.key_cache.put(hash, grant.clone(), stamp);
+                }
+                found
+            }
+        };
+        // Expiry is checked on every use, cached or not.
+        Ok(match found {
+            KeyLookup::Valid(g) if g.expires_at.is_some_and(|t| t <= crate::time::now_millis()) => {
+                KeyLookup::Expired { id: g.key_id }
+            }
+            other => other,
+        })
     }
 
     fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, StoreError> {
-        let row: Option<(String, String, Option<i64>)> = self
+        type Row = (String, String, Option<i64>, Option<i64>, Option<String>, String, String, Role, bool);
+        let row: Option<Row> = self
             .conn()?
-            .query_row_cached(BY_HASH, [hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row_cached(BY_HASH, [hash], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
             .optional()?;
         Ok(match row {
-            Some((id, stored, revoked))
+            Some((id, stored, revoked, expires_at, models, user_id, name, role, disabled))
                 if crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes()) =>
             {
-                match revoked {
-                    None => KeyLookup::Valid { id },
-                    Some(_) => KeyLookup::Revoked { id },
+                if revoked.is_some() {
+                    KeyLookup::Revoked { id }
+                } else if disabled {
+                    KeyLookup::Disabled { id }
+                } else {
+                    KeyLookup::Valid(Grant {
+                        key_id: id,
+                        principal: Principal { user_id, name, role },
+                        models: models.and_then(|m| serde_json::from_str(&m).ok()),
+                        expires_at,
+                    })
                 }
             }
             _ => KeyLookup::Unknown,
@@ -300,7 +424,7 @@ pub struct KeyCache {
     stamp_path: PathBuf,
     inner: std::sync::Mutex<(
         Option<std::time::SystemTime>,
-        std::collections::HashMap<String, String>,
+        std::collections::HashMap<String, Grant>,
     )>,
 }
 
@@ -326,7 +450,7 @@ impl KeyCache {
             .ok()
     }
 
-    fn get(&self, hash: &str, stamp: Option<std::time::SystemTime>) -> Option<String> {
+    fn get(&self, hash: &str, stamp: Option<std::time::SystemTime>) -> Option<Grant> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.0 != stamp {
             inner.0 = stamp;
@@ -338,7 +462,7 @@ impl KeyCache {
 
     /// Caches a valid key found under `stamp` (read before the query), unless
     /// the keys changed meanwhile.
-    fn put(&self, hash: String, id: String, stamp: Option<std::time::SystemTime>) {
+    fn put(&self, hash: String, grant: Grant, stamp: Option<std::time::SystemTime>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.0 != stamp {
             return;
@@ -346,7 +470,7 @@ impl KeyCache {
         if inner.1.len() >= KEY_CACHE_MAX {
             inner.1.clear();
         }
-        inner.1.insert(hash, id);
+        inner.1.insert(hash, grant);
     }
 
     /// Marks a key change for every process using this database.
@@ -381,15 +505,25 @@ mod tests {
         let s0 = cache.current_stamp();
         assert_eq!(s0, None);
         assert_eq!(cache.get("h", s0), None);
-        cache.put("h".into(), "id1".into(), s0);
-        assert_eq!(cache.get("h", s0).as_deref(), Some("id1"));
+        let grant = Grant {
+            key_id: "id1".into(),
+            principal: Principal {
+                user_id: "u1".into(),
+                name: "alice".into(),
+                role: Role::Member,
+            },
+            models: None,
+            expires_at: None,
+        };
+        cache.put("h".into(), grant.clone(), s0);
+        assert_eq!(cache.get("h", s0).map(|g| g.key_id), Some("id1".into()));
         // A key change elsewhere: the stamp moves, the cache empties.
         cache.bump_stamp();
         let s1 = cache.current_stamp();
         assert!(s1.is_some());
         assert_eq!(cache.get("h", s1), None);
         // A fill that began under the old stamp is refused.
-        cache.put("h".into(), "id1".into(), s0);
+        cache.put("h".into(), grant, s0);
         assert_eq!(cache.get("h", s1), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -398,7 +532,18 @@ mod tests {
     #[test]
     fn keys_are_long_random_and_stored_only_as_hashes() {
         let db = temp_db();
-        let (key, secret) = db.create_key("ci", &Actor::cli()).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let (key, secret) = db
+            .create_key(
+                &NewKey {
+                    name: "ci",
+                    user_id: o.id(),
+                    ..NewKey::default()
+                },
+                &Actor::cli(),
+            )
+            .unwrap();
         let text = secret.expose_str();
         assert!(well_formed(text), "{}", text);
         assert_eq!(text.len(), 4 + 48);
@@ -413,23 +558,26 @@ mod tests {
             )
             .unwrap();
         assert!(!stored.contains(text) && stored.contains(&hash_key(text)));
-        assert_eq!(
-            db.lookup_key(text).unwrap(),
-            KeyLookup::Valid { id: key.id.clone() }
-        );
+        match db.lookup_key(text).unwrap() {
+            KeyLookup::Valid(g) => {
+                assert_eq!(g.key_id, key.id);
+                assert_eq!((g.principal.name.as_str(), g.principal.role), ("admin", Role::Admin));
+            }
+            other => panic!("{:?}", other),
+        }
         let last = if text.ends_with('0') { '1' } else { '0' };
         let other = format!("{}{}", &text[..text.len() - 1], last);
         assert_eq!(db.lookup_key(&other).unwrap(), KeyLookup::Unknown);
         assert_eq!(
-            db.revoke_key(&key.id, &Actor::cli()).unwrap(),
+            db.revoke_key(&key.id, None, &Actor::cli()).unwrap(),
             Revoke::Revoked
         );
         assert_eq!(
-            db.revoke_key(&key.id, &Actor::cli()).unwrap(),
+            db.revoke_key(&key.id, None, &Actor::cli()).unwrap(),
             Revoke::AlreadyRevoked
         );
         assert_eq!(
-            db.revoke_key("nope", &Actor::cli()).unwrap(),
+            db.revoke_key("nope", None, &Actor::cli()).unwrap(),
             Revoke::NotFound
         );
         assert_eq!(

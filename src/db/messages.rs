@@ -1,5 +1,7 @@
-//! Messages of a conversation, oldest first. Inserting or updating one
-//! moves its conversation's `updated_at` forward in the same transaction.
+//! Messages of a conversation, oldest first. Every call takes the `Owner`
+//! of the conversation (another user's is `NotFound`). Inserting or
+//! updating one moves its conversation's `updated_at` forward in the same
+//! transaction.
 
 use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
@@ -7,7 +9,8 @@ use serde_json::json;
 
 use super::page::{Kind, Page, PageReq, Position};
 use super::reads::{Arg, Read};
-use super::{exists, monotonic_now, opt_json, Db, StoreError};
+use super::users::Owner;
+use super::{monotonic_now, opt_json, owned, Db, StoreError};
 
 /// Who wrote a stored message. The one list of stored roles: the schema's
 /// CHECK constraint and the JSON say the same names (`as_str`).
@@ -118,8 +121,11 @@ const LIST: &str = concat!(
 );
 /// The newest row's `created_at` (two lookups, as `projects::NEWEST`).
 const NEWEST: &str = "SELECT created_at FROM messages WHERE seq = (SELECT max(seq) FROM messages)";
-const CONVERSATION_EXISTS: &str = "SELECT 1 FROM conversations WHERE id = ?1";
-const CONVERSATION_OF: &str = "SELECT conversation_id FROM messages WHERE id = ?1";
+const CONVERSATION_EXISTS: &str = "SELECT 1 FROM conversations WHERE id = ?1 AND owner_id = ?2";
+/// A message's conversation, if the owner's.
+const CONVERSATION_OF: &str = "SELECT m.conversation_id FROM messages m
+     JOIN conversations c ON c.id = m.conversation_id
+     WHERE m.id = ?1 AND c.owner_id = ?2";
 /// The message row as the server writes it (also `examples/bulk_load.rs`).
 pub const INSERT: &str =
     "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at)
@@ -150,12 +156,12 @@ pub const READS: &[Read] = &[
     Read::bounded(
         "messages::conversation_exists",
         CONVERSATION_EXISTS,
-        &[Arg::ConversationId],
+        &[Arg::ConversationId, Arg::UserId],
     ),
     Read::bounded(
         "messages::conversation_of",
         CONVERSATION_OF,
-        &[Arg::MessageId],
+        &[Arg::MessageId, Arg::UserId],
     ),
 ];
 
@@ -181,10 +187,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Message, Position)> {
 
 impl Db {
     /// Stores a message (unknown conversation: `NotFound`).
-    pub fn insert_message(&self, m: &NewMessage<'_>) -> Result<Message, StoreError> {
+    pub fn insert_message(&self, owner: Owner, m: &NewMessage<'_>) -> Result<Message, StoreError> {
         let usage_text = m.usage.map(|u| u.to_string());
         self.write(|tx| {
-            if !exists(tx, CONVERSATION_EXISTS, m.conversation_id)? {
+            if !owned(tx, CONVERSATION_EXISTS, owner, m.conversation_id)? {
                 return Err(StoreError::NotFound);
             }
             let now = monotonic_now(tx, NEWEST)?;
@@ -220,6 +226,7 @@ impl Db {
     /// being completed). Unknown id: `NotFound`.
     pub fn update_message(
         &self,
+        owner: Owner,
         id: &str,
         content: &str,
         status: Status,
@@ -228,7 +235,7 @@ impl Db {
         let usage_text = usage.map(|u| u.to_string());
         self.write(|tx| {
             let conversation: Option<String> = tx
-                .query_row_cached(CONVERSATION_OF, [id], |r| r.get(0))
+                .query_row_cached(CONVERSATION_OF, [id, owner.id()], |r| r.get(0))
                 .optional()?;
             let Some(conversation) = conversation else {
                 return Err(StoreError::NotFound);
@@ -249,10 +256,14 @@ impl Db {
     /// (the history sent upstream).
     pub fn recent_messages(
         &self,
+        owner: Owner,
         conversation_id: &str,
         max: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let conn = self.conn()?;
+        if !owned(&conn, CONVERSATION_EXISTS, owner, conversation_id)? {
+            return Err(StoreError::NotFound);
+        }
         let mut st = conn.prepare_cached(RECENT)?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut rows = st
@@ -267,11 +278,12 @@ impl Db {
     /// conversation: `NotFound`).
     pub fn list_messages(
         &self,
+        owner: Owner,
         conversation_id: &str,
         req: &PageReq,
     ) -> Result<Page<Message>, StoreError> {
         let conn = self.conn()?;
-        if !exists(&conn, CONVERSATION_EXISTS, conversation_id)? {
+        if !owned(&conn, CONVERSATION_EXISTS, owner, conversation_id)? {
             return Err(StoreError::NotFound);
         }
         let after = req.after.unwrap_or(Position {
@@ -308,17 +320,19 @@ mod tests {
     #[test]
     fn insert_bumps_conversation_and_recent_is_oldest_first() {
         let db = temp_db();
-        let c = db.create_conversation(None, None, None, None).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let c = db.create_conversation(o, None, None, None, None).unwrap();
         for i in 0..5 {
-            db.insert_message(&msg(&c.id, &i.to_string())).unwrap();
+            db.insert_message(o, &msg(&c.id, &i.to_string())).unwrap();
         }
-        let recent = db.recent_messages(&c.id, 3).unwrap();
+        let recent = db.recent_messages(o, &c.id, 3).unwrap();
         let texts: Vec<&str> = recent.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(texts, ["2", "3", "4"]);
-        let after = db.get_conversation(&c.id).unwrap();
+        let after = db.get_conversation(o, &c.id).unwrap();
         assert!(after.updated_at >= recent[2].created_at);
         assert_eq!(
-            db.insert_message(&msg("nope", "x")).unwrap_err(),
+            db.insert_message(o, &msg("nope", "x")).unwrap_err(),
             StoreError::NotFound
         );
     }
@@ -335,7 +349,9 @@ mod tests {
         assert_eq!("done".parse::<Status>(), Err(()));
         // The CHECK constraints name the same lists.
         let db = temp_db();
-        let c = db.create_conversation(None, None, None, None).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let c = db.create_conversation(o, None, None, None, None).unwrap();
         let insert = |role: &str, status: &str| {
             db.conn().unwrap().execute(
                 "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
@@ -355,18 +371,20 @@ mod tests {
     #[test]
     fn update_message_sets_content_status_and_usage() {
         let db = temp_db();
-        let c = db.create_conversation(None, None, None, None).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let c = db.create_conversation(o, None, None, None, None).unwrap();
         let m = db
-            .insert_message(&NewMessage {
+            .insert_message(o, &NewMessage {
                 role: Role::Assistant,
                 status: Status::Partial,
                 ..msg(&c.id, "")
             })
             .unwrap();
         let usage = json!({"prompt_tokens": 3});
-        db.update_message(&m.id, "done", Status::Complete, Some(&usage))
+        db.update_message(o, &m.id, "done", Status::Complete, Some(&usage))
             .unwrap();
-        let got = db.recent_messages(&c.id, 10).unwrap().remove(0);
+        let got = db.recent_messages(o, &c.id, 10).unwrap().remove(0);
         assert_eq!(
             (got.content.as_str(), got.status, got.usage.clone()),
             ("done", Status::Complete, Some(usage))
@@ -375,7 +393,7 @@ mod tests {
         assert_eq!(got.to_json()["status"], "complete");
         assert_eq!(got.to_json()["role"], "assistant");
         assert_eq!(
-            db.update_message("nope", "x", Status::Complete, None),
+            db.update_message(o, "nope", "x", Status::Complete, None),
             Err(StoreError::NotFound)
         );
     }
@@ -383,9 +401,11 @@ mod tests {
     #[test]
     fn pages_walk_every_message_once() {
         let db = temp_db();
-        let c = db.create_conversation(None, None, None, None).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let c = db.create_conversation(o, None, None, None, None).unwrap();
         for i in 0..7 {
-            db.insert_message(&msg(&c.id, &i.to_string())).unwrap();
+            db.insert_message(o, &msg(&c.id, &i.to_string())).unwrap();
         }
         let mut seen = Vec::new();
         let mut req = PageReq {
@@ -393,7 +413,7 @@ mod tests {
             after: None,
         };
         loop {
-            let page = db.list_messages(&c.id, &req).unwrap();
+            let page = db.list_messages(o, &c.id, &req).unwrap();
             seen.extend(page.items.iter().map(|m| m.content.clone()));
             match page.next_cursor {
                 Some(cur) => req.after = crate::db::page::decode(&cur, Kind::Messages),

@@ -60,6 +60,7 @@ pub mod projects;
 pub mod reads;
 pub mod ready;
 pub mod schema;
+pub mod users;
 pub mod writer;
 
 use rusqlite::OptionalExtension;
@@ -73,6 +74,7 @@ pub use messages::{Message, NewMessage, Role, Status};
 pub use page::{Page, PageReq};
 pub use pool::PooledConn;
 pub use projects::Project;
+pub use users::{Owner, Principal};
 
 /// The database handle: cheap to clone, shared by every worker.
 #[derive(Clone)]
@@ -209,9 +211,15 @@ fn monotonic_now(tx: &rusqlite::Connection, newest_sql: &'static str) -> Result<
 }
 
 /// Whether `sql` (a `SELECT 1 ... WHERE id = ?1`) finds a row.
-fn exists(tx: &rusqlite::Connection, sql: &'static str, id: &str) -> Result<bool, StoreError> {
+/// Whether the row `id` exists and belongs to `owner` (`sql` takes both).
+fn owned(
+    tx: &rusqlite::Connection,
+    sql: &'static str,
+    owner: users::Owner,
+    id: &str,
+) -> Result<bool, StoreError> {
     Ok(tx
-        .query_row_cached(sql, [id], |_| Ok(()))
+        .query_row_cached(sql, [id, owner.id()], |_| Ok(()))
         .optional()?
         .is_some())
 }

@@ -1,6 +1,8 @@
-//! Projects: a name and a description that group conversations. Listed
-//! newest first; deleting one removes its conversations and their messages
-//! (FK cascade) and is audited in the same transaction.
+//! Projects: a name and a description that group conversations, owned by
+//! one user (every call takes its `Owner`; another user's project is
+//! `NotFound`). Listed newest first; deleting one removes its
+//! conversations and their messages (FK cascade) and is audited in the
+//! same transaction.
 
 use super::Cached;
 use rusqlite::{params, OptionalExtension, Row};
@@ -9,6 +11,7 @@ use serde_json::json;
 use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
 use super::reads::{Arg, Read};
+use super::users::Owner;
 use super::{monotonic_now, opt_json, Db, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,27 +49,36 @@ macro_rules! columns {
         "seq, id, name, description, created_at, updated_at"
     };
 }
-const GET: &str = concat!("SELECT ", columns!(), " FROM projects WHERE id = ?1");
+const GET: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM projects WHERE id = ?1 AND owner_id = ?2"
+);
 const LIST: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM projects WHERE (created_at, seq) < (?1, ?2)
-     ORDER BY created_at DESC, seq DESC LIMIT ?3"
+    " FROM projects WHERE owner_id = ?1 AND (created_at, seq) < (?2, ?3)
+     ORDER BY created_at DESC, seq DESC LIMIT ?4"
 );
 /// The newest row's `created_at`, found through the rowid's maximum (a
 /// plan of two lookups, never a walk).
 const NEWEST: &str = "SELECT created_at FROM projects WHERE seq = (SELECT max(seq) FROM projects)";
 const COUNT_CONVERSATIONS: &str = "SELECT count(*) FROM conversations WHERE project_id = ?1";
 /// The project row as the server writes it (also `examples/bulk_load.rs`).
-pub const INSERT: &str = "INSERT INTO projects (id, name, description, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+pub const INSERT: &str = "INSERT INTO projects (id, name, description, created_at, updated_at, owner_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// The reads above, for tests/query_plans.rs (`db::reads`).
 pub const READS: &[Read] = &[
-    Read::bounded("projects::get", GET, &[Arg::ProjectId]),
+    Read::bounded("projects::get", GET, &[Arg::ProjectId, Arg::UserId]),
     Read::bounded(
         "projects::list",
         LIST,
-        &[Arg::Int(i64::MAX), Arg::Int(i64::MAX), Arg::Limit],
+        &[
+            Arg::UserId,
+            Arg::Int(i64::MAX),
+            Arg::Int(i64::MAX),
+            Arg::Limit,
+        ],
     ),
     Read::bounded("projects::newest", NEWEST, &[]),
     Read::bounded(
@@ -91,8 +103,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Project, Position)> {
     Ok((p, pos))
 }
 
-fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, StoreError> {
-    conn.query_row_cached(GET, [id], from_row)
+fn get_in(conn: &rusqlite::Connection, owner: Owner, id: &str) -> Result<Project, StoreError> {
+    conn.query_row_cached(GET, [id, owner.id()], from_row)
         .optional()?
         .map(|(p, _)| p)
         .ok_or(StoreError::NotFound)
@@ -101,6 +113,7 @@ fn get_in(conn: &rusqlite::Connection, id: &str) -> Result<Project, StoreError> 
 impl Db {
     pub fn create_project(
         &self,
+        owner: Owner,
         name: &str,
         description: Option<&str>,
     ) -> Result<Project, StoreError> {
@@ -115,18 +128,25 @@ impl Db {
             };
             tx.execute_cached(
                 INSERT,
-                params![p.id, p.name, p.description, p.created_at, p.updated_at],
+                params![
+                    p.id,
+                    p.name,
+                    p.description,
+                    p.created_at,
+                    p.updated_at,
+                    owner.id()
+                ],
             )?;
             Ok(p)
         })
     }
 
-    pub fn get_project(&self, id: &str) -> Result<Project, StoreError> {
-        get_in(&*self.conn()?, id)
+    pub fn get_project(&self, owner: Owner, id: &str) -> Result<Project, StoreError> {
+        get_in(&*self.conn()?, owner, id)
     }
 
-    /// Projects, newest first.
-    pub fn list_projects(&self, req: &PageReq) -> Result<Page<Project>, StoreError> {
+    /// The owner's projects, newest first.
+    pub fn list_projects(&self, owner: Owner, req: &PageReq) -> Result<Page<Project>, StoreError> {
         let conn = self.conn()?;
         let before = req.after.unwrap_or(Position {
             created_at: i64::MAX,
@@ -135,7 +155,7 @@ impl Db {
         let mut st = conn.prepare_cached(LIST)?;
         let rows = st
             .query_map(
-                params![before.created_at, before.seq, req.fetch()],
+                params![owner.id(), before.created_at, before.seq, req.fetch()],
                 from_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -143,9 +163,14 @@ impl Db {
     }
 
     /// Applies a PATCH; an empty one returns the project unchanged.
-    pub fn update_project(&self, id: &str, patch: &ProjectPatch) -> Result<Project, StoreError> {
+    pub fn update_project(
+        &self,
+        owner: Owner,
+        id: &str,
+        patch: &ProjectPatch,
+    ) -> Result<Project, StoreError> {
         self.write(|tx| {
-            let mut p = get_in(tx, id)?;
+            let mut p = get_in(tx, owner, id)?;
             if *patch == ProjectPatch::default() {
                 return Ok(p);
             }
@@ -165,11 +190,15 @@ impl Db {
     }
 
     /// Deletes a project with its conversations and messages.
-    pub fn delete_project(&self, id: &str, actor: &Actor) -> Result<(), StoreError> {
+    pub fn delete_project(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx| {
+            get_in(tx, owner, id)?;
             let conversations: i64 =
                 tx.query_row_cached(COUNT_CONVERSATIONS, [id], |r| r.get(0))?;
-            let n = tx.execute_cached("DELETE FROM projects WHERE id = ?1", [id])?;
+            let n = tx.execute_cached(
+                "DELETE FROM projects WHERE id = ?1 AND owner_id = ?2",
+                [id, owner.id()],
+            )?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -192,12 +221,14 @@ mod tests {
     #[test]
     fn delete_cascades_to_conversations_and_messages() {
         let db = temp_db();
-        let p = db.create_project("p", None).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let p = db.create_project(o, "p", None).unwrap();
         let c = db
-            .create_conversation(Some(&p.id), None, None, None)
+            .create_conversation(o, Some(&p.id), None, None, None)
             .unwrap();
-        let other = db.create_conversation(None, None, None, None).unwrap();
-        db.insert_message(&NewMessage {
+        let other = db.create_conversation(o, None, None, None, None).unwrap();
+        db.insert_message(o, &NewMessage {
             conversation_id: &c.id,
             role: crate::db::Role::User,
             content: "hi",
@@ -206,9 +237,9 @@ mod tests {
             usage: None,
         })
         .unwrap();
-        db.delete_project(&p.id, &Actor::default()).unwrap();
-        assert_eq!(db.get_conversation(&c.id), Err(StoreError::NotFound));
-        assert!(db.get_conversation(&other.id).is_ok());
+        db.delete_project(o, &p.id, &Actor::default()).unwrap();
+        assert_eq!(db.get_conversation(o, &c.id), Err(StoreError::NotFound));
+        assert!(db.get_conversation(o, &other.id).is_ok());
         let left: i64 = db
             .conn()
             .unwrap()
@@ -234,13 +265,15 @@ mod tests {
     #[test]
     fn patch_keeps_absent_fields_and_clears_null_ones() {
         let db = temp_db();
-        let p = db.create_project("p", Some("d")).unwrap();
+        let me = db.user_by_name("admin").unwrap().id;
+        let o = crate::db::Owner::of(&me);
+        let p = db.create_project(o, "p", Some("d")).unwrap();
         assert_eq!(
-            db.update_project(&p.id, &ProjectPatch::default()).unwrap(),
+            db.update_project(o, &p.id, &ProjectPatch::default()).unwrap(),
             p
         );
         let u = db
-            .update_project(
+            .update_project(o, 
                 &p.id,
                 &ProjectPatch {
                     name: Some("q".into()),
@@ -253,7 +286,7 @@ mod tests {
             ("q", Some("d"))
         );
         let u = db
-            .update_project(
+            .update_project(o, 
                 &p.id,
                 &ProjectPatch {
                     name: None,
@@ -263,7 +296,7 @@ mod tests {
             .unwrap();
         assert_eq!(u.description, None);
         assert_eq!(
-            db.update_project("nope", &ProjectPatch::default()),
+            db.update_project(o, "nope", &ProjectPatch::default()),
             Err(StoreError::NotFound)
         );
     }

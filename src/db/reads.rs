@@ -28,6 +28,9 @@ pub enum Arg {
     ConversationId,
     MessageId,
     KeyId,
+    /// A user owning more rows than a page holds.
+    UserId,
+    UserName,
     /// The SHA-256 hex of a stored key (`keys::hash_key`).
     KeyHash,
     /// An audit time with more rows after it than the limit.
@@ -69,6 +72,7 @@ pub const MODULES: &[(&str, &[Read])] = &[
     ("messages.rs", super::messages::READS),
     ("keys.rs", super::keys::READS),
     ("audit_log.rs", super::audit_log::READS),
+    ("users.rs", super::users::READS),
 ];
 
 /// Every listed read.

@@ -73,6 +73,54 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_time ON audit (time, id);
     ",
+    // 2: users own keys, projects and conversations; browser sessions.
+    // Whoever used the database before users existed becomes the admin
+    // `admin` (no password: `portcullis users passwd admin` sets one), owner
+    // of every key, project and conversation; a new database gets the same
+    // user, who receives the first key. `owner_id` / `user_id` are set on
+    // every row by storage (a column added by ALTER TABLE cannot be NOT
+    // NULL without a default); lists go by owner, so the old indexes by
+    // creation time alone are dropped.
+    "
+    CREATE TABLE users (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        name          TEXT NOT NULL UNIQUE,
+        role          TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+        password_hash TEXT,
+        disabled      INTEGER NOT NULL DEFAULT 0,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE INDEX users_by_created ON users (created_at, seq);
+    CREATE INDEX users_by_role ON users (role, disabled, created_at, seq);
+    INSERT INTO users (id, name, role, created_at)
+        VALUES (lower(hex(randomblob(12))), 'admin', 'admin',
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+
+    ALTER TABLE api_keys ADD COLUMN user_id TEXT REFERENCES users (id);
+    ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN models TEXT;
+    ALTER TABLE projects ADD COLUMN owner_id TEXT REFERENCES users (id);
+    ALTER TABLE conversations ADD COLUMN owner_id TEXT REFERENCES users (id);
+    UPDATE api_keys SET user_id = (SELECT id FROM users WHERE name = 'admin');
+    UPDATE projects SET owner_id = (SELECT id FROM users WHERE name = 'admin');
+    UPDATE conversations SET owner_id = (SELECT id FROM users WHERE name = 'admin');
+
+    DROP INDEX projects_by_created;
+    DROP INDEX conversations_by_created;
+    CREATE INDEX projects_by_owner ON projects (owner_id, created_at, seq);
+    CREATE INDEX conversations_by_owner ON conversations (owner_id, created_at, seq);
+    CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at, id);
+
+    CREATE TABLE sessions (
+        hash         TEXT PRIMARY KEY,
+        user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_id);
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -48,6 +48,9 @@ pub trait FailureLog {
 /// What authentication uses, and nothing else.
 pub struct Auth<'a> {
     pub mode: AuthMode,
+    /// Who every request acts for in auth mode `none` (the built-in
+    /// `local` admin).
+    pub local: Option<&'a crate::db::Principal>,
     pub keys: &'a dyn KeyStore,
     /// Failed authentications per client address.
     pub failures: &'a Limiter,
@@ -129,6 +132,7 @@ impl Auth<'_> {
     /// Authenticates the request at `now` (see the module doc).
     pub fn check(&self, ctx: &mut Ctx, now: Instant) -> Result<(), ApiError> {
         if self.mode == AuthMode::None {
+            ctx.principal = self.local.cloned();
             return Ok(());
         }
         // An unrouted request never reaches here; if one did, it needs a key.
@@ -155,11 +159,20 @@ impl Auth<'_> {
             }
         };
         match self.keys.lookup(key)? {
-            KeyLookup::Valid { id } => {
-                ctx.key_id = Some(id);
+            KeyLookup::Valid(grant) => {
+                ctx.key_id = Some(grant.key_id);
+                ctx.principal = Some(grant.principal);
+                ctx.key_models = grant.models;
                 Ok(())
             }
             KeyLookup::Revoked { id } => Err(self.refuse(ctx, "revoked", Some(&id), now)),
+            KeyLookup::Expired { id } => Err(self.refuse(ctx, "expired", Some(&id), now)),
+            // A real key of a disabled user: not a guess, so no failure is
+            // counted against the address.
+            KeyLookup::Disabled { id } => {
+                self.log.auth_failed(ctx, "user_disabled", Some(&id));
+                Err(ApiError::Forbidden)
+            }
             KeyLookup::Unknown => Err(self.refuse(ctx, "unknown", None, now)),
         }
     }
@@ -220,7 +233,16 @@ mod tests {
         fn lookup(&self, presented: &str) -> Result<KeyLookup, ApiError> {
             self.lookups.set(self.lookups.get() + 1);
             Ok(if self.valid.iter().any(|k| k == presented) {
-                KeyLookup::Valid { id: "k1".into() }
+                KeyLookup::Valid(keys::Grant {
+                    key_id: "k1".into(),
+                    principal: crate::db::Principal {
+                        user_id: "u1".into(),
+                        name: "alice".into(),
+                        role: crate::db::users::Role::Member,
+                    },
+                    models: None,
+                    expires_at: None,
+                })
             } else {
                 KeyLookup::Unknown
             })
@@ -243,6 +265,7 @@ mod tests {
         let limiter = Limiter::for_auth_failures(20, 1000);
         let app = Auth {
             mode: AuthMode::ApiKey,
+            local: None,
             keys: &fake,
             failures: &limiter,
             log: &fake,

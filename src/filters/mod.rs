@@ -46,6 +46,7 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
     let now = Instant::now();
     auth::Auth {
         mode: app.cfg.auth.mode,
+        local: app.local_user.as_ref(),
         keys: &app.db,
         failures: &app.auth_failures,
         log: app,

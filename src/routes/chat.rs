@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 
 use super::fields::{Body, Field, Kind, Unknown, ID_MAX, MODEL_MAX, TITLE_MAX};
 use crate::app::App;
-use crate::db::{Message, NewMessage, Role, Status};
+use crate::db::{Message, NewMessage, Owner, Role, Status};
 use crate::error::ApiError;
 use crate::http::{Ctx, Reply, StreamOut};
 use crate::logging;
@@ -173,9 +173,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         false => None,
     };
 
+    // Every storage call below, also on the stream's or relay's side, is
+    // scoped to the caller.
+    let owner_id = ctx.owner()?.id().to_string();
+    let owner = Owner::of(&owner_id);
     let conversation = match &req.conversation_id {
         Some(id) => {
-            let c = app.db.get_conversation(id)?;
+            let c = app.db.get_conversation(owner, id)?;
             // No such conversation in that project: an unknown id (404).
             if req.project_id.is_some() && req.project_id != c.project_id {
                 return Err(ApiError::NotFound);
@@ -185,6 +189,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         None => {
             let title = auto_title(&req.message);
             app.db.create_conversation(
+                owner,
                 req.project_id.as_deref(),
                 Some(&title),
                 req.model.as_deref(),
@@ -197,7 +202,8 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         .clone()
         .or_else(|| conversation.model.clone())
         .unwrap_or_else(|| app.cfg.upstream.model.clone());
-    let user = app.db.insert_message(&NewMessage {
+    ctx.check_model(&model)?;
+    let user = app.db.insert_message(owner, &NewMessage {
         conversation_id: &conversation.id,
         role: Role::User,
         content: &req.message,
@@ -208,7 +214,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let cfg = &app.cfg.upstream;
     let stored = app
         .db
-        .recent_messages(&conversation.id, cfg.history_max_messages)?;
+        .recent_messages(owner, &conversation.id, cfg.history_max_messages)?;
     let messages = history(
         conversation.system_prompt.as_deref(),
         &stored,
@@ -229,6 +235,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let Some(slot) = slot else {
         let (up, db) = (app.upstream.clone(), app.db.clone());
         let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
+        let owner_id = owner_id.clone();
         return Ok(Reply::deferred(Box::new(move || {
             // Only the content and usage are read from the answer.
             let answered = up.complete(&upstream_req).and_then(|a| {
@@ -244,7 +251,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 Ok((c, u)) => (c.as_str(), Status::Complete, u.as_ref()),
                 Err(_) => ("", Status::Error, None),
             };
-            let assistant = db.insert_message(&NewMessage {
+            let assistant = db.insert_message(Owner::of(&owner_id), &NewMessage {
                 conversation_id: &conversation_id,
                 role: Role::Assistant,
                 content,
@@ -260,7 +267,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         })));
     };
 
-    let assistant = app.db.insert_message(&NewMessage {
+    let assistant = app.db.insert_message(owner, &NewMessage {
         conversation_id: &conversation.id,
         role: Role::Assistant,
         content: "",
@@ -271,7 +278,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let mut handle = match app.upstream.open_stream(upstream_req, &ctx.request_id) {
         Ok(h) => h,
         Err(e) => {
-            store_end(app, &assistant.id, "", Status::Error);
+            store_end(app, owner, &assistant.id, "", Status::Error);
             return Err(e);
         }
     };
@@ -286,7 +293,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let started = Instant::now();
         let store_error = || {
             let id = start["message_id"].as_str().unwrap_or_default();
-            if let Err(e) = app_db.update_message(id, "", Status::Error, None) {
+            if let Err(e) = app_db.update_message(Owner::of(&owner_id), id, "", Status::Error, None) {
                 log_store_failure(e);
             }
         };
@@ -320,7 +327,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             metrics.record_upstream_error(err.code());
         }
         let id = start["message_id"].as_str().unwrap_or_default();
-        if let Err(e) = app_db.update_message(id, &answer.text, status, answer.usage.as_ref()) {
+        if let Err(e) = app_db.update_message(
+            Owner::of(&owner_id),
+            id,
+            &answer.text,
+            status,
+            answer.usage.as_ref(),
+        ) {
             log_store_failure(e);
         }
         super::openai::log_stream_end(crate::router::Route::Chat, outcome, started);
@@ -382,8 +395,8 @@ impl Answer {
 
 /// Final update of an assistant message; a failure is logged (the reply
 /// already reflects the upstream outcome).
-fn store_end(app: &App, id: &str, content: &str, status: Status) {
-    if let Err(e) = app.db.update_message(id, content, status, None) {
+fn store_end(app: &App, owner: Owner, id: &str, content: &str, status: Status) {
+    if let Err(e) = app.db.update_message(owner, id, content, status, None) {
         log_store_failure(e);
     }
 }

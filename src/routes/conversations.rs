@@ -40,6 +40,7 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let model = MODEL.opt_str(&body)?;
     let system_prompt = SYSTEM_PROMPT.opt_str(&body)?;
     let c = app.db.create_conversation(
+        ctx.owner()?,
         project_id.as_deref(),
         title.as_deref(),
         model.as_deref(),
@@ -56,15 +57,15 @@ pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             return Err(ApiError::validation("project_id", "no project has this id"));
         }
     }
-    let page = app.db.list_conversations(project_id.as_deref(), &req)?;
+    let page = app
+        .db
+        .list_conversations(ctx.owner()?, project_id.as_deref(), &req)?;
     Ok(Reply::json(200, &page.to_json(|c| c.to_json())))
 }
 
 pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    Ok(Reply::json(
-        200,
-        &app.db.get_conversation(id(ctx)?)?.to_json(),
-    ))
+    let c = app.db.get_conversation(ctx.owner()?, id(ctx)?)?;
+    Ok(Reply::json(200, &c.to_json()))
 }
 
 pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
@@ -75,19 +76,20 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         model: MODEL.patch_str(&body)?,
         system_prompt: SYSTEM_PROMPT.patch_str(&body)?,
     };
-    let c = app.db.update_conversation(id(ctx)?, &patch)?;
+    let c = app.db.update_conversation(ctx.owner()?, id(ctx)?, &patch)?;
     Ok(Reply::json(200, &c.to_json()))
 }
 
 pub fn delete(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let id = id(ctx)?.to_string();
-    app.db.delete_conversation(&id, &crate::audit::actor(ctx))?;
+    app.db
+        .delete_conversation(ctx.owner()?, &id, &crate::audit::actor(ctx))?;
     crate::logging::info("conversation deleted", &[("conversation_id", json!(id))]);
     Ok(Reply::empty(204))
 }
 
 pub fn messages(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Messages)?;
-    let page = app.db.list_messages(id(ctx)?, &req)?;
+    let page = app.db.list_messages(ctx.owner()?, id(ctx)?, &req)?;
     Ok(Reply::json(200, &page.to_json(|m| m.to_json())))
 }

@@ -34,18 +34,21 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let body = CREATE.read(ctx)?;
     let name = NAME.req_str(&body)?;
     let description = DESCRIPTION.opt_str(&body)?;
-    let p = app.db.create_project(&name, description.as_deref())?;
+    let p = app
+        .db
+        .create_project(ctx.owner()?, &name, description.as_deref())?;
     Ok(Reply::json(201, &p.to_json()))
 }
 
 pub fn list(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let req = PageReq::from_query(|p| ctx.query_param(p), Kind::Projects)?;
-    let page = app.db.list_projects(&req)?;
+    let page = app.db.list_projects(ctx.owner()?, &req)?;
     Ok(Reply::json(200, &page.to_json(|p| p.to_json())))
 }
 
 pub fn get(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    Ok(Reply::json(200, &app.db.get_project(id(ctx)?)?.to_json()))
+    let p = app.db.get_project(ctx.owner()?, id(ctx)?)?;
+    Ok(Reply::json(200, &p.to_json()))
 }
 
 pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
@@ -54,13 +57,14 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         name: NAME_PATCH.patch_str(&body)?.flatten(),
         description: DESCRIPTION.patch_str(&body)?,
     };
-    let p = app.db.update_project(id(ctx)?, &patch)?;
+    let p = app.db.update_project(ctx.owner()?, id(ctx)?, &patch)?;
     Ok(Reply::json(200, &p.to_json()))
 }
 
 pub fn delete(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let id = id(ctx)?.to_string();
-    app.db.delete_project(&id, &crate::audit::actor(ctx))?;
+    app.db
+        .delete_project(ctx.owner()?, &id, &crate::audit::actor(ctx))?;
     crate::logging::info("project deleted", &[("project_id", json!(id))]);
     Ok(Reply::empty(204))
 }
