@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Method, Reply};
 use crate::routes::fields::{Body, Field};
 use crate::routes::{chat, conversations, csrf, health, metrics, openai, openapi, projects};
-use crate::routes::{ready, ui};
+use crate::routes::{ready, ui, users};
 
 /// A handler: the filtered request in, a reply or a contract error out.
 pub type Handler = fn(&App, &mut Ctx) -> Result<Reply, ApiError>;
@@ -27,9 +27,19 @@ pub enum Access {
     Public,
     /// A valid API key (`Authorization: Bearer`) in auth mode `api_key`.
     Key,
+    /// As `Key`, and the caller's role is `admin` (else 403 `forbidden`,
+    /// `routes::dispatch`).
+    Admin,
     /// Loopback clients and trusted proxies only, without a key; anyone
     /// else gets 404 so the route is not advertised (`routes::dispatch`).
     Local,
+}
+
+impl Access {
+    /// Whether the caller must authenticate (filter 5).
+    pub const fn needs_key(self) -> bool {
+        matches!(self, Access::Key | Access::Admin)
+    }
 }
 
 /// Rate-limit class of a route (filter 6).
@@ -175,8 +185,9 @@ const PAGE_OF_CONVERSATIONS: &[Query] = &[
     Query::Cursor(page::Kind::Conversations),
 ];
 const PAGE_OF_MESSAGES: &[Query] = &[Query::Limit, Query::Cursor(page::Kind::Messages)];
+const ADMIN_KEYS_QUERY: &[Query] = &[Query::Field(users::ADMIN_KEYS_USER_ID)];
 
-use Access::{Local, Public};
+use Access::{Admin, Local, Public};
 use RouteClass::{Chat, Exempt};
 
 route_table! {
@@ -240,6 +251,34 @@ route_table! {
         .body(&openai::BODY)
         .answers(Answer::JsonOrStream("ChatCompletion", &["message"])).upstream()
         .doc("OpenAI-compatible chat completions relay, streaming and not"),
+    Me = get("/api/me", users::me).answers(Answer::Json(200, "Me"))
+        .doc("Who the caller is, and how they authenticated"),
+    KeysList = get("/api/keys", users::keys_list).answers(Answer::Json(200, "KeyList"))
+        .doc("The caller's API keys (never the keys themselves)"),
+    KeysCreate = post("/api/keys", users::keys_create).body(&users::KEY_CREATE)
+        .answers(Answer::Json(201, "KeyCreated"))
+        .doc("A new API key for the caller, shown once"),
+    KeyDelete = delete("/api/keys/{id}", users::keys_delete)
+        .doc("Revoke one of the caller's keys at once"),
+    AdminUsersList = get("/api/admin/users", users::admin_users_list).access(Admin)
+        .answers(Answer::Json(200, "UserList"))
+        .doc("Every user (admin)"),
+    AdminUsersCreate = post("/api/admin/users", users::admin_users_create).access(Admin)
+        .body(&users::USER_CREATE).answers(Answer::Json(201, "User"))
+        .doc("Create a user (admin)"),
+    AdminUserUpdate = patch("/api/admin/users/{id}", users::admin_users_update).access(Admin)
+        .body(&users::USER_UPDATE).answers(Answer::Json(200, "User"))
+        .doc("Change a user's role or disable them; effective on their next request (admin)"),
+    AdminUserDelete = delete("/api/admin/users/{id}", users::admin_users_delete).access(Admin)
+        .doc("Disable a user, keeping their data (admin)"),
+    AdminKeysList = get("/api/admin/keys", users::admin_keys_list).access(Admin)
+        .query(ADMIN_KEYS_QUERY).answers(Answer::Json(200, "KeyList"))
+        .doc("One user's API keys (admin)"),
+    AdminKeysCreate = post("/api/admin/keys", users::admin_keys_create).access(Admin)
+        .body(&users::ADMIN_KEY_CREATE).answers(Answer::Json(201, "KeyCreated"))
+        .doc("A new API key for any user, shown once (admin)"),
+    AdminKeyDelete = delete("/api/admin/keys/{id}", users::admin_keys_delete).access(Admin)
+        .doc("Revoke any user's key at once (admin)"),
     Models = get("/v1/models", openai::models)
         .answers(Answer::Json(200, "ModelList")).upstream()
         .doc("Models in OpenAI shape: the upstream's list, or the configured model"),
@@ -260,7 +299,7 @@ impl Route {
 
     /// Routes that need no API key (filter 5).
     pub fn auth_exempt(self) -> bool {
-        self.def().access != Access::Key
+        !self.def().access.needs_key()
     }
 
     /// Routes whose handler reads a JSON body.
@@ -439,6 +478,10 @@ mod tests {
                     | ConversationUpdate
                     | Chat
                     | ChatCompletions
+                    | KeysCreate
+                    | AdminUsersCreate
+                    | AdminUserUpdate
+                    | AdminKeysCreate
             );
             assert_eq!(r.takes_body(), body, "{:?}", r);
         }

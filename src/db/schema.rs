@@ -128,6 +128,13 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to `LATEST` in one transaction, or explains why not.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    migrate_to(conn, LATEST)
+}
+
+/// Brings the database to `target` (tests make databases of earlier
+/// releases with it, to test the upgrade from them).
+pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), String> {
+    let target = target.clamp(0, LATEST);
     let err = |e: rusqlite::Error| format!("database migration failed: {}", e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -135,11 +142,11 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     let current: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
-    if current > LATEST {
+    if current > target {
         return Err(format!(
             "the database schema is version {}, newer than this portcullis knows (version {}); \
              run the newer portcullis or restore a backup made by this version",
-            current, LATEST
+            current, target
         ));
     }
     if current < 0 {
@@ -148,11 +155,11 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
             current
         ));
     }
-    for sql in &MIGRATIONS[current as usize..] {
+    for sql in &MIGRATIONS[current as usize..target as usize] {
         tx.execute_batch(sql).map_err(err)?;
     }
-    if current != LATEST {
-        tx.pragma_update(None, "user_version", LATEST)
+    if current != target {
+        tx.pragma_update(None, "user_version", target)
             .map_err(err)?;
     }
     tx.commit().map_err(err)

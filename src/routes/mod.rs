@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod projects;
 pub mod ready;
 pub mod ui;
+pub mod users;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -34,6 +35,9 @@ pub fn dispatch(app: &App, ctx: &mut Ctx, route: Route) -> Result<Reply, ApiErro
     let def = route.def();
     if def.access == Access::Local && !is_local(app, ctx) {
         return Err(ApiError::NotFound);
+    }
+    if def.access == Access::Admin {
+        ctx.require_admin()?;
     }
     (def.handler)(app, ctx)
 }

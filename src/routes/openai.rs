@@ -107,9 +107,12 @@ pub const BODY: Body = Body {
 
 /// Validates an OpenAI chat request (the body's bytes) and builds the
 /// upstream's copy as JSON text: `model`, `messages` and the
-/// `RELAYED_FIELDS` as sent, `stream` as a boolean. Returns it and whether
-/// it asks for a stream.
-pub fn relay_request(body: &[u8], default_model: &str) -> Result<(Vec<u8>, bool), ApiError> {
+/// `RELAYED_FIELDS` as sent, `stream` as a boolean. Returns it, whether
+/// it asks for a stream, and the model it names.
+pub fn relay_request(
+    body: &[u8],
+    default_model: &str,
+) -> Result<(Vec<u8>, bool, String), ApiError> {
     let fields = BODY.parse(body)?;
     let messages = fields
         .raw("messages")
@@ -138,7 +141,7 @@ pub fn relay_request(body: &[u8], default_model: &str) -> Result<(Vec<u8>, bool)
         );
     }
     let text = serde_json::to_vec(&out).map_err(ApiError::internal)?;
-    Ok((text, stream))
+    Ok((text, stream, model))
 }
 
 /// Checks `messages` (its raw text) without storing it: an array of 1 to
@@ -301,7 +304,9 @@ pub fn log_stream_end(route: crate::router::Route, outcome: &str, started: Insta
 }
 
 pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let (request, stream) = relay_request(&ctx.body, &app.cfg.upstream.model)?;
+    let (request, stream, model) = relay_request(&ctx.body, &app.cfg.upstream.model)?;
+    // A key with a model allowlist: 403 `forbidden` for any other model.
+    ctx.check_model(&model)?;
     if !stream {
         // Waits on a relay thread, not a worker (`server::defer`). The
         // answer is relayed as received: checked, never parsed into a tree.
@@ -411,7 +416,7 @@ mod tests {
 
     fn relay(body: &Value) -> Result<(Value, bool), ApiError> {
         relay_request(body.to_string().as_bytes(), "m")
-            .map(|(text, stream)| (serde_json::from_slice(&text).unwrap(), stream))
+            .map(|(text, stream, _)| (serde_json::from_slice(&text).unwrap(), stream))
     }
 
     #[test]

@@ -104,7 +104,7 @@ fn operation(def: &RouteDef) -> Value {
     op.insert("operationId".into(), operation_id(def).into());
     op.insert("summary".into(), def.summary.into());
     let security = match def.access {
-        Access::Key => json!([{"bearerAuth": []}]),
+        Access::Key | Access::Admin => json!([{"bearerAuth": []}]),
         Access::Public | Access::Local => json!([]),
     };
     op.insert("security".into(), security);
@@ -233,14 +233,23 @@ fn responses(def: &RouteDef) -> Value {
     if !bad_request.is_empty() {
         r.insert("400".into(), error(&bad_request.join("; "), None));
     }
-    if def.access == Access::Key {
+    if def.access.needs_key() {
         r.insert("401".into(), error("unauthorized", None));
     }
-    if unsafe_method {
-        r.insert(
-            "403".into(),
-            error("origin_not_allowed or csrf_token_invalid", None),
-        );
+    let forbidden = match (def.access, unsafe_method) {
+        (Access::Admin, true) => {
+            Some("forbidden (not an admin, or a disabled user), origin_not_allowed or csrf_token_invalid")
+        }
+        (Access::Admin, false) => Some("forbidden (not an admin, or a disabled user)"),
+        (Access::Key, true) => {
+            Some("forbidden (a disabled user), origin_not_allowed or csrf_token_invalid")
+        }
+        (Access::Key, false) => Some("forbidden (a disabled user)"),
+        (_, true) => Some("origin_not_allowed or csrf_token_invalid"),
+        (_, false) => None,
+    };
+    if let Some(why) = forbidden {
+        r.insert("403".into(), error(why, None));
     }
     let can_miss = def.path.contains('{')
         || def.access == Access::Local
@@ -266,7 +275,7 @@ fn responses(def: &RouteDef) -> Value {
         r.insert("415".into(), error("unsupported_media_type", None));
     }
     r.insert("421".into(), error("host_not_allowed", None));
-    if def.class != RouteClass::Exempt || def.access == Access::Key {
+    if def.class != RouteClass::Exempt || def.access.needs_key() {
         r.insert(
             "429".into(),
             error(
@@ -624,6 +633,67 @@ fn schemas() -> Value {
                 "usage": {"type": ["object", "null"]},
             },
         },
+        "Me": {
+            "type": "object",
+            "required": ["user", "auth"],
+            "properties": {
+                "user": schema_ref("Principal"),
+                "auth": {"enum": ["key", "session", "none"]},
+            },
+        },
+        "Principal": {
+            "type": "object",
+            "required": ["id", "name", "role"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "role": {"enum": ["admin", "member"]},
+            },
+        },
+        "User": {
+            "type": "object",
+            "required": ["id", "name", "role", "disabled", "has_password", "created_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "role": {"enum": ["admin", "member"]},
+                "disabled": {"type": "boolean"},
+                "has_password": {"type": "boolean"},
+                "created_at": time,
+            },
+        },
+        "UserList": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": schema_ref("User")}},
+        },
+        "Key": {
+            "type": "object",
+            "required": ["id", "name", "prefix", "user_id", "created_at", "expires_at", "revoked_at", "models"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "prefix": {"type": "string", "description": "the key's first characters, to tell keys apart"},
+                "user_id": {"type": "string"},
+                "created_at": time,
+                "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+                "models": {"type": ["array", "null"], "items": {"type": "string"}},
+            },
+        },
+        "KeyList": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": schema_ref("Key")}},
+        },
+        "KeyCreated": {
+            "description": "a Key with the key itself, shown only this once",
+            "allOf": [schema_ref("Key"), {
+                "type": "object",
+                "required": ["key"],
+                "properties": {"key": {"type": "string"}},
+            }],
+        },
         "ChatReply": {
             "type": "object",
             "required": ["conversation_id", "user_message_id", "message"],
@@ -845,7 +915,7 @@ mod tests {
             let d = route.def();
             let op = &doc["paths"][d.path][d.method.as_str().to_ascii_lowercase()];
             let has = |status: &str| op["responses"].get(status).is_some();
-            assert_eq!(has("401"), d.access == Access::Key, "{}", d.path);
+            assert_eq!(has("401"), d.access.needs_key(), "{}", d.path);
             assert_eq!(
                 op["security"].as_array().unwrap().is_empty(),
                 route.auth_exempt()
