@@ -32,6 +32,8 @@ pub struct App {
     /// In auth mode `none`, the built-in admin `local` every request acts
     /// for (its data is its own, as any user's).
     pub local_user: Option<crate::db::Principal>,
+    /// Failed sign-ins per name and per address (`routes::session`).
+    pub login_throttle: crate::login_throttle::LoginThrottle,
     /// The sweeper thread of both limiters; `stop_background` ends it.
     sweeper: Mutex<Option<SweeperHandle>>,
     pub started: Instant,
@@ -104,8 +106,14 @@ impl App {
         )
         .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         let relays = crate::relays::Relays::new(cfg.server.max_concurrent_streams);
+        let login_throttle = crate::login_throttle::LoginThrottle::new(
+            cfg.auth.login_max_failures,
+            cfg.auth.login_window,
+            cfg.rate_limit.max_tracked_clients,
+        );
         Ok(App {
             local_user,
+            login_throttle,
             streams,
             relays,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),

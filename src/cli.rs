@@ -34,6 +34,8 @@ USAGE:
     portcullis users create --name NAME [--role admin|member] [--config PATH]
                                               create a user (a member by default)
     portcullis users list [--config PATH]     list users
+    portcullis users passwd NAME [--config PATH]
+                                              set a password, read from standard input
     portcullis users disable ID [--config PATH]
                                               refuse the user's keys at once (data kept)
     portcullis audit [--since TIME] [--limit N] [--config PATH]
@@ -57,6 +59,7 @@ pub enum Command {
     UsersCreate { name: String, role: crate::db::users::Role },
     UsersList,
     UsersDisable { id: String },
+    UsersPasswd { name: String },
     KeysList,
     KeysRevoke { id: String },
     Audit { since: Option<String>, limit: usize },
@@ -174,7 +177,11 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         ["users", "list"] => Command::UsersList,
         ["users", "disable", id] => Command::UsersDisable { id: id.to_string() },
         ["users", "disable"] => return Err("users disable needs a user id".into()),
-        ["users", ..] => return Err("users takes create, list or disable".into()),
+        ["users", "passwd", name] => Command::UsersPasswd {
+            name: name.to_string(),
+        },
+        ["users", "passwd"] => return Err("users passwd needs a user name".into()),
+        ["users", ..] => return Err("users takes create, list, disable or passwd".into()),
         ["audit"] => Command::Audit {
             since: since.clone(),
             limit,
@@ -244,6 +251,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::UsersCreate { name, role } => crate::keys_cli::users_create(&cfg, &name, role),
         Command::UsersList => crate::keys_cli::users_list(&cfg),
         Command::UsersDisable { id } => crate::keys_cli::users_disable(&cfg, &id),
+        Command::UsersPasswd { name } => crate::keys_cli::users_passwd(&cfg, &name),
         Command::KeysList => crate::keys_cli::list(&cfg),
         Command::KeysRevoke { id } => crate::keys_cli::revoke(&cfg, &id),
         Command::Audit { since, limit } => crate::keys_cli::audit(&cfg, since.as_deref(), limit),

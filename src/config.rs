@@ -90,6 +90,7 @@ pub struct SecurityConfig {
     pub csrf_tokens: bool,
     pub csrf_token_ttl: Duration,
     pub hsts: bool,
+    pub secure_cookies: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -106,6 +107,10 @@ pub struct AuthConfig {
     /// Failed authentications per client address per minute before the
     /// address is refused (429) ahead of any key lookup.
     pub max_failures_per_minute: u32,
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    pub session_ttl: Duration,
+    pub session_idle: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -14,6 +14,9 @@ pub enum ApiError {
         message: String,
     },
     Unauthorized,
+    /// 401 at sign-in: the same answer for a wrong name and a wrong
+    /// password.
+    SignInFailed,
     /// 403: authenticated, but the role or the key does not allow this
     /// (admin route, model not in the key's allowlist, disabled user).
     Forbidden,
@@ -196,6 +199,7 @@ impl ApiError {
             ValidationFailed { .. } => Code::ValidationFailed,
             Unauthorized => Code::Unauthorized,
             Forbidden => Code::Forbidden,
+            SignInFailed => Code::Unauthorized,
             OriginNotAllowed => Code::OriginNotAllowed,
             CsrfTokenInvalid => Code::CsrfTokenInvalid,
             NotFound => Code::NotFound,
@@ -269,6 +273,7 @@ impl ApiError {
             ValidationFailed { field, message } => format!("{}: {}", field, message),
             Unauthorized => "a valid API key is required (Authorization: Bearer <key>)".into(),
             Forbidden => "this caller may not do this".into(),
+            SignInFailed => "the name or the password is wrong".into(),
             OriginNotAllowed => "the request's origin is not allowed".into(),
             CsrfTokenInvalid => "the CSRF token is missing, invalid or expired".into(),
             NotFound => "not found".into(),

@@ -93,6 +93,9 @@ pub struct Ctx {
     pub principal: Option<crate::db::Principal>,
     /// The authenticating key's model allowlist (None: any model).
     pub key_models: Option<Vec<String>>,
+    /// The hash of the session the request authenticated with (a session
+    /// cookie): unsafe requests then need a CSRF token bound to it.
+    pub session: Option<String>,
     /// The request's Origin when it is allowed (for CORS headers).
     pub cors_origin: Option<String>,
     pub rate: Option<RateInfo>,
@@ -129,6 +132,7 @@ impl Ctx {
             key_id: None,
             principal: None,
             key_models: None,
+            session: None,
             cors_origin: None,
             rate: None,
             error_code: None,
@@ -157,6 +161,7 @@ impl Ctx {
             key_id: self.key_id.clone(),
             principal: self.principal.clone(),
             key_models: self.key_models.clone(),
+            session: self.session.clone(),
             cors_origin: self.cors_origin.clone(),
             rate: self.rate.clone(),
             error_code: self.error_code,
@@ -198,6 +203,25 @@ impl Ctx {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The value of cookie `name` (from every `Cookie` header), if sent once.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        let mut found = None;
+        for header in self.header_all("cookie") {
+            for pair in header.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=') {
+                    if k == name {
+                        if found.is_some() {
+                            // Sent twice: trust neither.
+                            return None;
+                        }
+                        found = Some(v.trim());
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// The first value of header `name` (lower-case).

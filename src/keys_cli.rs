@@ -171,6 +171,45 @@ pub fn users_disable(cfg: &Config, id: &str) -> i32 {
     }
 }
 
+/// Sets a user's password, read from standard input (never an argument,
+/// which other users of the machine could see); ends their sessions.
+pub fn users_passwd(cfg: &Config, name: &str) -> i32 {
+    let Some(db) = open(cfg) else { return 1 };
+    let user = match db.user_by_name(name) {
+        Ok(u) => u,
+        Err(StoreError::NotFound) => {
+            eprintln!("portcullis: no user is named {}", name);
+            return 1;
+        }
+        Err(e) => return fail("cannot read users", e),
+    };
+    let password = match crate::passwords::read_stdin() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("portcullis: {}", e);
+            return 2;
+        }
+    };
+    let hash = match crate::passwords::hash(&password) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("portcullis: cannot hash the password: {:?}", e);
+            return 1;
+        }
+    };
+    let patch = crate::db::users::UserPatch {
+        password_hash: Some(hash),
+        ..Default::default()
+    };
+    match db.update_user(&user.id, &patch, &Actor::cli()) {
+        Ok(_) => {
+            eprintln!("password set for {}", name);
+            0
+        }
+        Err(e) => fail("cannot set the password", e),
+    }
+}
+
 /// Audit rows since `since` (RFC 3339), oldest first, at most `limit`;
 /// without `since`, the newest `limit` rows.
 pub fn audit(cfg: &Config, since: Option<&str>, limit: usize) -> i32 {

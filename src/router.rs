@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Method, Reply};
 use crate::routes::fields::{Body, Field};
 use crate::routes::{chat, conversations, csrf, health, metrics, openai, openapi, projects};
-use crate::routes::{ready, ui, users};
+use crate::routes::{ready, session, ui, users};
 
 /// A handler: the filtered request in, a reply or a contract error out.
 pub type Handler = fn(&App, &mut Ctx) -> Result<Reply, ApiError>;
@@ -251,6 +251,11 @@ route_table! {
         .body(&openai::BODY)
         .answers(Answer::JsonOrStream("ChatCompletion", &["message"])).upstream()
         .doc("OpenAI-compatible chat completions relay, streaming and not"),
+    SessionCreate = post("/api/session", session::sign_in).access(Public).body(&session::SIGN_IN)
+        .answers(Answer::Json(200, "SignedIn"))
+        .doc("Sign in with name and password: sets the `portcullis_session` cookie"),
+    SessionDelete = delete("/api/session", session::sign_out)
+        .doc("Sign out: the session ends at once (with a key: nothing to end)"),
     Me = get("/api/me", users::me).answers(Answer::Json(200, "Me"))
         .doc("Who the caller is, and how they authenticated"),
     KeysList = get("/api/keys", users::keys_list).answers(Answer::Json(200, "KeyList"))
@@ -467,7 +472,7 @@ mod tests {
             assert_eq!(r.class(), want, "{:?}", r);
             let no_key = matches!(
                 r,
-                Health | HealthReady | CsrfToken | Ui | UiAsset | OpenApi | Metrics
+                Health | HealthReady | CsrfToken | Ui | UiAsset | OpenApi | Metrics | SessionCreate
             );
             assert_eq!(r.auth_exempt(), no_key, "{:?}", r);
             let body = matches!(
@@ -479,6 +484,7 @@ mod tests {
                     | Chat
                     | ChatCompletions
                     | KeysCreate
+                    | SessionCreate
                     | AdminUsersCreate
                     | AdminUserUpdate
                     | AdminKeysCreate

@@ -193,6 +193,9 @@ fn filled(scale: i64) -> Connection {
            SELECT printf('k%023d', i), 'k', 'pcs_', printf('%064x', i * 7919), i,
                   (SELECT id FROM users WHERE name = 'admin') FROM n;
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60 * {s})
+         INSERT INTO sessions (hash, user_id, created_at, last_used_at, expires_at)
+           SELECT printf('%064x', i * 104729), printf('u%023d', i), i, i, i + 1000 FROM n;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60 * {s})
          INSERT INTO audit (time, event, detail) SELECT i, 'key_created', '{{}}' FROM n;
          COMMIT;",
         s = scale
@@ -216,6 +219,7 @@ fn bind(conn: &Connection, read: &Read) -> Vec<Value> {
             Arg::AuditTime => one("SELECT min(time) FROM audit"),
             Arg::UserId => one("SELECT id FROM users WHERE name = 'admin'"),
             Arg::UserName => Value::Text("admin".into()),
+            Arg::SessionHash => one("SELECT hash FROM sessions ORDER BY hash LIMIT 1 OFFSET 30"),
             Arg::Limit => Value::Integer(LIMIT),
             Arg::Int(n) => Value::Integer(*n),
         })

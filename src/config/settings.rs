@@ -138,12 +138,22 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Lifetime of a CSRF token." },
     Setting { section: "security", key: "hsts", default: "false", kind: Bool,
         doc: "Send Strict-Transport-Security (only behind TLS)." },
+    Setting { section: "security", key: "secure_cookies", default: "false", kind: Bool,
+        doc: "Mark the session cookie `Secure` (sent over HTTPS only). Turn on behind TLS." },
 
     // [auth]
     Setting { section: "auth", key: "mode", default: "api_key", kind: OneOf(&["api_key", "none"]),
         doc: "`api_key`: every API request needs `Authorization: Bearer <key>`. `none`: no authentication (only for a single user on loopback)." },
     Setting { section: "auth", key: "max_failures_per_minute", default: "20", kind: Uint { min: 1, max: 1_000_000 },
-        doc: "Failed authentications (missing, malformed, unknown or revoked key) per client address (IPv6 per /64) per minute; past it the address gets 429 `rate_limited` with Retry-After before any key lookup, until its budget refills (one every 60/N s)." },
+        doc: "Failed authentications (missing, malformed, unknown or revoked key, unknown session, failed sign-in) per client address (IPv6 per /64) per minute; past it the address gets 429 `rate_limited` with Retry-After before any key lookup, until its budget refills (one every 60/N s)." },
+    Setting { section: "auth", key: "login_max_failures", default: "5", kind: Uint { min: 1, max: 1000 },
+        doc: "Failed sign-ins per user name, and per client address, within `login_window_s`; past it, 429 `rate_limited` until the oldest failure leaves the window, before any password is checked." },
+    Setting { section: "auth", key: "login_window_s", default: "900", kind: Seconds { min: 1, max: DAY_S },
+        doc: "The window of `login_max_failures`." },
+    Setting { section: "auth", key: "session_ttl_s", default: "43200", kind: Seconds { min: 60, max: 30 * DAY_S },
+        doc: "A browser session ends this long after sign-in, however active." },
+    Setting { section: "auth", key: "session_idle_s", default: "3600", kind: Seconds { min: 60, max: 30 * DAY_S },
+        doc: "A browser session ends after this long without a request (measured to the minute)." },
 
     // [rate_limit]
     Setting { section: "rate_limit", key: "chat_per_minute", default: "10", kind: Uint { min: 1, max: 1_000_000 },

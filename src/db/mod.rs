@@ -60,6 +60,7 @@ pub mod projects;
 pub mod reads;
 pub mod ready;
 pub mod schema;
+pub mod sessions;
 pub mod users;
 pub mod writer;
 

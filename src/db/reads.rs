@@ -31,6 +31,8 @@ pub enum Arg {
     /// A user owning more rows than a page holds.
     UserId,
     UserName,
+    /// The SHA-256 hex of a stored session token.
+    SessionHash,
     /// The SHA-256 hex of a stored key (`keys::hash_key`).
     KeyHash,
     /// An audit time with more rows after it than the limit.
@@ -73,6 +75,7 @@ pub const MODULES: &[(&str, &[Read])] = &[
     ("keys.rs", super::keys::READS),
     ("audit_log.rs", super::audit_log::READS),
     ("users.rs", super::users::READS),
+    ("sessions.rs", super::sessions::READS),
 ];
 
 /// Every listed read.

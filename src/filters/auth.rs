@@ -39,6 +39,28 @@ impl KeyStore for crate::db::Db {
     }
 }
 
+/// Where session tokens are looked up (`db::Db` in the server).
+pub trait SessionStore {
+    fn lookup_session(
+        &self,
+        token: &str,
+        idle_ms: i64,
+    ) -> Result<crate::db::sessions::SessionLookup, ApiError>;
+}
+
+impl SessionStore for crate::db::Db {
+    fn lookup_session(
+        &self,
+        token: &str,
+        idle_ms: i64,
+    ) -> Result<crate::db::sessions::SessionLookup, ApiError> {
+        Ok(crate::db::Db::lookup_session(self, token, idle_ms)?)
+    }
+}
+
+/// The session cookie's name (API.md).
+pub const SESSION_COOKIE: &str = "portcullis_session";
+
 /// Where failed authentications are reported (the audit trail, aggregated
 /// per client per minute, and the metrics, in the server).
 pub trait FailureLog {
@@ -52,6 +74,9 @@ pub struct Auth<'a> {
     /// `local` admin).
     pub local: Option<&'a crate::db::Principal>,
     pub keys: &'a dyn KeyStore,
+    pub sessions: &'a dyn SessionStore,
+    /// `auth.session_idle_s`, in milliseconds.
+    pub session_idle_ms: i64,
     /// Failed authentications per client address.
     pub failures: &'a Limiter,
     pub log: &'a dyn FailureLog,
@@ -147,6 +172,21 @@ impl Auth<'_> {
         // `Retry-After` (one failure refills every 60/N s) or uses another
         // address.
         self.check_failure_budget(ctx, now)?;
+        // A browser session (cookie), when no key is presented.
+        if ctx.header_all("authorization").is_empty() {
+            if let Some(token) = ctx.cookie(SESSION_COOKIE).map(str::to_string) {
+                return match self.sessions.lookup_session(&token, self.session_idle_ms)? {
+                    crate::db::sessions::SessionLookup::Valid { principal, hash } => {
+                        ctx.principal = Some(principal);
+                        ctx.session = Some(hash);
+                        Ok(())
+                    }
+                    crate::db::sessions::SessionLookup::Invalid => {
+                        Err(self.refuse(ctx, "session", None, now))
+                    }
+                };
+            }
+        }
         let key = match presented_key(ctx) {
             Ok(k) => k,
             Err(r) => {
@@ -249,6 +289,16 @@ mod tests {
         }
     }
 
+    impl SessionStore for Fake {
+        fn lookup_session(
+            &self,
+            _: &str,
+            _: i64,
+        ) -> Result<crate::db::sessions::SessionLookup, ApiError> {
+            Ok(crate::db::sessions::SessionLookup::Invalid)
+        }
+    }
+
     impl FailureLog for Fake {
         fn auth_failed(&self, _: &Ctx, reason: &'static str, _: Option<&str>) {
             self.failures.borrow_mut().push(reason);
@@ -267,6 +317,8 @@ mod tests {
             mode: AuthMode::ApiKey,
             local: None,
             keys: &fake,
+            sessions: &fake,
+            session_idle_ms: 3_600_000,
             failures: &limiter,
             log: &fake,
         };

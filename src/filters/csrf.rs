@@ -11,6 +11,12 @@
 //! and a domain label (64 lower-case hex digits). Anything else is refused
 //! before the MAC is checked; the MAC comparison is constant time
 //! (`ring::hmac::verify`). Tokens are stateless: nothing is stored.
+//!
+//! Requests authenticated by a session cookie are browser requests by
+//! definition: every unsafe one needs a token, whatever `csrf_tokens` says
+//! and whether or not it sends `Origin`, and the token must be bound to
+//! that session: its MAC also covers the session's hash (`issue_for`), so
+//! a token fetched in one session (or without one) is refused in another.
 
 use crate::error::ApiError;
 use crate::http::Ctx;
@@ -34,8 +40,14 @@ fn mac_key(secret: &Secret) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, secret.expose())
 }
 
-fn signed_message(payload: &str) -> Vec<u8> {
-    [MAC_LABEL, payload.as_bytes()].concat()
+/// What the MAC covers: the label, the payload and, for a session's token,
+/// a NUL and the session's hash.
+fn signed_message(payload: &str, binding: &str) -> Vec<u8> {
+    if binding.is_empty() {
+        [MAC_LABEL, payload.as_bytes()].concat()
+    } else {
+        [MAC_LABEL, payload.as_bytes(), b"\0", binding.as_bytes()].concat()
+    }
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
@@ -58,12 +70,17 @@ pub fn now_unix() -> u64 {
 
 /// A new token valid for `ttl_s` seconds from `now_unix`.
 pub fn issue(secret: &Secret, now_unix: u64, ttl_s: u64) -> String {
+    issue_for(secret, now_unix, ttl_s, "")
+}
+
+/// As `issue`, bound to a session (its hash; "" for none).
+pub fn issue_for(secret: &Secret, now_unix: u64, ttl_s: u64, binding: &str) -> String {
     let payload = format!(
         "{}.{}",
         now_unix.saturating_add(ttl_s),
         crate::ids::random_hex(NONCE_BYTES)
     );
-    let tag = hmac::sign(&mac_key(secret), &signed_message(&payload));
+    let tag = hmac::sign(&mac_key(secret), &signed_message(&payload, binding));
     format!("{}.{}", payload, crate::ids::hex(tag.as_ref()))
 }
 
@@ -71,6 +88,11 @@ pub fn issue(secret: &Secret, now_unix: u64, ttl_s: u64) -> String {
 /// expired at `now_unix`. Malformed, forged, tampered and expired tokens
 /// are all simply false.
 pub fn verify(secret: &Secret, token: &str, now_unix: u64) -> bool {
+    verify_for(secret, token, now_unix, "")
+}
+
+/// As `verify`, for a token bound to `binding` (a session's hash).
+pub fn verify_for(secret: &Secret, token: &str, now_unix: u64, binding: &str) -> bool {
     if token.len() > MAX_TOKEN_LEN {
         return false;
     }
@@ -89,7 +111,7 @@ pub fn verify(secret: &Secret, token: &str, now_unix: u64) -> bool {
     let Some(mac) = decode_hex(mac_hex) else {
         return false;
     };
-    if hmac::verify(&mac_key(secret), &signed_message(payload), &mac).is_err() {
+    if hmac::verify(&mac_key(secret), &signed_message(payload, binding), &mac).is_err() {
         return false;
     }
     matches!(expiry.parse::<u64>(), Ok(e) if now_unix < e)
@@ -98,6 +120,15 @@ pub fn verify(secret: &Secret, token: &str, now_unix: u64) -> bool {
 /// Refuses (403 `csrf_token_invalid`) an unsafe request that has an
 /// `Origin` but no valid `X-CSRF-Token`, when CSRF tokens are enabled.
 pub fn check(enabled: bool, secret: &Secret, ctx: &Ctx, now_unix: u64) -> Result<(), ApiError> {
+    if let Some(session) = &ctx.session {
+        if !ctx.method.is_unsafe() {
+            return Ok(());
+        }
+        return match ctx.header("x-csrf-token") {
+            Some(t) if verify_for(secret, t.trim(), now_unix, session) => Ok(()),
+            _ => Err(ApiError::CsrfTokenInvalid),
+        };
+    }
     if !enabled || !ctx.method.is_unsafe() || ctx.header("origin").is_none() {
         return Ok(());
     }

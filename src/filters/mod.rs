@@ -44,14 +44,7 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
     }
 
     let now = Instant::now();
-    auth::Auth {
-        mode: app.cfg.auth.mode,
-        local: app.local_user.as_ref(),
-        keys: &app.db,
-        failures: &app.auth_failures,
-        log: app,
-    }
-    .check(ctx, now)?;
+    auth_of(app).check(ctx, now)?;
     rate_limit::check(&app.limiter, ctx, now).inspect_err(|_| {
         // Counted in memory, written as one audit row per client a minute.
         app.audit
@@ -65,6 +58,20 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
     )?;
     csrf::check(sec.csrf_tokens, &app.csrf_secret, ctx, csrf::now_unix())?;
     Ok(None)
+}
+
+/// Authentication with the App's parts (filter 5; the sign-in route uses
+/// its failure budget too).
+pub fn auth_of(app: &App) -> auth::Auth<'_> {
+    auth::Auth {
+        mode: app.cfg.auth.mode,
+        local: app.local_user.as_ref(),
+        keys: &app.db,
+        sessions: &app.db,
+        session_idle_ms: app.cfg.auth.session_idle.as_millis() as i64,
+        failures: &app.auth_failures,
+        log: app,
+    }
 }
 
 /// Failed authentications go to the audit trail (aggregated per client per

@@ -10,9 +10,20 @@ use crate::error::ApiError;
 use crate::filters::csrf;
 use crate::http::{Ctx, Reply};
 
-pub fn token(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
+pub fn token(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let ttl_s = app.cfg.security.csrf_token_ttl.as_secs();
-    let token = csrf::issue(&app.csrf_secret, csrf::now_unix(), ttl_s);
+    // Signed in (a live session cookie): the token is bound to the session.
+    let binding = match ctx.cookie(crate::filters::auth::SESSION_COOKIE) {
+        Some(token) => match app
+            .db
+            .lookup_session(token, app.cfg.auth.session_idle.as_millis() as i64)?
+        {
+            crate::db::sessions::SessionLookup::Valid { hash, .. } => hash,
+            crate::db::sessions::SessionLookup::Invalid => String::new(),
+        },
+        None => String::new(),
+    };
+    let token = csrf::issue_for(&app.csrf_secret, csrf::now_unix(), ttl_s, &binding);
     Ok(Reply::json(
         200,
         &json!({ "token": token, "expires_in": ttl_s }),

@@ -12,6 +12,7 @@ pub mod openai;
 pub mod openapi;
 pub mod projects;
 pub mod ready;
+pub mod session;
 pub mod ui;
 pub mod users;
 

@@ -633,6 +633,11 @@ fn schemas() -> Value {
                 "usage": {"type": ["object", "null"]},
             },
         },
+        "SignedIn": {
+            "type": "object",
+            "required": ["user"],
+            "properties": {"user": schema_ref("Principal")},
+        },
         "Me": {
             "type": "object",
             "required": ["user", "auth"],

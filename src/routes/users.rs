@@ -21,6 +21,8 @@ const USER_NAME: Field = Field::string("name", 1, crate::db::users::NAME_MAX_CHA
     .doc("1 to 64 of A-Z a-z 0-9 . _ @ -");
 const ROLE: Field = Field::string("role", 5, 6).doc("`admin` or `member` (default)");
 const DISABLED: Field = Field::new("disabled", Kind::Bool);
+const PASSWORD: Field = Field::string("password", crate::passwords::MIN_BYTES, crate::passwords::MAX_BYTES)
+    .doc("8 to 1024 bytes; stored as an Argon2id hash, never returned");
 const KEY_NAME: Field = Field::string("name", 1, crate::db::keys::NAME_MAX_CHARS).required();
 const EXPIRES_IN_DAYS: Field = Field::new("expires_in_days", Kind::Int { min: 1, max: 36_500 })
     .doc("the key stops working after this many days");
@@ -47,24 +49,39 @@ pub const ADMIN_KEY_CREATE: Body = Body {
 /// `POST /api/admin/users`.
 pub const USER_CREATE: Body = Body {
     name: "UserCreate",
-    fields: &[USER_NAME, ROLE],
+    fields: &[USER_NAME, ROLE, PASSWORD],
     unknown: Unknown::Refused,
 };
 /// `PATCH /api/admin/users/{id}`.
 pub const USER_UPDATE: Body = Body {
     name: "UserUpdate",
-    fields: &[ROLE, DISABLED],
+    fields: &[ROLE, DISABLED, PASSWORD],
     unknown: Unknown::Refused,
 };
 
 /// `GET /api/me`: who the caller is and how they authenticated.
 pub fn me(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let p = ctx.principal()?;
-    let auth = match app.cfg.auth.mode {
-        crate::config::AuthMode::None => "none",
-        crate::config::AuthMode::ApiKey => "key",
+    let auth = match (app.cfg.auth.mode, &ctx.session) {
+        (crate::config::AuthMode::None, _) => "none",
+        (_, Some(_)) => "session",
+        (crate::config::AuthMode::ApiKey, None) => "key",
     };
     Ok(Reply::json(200, &json!({"user": p.to_json(), "auth": auth})))
+}
+
+/// The Argon2id hash of an optional `password` field.
+fn password_hash(body: &crate::json_body::Fields) -> Result<Option<String>, ApiError> {
+    let Some(pw) = PASSWORD.opt_str(body)? else {
+        return Ok(None);
+    };
+    crate::passwords::hash(&pw).map(Some).map_err(|e| match e {
+        crate::passwords::PasswordError::Length => {
+            ApiError::validation("password", "must be 8 to 1024 bytes")
+        }
+        crate::passwords::PasswordError::Busy => ApiError::ServerBusy { retry_after_s: 1 },
+        crate::passwords::PasswordError::Internal(d) => ApiError::internal(d),
+    })
 }
 
 fn parse_role(s: &str) -> Result<Role, ApiError> {
@@ -164,9 +181,10 @@ pub fn admin_users_create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         Some(r) => parse_role(&r)?,
         None => Role::Member,
     };
+    let hash = password_hash(&body)?;
     let user = app
         .db
-        .create_user(&name, role, None, &crate::audit::actor(ctx))?;
+        .create_user(&name, role, hash.as_deref(), &crate::audit::actor(ctx))?;
     Ok(Reply::json(201, &user.to_json()))
 }
 
@@ -177,7 +195,7 @@ pub fn admin_users_update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let patch = UserPatch {
         role: ROLE.opt_str(&body)?.map(|r| parse_role(&r)).transpose()?,
         disabled: DISABLED.opt_bool(&body)?,
-        password_hash: None,
+        password_hash: password_hash(&body)?,
     };
     let user = app
         .db
