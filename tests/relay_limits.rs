@@ -32,7 +32,8 @@ fn first_key(s: &Server) -> String {
     std::fs::read_to_string(&file).unwrap().trim().to_string()
 }
 
-fn create_key(s: &Server, name: &str) -> String {
+/// A key for the user `user`, made with the CLI.
+fn create_key_for(s: &Server, name: &str, user: &str) -> String {
     let mut cmd = std::process::Command::new(support::bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("PORTCULLIS_") {
@@ -40,7 +41,7 @@ fn create_key(s: &Server, name: &str) -> String {
         }
     }
     let out = cmd
-        .args(["keys", "create", "--name", name])
+        .args(["keys", "create", "--name", name, "--user", user])
         .env("PORTCULLIS_SERVER_DATA_DIR", &s.dir)
         .current_dir(&s.dir)
         .output()
@@ -77,12 +78,20 @@ fn post_raw(s: &Server, path: &str, body: &[u8]) -> Resp {
 // ------------------------------------------------------- stream caps
 
 #[test]
-fn ninth_stream_of_one_key_is_refused_and_another_key_is_served() {
+fn ninth_stream_of_one_user_is_refused_and_another_user_is_served() {
     let up = FakeUpstream::start(Mode::Slow {
         delay: Duration::from_secs(30),
     });
     let s = Server::start(opts_for(&up));
-    let (a, b) = (first_key(&s), create_key(&s, "second"));
+    // `max_streams_per_client` counts per user: b belongs to another one.
+    let member = s.json(
+        "POST",
+        "/api/admin/users",
+        Some(&first_key(&s)),
+        &json!({"name": "other"}),
+    );
+    assert_eq!(member.status, 201, "{}", member.text());
+    let (a, b) = (first_key(&s), create_key_for(&s, "second", "other"));
     // Both routes count against the same cap.
     let open: Vec<SseClient> = (0..8)
         .map(|i| {
@@ -109,7 +118,7 @@ fn ninth_stream_of_one_key_is_refused_and_another_key_is_served() {
         assert_eq!(ninth.body_json()["error"]["code"], "server_busy");
     }
     let other = SseClient::open_as(s.addr, "/v1/chat/completions", Some(&b), &stream_body());
-    assert_eq!(other.status, 200, "another key is still served");
+    assert_eq!(other.status, 200, "another user is still served");
     // A closed stream frees its slot.
     drop(open);
     assert!(wait_until(Duration::from_secs(5), || {

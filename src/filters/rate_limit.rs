@@ -107,6 +107,9 @@ impl Class {
 /// Who a bucket belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Identity {
+    /// An authenticated user (by key or session): all their keys and
+    /// sessions share one budget.
+    User(Box<str>),
     /// An authenticated API key (its id, never the key itself).
     Key(Box<str>),
     /// A client address, already reduced by `client_ip::bucket_key`.
@@ -117,6 +120,7 @@ pub enum Identity {
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Identity::User(id) => write!(f, "user:{}", id),
             Identity::Key(id) => write!(f, "key:{}", id),
             Identity::Addr(a) => write!(f, "addr:{}", a),
         }
@@ -124,11 +128,16 @@ impl std::fmt::Display for Identity {
 }
 
 impl Identity {
-    /// The key id when the auth filter set one, else the client's bucket address.
+    /// The user when the request authenticated (a key or a session),
+    /// the key id for a key without a principal (tests), else the
+    /// client's bucket address (auth mode `none`: one local user, told
+    /// apart by address).
     pub fn of(ctx: &Ctx) -> Identity {
-        match &ctx.key_id {
-            Some(id) => Identity::Key(id.as_str().into()),
-            None => Identity::Addr(client_ip::bucket_key(ctx.client)),
+        let authenticated = ctx.key_id.is_some() || ctx.session.is_some();
+        match (&ctx.principal, &ctx.key_id) {
+            (Some(p), _) if authenticated => Identity::User(p.user_id.as_str().into()),
+            (_, Some(id)) => Identity::Key(id.as_str().into()),
+            _ => Identity::Addr(client_ip::bucket_key(ctx.client)),
         }
     }
 }
