@@ -27,7 +27,9 @@ use crate::http::Ctx;
 pub fn actor(ctx: &Ctx) -> Actor {
     Actor {
         request_id: Some(ctx.request_id.clone()),
+        user_id: ctx.principal.as_ref().map(|p| p.user_id.clone()),
         key_id: ctx.key_id.clone(),
+        session: ctx.session.as_ref().map(|h| h.chars().take(16).collect()),
         client: Some(ctx.client.to_string()),
     }
 }

@@ -385,3 +385,43 @@ fn a_database_from_before_users_is_upgraded_to_one_admin() {
     let (_, keys, _) = run_cli(&["keys", "list"], &[], dir.path());
     assert_eq!(keys.lines().count(), 1, "{}", keys);
 }
+
+#[test]
+fn every_state_change_is_audited_with_who_did_it() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let (s, admin) = start(&up);
+    let (a_id, a) = member(&s, &admin, "alice");
+    let p = call(&s, &a, "POST", "/api/projects", Some(json!({"name": "p"})));
+    let pid = p.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/api/projects/{}", pid);
+    assert_eq!(call(&s, &a, "PATCH", &path, Some(json!({"name": "q"}))).status, 200);
+    let c = call(&s, &a, "POST", "/api/conversations", Some(json!({"project_id": pid})));
+    let cid = c.json()["id"].as_str().unwrap().to_string();
+    let cpath = format!("/api/conversations/{}", cid);
+    assert_eq!(call(&s, &a, "PATCH", &cpath, Some(json!({"title": "t"}))).status, 200);
+    assert_eq!(call(&s, &a, "DELETE", &path, None).status, 204);
+    let (code, out, err) = run_cli(&["audit", "--limit", "100"], &[], &s.dir);
+    assert_eq!(code, 0, "{}", err);
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let a_key = call(&s, &a, "GET", "/api/keys", None).json()["items"][0]["id"].clone();
+    for event in [
+        "project_created",
+        "project_updated",
+        "conversation_created",
+        "conversation_updated",
+        "project_deleted",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["event"] == event)
+            .unwrap_or_else(|| panic!("no {} in {}", event, out));
+        assert_eq!(row["user_id"], a_id.as_str(), "{}", row);
+        assert_eq!(row["key_id"], a_key, "{}", row);
+        assert!(row["client"].is_string() && row["request_id"].is_string(), "{}", row);
+    }
+    // Edits name the fields changed, never their new text.
+    let upd = rows.iter().find(|r| r["event"] == "conversation_updated").unwrap();
+    assert_eq!(upd["detail"]["fields"], json!(["title"]));
+    let made = rows.iter().find(|r| r["event"] == "user_created").unwrap();
+    assert_eq!(made["detail"]["name"], "alice");
+}

@@ -20,7 +20,13 @@ pub enum AuditEvent {
     KeyRevoked,
     UserCreated,
     UserUpdated,
+    SignedIn,
+    SignedOut,
+    ProjectCreated,
+    ProjectUpdated,
     ProjectDeleted,
+    ConversationCreated,
+    ConversationUpdated,
     ConversationDeleted,
     /// Counted per client per minute (`audit::Audit`).
     AuthFailed,
@@ -29,11 +35,17 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 8] = [
+    pub const ALL: [AuditEvent; 14] = [
         AuditEvent::KeyCreated,
         AuditEvent::KeyRevoked,
         AuditEvent::UserCreated,
         AuditEvent::UserUpdated,
+        AuditEvent::SignedIn,
+        AuditEvent::SignedOut,
+        AuditEvent::ProjectCreated,
+        AuditEvent::ProjectUpdated,
+        AuditEvent::ConversationCreated,
+        AuditEvent::ConversationUpdated,
         AuditEvent::ProjectDeleted,
         AuditEvent::ConversationDeleted,
         AuditEvent::AuthFailed,
@@ -46,6 +58,12 @@ impl AuditEvent {
             AuditEvent::KeyRevoked => "key_revoked",
             AuditEvent::UserCreated => "user_created",
             AuditEvent::UserUpdated => "user_updated",
+            AuditEvent::SignedIn => "signed_in",
+            AuditEvent::SignedOut => "signed_out",
+            AuditEvent::ProjectCreated => "project_created",
+            AuditEvent::ProjectUpdated => "project_updated",
+            AuditEvent::ConversationCreated => "conversation_created",
+            AuditEvent::ConversationUpdated => "conversation_updated",
             AuditEvent::ProjectDeleted => "project_deleted",
             AuditEvent::ConversationDeleted => "conversation_deleted",
             AuditEvent::AuthFailed => "auth_failed",
@@ -60,7 +78,12 @@ text_enum!(AuditEvent);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actor {
     pub request_id: Option<String>,
+    /// The user the request acted for.
+    pub user_id: Option<String>,
     pub key_id: Option<String>,
+    /// A session's id: the first 16 hex digits of its token's hash (names
+    /// the session without being usable as one).
+    pub session: Option<String>,
     pub client: Option<String>,
 }
 
@@ -68,9 +91,8 @@ impl Actor {
     /// The operator at the command line.
     pub fn cli() -> Actor {
         Actor {
-            request_id: None,
-            key_id: None,
             client: Some("cli".to_string()),
+            ..Actor::default()
         }
     }
 }
@@ -78,7 +100,7 @@ impl Actor {
 /// The columns `AuditRow` is read from, in order.
 macro_rules! columns {
     () => {
-        "id, time, event, request_id, key_id, client, detail"
+        "id, time, event, request_id, key_id, client, detail, user_id, session"
     };
 }
 /// Rows from a time on, oldest first.
@@ -118,8 +140,18 @@ pub fn insert_at(
     detail: &Value,
 ) -> Result<(), StoreError> {
     conn.execute_cached(
-        "INSERT INTO audit (time, event, request_id, key_id, client, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![time, event, actor.request_id, actor.key_id, actor.client, detail.to_string()],
+        "INSERT INTO audit (time, event, request_id, key_id, client, detail, user_id, session)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            time,
+            event,
+            actor.request_id,
+            actor.key_id,
+            actor.client,
+            detail.to_string(),
+            actor.user_id,
+            actor.session
+        ],
     )?;
     Ok(())
 }
@@ -141,7 +173,9 @@ impl AuditRow {
             "time": crate::time::format_millis(self.time),
             "event": self.event.as_str(),
             "request_id": self.actor.request_id,
+            "user_id": self.actor.user_id,
             "key_id": self.actor.key_id,
+            "session": self.actor.session,
             "client": self.actor.client,
             "detail": self.detail,
         })
@@ -192,6 +226,8 @@ impl Db {
                     request_id: r.get(3)?,
                     key_id: r.get(4)?,
                     client: r.get(5)?,
+                    user_id: r.get(7)?,
+                    session: r.get(8)?,
                 },
                 detail: detail
                     .and_then(|d| serde_json::from_str(&d).ok())

@@ -162,6 +162,7 @@ impl Db {
         title: Option<&str>,
         model: Option<&str>,
         system_prompt: Option<&str>,
+        actor: &Actor,
     ) -> Result<Conversation, StoreError> {
         self.write(|tx| {
             if let Some(pid) = project_id {
@@ -191,6 +192,12 @@ impl Db {
                     c.updated_at,
                     owner.id()
                 ],
+            )?;
+            audit_log::insert(
+                tx,
+                AuditEvent::ConversationCreated,
+                actor,
+                &json!({ "conversation_id": c.id, "project_id": c.project_id }),
             )?;
             Ok(c)
         })
@@ -246,6 +253,7 @@ impl Db {
         owner: Owner,
         id: &str,
         patch: &ConversationPatch,
+        actor: &Actor,
     ) -> Result<Conversation, StoreError> {
         self.write(|tx| {
             let mut c = get_in(tx, owner, id)?;
@@ -271,6 +279,21 @@ impl Db {
                 "UPDATE conversations SET project_id = ?2, title = ?3, model = ?4, system_prompt = ?5, updated_at = ?6
                  WHERE id = ?1",
                 params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.updated_at],
+            )?;
+            let fields: Vec<&str> = [
+                ("project_id", patch.project_id.is_some()),
+                ("title", patch.title.is_some()),
+                ("model", patch.model.is_some()),
+                ("system_prompt", patch.system_prompt.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(f, set)| set.then_some(f))
+            .collect();
+            audit_log::insert(
+                tx,
+                AuditEvent::ConversationUpdated,
+                actor,
+                &json!({ "conversation_id": c.id, "fields": fields }),
             )?;
             Ok(c)
         })
@@ -313,16 +336,16 @@ mod tests {
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
         let c = db
-            .create_conversation(o, None, Some("t"), None, Some("be brief"))
+            .create_conversation(o, None, Some("t"), None, Some("be brief"), &crate::db::Actor::default())
             .unwrap();
         assert_eq!(db.get_conversation(o, &c.id).unwrap(), c);
         assert_eq!(
-            db.create_conversation(o, Some("nope"), None, None, None)
+            db.create_conversation(o, Some("nope"), None, None, None, &crate::db::Actor::default())
                 .unwrap_err(),
             StoreError::UnknownProject
         );
         let same = db
-            .update_conversation(o, &c.id, &ConversationPatch::default())
+            .update_conversation(o, &c.id, &ConversationPatch::default(), &crate::db::Actor::default())
             .unwrap();
         assert_eq!(same, c);
         let patch = ConversationPatch {
@@ -330,7 +353,7 @@ mod tests {
             model: Some(Some("m".into())),
             ..Default::default()
         };
-        let u = db.update_conversation(o, &c.id, &patch).unwrap();
+        let u = db.update_conversation(o, &c.id, &patch, &crate::db::Actor::default()).unwrap();
         assert_eq!(
             (
                 u.title.as_deref(),
@@ -354,7 +377,7 @@ mod tests {
         let o = crate::db::Owner::of(&me);
         let ids: Vec<i64> = (0..20)
             .map(|_| {
-                db.create_conversation(o, None, None, None, None)
+                db.create_conversation(o, None, None, None, None, &crate::db::Actor::default())
                     .unwrap()
                     .created_at
             })

@@ -322,7 +322,7 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None).unwrap();
+        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
         for i in 0..5 {
             db.insert_message(o, &msg(&c.id, &i.to_string())).unwrap();
         }
@@ -351,7 +351,7 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None).unwrap();
+        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
         let insert = |role: &str, status: &str| {
             db.conn().unwrap().execute(
                 "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
@@ -373,7 +373,7 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None).unwrap();
+        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
         let m = db
             .insert_message(o, &NewMessage {
                 role: Role::Assistant,
@@ -403,7 +403,7 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None).unwrap();
+        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
         for i in 0..7 {
             db.insert_message(o, &msg(&c.id, &i.to_string())).unwrap();
         }

@@ -116,6 +116,7 @@ impl Db {
         owner: Owner,
         name: &str,
         description: Option<&str>,
+        actor: &Actor,
     ) -> Result<Project, StoreError> {
         self.write(|tx| {
             let now = monotonic_now(tx, NEWEST)?;
@@ -136,6 +137,12 @@ impl Db {
                     p.updated_at,
                     owner.id()
                 ],
+            )?;
+            audit_log::insert(
+                tx,
+                AuditEvent::ProjectCreated,
+                actor,
+                &json!({ "project_id": p.id }),
             )?;
             Ok(p)
         })
@@ -168,6 +175,7 @@ impl Db {
         owner: Owner,
         id: &str,
         patch: &ProjectPatch,
+        actor: &Actor,
     ) -> Result<Project, StoreError> {
         self.write(|tx| {
             let mut p = get_in(tx, owner, id)?;
@@ -184,6 +192,17 @@ impl Db {
             tx.execute_cached(
                 "UPDATE projects SET name = ?2, description = ?3, updated_at = ?4 WHERE id = ?1",
                 params![p.id, p.name, p.description, p.updated_at],
+            )?;
+            // What changed, by name (never the new text).
+            let fields: Vec<&str> = [("name", patch.name.is_some()), ("description", patch.description.is_some())]
+                .into_iter()
+                .filter_map(|(f, set)| set.then_some(f))
+                .collect();
+            audit_log::insert(
+                tx,
+                AuditEvent::ProjectUpdated,
+                actor,
+                &json!({ "project_id": p.id, "fields": fields }),
             )?;
             Ok(p)
         })
@@ -223,11 +242,11 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let p = db.create_project(o, "p", None).unwrap();
+        let p = db.create_project(o, "p", None, &crate::db::Actor::default()).unwrap();
         let c = db
-            .create_conversation(o, Some(&p.id), None, None, None)
+            .create_conversation(o, Some(&p.id), None, None, None, &crate::db::Actor::default())
             .unwrap();
-        let other = db.create_conversation(o, None, None, None, None).unwrap();
+        let other = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
         db.insert_message(o, &NewMessage {
             conversation_id: &c.id,
             role: crate::db::Role::User,
@@ -267,9 +286,9 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let p = db.create_project(o, "p", Some("d")).unwrap();
+        let p = db.create_project(o, "p", Some("d"), &crate::db::Actor::default()).unwrap();
         assert_eq!(
-            db.update_project(o, &p.id, &ProjectPatch::default()).unwrap(),
+            db.update_project(o, &p.id, &ProjectPatch::default(), &crate::db::Actor::default()).unwrap(),
             p
         );
         let u = db
@@ -278,7 +297,7 @@ mod tests {
                 &ProjectPatch {
                     name: Some("q".into()),
                     description: None,
-                },
+                }, &crate::db::Actor::default(),
             )
             .unwrap();
         assert_eq!(
@@ -291,12 +310,12 @@ mod tests {
                 &ProjectPatch {
                     name: None,
                     description: Some(None),
-                },
+                }, &crate::db::Actor::default(),
             )
             .unwrap();
         assert_eq!(u.description, None);
         assert_eq!(
-            db.update_project(o, "nope", &ProjectPatch::default()),
+            db.update_project(o, "nope", &ProjectPatch::default(), &crate::db::Actor::default()),
             Err(StoreError::NotFound)
         );
     }

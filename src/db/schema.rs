@@ -120,6 +120,10 @@ const MIGRATIONS: &[&str] = &[
         expires_at   INTEGER NOT NULL
     );
     CREATE INDEX sessions_by_user ON sessions (user_id);
+
+    -- Who did it: the user, and the session when not a key.
+    ALTER TABLE audit ADD COLUMN user_id TEXT;
+    ALTER TABLE audit ADD COLUMN session TEXT;
     ",
 ];
 

@@ -194,6 +194,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 Some(&title),
                 req.model.as_deref(),
                 None,
+                &crate::audit::actor(ctx),
             )?
         }
     };

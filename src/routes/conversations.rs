@@ -45,6 +45,7 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         title.as_deref(),
         model.as_deref(),
         system_prompt.as_deref(),
+        &crate::audit::actor(ctx),
     )?;
     Ok(Reply::json(201, &c.to_json()))
 }
@@ -76,7 +77,9 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         model: MODEL.patch_str(&body)?,
         system_prompt: SYSTEM_PROMPT.patch_str(&body)?,
     };
-    let c = app.db.update_conversation(ctx.owner()?, id(ctx)?, &patch)?;
+    let c = app
+        .db
+        .update_conversation(ctx.owner()?, id(ctx)?, &patch, &crate::audit::actor(ctx))?;
     Ok(Reply::json(200, &c.to_json()))
 }
 

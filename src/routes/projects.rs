@@ -36,7 +36,12 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let description = DESCRIPTION.opt_str(&body)?;
     let p = app
         .db
-        .create_project(ctx.owner()?, &name, description.as_deref())?;
+        .create_project(
+            ctx.owner()?,
+            &name,
+            description.as_deref(),
+            &crate::audit::actor(ctx),
+        )?;
     Ok(Reply::json(201, &p.to_json()))
 }
 
@@ -57,7 +62,9 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         name: NAME_PATCH.patch_str(&body)?.flatten(),
         description: DESCRIPTION.patch_str(&body)?,
     };
-    let p = app.db.update_project(ctx.owner()?, id(ctx)?, &patch)?;
+    let p = app
+        .db
+        .update_project(ctx.owner()?, id(ctx)?, &patch, &crate::audit::actor(ctx))?;
     Ok(Reply::json(200, &p.to_json()))
 }
 

@@ -89,6 +89,16 @@ pub fn sign_in(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let user = app.db.get_user(user_id)?;
     let ttl = app.cfg.auth.session_ttl;
     let token = app.db.create_session(&user.id, ttl.as_millis() as i64)?;
+    let mut actor = crate::audit::actor(ctx);
+    actor.user_id = Some(user.id.clone());
+    actor.session = Some(
+        crate::db::keys::hash_key(token.expose_str())
+            .chars()
+            .take(16)
+            .collect(),
+    );
+    app.db
+        .record_audit(crate::db::AuditEvent::SignedIn, &actor, &json!({}))?;
     crate::logging::info("signed in", &[("user", json!(user.id))]);
     Ok(
         Reply::json(200, &json!({"user": user.principal().to_json()}))
@@ -100,6 +110,11 @@ pub fn sign_in(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
 pub fn sign_out(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     if let Some(hash) = &ctx.session {
         app.db.end_session(hash)?;
+        app.db.record_audit(
+            crate::db::AuditEvent::SignedOut,
+            &crate::audit::actor(ctx),
+            &json!({}),
+        )?;
     }
     Ok(Reply::empty(204).with_header("Set-Cookie", cookie(app, "", 0)))
 }
