@@ -158,6 +158,16 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
             .env("PORTCULLIS_CSRF_SECRET", CSRF_SECRET),
     );
     let key = first_key(&s);
+    // Two members with passwords, made through the admin API.
+    for (name, password) in [("alice", "alice's passphrase"), ("bob", "bob's passphrase")] {
+        let r = s.json(
+            "POST",
+            "/api/admin/users",
+            Some(&key),
+            &serde_json::json!({"name": name, "password": password}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
     let shots = TempDir::new("ui-e2e");
     let started = Instant::now();
     let (passed, output) = run_script(
@@ -168,6 +178,10 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
                 format!("http://127.0.0.1:{}", open.addr.port()),
             ),
             ("API_KEY", key.clone()),
+            ("USER1", "alice".to_string()),
+            ("PASS1", "alice's passphrase".to_string()),
+            ("USER2", "bob".to_string()),
+            ("PASS2", "bob's passphrase".to_string()),
             ("SHOT_DIR", shots.path().display().to_string()),
             ("CHROMIUM", chromium_path().display().to_string()),
         ],

@@ -3,9 +3,11 @@
 // rendered with textContent (never parsed as HTML), so message text is inert.
 "use strict";
 
-const KEY_STORE = "portcullis.apiKey";
+// Signed in with a session cookie (HttpOnly: this script never sees it),
+// or nothing to sign in to (auth mode none). No key is kept by the page.
 const state = {
-  key: sessionStorage.getItem(KEY_STORE) || "",
+  user: null,
+  auth: null,
   csrf: null,
   projects: [],
   project: null,
@@ -30,7 +32,8 @@ async function describeError(res) {
   const retry = res.headers.get("Retry-After");
   switch (code) {
     case "rate_limited": return `Too many requests: please wait ${retry ? retry + " seconds" : "a moment"} and try again.`;
-    case "unauthorized": return "The API key is missing or not valid. Enter a key above.";
+    case "unauthorized": return err.message === "the name or the password is wrong" ? "The name or the password is wrong." : "Your session has ended. Please sign in again.";
+    case "forbidden": return "Your account may not do this (it may have been disabled).";
     case "upstream_unavailable": return "The model server cannot be reached right now. Try again later.";
     case "upstream_timeout": return "The model server did not answer in time. Try again.";
     case "upstream_error": return "The model server returned an error. Try again, or check its logs.";
@@ -52,11 +55,11 @@ async function csrfToken(refresh) {
   return state.csrf;
 }
 
-// fetch with the key, JSON and (for unsafe methods) the CSRF token; a
-// refused token is fetched anew and the request sent once more.
+// fetch with the session cookie (same origin), JSON and (for unsafe
+// methods) the CSRF token; a refused token is fetched anew and the request
+// sent once more.
 async function api(method, path, body, opts) {
   const headers = { "Accept": opts && opts.stream ? "text/event-stream, application/json" : "application/json" };
-  if (state.key) headers["Authorization"] = "Bearer " + state.key;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const unsafe = method !== "GET";
   for (let attempt = 0; ; attempt++) {
@@ -257,7 +260,40 @@ async function guarded(fn, okText) {
 }
 
 async function refresh() {
+  if (!state.user) return;
   await guarded(async () => { await loadProjects(); await loadConversations(); await loadMessages(); });
+  if (/session has ended/.test($("status").textContent)) await whoAmI();
+}
+
+// Shows the sign-in form, or who is signed in.
+function showSignedIn() {
+  const signedIn = !!state.user;
+  $("signin-form").hidden = signedIn;
+  $("who").hidden = !signedIn;
+  $("sign-out").hidden = state.auth !== "session";
+  $("who-name").textContent = signedIn ? "Signed in as " + state.user.name : "";
+  document.querySelector("main").hidden = !signedIn;
+}
+
+// Asks the server who this page is signed in as (nobody: the form).
+async function whoAmI() {
+  let res = null;
+  try { res = await api("GET", "/api/me"); } catch (_) { /* offline */ }
+  if (res && res.ok) {
+    const me = await res.json();
+    state.user = me.user;
+    state.auth = me.auth;
+  } else {
+    state.user = null;
+    state.auth = null;
+    state.project = null;
+    state.conversation = null;
+    $("projects").replaceChildren();
+    $("conversations").replaceChildren();
+    $("messages").replaceChildren();
+  }
+  showSignedIn();
+  return !!state.user;
 }
 
 // Parses a text/event-stream body as it arrives: onEvent(name, data).
@@ -370,21 +406,26 @@ async function restoreFromAddress() {
 }
 
 function init() {
-  $("api-key").value = state.key;
   // The address's #fragment holds the open conversation: focus, don't jump.
-  $("skip").addEventListener("click", (ev) => { ev.preventDefault(); $("message").focus(); });
-  $("key-form").addEventListener("submit", (ev) => {
+  $("skip").addEventListener("click", (ev) => { ev.preventDefault(); (state.user ? $("message") : $("signin-name")).focus(); });
+  $("signin-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    state.key = $("api-key").value.trim();
-    if (state.key) sessionStorage.setItem(KEY_STORE, state.key);
-    else sessionStorage.removeItem(KEY_STORE);
-    refresh().then(() => { if (!$("status").classList.contains("error")) setStatus(state.key ? "Key saved for this browser tab." : ""); });
+    const name = $("signin-name").value.trim();
+    const password = $("signin-password").value;
+    const res = await guarded(() => api("POST", "/api/session", { name, password }));
+    if (!res) return;
+    if (!res.ok) { setStatus(await describeError(res), "error"); $("signin-password").select(); return; }
+    $("signin-password").value = "";
+    state.csrf = null; // a signed-in page needs a token bound to its session
+    if (await whoAmI()) { setStatus(""); await restoreFromAddress(); await refresh(); $("message").focus(); }
   });
-  $("forget-key").addEventListener("click", () => {
-    state.key = "";
-    sessionStorage.removeItem(KEY_STORE);
-    $("api-key").value = "";
-    setStatus("Key forgotten.");
+  $("sign-out").addEventListener("click", async () => {
+    await guarded(() => apiJson("DELETE", "/api/session"));
+    state.csrf = null;
+    history.replaceState(null, "", location.pathname);
+    await whoAmI();
+    setStatus("Signed out.");
+    $("signin-name").focus();
   });
   $("new-project").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -409,7 +450,7 @@ function init() {
     else if (ev.key === "Escape" && state.controller) { ev.preventDefault(); state.controller.abort(); }
   });
   $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); $("message").focus(); });
-  restoreFromAddress().then(refresh);
+  whoAmI().then(async (signedIn) => { if (signedIn) { await restoreFromAddress(); await refresh(); } });
 }
 
 document.addEventListener("DOMContentLoaded", init);

@@ -6,7 +6,8 @@
 // for a message holding "fail". A second portcullis (NOAUTH_URL) runs with
 // auth mode none, where the Origin check is the only defence.
 //
-// Env: BASE_URL, NOAUTH_URL, API_KEY, SHOT_DIR, CHROMIUM (executable).
+// Env: BASE_URL, NOAUTH_URL, API_KEY (the admin's), USER1/PASS1 and
+// USER2/PASS2 (two members), SHOT_DIR, CHROMIUM (executable).
 // Prints one JSON line per step; exits 1 with {"failures": [...]}.
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -15,6 +16,8 @@ import assert from "node:assert/strict";
 const BASE = process.env.BASE_URL;
 const NOAUTH = process.env.NOAUTH_URL;
 const KEY = process.env.API_KEY;
+const USER1 = process.env.USER1, PASS1 = process.env.PASS1;
+const USER2 = process.env.USER2, PASS2 = process.env.PASS2;
 const SHOTS = process.env.SHOT_DIR;
 const t0 = Date.now();
 const step = (name, extra) => console.log(JSON.stringify({ step: name, ms: Date.now() - t0, ...extra }));
@@ -66,9 +69,12 @@ try {
   const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
   const page = await newPage(context, "page");
 
-  // 1. The page loads; every control has a label; the key goes in by keyboard.
+  // 1. The page loads with a sign-in form (no error before anything was
+  //    done); every control has a label; signing in works by keyboard.
   await page.goto(BASE + "/");
-  await page.getByText("The API key is missing or not valid").waitFor();
+  await page.locator("#signin-form").waitFor();
+  check(await page.locator("#status").textContent() === "", "a first visit shows no error");
+  check(await page.locator("main").isHidden(), "the chat waits for a sign-in");
   const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, textarea, button")]
     .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.textContent.trim())
     .map((el) => el.id || el.outerHTML.slice(0, 60)));
@@ -76,12 +82,19 @@ try {
   await page.keyboard.press("Tab");
   check(await page.evaluate(() => document.activeElement.textContent) === "Skip to the message box", "first Tab stop is the skip link");
   await page.keyboard.press("Tab");
-  check(await page.evaluate(() => document.activeElement.id) === "api-key", "second Tab stop is the key field");
-  await page.keyboard.type(KEY);
+  check(await page.evaluate(() => document.activeElement.id) === "signin-name", "second Tab stop is the name field");
+  await page.keyboard.type(USER1);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("not the password");
   await page.keyboard.press("Enter");
+  await page.getByText("The name or the password is wrong.").waitFor();
+  await page.getByLabel("Password").fill(PASS1);
+  await page.getByLabel("Password").press("Enter");
   await page.getByText("No projects yet.").waitFor();
-  check(await page.evaluate((k) => sessionStorage.getItem("portcullis.apiKey") === k, KEY), "key kept in sessionStorage");
-  step("page loaded, key entered by keyboard");
+  check(await page.locator("#who-name").textContent() === "Signed in as " + USER1, "shows who is signed in");
+  check(await page.evaluate(() => sessionStorage.length === 0 && localStorage.length === 0 && !document.cookie.includes("portcullis_session")),
+    "no key or session token reachable by the page's script (HttpOnly cookie)");
+  step("page loaded, signed in by keyboard");
 
   // 2. Projects: create two, rename one, delete the other.
   for (const name of ["E2E project", "Scratch"]) {
@@ -205,7 +218,33 @@ try {
   check(/#c=/.test(page.url()), "the address still names the conversation");
   step("phone width", { overflow });
 
-  // 9. Auth mode none: no key needed; CSRF tokens still fetched and sent.
+  // 9. A second user, in another browser context, sees only their own
+  //    conversations; the first user's list does not show theirs; signing
+  //    out ends the session at once.
+  const mine = await page.evaluate(() => [...document.querySelectorAll("#conversations .pick")].map((b) => b.textContent));
+  const second = await newPage(await browser.newContext({ viewport: { width: 1000, height: 700 } }), "second");
+  await second.goto(BASE + "/");
+  await second.getByLabel("Name", { exact: true }).fill(USER2);
+  await second.getByLabel("Password").fill(PASS2);
+  await second.getByLabel("Password").press("Enter");
+  await second.getByText("No projects yet.").waitFor();
+  await second.getByText("No conversations yet").waitFor();
+  await second.getByLabel("Message", { exact: true }).fill("bob's own question");
+  await second.keyboard.press("Enter");
+  await second.locator("#conversations .pick").first().waitFor();
+  const theirs = await second.evaluate(() => [...document.querySelectorAll("#conversations .pick")].map((b) => b.textContent));
+  await page.reload();
+  await page.locator("#conversations .pick").first().waitFor();
+  const mineAfter = await page.evaluate(() => [...document.querySelectorAll("#conversations .pick")].map((b) => b.textContent));
+  check(theirs.length === 1 && !theirs.some((t) => mine.includes(t)), "the second user sees only their own conversation: " + JSON.stringify({ mine, theirs }));
+  check(JSON.stringify(mineAfter) === JSON.stringify(mine), "the first user's list is unchanged: " + JSON.stringify({ mine, mineAfter }));
+  await second.getByRole("button", { name: "Sign out" }).click();
+  await second.locator("#signin-form").waitFor();
+  check(await second.evaluate(async () => (await fetch("/api/me")).status) === 401, "signed out: the session no longer works");
+  await second.context().close();
+  step("two users, each sees only their own", { mine: mine.length, theirs: theirs.length });
+
+  // 10. Auth mode none: no key needed; CSRF tokens still fetched and sent.
   const open = await newPage(context, "open");
   await open.goto(NOAUTH + "/");
   await open.getByLabel("New project name").fill("Keyless");
@@ -213,7 +252,7 @@ try {
   await open.getByRole("button", { name: "Open Keyless" }).waitFor();
   step("auth mode none works without a key");
 
-  // 10. A page on another origin cannot POST to portcullis.
+  // 11. A page on another origin cannot POST to portcullis.
   const evil = http.createServer((req, res) => {
     const target = new URL(req.url, "http://x").searchParams.get("target");
     res.setHeader("Content-Type", "text/html");
