@@ -425,3 +425,34 @@ fn every_state_change_is_audited_with_who_did_it() {
     let made = rows.iter().find(|r| r["event"] == "user_created").unwrap();
     assert_eq!(made["detail"]["name"], "alice");
 }
+
+#[test]
+fn a_users_keys_share_one_rate_limit_budget() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let s = Server::start(
+        Opts::new()
+            .env("PORTCULLIS_UPSTREAM_BASE_URL", &up.base_url())
+            // The admin's five setup requests fit; alice's two keys share six.
+            .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "6"),
+    );
+    let admin = first_key(&s);
+    let (a_id, a1) = member(&s, &admin, "alice");
+    let a2 = s
+        .json("POST", "/api/admin/keys", Some(&admin), &json!({"user_id": a_id, "name": "second"}))
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, b) = member(&s, &admin, "bob");
+    // Six requests in all from alice's two keys, then either key is refused.
+    for key in [&a1, &a2, &a1, &a2, &a1, &a2] {
+        assert_eq!(call(&s, key, "GET", "/api/projects", None).status, 200);
+    }
+    for key in [&a1, &a2] {
+        let r = call(&s, key, "GET", "/api/projects", None);
+        assert_error(&r, 429, "rate_limited");
+        assert!(r.header("Retry-After").is_some());
+    }
+    // Another user has their own budget.
+    assert_eq!(call(&s, &b, "GET", "/api/projects", None).status, 200);
+}
