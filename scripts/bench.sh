@@ -62,7 +62,7 @@ start_portcullis() {
     PORTCULLIS_UPSTREAM_BASE_URL=http://$UP/v1 \
     PORTCULLIS_UPSTREAM_MODEL=bench \
     PORTCULLIS_LOGGING_FILE="$dir/portcullis.log" \
-    "$BIN" serve >/dev/null 2>"$dir/stderr" &
+    "$BIN" serve ${PC_CONFIG:+--config "$PC_CONFIG"} >/dev/null 2>"$dir/stderr" &
   PC_PID=$!; PIDS+=("$PC_PID")
   wait_port $P_PORT
   for _ in $(seq 1 100); do [ -s "$dir/first_api_key" ] && break; sleep 0.05; done
@@ -226,6 +226,7 @@ if git cat-file -e "$BASELINE^{commit}" 2>/dev/null; then
   BASE_SRC=$TMP/baseline-src
   git worktree add -q --detach "$BASE_SRC" "$BASELINE" >/dev/null 2>&1 \
     && (cd "$BASE_SRC" && CARGO_TARGET_DIR="$ROOT/target/baseline" cargo build --release --locked --bin portcullis >&2) \
+    && cp "$BASE_SRC/config.ini" "$TMP/baseline-config.ini" \
     && BASE_BIN=$ROOT/target/baseline/release/portcullis
   git worktree remove --force "$BASE_SRC" >/dev/null 2>&1 || true
 fi
@@ -263,7 +264,8 @@ profile() { # binary -> "syscalls=.. futex=.. ctxsw=.. allocs=.."
 }
 PROF_NOW=$(profile "$BIN")
 PROF_BASE="syscalls=n/a futex=n/a ctxsw=n/a allocs=n/a"
-[ -n "$BASE_BIN" ] && PROF_BASE=$(profile "$BASE_BIN")
+# The baseline reads its own config.ini (this tree's has settings it does not know).
+[ -n "$BASE_BIN" ] && PROF_BASE=$(PC_CONFIG=$TMP/baseline-config.ini profile "$BASE_BIN")
 
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1==k{print $2}'; }
 

@@ -133,6 +133,11 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl Pool {
     /// Opens all `cfg.size` connections; an error names the file.
+    /// The settings every connection of this pool was opened with.
+    pub fn config(&self) -> PoolConfig {
+        self.inner.cfg.clone()
+    }
+
     pub fn open(cfg: PoolConfig) -> Result<Pool, String> {
         let mut idle = Vec::with_capacity(cfg.size);
         for _ in 0..cfg.size.max(1) {

@@ -65,6 +65,16 @@ impl Writer {
         }
     }
 
+    /// Runs `f` on the writer's connection while nobody writes (start-up
+    /// settings); None when a write holds it.
+    pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> Option<T> {
+        let st = self.lock();
+        if st.busy {
+            return None;
+        }
+        st.conn.as_ref().map(f)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
