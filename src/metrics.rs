@@ -257,6 +257,11 @@ impl Metrics {
                 gauges.busy_workers,
             ),
             (
+                "portcullis_db_writes_in_flight",
+                "Writes waiting for the writer, running, or waiting for their commit.",
+                gauges.writes_in_flight,
+            ),
+            (
                 "portcullis_open_connections",
                 "Open client connections.",
                 gauges.open_connections,
@@ -288,6 +293,7 @@ pub struct Gauges {
     pub uptime_s: u64,
     pub pool_waits: u64,
     pub pool_timeouts: u64,
+    pub writes_in_flight: u64,
 }
 
 #[cfg(test)]

@@ -10,8 +10,30 @@
 //! (`Seat::release`): the seats bound CPU and database work, never time
 //! spent waiting on the upstream.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+thread_local! {
+    /// The seat this thread holds, if any (one request per thread at a
+    /// time), so that a wait deep in a handler can give it back early
+    /// (`give_back_for_io`).
+    static HELD: Cell<Option<*const Seats>> = const { Cell::new(None) };
+}
+
+/// Gives back the seat this thread holds, if any, before a wait that is
+/// not CPU or database work of ours: the writer's queue and its durable
+/// commit (`db::Db::write`; the writer serialises writes by itself, and a
+/// seat held through an fsync only kept other writes out of the batch).
+/// The request finishes without a seat; its remaining work is small.
+pub fn give_back_for_io() {
+    if let Some(seats) = HELD.with(|h| h.take()) {
+        // SAFETY: set by `Seats::take` on this thread from a live `&Seats`
+        // whose `Seat` (which borrows it) has not been dropped yet: `Seat`
+        // clears HELD when it is released or dropped.
+        unsafe { (*seats).give_back() };
+    }
+}
 
 pub struct Seats {
     state: Mutex<State>,
@@ -59,6 +81,7 @@ impl Seats {
             let mut st = lock(&self.state);
             if st.taken < self.max && st.line.is_empty() {
                 st.taken += 1;
+                HELD.with(|h| h.set(Some(self as *const Seats)));
                 return Some(Seat { seats: Some(self) });
             }
             if st.line.len() >= self.line_cap {
@@ -75,6 +98,7 @@ impl Seats {
         while !*granted {
             granted = waiter.cv.wait(granted).unwrap_or_else(|e| e.into_inner());
         }
+        HELD.with(|h| h.set(Some(self as *const Seats)));
         Some(Seat { seats: Some(self) })
     }
 
@@ -109,7 +133,10 @@ impl Seat<'_> {
     /// Gives the seat back now (before waiting on the upstream).
     pub fn release(&mut self) {
         if let Some(seats) = self.seats.take() {
-            seats.give_back();
+            // Given back already when `give_back_for_io` took it.
+            if HELD.with(|h| h.take()).is_some() {
+                seats.give_back();
+            }
         }
     }
 }
@@ -151,6 +178,21 @@ mod tests {
             w.join().unwrap();
         }
         assert_eq!((seats.taken(), seats.waiting()), (0, 0));
+    }
+
+    #[test]
+    fn a_seat_given_back_for_io_is_not_given_back_twice() {
+        let seats = Seats::new(1, 0);
+        let seat = seats.take().unwrap();
+        give_back_for_io();
+        assert_eq!(seats.taken(), 0);
+        let other = seats.take().unwrap();
+        give_back_for_io();
+        drop(seat);
+        assert_eq!(seats.taken(), 0);
+        drop(other);
+        assert_eq!(seats.taken(), 0);
+        give_back_for_io();
     }
 
     #[test]

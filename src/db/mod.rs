@@ -220,7 +220,16 @@ impl Db {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // Waiting for the writer and its fsync is I/O: the request gives
+        // its seat back (more writes then share each commit).
+        crate::seats::give_back_for_io();
         self.writer.write(f)
+    }
+
+    /// Writes queued for the writer, running, or waiting for their commit
+    /// (metrics).
+    pub fn writes_in_flight(&self) -> usize {
+        self.writer.in_flight()
     }
 
     pub fn pool(&self) -> &pool::Pool {

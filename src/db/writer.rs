@@ -31,6 +31,8 @@ pub struct Writer {
     changed: Condvar,
     /// How long a caller waits for its turn (then `PoolExhausted`).
     wait: Duration,
+    /// Callers inside `write` (metrics).
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 struct State {
@@ -62,6 +64,7 @@ impl Writer {
             }),
             changed: Condvar::new(),
             wait,
+            in_flight: Default::default(),
         }
     }
 
@@ -82,6 +85,28 @@ impl Writer {
     /// Runs `f` as one write (see the module doc) and returns once it is
     /// committed durably, or with its error (nothing of it kept).
     pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, AcqRel);
+            }
+        }
+        self.in_flight.fetch_add(1, AcqRel);
+        let _counted = Counted(&self.in_flight);
+        self.write_counted(f)
+    }
+
+    /// Callers inside `write`: waiting for their turn, running, or waiting
+    /// for their commit.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn write_counted<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

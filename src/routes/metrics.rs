@@ -13,6 +13,7 @@ pub fn get(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let mut g = Gauges {
         pool_waits,
         pool_timeouts,
+        writes_in_flight: app.db.writes_in_flight() as u64,
         active_streams: app.active_streams() as u64,
         uptime_s: app.started.elapsed().as_secs(),
         ..Default::default()
