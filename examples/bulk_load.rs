@@ -236,7 +236,9 @@ fn fill(tx: &Connection, a: &Args) -> rusqlite::Result<Vec<String>> {
 
     // Everything belongs to the admin every database has (as the first
     // key's owner would have made it).
-    let admin: String = tx.query_row("SELECT id FROM users WHERE name = 'admin'", [], |r| r.get(0))?;
+    let admin: String = tx.query_row("SELECT id FROM users WHERE name = 'admin'", [], |r| {
+        r.get(0)
+    })?;
     let mut project_ids = Vec::with_capacity(a.projects as usize);
     {
         let mut st = tx.prepare(projects::INSERT)?;

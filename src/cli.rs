@@ -49,20 +49,34 @@ Any setting can be overridden as PORTCULLIS_<SECTION>_<KEY>.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Serve,
-    CheckConfig { production: bool },
+    CheckConfig {
+        production: bool,
+    },
     KeysCreate {
         name: String,
         user: Option<String>,
         expires_in_days: Option<u32>,
         models: Option<Vec<String>>,
     },
-    UsersCreate { name: String, role: crate::db::users::Role },
+    UsersCreate {
+        name: String,
+        role: crate::db::users::Role,
+    },
     UsersList,
-    UsersDisable { id: String },
-    UsersPasswd { name: String },
+    UsersDisable {
+        id: String,
+    },
+    UsersPasswd {
+        name: String,
+    },
     KeysList,
-    KeysRevoke { id: String },
-    Audit { since: Option<String>, limit: usize },
+    KeysRevoke {
+        id: String,
+    },
+    Audit {
+        since: Option<String>,
+        limit: usize,
+    },
     Help,
     Version,
 }
@@ -194,7 +208,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     )?;
     flag_misuse(
         name.is_none()
-            || matches!(command, Command::KeysCreate { .. } | Command::UsersCreate { .. }),
+            || matches!(
+                command,
+                Command::KeysCreate { .. } | Command::UsersCreate { .. }
+            ),
         "--name",
     )?;
     let key_create = matches!(command, Command::KeysCreate { .. });

@@ -78,7 +78,10 @@ pub fn create(
         Err(StoreError::NotFound) => {
             eprintln!(
                 "portcullis: no user {}",
-                user.map_or("is an enabled admin".to_string(), |n| format!("is named {}", n))
+                user.map_or("is an enabled admin".to_string(), |n| format!(
+                    "is named {}",
+                    n
+                ))
             );
             return 1;
         }
@@ -87,8 +90,7 @@ pub fn create(
     let new = crate::db::keys::NewKey {
         name,
         user_id: &owner.id,
-        expires_at: expires_in_days
-            .map(|d| crate::time::now_millis() + i64::from(d) * 86_400_000),
+        expires_at: expires_in_days.map(|d| crate::time::now_millis() + i64::from(d) * 86_400_000),
         models,
     };
     match db.create_key(&new, &Actor::cli()) {

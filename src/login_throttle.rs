@@ -35,7 +35,10 @@ impl LoginThrottle {
     pub fn refused(&self, key: &str, now: Instant) -> Option<u64> {
         let mut map = self.lock();
         let q = map.get_mut(key)?;
-        while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             q.pop_front();
         }
         if q.len() < self.max_failures {
@@ -100,6 +103,10 @@ mod tests {
         t.failed("b", t0 + Duration::from_secs(1));
         t.failed("c", t0 + Duration::from_secs(2));
         assert_eq!(t.lock().len(), 2);
-        assert_eq!(t.refused("a", t0 + Duration::from_secs(3)), None, "oldest forgotten");
+        assert_eq!(
+            t.refused("a", t0 + Duration::from_secs(3)),
+            None,
+            "oldest forgotten"
+        );
     }
 }

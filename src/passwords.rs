@@ -128,7 +128,11 @@ pub fn verify(password: &str, stored: Option<&str>) -> Result<bool, PasswordErro
     if password.len() > MAX_BYTES {
         return Ok(false);
     }
-    let ok = with_turn(|| argon2().verify_password(password.as_bytes(), &parsed).is_ok())?;
+    let ok = with_turn(|| {
+        argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })?;
     Ok(ok && stored.is_some())
 }
 

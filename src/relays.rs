@@ -30,10 +30,12 @@ impl Relays {
             if n >= self.max {
                 return None;
             }
-            match self
-                .in_flight
-                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.in_flight.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Some(InFlight(self.in_flight.clone())),
                 Err(now) => n = now,
             }

@@ -201,12 +201,7 @@ enum Step {
 /// (`receive_body_later`), and the request comes back here with its `Ctx`
 /// (and a new seat) once it has. Never holds a seat while waiting on the
 /// model either (deferred replies and streams give it back first).
-fn handle(
-    app: &Arc<App>,
-    mut rq: tiny_http::Request,
-    dispatch: Dispatch,
-    mut seat: Seat,
-) {
+fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, mut seat: Seat) {
     let resumed = rq.take_state().and_then(|s| s.downcast::<Ctx>().ok());
     let is_resumed = resumed.is_some();
     let mut ctx = match resumed {
@@ -474,7 +469,13 @@ fn error_reply(app: &App, ctx: &Ctx, err: &ApiError) -> Reply {
 /// Writes the reply, counted and logged (`finish`) before its bytes leave,
 /// so a client that reads `/metrics` right after its answer sees it
 /// counted; streams are counted and logged when they end.
-fn send(app: &Arc<App>, rq: tiny_http::Request, mut reply: Reply, ctx: &mut Ctx, seat: Option<Seat>) {
+fn send(
+    app: &Arc<App>,
+    rq: tiny_http::Request,
+    mut reply: Reply,
+    ctx: &mut Ctx,
+    seat: Option<Seat>,
+) {
     // A body never read closes the connection by itself (patched
     // tiny_http: no drain, no smuggling); refusals ask for it here.
     if ctx.close_connection {

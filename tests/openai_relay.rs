@@ -558,7 +558,10 @@ fn a_client_per_relay_slot_is_never_refused() {
     let up = FakeUpstream::start(Mode::Normal);
     let s = Server::start(
         opts_for(&up.base_url())
-            .env("PORTCULLIS_SERVER_MAX_CONCURRENT_STREAMS", &CLIENTS.to_string())
+            .env(
+                "PORTCULLIS_SERVER_MAX_CONCURRENT_STREAMS",
+                &CLIENTS.to_string(),
+            )
             .env("PORTCULLIS_SERVER_WORKERS", "2"),
     );
     let body = user_says("hi").to_string();

@@ -526,8 +526,11 @@ fn messages_page_oldest_first_while_another_writer_appends() {
     let cid = c["id"].as_str().unwrap().to_string();
     let db = db_of(&s.dir);
     for i in 0..25 {
-        db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &cid)), &new_message(&cid, &format!("m{:03}", i)))
-            .unwrap();
+        db.insert_message(
+            portcullis::db::Owner::of(&owner_of(&db, &cid)),
+            &new_message(&cid, &format!("m{:03}", i)),
+        )
+        .unwrap();
     }
     let path = format!("/api/conversations/{}/messages", cid);
     let first = s.get(&format!("{}?limit=10", path)).json();
@@ -553,8 +556,11 @@ fn messages_page_oldest_first_while_another_writer_appends() {
         let (db, cid) = (db.clone(), cid.clone());
         std::thread::spawn(move || {
             for i in 25..60 {
-                db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &cid)), &new_message(&cid, &format!("m{:03}", i)))
-                    .unwrap();
+                db.insert_message(
+                    portcullis::db::Owner::of(&owner_of(&db, &cid)),
+                    &new_message(&cid, &format!("m{:03}", i)),
+                )
+                .unwrap();
             }
         })
     };
@@ -615,10 +621,18 @@ fn deleting_a_project_removes_its_conversations_and_messages() {
             .as_str()
             .unwrap()
             .to_string();
-        db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &c)), &new_message(&c, "hi")).unwrap();
+        db.insert_message(
+            portcullis::db::Owner::of(&owner_of(&db, &c)),
+            &new_message(&c, "hi"),
+        )
+        .unwrap();
         gone.push(c);
     }
-    db.insert_message(portcullis::db::Owner::of(&owner_of(&db, &keep)), &new_message(&keep, "stay")).unwrap();
+    db.insert_message(
+        portcullis::db::Owner::of(&owner_of(&db, &keep)),
+        &new_message(&keep, "stay"),
+    )
+    .unwrap();
     assert_eq!(
         delete(&s, &format!("/api/projects/{}", pid), &key).status,
         204

@@ -98,7 +98,10 @@ fn sign_in_sets_a_strict_cookie_and_unsafe_requests_need_a_token_of_that_session
     let id = make_user(&s, &admin, "alice", "correct horse battery");
     let r = sign_in(&s, "alice", "correct horse battery");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["user"], json!({"id": id, "name": "alice", "role": "member"}));
+    assert_eq!(
+        r.json()["user"],
+        json!({"id": id, "name": "alice", "role": "member"})
+    );
     let set = r.header("Set-Cookie").unwrap();
     for part in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set.contains(part), "{}", set);
@@ -140,7 +143,14 @@ fn sign_in_sets_a_strict_cookie_and_unsafe_requests_need_a_token_of_that_session
         .is_empty());
 
     // Sign-out ends this session at once, not the other one.
-    let out = browser(&s, "DELETE", "/api/session", Some(&token), Some(&bound), None);
+    let out = browser(
+        &s,
+        "DELETE",
+        "/api/session",
+        Some(&token),
+        Some(&bound),
+        None,
+    );
     assert_eq!(out.status, 204);
     assert!(out.header("Set-Cookie").unwrap().contains("Max-Age=0"));
     assert_error(
@@ -148,10 +158,18 @@ fn sign_in_sets_a_strict_cookie_and_unsafe_requests_need_a_token_of_that_session
         401,
         "unauthorized",
     );
-    assert_eq!(browser(&s, "GET", "/api/me", Some(&other), None, None).status, 200);
+    assert_eq!(
+        browser(&s, "GET", "/api/me", Some(&other), None, None).status,
+        200
+    );
 
     // Disabling the user ends their sessions.
-    let d = s.json("DELETE", &format!("/api/admin/users/{}", id), Some(&admin), &json!({}));
+    let d = s.json(
+        "DELETE",
+        &format!("/api/admin/users/{}", id),
+        Some(&admin),
+        &json!({}),
+    );
     assert_eq!(d.status, 204);
     assert_error(
         &browser(&s, "GET", "/api/me", Some(&other), None, None),
@@ -160,7 +178,11 @@ fn sign_in_sets_a_strict_cookie_and_unsafe_requests_need_a_token_of_that_session
     );
     // No password or hash in the log.
     let log = s.log_text();
-    assert!(!log.contains("correct horse") && !log.contains("argon2"), "{}", log);
+    assert!(
+        !log.contains("correct horse") && !log.contains("argon2"),
+        "{}",
+        log
+    );
 }
 
 #[test]
@@ -170,7 +192,10 @@ fn wrong_name_and_wrong_password_answer_alike_and_attempts_are_limited() {
     let wrong_pw = sign_in(&s, "bob", "not the passphrase");
     let wrong_name = sign_in(&s, "nobody", "a long passphrase");
     assert_error(&wrong_pw, 401, "unauthorized");
-    assert_eq!(without_request_id(&wrong_pw), without_request_id(&wrong_name));
+    assert_eq!(
+        without_request_id(&wrong_pw),
+        without_request_id(&wrong_name)
+    );
     assert!(wrong_pw.header("Set-Cookie").is_none());
     // A third failure for bob's name (from this address, which has failed
     // twice): the name and the address are now both at the limit.
@@ -195,10 +220,16 @@ fn expired_or_idle_sessions_are_refused_and_cookies_can_be_secure() {
     db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     let hash = |t: &str| portcullis::db::keys::hash_key(t);
     // One past its lifetime, the other idle past `session_idle_s`.
-    db.execute("UPDATE sessions SET expires_at = 1 WHERE hash = ?1", [hash(&a)])
-        .unwrap();
-    db.execute("UPDATE sessions SET last_used_at = 1 WHERE hash = ?1", [hash(&b)])
-        .unwrap();
+    db.execute(
+        "UPDATE sessions SET expires_at = 1 WHERE hash = ?1",
+        [hash(&a)],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE sessions SET last_used_at = 1 WHERE hash = ?1",
+        [hash(&b)],
+    )
+    .unwrap();
     for t in [&a, &b] {
         assert_error(
             &browser(&s, "GET", "/api/me", Some(t), None, None),
@@ -211,7 +242,12 @@ fn expired_or_idle_sessions_are_refused_and_cookies_can_be_secure() {
 #[test]
 fn the_cli_sets_a_password_read_from_standard_input() {
     let (s, admin) = start(&[]);
-    let r = s.json("POST", "/api/admin/users", Some(&admin), &json!({"name": "dave"}));
+    let r = s.json(
+        "POST",
+        "/api/admin/users",
+        Some(&admin),
+        &json!({"name": "dave"}),
+    );
     assert_eq!(r.status, 201);
     assert_error(&sign_in(&s, "dave", "anything at all"), 401, "unauthorized");
     let mut child = Command::new(support::bin())
@@ -229,6 +265,10 @@ fn the_cli_sets_a_password_read_from_standard_input() {
         .write_all(b"from standard input\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sign_in(&s, "dave", "from standard input").status, 200);
 }

@@ -29,7 +29,12 @@ fn start(up: &FakeUpstream) -> (Server, String) {
 
 /// A member and a key of theirs, made through the admin API.
 fn member(s: &Server, admin: &str, name: &str) -> (String, String) {
-    let u = s.json("POST", "/api/admin/users", Some(admin), &json!({"name": name}));
+    let u = s.json(
+        "POST",
+        "/api/admin/users",
+        Some(admin),
+        &json!({"name": name}),
+    );
     assert_eq!(u.status, 201, "{}", u.text());
     let id = u.json()["id"].as_str().unwrap().to_string();
     assert_eq!(u.json()["role"], "member");
@@ -58,9 +63,7 @@ fn call(s: &Server, key: &str, method: &str, path: &str, body: Option<Value>) ->
 /// The error body without its request id, to compare two refusals.
 fn error_shape(r: &Resp) -> (u16, Value) {
     let mut v = r.json();
-    v["error"]
-        .as_object_mut()
-        .map(|e| e.remove("request_id"));
+    v["error"].as_object_mut().map(|e| e.remove("request_id"));
     (r.status, v)
 }
 
@@ -82,7 +85,13 @@ fn every_resource_route_is_scoped_to_its_owner() {
 
     // A's data: a project, a conversation in it with a system prompt, and
     // a chat turn (two stored messages).
-    let pa = call(&s, &a, "POST", "/api/projects", Some(json!({"name": "alice's"})));
+    let pa = call(
+        &s,
+        &a,
+        "POST",
+        "/api/projects",
+        Some(json!({"name": "alice's"})),
+    );
     assert_eq!(pa.status, 201);
     let pa = pa.json()["id"].as_str().unwrap().to_string();
     let ca = call(
@@ -114,9 +123,19 @@ fn every_resource_route_is_scoped_to_its_owner() {
     // (method, path, body, the owner's status); others get 404.
     let routes: Vec<(&str, String, Option<Value>, u16)> = vec![
         ("GET", project.clone(), None, 200),
-        ("PATCH", project.clone(), Some(json!({"name": "renamed"})), 200),
+        (
+            "PATCH",
+            project.clone(),
+            Some(json!({"name": "renamed"})),
+            200,
+        ),
         ("GET", conversation.clone(), None, 200),
-        ("PATCH", conversation.clone(), Some(json!({"system_prompt": "x"})), 200),
+        (
+            "PATCH",
+            conversation.clone(),
+            Some(json!({"system_prompt": "x"})),
+            200,
+        ),
         ("GET", messages.clone(), None, 200),
         ("GET", of_project.clone(), None, 200),
         (
@@ -140,17 +159,32 @@ fn every_resource_route_is_scoped_to_its_owner() {
     ];
     for (method, path, body, owner_status) in &routes {
         let mine = call(&s, &a, method, path, body.clone());
-        assert_eq!(mine.status, *owner_status, "owner {} {}: {}", method, path, mine.text());
+        assert_eq!(
+            mine.status,
+            *owner_status,
+            "owner {} {}: {}",
+            method,
+            path,
+            mine.text()
+        );
         for (who, key) in [("member", &b), ("admin", &admin)] {
             let r = call(&s, key, method, path, body.clone());
             assert_error(&r, 404, "not_found");
             // Exactly what an unknown id answers.
             let unknown_path = path.replace(&pa, unknown).replace(&ca, unknown);
-            let unknown_body = body
-                .as_ref()
-                .map(|b| serde_json::from_str(&b.to_string().replace(&pa, unknown).replace(&ca, unknown)).unwrap());
+            let unknown_body = body.as_ref().map(|b| {
+                serde_json::from_str(&b.to_string().replace(&pa, unknown).replace(&ca, unknown))
+                    .unwrap()
+            });
             let u = call(&s, key, method, &unknown_path, unknown_body);
-            assert_eq!(error_shape(&r), error_shape(&u), "{} {} {}", who, method, path);
+            assert_eq!(
+                error_shape(&r),
+                error_shape(&u),
+                "{} {} {}",
+                who,
+                method,
+                path
+            );
         }
     }
     // B cannot move its own conversation into A's project.
@@ -171,15 +205,26 @@ fn every_resource_route_is_scoped_to_its_owner() {
         let convs = ids(&call(&s, key, "GET", "/api/conversations", None));
         assert!(!convs.contains(&ca), "{:?}", convs);
     }
-    assert_eq!(ids(&call(&s, &b, "GET", "/api/conversations", None)), vec![cb.clone()]);
+    assert_eq!(
+        ids(&call(&s, &b, "GET", "/api/conversations", None)),
+        vec![cb.clone()]
+    );
     let a_convs = ids(&call(&s, &a, "GET", "/api/conversations", None));
-    assert!(a_convs.contains(&ca) && !a_convs.contains(&cb) && a_convs.len() == 3, "{:?}", a_convs);
+    assert!(
+        a_convs.contains(&ca) && !a_convs.contains(&cb) && a_convs.len() == 3,
+        "{:?}",
+        a_convs
+    );
     let a_msgs = call(&s, &a, "GET", &messages, None).json();
     assert_eq!(a_msgs["items"].as_array().unwrap().len(), 4, "{}", a_msgs);
 
     // Deletes by others are unknown ids, and remove nothing.
     for key in [&b, &admin] {
-        assert_error(&call(&s, key, "DELETE", &conversation, None), 404, "not_found");
+        assert_error(
+            &call(&s, key, "DELETE", &conversation, None),
+            404,
+            "not_found",
+        );
         assert_error(&call(&s, key, "DELETE", &project, None), 404, "not_found");
     }
     assert_eq!(call(&s, &a, "GET", &conversation, None).status, 200);
@@ -192,7 +237,10 @@ fn every_resource_route_is_scoped_to_its_owner() {
         ids(&call(&s, &a, "GET", "/api/conversations", None)),
         Vec::<String>::new()
     );
-    assert_eq!(call(&s, &b, "GET", &format!("/api/conversations/{}", cb), None).status, 200);
+    assert_eq!(
+        call(&s, &b, "GET", &format!("/api/conversations/{}", cb), None).status,
+        200
+    );
 }
 
 #[test]
@@ -204,9 +252,15 @@ fn keys_belong_to_users_and_admin_routes_to_admins() {
 
     let me = call(&s, &a, "GET", "/api/me", None);
     assert_eq!(me.status, 200);
-    assert_eq!(me.json()["user"], json!({"id": a_id, "name": "alice", "role": "member"}));
+    assert_eq!(
+        me.json()["user"],
+        json!({"id": a_id, "name": "alice", "role": "member"})
+    );
     assert_eq!(me.json()["auth"], "key");
-    assert_eq!(call(&s, &admin, "GET", "/api/me", None).json()["user"]["role"], "admin");
+    assert_eq!(
+        call(&s, &admin, "GET", "/api/me", None).json()["user"]["role"],
+        "admin"
+    );
 
     // Members manage their own keys only.
     let made = call(&s, &a, "POST", "/api/keys", Some(json!({"name": "second"})));
@@ -239,11 +293,23 @@ fn keys_belong_to_users_and_admin_routes_to_admins() {
     // Admin routes: 403 for a member, whatever the route.
     for (method, path, body) in [
         ("GET", "/api/admin/users".to_string(), None),
-        ("POST", "/api/admin/users".to_string(), Some(json!({"name": "eve"}))),
-        ("PATCH", format!("/api/admin/users/{}", b_id), Some(json!({"role": "admin"}))),
+        (
+            "POST",
+            "/api/admin/users".to_string(),
+            Some(json!({"name": "eve"})),
+        ),
+        (
+            "PATCH",
+            format!("/api/admin/users/{}", b_id),
+            Some(json!({"role": "admin"})),
+        ),
         ("DELETE", format!("/api/admin/users/{}", b_id), None),
         ("GET", format!("/api/admin/keys?user_id={}", b_id), None),
-        ("POST", "/api/admin/keys".to_string(), Some(json!({"user_id": a_id, "name": "x"}))),
+        (
+            "POST",
+            "/api/admin/keys".to_string(),
+            Some(json!({"user_id": a_id, "name": "x"})),
+        ),
     ] {
         assert_error(&call(&s, &a, method, &path, body), 403, "forbidden");
     }
@@ -258,22 +324,55 @@ fn keys_belong_to_users_and_admin_routes_to_admins() {
     // Never a password hash, only whether there is one.
     assert!(!users.to_string().contains("argon2"));
     assert_eq!(users["items"][1]["has_password"], false);
-    let taken = call(&s, &admin, "POST", "/api/admin/users", Some(json!({"name": "alice"})));
+    let taken = call(
+        &s,
+        &admin,
+        "POST",
+        "/api/admin/users",
+        Some(json!({"name": "alice"})),
+    );
     assert_error(&taken, 400, "validation_failed");
     assert_error(
-        &call(&s, &admin, "POST", "/api/admin/users", Some(json!({"name": "no spaces"}))),
+        &call(
+            &s,
+            &admin,
+            "POST",
+            "/api/admin/users",
+            Some(json!({"name": "no spaces"})),
+        ),
         400,
         "validation_failed",
     );
 
     // Disabling (admin API) refuses the user's keys on the next request;
     // the data stays, and enabling restores access.
-    assert_eq!(call(&s, &b, "POST", "/api/projects", Some(json!({"name": "kept"}))).status, 201);
     assert_eq!(
-        call(&s, &admin, "DELETE", &format!("/api/admin/users/{}", b_id), None).status,
+        call(
+            &s,
+            &b,
+            "POST",
+            "/api/projects",
+            Some(json!({"name": "kept"}))
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        call(
+            &s,
+            &admin,
+            "DELETE",
+            &format!("/api/admin/users/{}", b_id),
+            None
+        )
+        .status,
         204
     );
-    assert_error(&call(&s, &b, "GET", "/api/projects", None), 403, "forbidden");
+    assert_error(
+        &call(&s, &b, "GET", "/api/projects", None),
+        403,
+        "forbidden",
+    );
     let back = call(
         &s,
         &admin,
@@ -326,7 +425,16 @@ fn keys_may_expire_and_carry_a_model_allowlist() {
     // From the CLI: a key that expired (its expiry moved into the past in
     // the database before its first use) answers 401.
     let (code, out, err) = run_cli(
-        &["keys", "create", "--name", "short", "--user", "alice", "--expires-in-days", "1"],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "short",
+            "--user",
+            "alice",
+            "--expires-in-days",
+            "1",
+        ],
         &[],
         &s.dir,
     );
@@ -375,7 +483,10 @@ fn a_database_from_before_users_is_upgraded_to_one_admin() {
     assert_eq!(me.json()["user"]["name"], "admin");
     assert_eq!(me.json()["user"]["role"], "admin");
     assert_eq!(ids(&s.get_as("/api/projects", &key)), ["p1"]);
-    assert_eq!(ids(&s.get_as("/api/conversations?project_id=p1", &key)), ["c1"]);
+    assert_eq!(
+        ids(&s.get_as("/api/conversations?project_id=p1", &key)),
+        ["c1"]
+    );
     let msgs = s.get_as("/api/conversations/c1/messages", &key).json();
     assert_eq!(msgs["items"][0]["content"], "kept");
     // No key was added (the old one is the admin's), and the CLI agrees.
@@ -394,15 +505,30 @@ fn every_state_change_is_audited_with_who_did_it() {
     let p = call(&s, &a, "POST", "/api/projects", Some(json!({"name": "p"})));
     let pid = p.json()["id"].as_str().unwrap().to_string();
     let path = format!("/api/projects/{}", pid);
-    assert_eq!(call(&s, &a, "PATCH", &path, Some(json!({"name": "q"}))).status, 200);
-    let c = call(&s, &a, "POST", "/api/conversations", Some(json!({"project_id": pid})));
+    assert_eq!(
+        call(&s, &a, "PATCH", &path, Some(json!({"name": "q"}))).status,
+        200
+    );
+    let c = call(
+        &s,
+        &a,
+        "POST",
+        "/api/conversations",
+        Some(json!({"project_id": pid})),
+    );
     let cid = c.json()["id"].as_str().unwrap().to_string();
     let cpath = format!("/api/conversations/{}", cid);
-    assert_eq!(call(&s, &a, "PATCH", &cpath, Some(json!({"title": "t"}))).status, 200);
+    assert_eq!(
+        call(&s, &a, "PATCH", &cpath, Some(json!({"title": "t"}))).status,
+        200
+    );
     assert_eq!(call(&s, &a, "DELETE", &path, None).status, 204);
     let (code, out, err) = run_cli(&["audit", "--limit", "100"], &[], &s.dir);
     assert_eq!(code, 0, "{}", err);
-    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let a_key = call(&s, &a, "GET", "/api/keys", None).json()["items"][0]["id"].clone();
     for event in [
         "project_created",
@@ -417,10 +543,17 @@ fn every_state_change_is_audited_with_who_did_it() {
             .unwrap_or_else(|| panic!("no {} in {}", event, out));
         assert_eq!(row["user_id"], a_id.as_str(), "{}", row);
         assert_eq!(row["key_id"], a_key, "{}", row);
-        assert!(row["client"].is_string() && row["request_id"].is_string(), "{}", row);
+        assert!(
+            row["client"].is_string() && row["request_id"].is_string(),
+            "{}",
+            row
+        );
     }
     // Edits name the fields changed, never their new text.
-    let upd = rows.iter().find(|r| r["event"] == "conversation_updated").unwrap();
+    let upd = rows
+        .iter()
+        .find(|r| r["event"] == "conversation_updated")
+        .unwrap();
     assert_eq!(upd["detail"]["fields"], json!(["title"]));
     let made = rows.iter().find(|r| r["event"] == "user_created").unwrap();
     assert_eq!(made["detail"]["name"], "alice");
@@ -438,7 +571,12 @@ fn a_users_keys_share_one_rate_limit_budget() {
     let admin = first_key(&s);
     let (a_id, a1) = member(&s, &admin, "alice");
     let a2 = s
-        .json("POST", "/api/admin/keys", Some(&admin), &json!({"user_id": a_id, "name": "second"}))
+        .json(
+            "POST",
+            "/api/admin/keys",
+            Some(&admin),
+            &json!({"user_id": a_id, "name": "second"}),
+        )
         .json()["key"]
         .as_str()
         .unwrap()

@@ -336,16 +336,35 @@ mod tests {
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
         let c = db
-            .create_conversation(o, None, Some("t"), None, Some("be brief"), &crate::db::Actor::default())
+            .create_conversation(
+                o,
+                None,
+                Some("t"),
+                None,
+                Some("be brief"),
+                &crate::db::Actor::default(),
+            )
             .unwrap();
         assert_eq!(db.get_conversation(o, &c.id).unwrap(), c);
         assert_eq!(
-            db.create_conversation(o, Some("nope"), None, None, None, &crate::db::Actor::default())
-                .unwrap_err(),
+            db.create_conversation(
+                o,
+                Some("nope"),
+                None,
+                None,
+                None,
+                &crate::db::Actor::default()
+            )
+            .unwrap_err(),
             StoreError::UnknownProject
         );
         let same = db
-            .update_conversation(o, &c.id, &ConversationPatch::default(), &crate::db::Actor::default())
+            .update_conversation(
+                o,
+                &c.id,
+                &ConversationPatch::default(),
+                &crate::db::Actor::default(),
+            )
             .unwrap();
         assert_eq!(same, c);
         let patch = ConversationPatch {
@@ -353,7 +372,9 @@ mod tests {
             model: Some(Some("m".into())),
             ..Default::default()
         };
-        let u = db.update_conversation(o, &c.id, &patch, &crate::db::Actor::default()).unwrap();
+        let u = db
+            .update_conversation(o, &c.id, &patch, &crate::db::Actor::default())
+            .unwrap();
         assert_eq!(
             (
                 u.title.as_deref(),

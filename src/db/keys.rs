@@ -34,7 +34,8 @@ const KEY_HEX_CHARS: usize = KEY_RANDOM_BYTES * 2;
 const DISPLAY_PREFIX_CHARS: usize = KEY_PREFIX.len() + 8;
 pub const NAME_MAX_CHARS: usize = 100;
 
-const INSERT: &str = "INSERT INTO api_keys (id, name, prefix, hash, created_at, user_id, expires_at, models)
+const INSERT: &str =
+    "INSERT INTO api_keys (id, name, prefix, hash, created_at, user_id, expires_at, models)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 /// Whether any key exists: one step, however many there are.
 const ANY: &str = "SELECT 1 FROM api_keys LIMIT 1";
@@ -43,7 +44,11 @@ macro_rules! columns {
         "id, name, prefix, created_at, revoked_at, user_id, expires_at, models"
     };
 }
-const LIST: &str = concat!("SELECT ", columns!(), " FROM api_keys ORDER BY created_at, id");
+const LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM api_keys ORDER BY created_at, id"
+);
 /// One user's keys (at most `MAX_LISTED`).
 const LIST_OF_USER: &str = concat!(
     "SELECT ",
@@ -134,11 +139,17 @@ pub struct Grant {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyLookup {
     Valid(Grant),
-    Revoked { id: String },
+    Revoked {
+        id: String,
+    },
     /// Past its `expires_at` (401, as a revoked key).
-    Expired { id: String },
+    Expired {
+        id: String,
+    },
     /// Its user is disabled (403 `forbidden`).
-    Disabled { id: String },
+    Disabled {
+        id: String,
+    },
     Unknown,
 }
 
@@ -246,7 +257,11 @@ pub fn insert_key(
 
 impl Db {
     /// Creates a key; the secret is returned once and never stored.
-    pub fn create_key(&self, new: &NewKey<'_>, actor: &Actor) -> Result<(ApiKey, Secret), StoreError> {
+    pub fn create_key(
+        &self,
+        new: &NewKey<'_>,
+        actor: &Actor,
+    ) -> Result<(ApiKey, Secret), StoreError> {
         let r = self.write(|tx| insert_key(tx, new, actor));
         self.key_cache.bump_stamp();
         r
@@ -322,7 +337,12 @@ impl Db {
         r
     }
 
-    fn revoke_in_db(&self, id: &str, only_of: Option<Owner>, actor: &Actor) -> Result<Revoke, StoreError> {
+    fn revoke_in_db(
+        &self,
+        id: &str,
+        only_of: Option<Owner>,
+        actor: &Actor,
+    ) -> Result<Revoke, StoreError> {
         self.write(|tx| {
             let row: Option<(Option<i64>, Option<String>)> = tx
                 .query_row_cached(REVOKED_AT, [id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -372,7 +392,17 @@ impl Db {
     }
 
     fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, StoreError> {
-        type Row = (String, String, Option<i64>, Option<i64>, Option<String>, String, String, Role, bool);
+        type Row = (
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            String,
+            String,
+            Role,
+            bool,
+        );
         let row: Option<Row> = self
             .conn()?
             .query_row_cached(BY_HASH, [hash], |r| {
@@ -400,7 +430,11 @@ impl Db {
                 } else {
                     KeyLookup::Valid(Grant {
                         key_id: id,
-                        principal: Principal { user_id, name, role },
+                        principal: Principal {
+                            user_id,
+                            name,
+                            role,
+                        },
                         models: models.and_then(|m| serde_json::from_str(&m).ok()),
                         expires_at,
                     })
@@ -561,7 +595,10 @@ mod tests {
         match db.lookup_key(text).unwrap() {
             KeyLookup::Valid(g) => {
                 assert_eq!(g.key_id, key.id);
-                assert_eq!((g.principal.name.as_str(), g.principal.role), ("admin", Role::Admin));
+                assert_eq!(
+                    (g.principal.name.as_str(), g.principal.role),
+                    ("admin", Role::Admin)
+                );
             }
             other => panic!("{:?}", other),
         }

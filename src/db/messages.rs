@@ -322,7 +322,9 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
+        let c = db
+            .create_conversation(o, None, None, None, None, &crate::db::Actor::default())
+            .unwrap();
         for i in 0..5 {
             db.insert_message(o, &msg(&c.id, &i.to_string())).unwrap();
         }
@@ -351,7 +353,9 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
+        let c = db
+            .create_conversation(o, None, None, None, None, &crate::db::Actor::default())
+            .unwrap();
         let insert = |role: &str, status: &str| {
             db.conn().unwrap().execute(
                 "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
@@ -373,13 +377,18 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
+        let c = db
+            .create_conversation(o, None, None, None, None, &crate::db::Actor::default())
+            .unwrap();
         let m = db
-            .insert_message(o, &NewMessage {
-                role: Role::Assistant,
-                status: Status::Partial,
-                ..msg(&c.id, "")
-            })
+            .insert_message(
+                o,
+                &NewMessage {
+                    role: Role::Assistant,
+                    status: Status::Partial,
+                    ..msg(&c.id, "")
+                },
+            )
             .unwrap();
         let usage = json!({"prompt_tokens": 3});
         db.update_message(o, &m.id, "done", Status::Complete, Some(&usage))
@@ -403,7 +412,9 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let c = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
+        let c = db
+            .create_conversation(o, None, None, None, None, &crate::db::Actor::default())
+            .unwrap();
         for i in 0..7 {
             db.insert_message(o, &msg(&c.id, &i.to_string())).unwrap();
         }

@@ -194,10 +194,13 @@ impl Db {
                 params![p.id, p.name, p.description, p.updated_at],
             )?;
             // What changed, by name (never the new text).
-            let fields: Vec<&str> = [("name", patch.name.is_some()), ("description", patch.description.is_some())]
-                .into_iter()
-                .filter_map(|(f, set)| set.then_some(f))
-                .collect();
+            let fields: Vec<&str> = [
+                ("name", patch.name.is_some()),
+                ("description", patch.description.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(f, set)| set.then_some(f))
+            .collect();
             audit_log::insert(
                 tx,
                 AuditEvent::ProjectUpdated,
@@ -242,19 +245,33 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let p = db.create_project(o, "p", None, &crate::db::Actor::default()).unwrap();
-        let c = db
-            .create_conversation(o, Some(&p.id), None, None, None, &crate::db::Actor::default())
+        let p = db
+            .create_project(o, "p", None, &crate::db::Actor::default())
             .unwrap();
-        let other = db.create_conversation(o, None, None, None, None, &crate::db::Actor::default()).unwrap();
-        db.insert_message(o, &NewMessage {
-            conversation_id: &c.id,
-            role: crate::db::Role::User,
-            content: "hi",
-            status: crate::db::Status::Complete,
-            model: None,
-            usage: None,
-        })
+        let c = db
+            .create_conversation(
+                o,
+                Some(&p.id),
+                None,
+                None,
+                None,
+                &crate::db::Actor::default(),
+            )
+            .unwrap();
+        let other = db
+            .create_conversation(o, None, None, None, None, &crate::db::Actor::default())
+            .unwrap();
+        db.insert_message(
+            o,
+            &NewMessage {
+                conversation_id: &c.id,
+                role: crate::db::Role::User,
+                content: "hi",
+                status: crate::db::Status::Complete,
+                model: None,
+                usage: None,
+            },
+        )
         .unwrap();
         db.delete_project(o, &p.id, &Actor::default()).unwrap();
         assert_eq!(db.get_conversation(o, &c.id), Err(StoreError::NotFound));
@@ -286,18 +303,28 @@ mod tests {
         let db = temp_db();
         let me = db.user_by_name("admin").unwrap().id;
         let o = crate::db::Owner::of(&me);
-        let p = db.create_project(o, "p", Some("d"), &crate::db::Actor::default()).unwrap();
+        let p = db
+            .create_project(o, "p", Some("d"), &crate::db::Actor::default())
+            .unwrap();
         assert_eq!(
-            db.update_project(o, &p.id, &ProjectPatch::default(), &crate::db::Actor::default()).unwrap(),
+            db.update_project(
+                o,
+                &p.id,
+                &ProjectPatch::default(),
+                &crate::db::Actor::default()
+            )
+            .unwrap(),
             p
         );
         let u = db
-            .update_project(o, 
+            .update_project(
+                o,
                 &p.id,
                 &ProjectPatch {
                     name: Some("q".into()),
                     description: None,
-                }, &crate::db::Actor::default(),
+                },
+                &crate::db::Actor::default(),
             )
             .unwrap();
         assert_eq!(
@@ -305,17 +332,24 @@ mod tests {
             ("q", Some("d"))
         );
         let u = db
-            .update_project(o, 
+            .update_project(
+                o,
                 &p.id,
                 &ProjectPatch {
                     name: None,
                     description: Some(None),
-                }, &crate::db::Actor::default(),
+                },
+                &crate::db::Actor::default(),
             )
             .unwrap();
         assert_eq!(u.description, None);
         assert_eq!(
-            db.update_project(o, "nope", &ProjectPatch::default(), &crate::db::Actor::default()),
+            db.update_project(
+                o,
+                "nope",
+                &ProjectPatch::default(),
+                &crate::db::Actor::default()
+            ),
             Err(StoreError::NotFound)
         );
     }

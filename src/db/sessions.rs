@@ -24,11 +24,16 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 const INSERT: &str = "INSERT INTO sessions (hash, user_id, created_at, last_used_at, expires_at)
      VALUES (?1, ?2, ?3, ?3, ?4)";
 /// A session with its user, by the token's hash (primary key).
-const BY_HASH: &str = "SELECT s.hash, s.last_used_at, s.expires_at, u.id, u.name, u.role, u.disabled
+const BY_HASH: &str =
+    "SELECT s.hash, s.last_used_at, s.expires_at, u.id, u.name, u.role, u.disabled
      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.hash = ?1";
 
 /// The reads above, for tests/query_plans.rs (`db::reads`).
-pub const READS: &[Read] = &[Read::bounded("sessions::by_hash", BY_HASH, &[Arg::SessionHash])];
+pub const READS: &[Read] = &[Read::bounded(
+    "sessions::by_hash",
+    BY_HASH,
+    &[Arg::SessionHash],
+)];
 
 /// Whether `s` has the shape of a session token.
 pub fn well_formed(s: &str) -> bool {
@@ -61,7 +66,10 @@ impl Db {
         let hash = super::keys::hash_key(token.expose_str());
         let now = crate::time::now_millis();
         self.write(|tx| {
-            tx.execute_cached(INSERT, params![hash, user_id, now, now.saturating_add(ttl_ms)])?;
+            tx.execute_cached(
+                INSERT,
+                params![hash, user_id, now, now.saturating_add(ttl_ms)],
+            )?;
             Ok(())
         })?;
         Ok(token)
@@ -78,7 +86,15 @@ impl Db {
         let row: Option<Row> = self
             .conn()?
             .query_row_cached(BY_HASH, [&hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })
             .optional()?;
         let now = crate::time::now_millis();
@@ -102,7 +118,11 @@ impl Db {
             })?;
         }
         Ok(SessionLookup::Valid {
-            principal: Principal { user_id, name, role },
+            principal: Principal {
+                user_id,
+                name,
+                role,
+            },
             hash,
         })
     }

@@ -129,15 +129,18 @@ macro_rules! columns {
 }
 const GET: &str = concat!("SELECT ", columns!(), " FROM users WHERE id = ?1");
 const BY_NAME: &str = concat!("SELECT ", columns!(), " FROM users WHERE name = ?1");
-const LIST: &str = concat!("SELECT ", columns!(), " FROM users ORDER BY created_at, seq");
+const LIST: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM users ORDER BY created_at, seq"
+);
 /// The first enabled admin by age (keys made without `--user` go to it).
 const FIRST_ADMIN: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM users WHERE role = 'admin' AND disabled = 0 ORDER BY created_at, seq LIMIT 1"
 );
-const PASSWORD_OF: &str =
-    "SELECT id, password_hash, disabled FROM users WHERE name = ?1";
+const PASSWORD_OF: &str = "SELECT id, password_hash, disabled FROM users WHERE name = ?1";
 pub const INSERT: &str =
     "INSERT INTO users (id, name, role, password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
 
@@ -157,7 +160,10 @@ pub const READS: &[Read] = &[
 ];
 
 /// The user named `name`, inside a transaction.
-pub(crate) fn by_name_in(tx: &rusqlite::Connection, name: &str) -> Result<Option<User>, StoreError> {
+pub(crate) fn by_name_in(
+    tx: &rusqlite::Connection,
+    name: &str,
+) -> Result<Option<User>, StoreError> {
     Ok(tx.query_row_cached(BY_NAME, [name], from_row).optional()?)
 }
 
@@ -215,7 +221,13 @@ pub fn insert_user(
     };
     tx.execute_cached(
         INSERT,
-        params![user.id, user.name, user.role, password_hash, user.created_at],
+        params![
+            user.id,
+            user.name,
+            user.role,
+            password_hash,
+            user.created_at
+        ],
     )?;
     audit_log::insert(
         tx,
@@ -240,19 +252,21 @@ impl Db {
     /// The user named `name`, created with `role` if missing (the `local`
     /// user of auth mode `none`).
     pub fn ensure_user(&self, name: &str, role: Role) -> Result<User, StoreError> {
-        self.write(|tx| match tx.query_row_cached(BY_NAME, [name], from_row).optional()? {
-            Some(u) => Ok(u),
-            None => insert_user(
-                tx,
-                name,
-                role,
-                None,
-                &Actor {
-                    client: Some("startup".into()),
-                    ..Actor::default()
-                },
-            ),
-        })
+        self.write(
+            |tx| match tx.query_row_cached(BY_NAME, [name], from_row).optional()? {
+                Some(u) => Ok(u),
+                None => insert_user(
+                    tx,
+                    name,
+                    role,
+                    None,
+                    &Actor {
+                        client: Some("startup".into()),
+                        ..Actor::default()
+                    },
+                ),
+            },
+        )
     }
 
     pub fn get_user(&self, id: &str) -> Result<User, StoreError> {
@@ -287,10 +301,15 @@ impl Db {
 
     /// (user id, password hash, disabled) of the user named `name`, for
     /// sign-in.
-    pub fn password_of(&self, name: &str) -> Result<Option<(String, Option<String>, bool)>, StoreError> {
+    pub fn password_of(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>, bool)>, StoreError> {
         Ok(self
             .conn()?
-            .query_row_cached(PASSWORD_OF, [name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row_cached(PASSWORD_OF, [name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?)
     }
 
@@ -298,7 +317,12 @@ impl Db {
     /// the user's next request, also in other processes: the key stamp is
     /// rewritten (cached keys are dropped) and a disabled user's sessions
     /// are ended.
-    pub fn update_user(&self, id: &str, patch: &UserPatch, actor: &Actor) -> Result<User, StoreError> {
+    pub fn update_user(
+        &self,
+        id: &str,
+        patch: &UserPatch,
+        actor: &Actor,
+    ) -> Result<User, StoreError> {
         let r = self.write(|tx| {
             let mut u = tx
                 .query_row_cached(GET, [id], from_row)

@@ -204,14 +204,17 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         .or_else(|| conversation.model.clone())
         .unwrap_or_else(|| app.cfg.upstream.model.clone());
     ctx.check_model(&model)?;
-    let user = app.db.insert_message(owner, &NewMessage {
-        conversation_id: &conversation.id,
-        role: Role::User,
-        content: &req.message,
-        status: Status::Complete,
-        model: None,
-        usage: None,
-    })?;
+    let user = app.db.insert_message(
+        owner,
+        &NewMessage {
+            conversation_id: &conversation.id,
+            role: Role::User,
+            content: &req.message,
+            status: Status::Complete,
+            model: None,
+            usage: None,
+        },
+    )?;
     let cfg = &app.cfg.upstream;
     let stored = app
         .db
@@ -252,14 +255,17 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 Ok((c, u)) => (c.as_str(), Status::Complete, u.as_ref()),
                 Err(_) => ("", Status::Error, None),
             };
-            let assistant = db.insert_message(Owner::of(&owner_id), &NewMessage {
-                conversation_id: &conversation_id,
-                role: Role::Assistant,
-                content,
-                status,
-                model: Some(&model),
-                usage,
-            })?;
+            let assistant = db.insert_message(
+                Owner::of(&owner_id),
+                &NewMessage {
+                    conversation_id: &conversation_id,
+                    role: Role::Assistant,
+                    content,
+                    status,
+                    model: Some(&model),
+                    usage,
+                },
+            )?;
             answered?;
             Ok(Reply::json(
                 200,
@@ -268,14 +274,17 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         })));
     };
 
-    let assistant = app.db.insert_message(owner, &NewMessage {
-        conversation_id: &conversation.id,
-        role: Role::Assistant,
-        content: "",
-        status: Status::Partial,
-        model: Some(&model),
-        usage: None,
-    })?;
+    let assistant = app.db.insert_message(
+        owner,
+        &NewMessage {
+            conversation_id: &conversation.id,
+            role: Role::Assistant,
+            content: "",
+            status: Status::Partial,
+            model: Some(&model),
+            usage: None,
+        },
+    )?;
     let mut handle = match app.upstream.open_stream(upstream_req, &ctx.request_id) {
         Ok(h) => h,
         Err(e) => {
@@ -294,7 +303,8 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let started = Instant::now();
         let store_error = || {
             let id = start["message_id"].as_str().unwrap_or_default();
-            if let Err(e) = app_db.update_message(Owner::of(&owner_id), id, "", Status::Error, None) {
+            if let Err(e) = app_db.update_message(Owner::of(&owner_id), id, "", Status::Error, None)
+            {
                 log_store_failure(e);
             }
         };

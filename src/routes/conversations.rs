@@ -77,9 +77,9 @@ pub fn update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         model: MODEL.patch_str(&body)?,
         system_prompt: SYSTEM_PROMPT.patch_str(&body)?,
     };
-    let c = app
-        .db
-        .update_conversation(ctx.owner()?, id(ctx)?, &patch, &crate::audit::actor(ctx))?;
+    let c =
+        app.db
+            .update_conversation(ctx.owner()?, id(ctx)?, &patch, &crate::audit::actor(ctx))?;
     Ok(Reply::json(200, &c.to_json()))
 }
 

@@ -34,14 +34,12 @@ pub fn create(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let body = CREATE.read(ctx)?;
     let name = NAME.req_str(&body)?;
     let description = DESCRIPTION.opt_str(&body)?;
-    let p = app
-        .db
-        .create_project(
-            ctx.owner()?,
-            &name,
-            description.as_deref(),
-            &crate::audit::actor(ctx),
-        )?;
+    let p = app.db.create_project(
+        ctx.owner()?,
+        &name,
+        description.as_deref(),
+        &crate::audit::actor(ctx),
+    )?;
     Ok(Reply::json(201, &p.to_json()))
 }
 

@@ -56,10 +56,7 @@ pub fn sign_in(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let name = NAME.req_str(&body)?;
     let password = PASSWORD.req_str(&body)?;
     let by_name = format!("name:{}", name);
-    let by_addr = format!(
-        "addr:{}",
-        crate::filters::client_ip::bucket_key(ctx.client)
-    );
+    let by_addr = format!("addr:{}", crate::filters::client_ip::bucket_key(ctx.client));
     for key in [&by_name, &by_addr] {
         if let Some(wait) = app.login_throttle.refused(key, now) {
             app.audit.auth_failed(ctx, "sign_in_throttled", None);

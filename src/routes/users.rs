@@ -21,11 +21,21 @@ const USER_NAME: Field = Field::string("name", 1, crate::db::users::NAME_MAX_CHA
     .doc("1 to 64 of A-Z a-z 0-9 . _ @ -");
 const ROLE: Field = Field::string("role", 5, 6).doc("`admin` or `member` (default)");
 const DISABLED: Field = Field::new("disabled", Kind::Bool);
-const PASSWORD: Field = Field::string("password", crate::passwords::MIN_BYTES, crate::passwords::MAX_BYTES)
-    .doc("8 to 1024 bytes; stored as an Argon2id hash, never returned");
+const PASSWORD: Field = Field::string(
+    "password",
+    crate::passwords::MIN_BYTES,
+    crate::passwords::MAX_BYTES,
+)
+.doc("8 to 1024 bytes; stored as an Argon2id hash, never returned");
 const KEY_NAME: Field = Field::string("name", 1, crate::db::keys::NAME_MAX_CHARS).required();
-const EXPIRES_IN_DAYS: Field = Field::new("expires_in_days", Kind::Int { min: 1, max: 36_500 })
-    .doc("the key stops working after this many days");
+const EXPIRES_IN_DAYS: Field = Field::new(
+    "expires_in_days",
+    Kind::Int {
+        min: 1,
+        max: 36_500,
+    },
+)
+.doc("the key stops working after this many days");
 const MODELS: Field = Field::new("models", Kind::Any)
     .doc("an array of model names the key may use (absent or null: any)");
 const USER_ID: Field = Field::string("user_id", 1, ID_MAX).required();
@@ -67,7 +77,10 @@ pub fn me(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         (_, Some(_)) => "session",
         (crate::config::AuthMode::ApiKey, None) => "key",
     };
-    Ok(Reply::json(200, &json!({"user": p.to_json(), "auth": auth})))
+    Ok(Reply::json(
+        200,
+        &json!({"user": p.to_json(), "auth": auth}),
+    ))
 }
 
 /// The Argon2id hash of an optional `password` field.
@@ -109,7 +122,10 @@ fn new_key<'a>(
             if bad {
                 return Err(ApiError::validation(
                     "models",
-                    format!("must name 1 to {} models of 1 to {} characters", MODELS_MAX, MODEL_MAX),
+                    format!(
+                        "must name 1 to {} models of 1 to {} characters",
+                        MODELS_MAX, MODEL_MAX
+                    ),
                 ));
             }
             Some(list)
