@@ -150,11 +150,20 @@ read N_AVG N_P50 N_P99 N_RPS <<<"$(lat http://127.0.0.1:$N_PORT/v1/chat/completi
 read P_AVG P_P50 P_P99 P_RPS <<<"$(lat http://127.0.0.1:$P_PORT/v1/chat/completions)"
 N_OVER=$((N_P50 - D_P50)); P_OVER=$((P_P50 - D_P50))
 non2xx() { awk '/Non-2xx/{n=$5} END{print n+0}'; }
-OUT=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$N_PORT/v1/chat/completions)
-N32=$(echo "$OUT" | wrk_rps); N32_BAD=$(echo "$OUT" | non2xx)
-OUT=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$P_PORT/v1/chat/completions)
-P32=$(echo "$OUT" | wrk_rps); P32_BAD=$(echo "$OUT" | non2xx)
-T32_RATIO=$(awk -v a="$P32" -v b="$N32" 'BEGIN{printf "%.2f", a/b}')
+# 32 clients: nginx and portcullis alternate for ROUNDS rounds; the figure
+# is the median of the per-round ratios (this shared 2-core machine's noise
+# moves single runs by +-20%), every round is listed.
+ROUNDS=${BENCH_ROUNDS:-3}
+n32s=(); p32s=(); t32s=(); N32_BAD=0; P32_BAD=0
+for round in $(seq 1 "$ROUNDS"); do
+  OUT=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$N_PORT/v1/chat/completions)
+  n=$(echo "$OUT" | wrk_rps); N32_BAD=$((N32_BAD + $(echo "$OUT" | non2xx)))
+  OUT=$(wrk -t2 -c32 -d${DUR}s -s "$TMP/post.lua" http://127.0.0.1:$P_PORT/v1/chat/completions)
+  p=$(echo "$OUT" | wrk_rps); P32_BAD=$((P32_BAD + $(echo "$OUT" | non2xx)))
+  n32s+=("$n"); p32s+=("$p"); t32s+=("$(awk -v a="$p" -v b="$n" 'BEGIN{printf "%.2f", a/b}')")
+done
+N32=$(printf '%s\n' "${n32s[@]}" | median); P32=$(printf '%s\n' "${p32s[@]}" | median)
+T32_RATIO=$(printf '%s\n' "${t32s[@]}" | median)
 kill "$(cat "$TMP/nginx.pid")"; rm -f "$TMP/nginx.pid"
 
 # ---- 4. storage: create and list at 32 connections --------------------------
@@ -171,15 +180,24 @@ wrk.headers["Authorization"] = "Bearer $KEY"
 wrk.headers["Host"] = "localhost"
 EOF
 p99() { awk 'function us(v){ if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v } /^ +99%/{printf "%.0f", us($2)}'; }
-OUT=$(wrk -t2 -c32 -d${DUR}s --latency -s "$TMP/create.lua" http://127.0.0.1:$P_PORT/api/projects)
-CREATE_RPS=$(echo "$OUT" | wrk_rps); CREATE_P99=$(echo "$OUT" | p99)
-CREATE_NON2XX=$(echo "$OUT" | awk '/Non-2xx/{print $5}'); CREATE_NON2XX=${CREATE_NON2XX:-0}
-# The disk's raw ceiling for the same row: one thread, one durable commit
-# per row, WAL + synchronous=FULL (examples/sqlite_ceiling.rs), in the same
-# directory as portcullis' database.
-CEILING=$("$ROOT/target/release/examples/sqlite_ceiling" "$TMP" "$DUR")
-CEIL_RPS=$(echo "$CEILING" | tr ' ' '\n' | awk -F= '$1=="rows_per_s"{print $2}')
-CEIL_P99=$(echo "$CEILING" | tr ' ' '\n' | awk -F= '$1=="p99_us"{print $2}')
+# Creates and the raw ceiling alternate for ROUNDS rounds in the same
+# directory; each figure is the median of its rounds, every round listed.
+c_rps=(); c_p99=(); k_rps=(); k_p99=(); c_ratio=(); CREATE_NON2XX=0
+for round in $(seq 1 "$ROUNDS"); do
+  OUT=$(wrk -t2 -c32 -d${DUR}s --latency -s "$TMP/create.lua" http://127.0.0.1:$P_PORT/api/projects)
+  r=$(echo "$OUT" | wrk_rps); c_rps+=("$r"); c_p99+=("$(echo "$OUT" | p99)")
+  CREATE_NON2XX=$((CREATE_NON2XX + $(echo "$OUT" | non2xx)))
+  # The disk's raw ceiling for the same row: one thread, one durable commit
+  # per row, WAL + synchronous=FULL (examples/sqlite_ceiling.rs), in the
+  # same directory as portcullis' database.
+  CEILING=$("$ROOT/target/release/examples/sqlite_ceiling" "$TMP" "$DUR")
+  k=$(echo "$CEILING" | tr ' ' '\n' | awk -F= '$1=="rows_per_s"{print $2}'); k_rps+=("$k")
+  k_p99+=("$(echo "$CEILING" | tr ' ' '\n' | awk -F= '$1=="p99_us"{print $2}')")
+  c_ratio+=("$(awk -v a="$r" -v b="$k" 'BEGIN{printf "%.2f", a/b}')")
+done
+CREATE_RPS=$(printf '%s\n' "${c_rps[@]}" | median); CREATE_P99=$(printf '%s\n' "${c_p99[@]}" | median)
+CEIL_RPS=$(printf '%s\n' "${k_rps[@]}" | median); CEIL_P99=$(printf '%s\n' "${k_p99[@]}" | median)
+CREATE_RATIO=$(printf '%s\n' "${c_ratio[@]}" | median)
 OUT=$(wrk -t2 -c32 -d${DUR}s --latency -s "$TMP/list.lua" "http://127.0.0.1:$P_PORT/api/projects?limit=50")
 LIST_RPS=$(echo "$OUT" | wrk_rps); LIST_P99=$(echo "$OUT" | p99)
 stop_upstream
@@ -187,10 +205,10 @@ stop_upstream
 # ---- 5. streaming: first token relay latency and 200 open streams ----------
 echo "5. streaming" >&2
 S1=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 1 20 "$UP")
-S20=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 20 10 "$UP")
+S20=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 20 40 "$UP")
 S50=$("$LOADGEN" stream-latency http://127.0.0.1:$P_PORT "$KEY" 50 4 "$UP")
 D1=$("$LOADGEN" direct-latency 1 20 "$UP")
-D20=$("$LOADGEN" direct-latency 20 10 "$UP")
+D20=$("$LOADGEN" direct-latency 20 40 "$UP")
 D50=$("$LOADGEN" direct-latency 50 4 "$UP")
 HOLD=$("$LOADGEN" hold-streams http://127.0.0.1:$P_PORT "$KEY" 200 "$PC_PID" "$DUR" "$UP")
 stop_portcullis
@@ -313,8 +331,10 @@ Upstream: \`loadgen upstream\` (keep-alive, answers at once).
 | portcullis | $P_AVG | $P_P50 | $P_P99 | $P_RPS |
 
 - Overhead at p50: nginx **${N_OVER} µs**, portcullis **${P_OVER} µs** (target: at most twice nginx's).
-- 32 clients (\`wrk -t2 -c32\`): nginx $N32 req/s, portcullis $P32 req/s, ratio **$T32_RATIO** (target ≥ 0.5).
-  Answers other than 2xx in that run: nginx $N32_BAD, portcullis **$P32_BAD** (target 0: a relay refuses only
+- 32 clients (\`wrk -t2 -c32\`, nginx and portcullis alternating, $ROUNDS rounds): nginx $N32 req/s,
+  portcullis $P32 req/s (medians), ratio **$T32_RATIO** (median of the per-round ratios
+  ${t32s[*]}; target ≥ 0.5).
+  Answers other than 2xx in those runs: nginx $N32_BAD, portcullis **$P32_BAD** (target 0: a relay refuses only
   beyond its configured limits; test \`a_client_per_relay_slot_is_never_refused\`).
 
 ## Where the time went (per relayed request)
@@ -350,7 +370,8 @@ and user-space work spread thin (ureq's request building and header maps,
 head parsing, the access line, header copies; none above 3%).
 
 ## Storage at 32 connections
-\`wrk -t2 -c32 -d${DUR}s --latency\` with an API key.
+\`wrk -t2 -c32 -d${DUR}s --latency\` with an API key. Creates and the raw
+ceiling alternate for $ROUNDS rounds; the table shows the medians.
 
 | operation | req/s | p99 µs |
 |---|---|---|
@@ -358,9 +379,10 @@ head parsing, the access line, header copies; none above 3%).
 | GET /api/projects?limit=50 (list) | $LIST_RPS | $LIST_P99 |
 | raw SQLite ceiling: one thread, one durable commit per row (\`examples/sqlite_ceiling.rs\`) | $CEIL_RPS | $CEIL_P99 |
 
-Non-2xx answers during the create run: $CREATE_NON2XX.
+Per round: creates/s ${c_rps[*]}; create p99 µs ${c_p99[*]}; ceiling rows/s ${k_rps[*]}.
+Non-2xx answers during the create runs: $CREATE_NON2XX.
 Targets (issue 12): create at 32 connections at least the raw ceiling
-(ratio $(awk -v a="$CREATE_RPS" -v b="$CEIL_RPS" 'BEGIN{printf "%.2f", a/b}')), p99 at most 20 ms (20000 µs). Writes take turns in memory
+(ratio, median of rounds: $CREATE_RATIO), p99 at most 20 ms (20000 µs). Writes take turns in memory
 and share commits (\`db::writer\`: one fsync for the writes queued behind it).
 
 ## Streaming

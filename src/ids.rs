@@ -29,9 +29,28 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A new opaque id for stored rows (96 random bits).
+/// A new opaque id for stored rows: 24 lower-case hex characters, the
+/// creation time in milliseconds (48 bits) then 48 random bits.
+///
+/// Why time first: every table has a unique index on `id`, and with wholly
+/// random ids each insert landed on a different leaf of that index, so a
+/// batch of 20 creates dirtied some 20 extra pages, each written to the WAL
+/// and again by the checkpoint (measured at 32 connections: ~5 page writes
+/// and 10 KiB of disk writes per create on a database of a million rows,
+/// and the disk busy enough to stretch commits to 100 ms). Ids that grow
+/// with time append to the index's last leaf instead. They reveal the
+/// creation time, which every answer shows anyway (`created_at`); they
+/// are not secrets (every read checks the owner), and 48 random bits per
+/// millisecond keep them distinct (the `UNIQUE` constraint still guards).
 pub fn new_id() -> String {
-    random_hex(12)
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut bytes = [0u8; 12];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&random_bytes(6));
+    hex(&bytes)
 }
 
 /// A new request id: 64 bits from a per-thread generator seeded once from
@@ -75,6 +94,25 @@ mod tests {
         let b = new_id();
         assert_eq!(a.len(), 24);
         assert_ne!(a, b);
+        // Time first (so ids sort by creation): the first 12 hex digits
+        // are the milliseconds since the epoch when it was made.
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = now();
+        let id = new_id();
+        let after = now();
+        let ms = u64::from_str_radix(&id[..12], 16).unwrap();
+        assert!(
+            before <= ms && ms <= after,
+            "{} not in {}..{}",
+            ms,
+            before,
+            after
+        );
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));

@@ -324,6 +324,13 @@ const MAX_PATH_BYTES: usize = 2048;
 const MAX_PARAM_BYTES: usize = 128;
 
 fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
+    // Every request is tried against the table in order, so most tries
+    // fail: reject on the literal part before splitting anything.
+    match pattern.find('{') {
+        None => return (pattern == path).then(Vec::new),
+        Some(i) if !path.starts_with(&pattern[..i]) => return None,
+        Some(_) => {}
+    }
     let mut params = Vec::new();
     let mut pat = pattern.split('/');
     let mut segs = path.split('/');

@@ -11,10 +11,16 @@
 //! (`database.synchronous`). A failed write rolls back its own savepoint
 //! only. SQLite's busy timeout is left for other processes (the CLI).
 //!
+//! Turns are handed over in arrival order, waking only the next caller:
+//! with a shared condition variable every release woke every waiter, most
+//! of them only to sleep again (at 32 writers, hundreds of wake-ups per
+//! batch on two cores, which made batches slow and the tail long).
+//!
 //! Liveness: a batch is never left open. Whoever finds it open with nobody
 //! running a write and nobody queued commits it: the last runner, a waiter
 //! giving up, or a member waiting for its commit.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,10 +44,14 @@ pub struct Writer {
 struct State {
     /// The connection, when nobody is using it.
     conn: Option<Connection>,
-    /// Someone holds `conn` (running a write or a commit).
+    /// Someone holds `conn` (running a write or a commit), or it was
+    /// handed to the caller in `handed`, who has not taken it yet.
     busy: bool,
-    /// Callers waiting for their turn.
-    queued: usize,
+    /// Callers waiting for their turn, first come first served.
+    line: VecDeque<Waiter>,
+    /// The ticket of the caller the connection was handed to.
+    handed: Option<u64>,
+    next_ticket: u64,
     /// The open batch's number and how many writes it holds.
     open: Option<(u64, usize)>,
     next_batch: u64,
@@ -50,13 +60,27 @@ struct State {
     failed: Option<(u64, StoreError)>,
 }
 
+struct Waiter {
+    ticket: u64,
+    thread: std::thread::Thread,
+}
+
+impl State {
+    /// Callers about to run a write (in line, or handed the connection).
+    fn queued(&self) -> usize {
+        self.line.len() + usize::from(self.handed.is_some())
+    }
+}
+
 impl Writer {
     pub fn new(conn: Connection, wait: Duration) -> Writer {
         Writer {
             state: Mutex::new(State {
                 conn: Some(conn),
                 busy: false,
-                queued: 0,
+                line: VecDeque::new(),
+                handed: None,
+                next_ticket: 0,
                 open: None,
                 next_batch: 1,
                 settled: 0,
@@ -111,28 +135,37 @@ impl Writer {
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.wait;
-        // 1. Wait for the connection.
+        // 1. Wait for the connection: take it when nobody holds it, else
+        // line up and sleep until it is handed over (or the wait is over).
         let mut st = self.lock();
-        st.queued += 1;
-        while st.busy {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                st.queued -= 1;
-                self.finish_orphan(st);
-                return Err(StoreError::PoolExhausted);
+        if st.busy {
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.line.push_back(Waiter {
+                ticket,
+                thread: std::thread::current(),
+            });
+            loop {
+                if st.handed == Some(ticket) {
+                    st.handed = None;
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    st.line.retain(|w| w.ticket != ticket);
+                    self.finish_orphan(st);
+                    return Err(StoreError::PoolExhausted);
+                }
+                drop(st);
+                std::thread::park_timeout(left);
+                st = self.lock();
             }
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
-        st.queued -= 1;
         st.busy = true;
         let conn = st
             .conn
             .take()
-            .expect("the connection is home when nobody is busy");
+            .expect("the connection is home when it is handed over or free");
         let (batch, begin) = match st.open {
             Some((b, n)) => {
                 st.open = Some((b, n + 1));
@@ -158,22 +191,22 @@ impl Writer {
                 st.open = None;
                 st.failed = Some((batch, fatal.clone()));
                 st.settled = st.settled.max(batch);
-                self.release(st, conn);
+                self.release(st, conn, true);
                 return Err(fatal);
             }
         };
 
         // 3. Commit now unless someone is queued to join this batch.
         let full = st.open.is_some_and(|(_, n)| n >= MAX_BATCH);
-        if st.queued == 0 || full {
+        if st.queued() == 0 || full {
             drop(st);
             let committed = commit(&conn);
             let mut st = self.lock();
             settle(&mut st, batch, &committed);
-            self.release(st, conn);
+            self.release(st, conn, true);
             return committed.and(result);
         }
-        self.release(st, conn);
+        self.release(st, conn, false);
         // Failed: rolled back to its savepoint, nothing of it awaits a commit.
         let result = Ok(result?);
 
@@ -187,7 +220,7 @@ impl Writer {
                     _ => result,
                 };
             }
-            if st.open.is_some() && !st.busy && st.queued == 0 {
+            if st.open.is_some() && !st.busy && st.queued() == 0 {
                 // Nobody else will commit it: this member does.
                 st = self.commit_open(st);
                 continue;
@@ -205,18 +238,30 @@ impl Writer {
         }
     }
 
-    /// Puts the connection back and wakes everyone waiting.
-    fn release(&self, mut st: MutexGuard<'_, State>, conn: Connection) {
+    /// Puts the connection back and hands it to the next caller in line,
+    /// waking just that one. Members waiting for their commit are woken
+    /// when a batch settled (`settled`) or when nobody holds the connection
+    /// any more (one of them may have to commit an orphaned batch).
+    fn release(&self, mut st: MutexGuard<'_, State>, conn: Connection, settled: bool) {
         st.conn = Some(conn);
-        st.busy = false;
+        match st.line.pop_front() {
+            Some(next) => {
+                st.handed = Some(next.ticket);
+                next.thread.unpark();
+            }
+            None => st.busy = false,
+        }
+        let wake_members = settled || !st.busy;
         drop(st);
-        self.changed.notify_all();
+        if wake_members {
+            self.changed.notify_all();
+        }
     }
 
     /// Commits the open batch when nobody else is about to (a waiter that
     /// gives up must not leave its predecessors' writes uncommitted).
     fn finish_orphan(&self, st: MutexGuard<'_, State>) {
-        if st.open.is_some() && !st.busy && st.queued == 0 {
+        if st.open.is_some() && !st.busy && st.queued() == 0 {
             drop(self.commit_open(st));
         } else {
             drop(st);
@@ -236,7 +281,7 @@ impl Writer {
         let committed = commit(&conn);
         let mut st = self.lock();
         settle(&mut st, batch, &committed);
-        self.release(st, conn);
+        self.release(st, conn, true);
         self.lock()
     }
 }
