@@ -48,6 +48,24 @@ pub enum ApiError {
     UpstreamTimeout {
         detail: String,
     },
+    /// The upstream refused the request as invalid (its 400, 404, 409, 413
+    /// or 422): answered with the same status and the upstream's own
+    /// message (redacted, at most `UPSTREAM_MESSAGE_MAX` characters; see
+    /// `upstream_rejected`), so clients learn why and SDKs do not retry.
+    UpstreamRejected {
+        status: u16,
+        message: String,
+        param: Option<String>,
+    },
+    /// The upstream answered 429: 429 `rate_limited` with its `Retry-After`.
+    UpstreamRateLimited {
+        retry_after_s: u64,
+    },
+    /// 404 for a `/v1/...` path this server does not relay; the message
+    /// names the path (already cut and redacted, see `unsupported_path`).
+    UnsupportedPath {
+        path: String,
+    },
     /// 408: the head or body did not arrive in time; the connection closes.
     RequestTimeout,
     /// 400: malformed HTTP framing (API.md "HTTP framing"); the connection
@@ -66,6 +84,13 @@ pub enum ApiError {
     /// 505: a version other than HTTP/1.0 or HTTP/1.1.
     HttpVersionNotSupported,
 }
+
+/// Most characters of an upstream's own message relayed to the client.
+pub const UPSTREAM_MESSAGE_MAX: usize = 512;
+
+/// The upstream statuses that mean "this request is invalid" (API.md
+/// "Errors: additions"): relayed as `upstream_rejected` with that status.
+pub const UPSTREAM_REJECTIONS: [u16; 5] = [400, 404, 409, 413, 422];
 
 /// The contract's error codes (docs/contract.md "Errors"): each with its
 /// status, its text and its OpenAI error type, stated once here.
@@ -95,14 +120,16 @@ pub enum Code {
     ServerBusy,
     UpstreamTimeout,
     HttpVersionNotSupported,
+    UpstreamRejected,
 }
 
 impl Code {
     /// Every code, in status order (for documents and tests).
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 25] = [
         Code::InvalidJson,
         Code::ValidationFailed,
         Code::BadRequest,
+        Code::UpstreamRejected,
         Code::Unauthorized,
         Code::Forbidden,
         Code::OriginNotAllowed,
@@ -134,6 +161,9 @@ impl Code {
             Code::InvalidJson => (400, "invalid_json", INVALID),
             Code::ValidationFailed => (400, "validation_failed", INVALID),
             Code::BadRequest => (400, "bad_request", INVALID),
+            // Its status is the upstream's (400, 404, 409, 413 or 422);
+            // 400 stands for them in documents.
+            Code::UpstreamRejected => (400, "upstream_rejected", INVALID),
             Code::Unauthorized => (401, "unauthorized", "authentication_error"),
             Code::Forbidden => (403, "forbidden", "permission_error"),
             Code::OriginNotAllowed => (403, "origin_not_allowed", "permission_error"),
@@ -214,6 +244,9 @@ impl ApiError {
             UpstreamError { .. } => Code::UpstreamError,
             ServerBusy { .. } => Code::ServerBusy,
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
+            UpstreamRejected { .. } => Code::UpstreamRejected,
+            UpstreamRateLimited { .. } => Code::RateLimited,
+            UnsupportedPath { .. } => Code::NotFound,
             BadRequest { .. } => Code::BadRequest,
             UriTooLong => Code::UriTooLong,
             ExpectationFailed => Code::ExpectationFailed,
@@ -224,7 +257,10 @@ impl ApiError {
     }
 
     pub fn status(&self) -> u16 {
-        self.kind().status()
+        match self {
+            ApiError::UpstreamRejected { status, .. } => *status,
+            _ => self.kind().status(),
+        }
     }
 
     /// The code's text, as the JSON body and the logs show it.
@@ -235,15 +271,67 @@ impl ApiError {
     /// The OpenAI error type that fits (API.md "Errors: additions"), so
     /// OpenAI SDKs read our errors natively.
     pub fn error_type(&self) -> &'static str {
-        self.kind().error_type()
+        match self {
+            ApiError::UpstreamRejected { status: 404, .. } => Code::NotFound.error_type(),
+            _ => self.kind().error_type(),
+        }
     }
 
     /// The offending field, if one is to blame.
     pub fn param(&self) -> Option<&str> {
         match self {
             ApiError::ValidationFailed { field, .. } => Some(field),
+            ApiError::UpstreamRejected { param, .. } => param.as_deref(),
             _ => None,
         }
+    }
+
+    /// An upstream's refusal: `message` is the upstream's own text, which
+    /// may quote anything (our key, the prompt), so it is redacted first
+    /// and then cut to `UPSTREAM_MESSAGE_MAX` characters (cutting first
+    /// could split a secret so that redaction no longer sees it).
+    pub fn upstream_rejected(status: u16, message: &str, param: Option<&str>) -> ApiError {
+        let cut = |s: &str, max: usize| match s.char_indices().nth(max) {
+            Some((i, _)) => s[..i].to_string(),
+            None => s.to_string(),
+        };
+        let message = crate::logging::redact_text(message.trim());
+        let message = if message.is_empty() {
+            format!("status {}", status)
+        } else {
+            cut(&message, UPSTREAM_MESSAGE_MAX)
+        };
+        ApiError::UpstreamRejected {
+            status,
+            message,
+            param: param.map(|p| cut(&crate::logging::redact_text(p), 128)),
+        }
+    }
+
+    /// 404 for an unsupported `/v1/...` path, naming it (cut and redacted:
+    /// a path may carry what a client should not have put there).
+    pub fn unsupported_path(path: &str) -> ApiError {
+        let path = crate::logging::log_path(path, "").into_owned();
+        let path = match path.char_indices().nth(200) {
+            Some((i, _)) => format!("{}...", &path[..i]),
+            None => path,
+        };
+        ApiError::UnsupportedPath { path }
+    }
+
+    /// Whether the upstream refused the request for not fitting the
+    /// model's context window (llama.cpp: "the request exceeds the
+    /// available context size"; OpenAI and vLLM: "maximum context length";
+    /// Ollama and others: "context length", "too long", "too many tokens").
+    pub fn is_context_overflow(&self) -> bool {
+        let ApiError::UpstreamRejected { message, .. } = self else {
+            return false;
+        };
+        let m = message.to_ascii_lowercase();
+        m.contains("context_length_exceeded")
+            || (m.contains("context") && (m.contains("exceed") || m.contains("length")))
+            || m.contains("too many tokens")
+            || m.contains("prompt is too long")
     }
 
     /// The answer the HTTP layer writes itself for `status` (a refused
@@ -298,6 +386,14 @@ impl ApiError {
             UpstreamError { .. } => "the model server returned an error".into(),
             ServerBusy { .. } => "the server is busy; retry shortly".into(),
             UpstreamTimeout { .. } => "the model server did not answer in time".into(),
+            UpstreamRejected { message, .. } => {
+                format!("the model server refused the request: {}", message)
+            }
+            UpstreamRateLimited { retry_after_s } => format!(
+                "the model server is rate limiting requests; retry in {} s",
+                retry_after_s
+            ),
+            UnsupportedPath { path } => format!("{} is not supported by this server", path),
         }
     }
 
@@ -318,7 +414,9 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::MethodNotAllowed { allow } => vec![("Allow", allow.join(", "))],
-            ApiError::RateLimited { retry_after_s } | ApiError::ServerBusy { retry_after_s } => {
+            ApiError::RateLimited { retry_after_s }
+            | ApiError::UpstreamRateLimited { retry_after_s }
+            | ApiError::ServerBusy { retry_after_s } => {
                 vec![("Retry-After", retry_after_s.to_string())]
             }
             _ => Vec::new(),

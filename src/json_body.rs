@@ -63,6 +63,8 @@ pub struct Fields<'a> {
     first_unknown: Option<String>,
     /// The first `UNKNOWN_KEPT` unknown names, in body order.
     unknown: Vec<String>,
+    /// A known name that appeared more than once.
+    repeated: Option<&'static str>,
 }
 
 /// Parses the body as a JSON object whose fields of interest are `known`.
@@ -194,12 +196,17 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
             known: Vec::new(),
             first_unknown: None,
             unknown: Vec::new(),
+            repeated: None,
         };
         while let Some(key) = map.next_key_seed(KeySeed { known: self.known })? {
             match key {
                 Key::Known(name) => {
                     let raw: &'de RawValue = map.next_value()?;
+                    let before = out.known.len();
                     out.known.retain(|(n, _)| *n != name);
+                    if out.known.len() != before {
+                        out.repeated.get_or_insert(name);
+                    }
                     out.known.push((name, raw));
                 }
                 Key::Unknown(name) => {
@@ -222,6 +229,17 @@ impl<'a> Fields<'a> {
     pub fn reject_unknown(&self) -> Result<(), ApiError> {
         match &self.first_unknown {
             Some(k) => Err(ApiError::validation(k, "unknown field")),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a body that names a known field twice. Where the body is
+    /// forwarded as sent (the OpenAI relay), a repeated `model` could be
+    /// read one way here and another way upstream (parsers differ on which
+    /// one wins), so it is refused rather than guessed.
+    pub fn reject_repeated(&self) -> Result<(), ApiError> {
+        match self.repeated {
+            Some(name) => Err(ApiError::validation(name, "appears more than once")),
             None => Ok(()),
         }
     }

@@ -247,10 +247,22 @@ route_table! {
     Chat = post("/api/chat", chat::chat).class(Chat).body(&chat::BODY)
         .answers(Answer::JsonOrStream("ChatReply", &["start", "delta", "done", "error"])).upstream()
         .doc("One chat turn: stores the user message, asks the upstream, stores the answer"),
-    ChatCompletions = post("/v1/chat/completions", openai::completions).class(Chat)
-        .body(&openai::BODY)
+    ChatCompletions = post("/v1/chat/completions", openai::chat_completions).class(Chat)
+        .body(&openai::CHAT.body)
         .answers(Answer::JsonOrStream("ChatCompletion", &["message"])).upstream()
         .doc("OpenAI-compatible chat completions relay, streaming and not"),
+    Completions = post("/v1/completions", openai::completions).class(Chat)
+        .body(&openai::COMPLETIONS.body)
+        .answers(Answer::JsonOrStream("Completion", &["message"])).upstream()
+        .doc("OpenAI-compatible text completions relay, streaming and not"),
+    Embeddings = post("/v1/embeddings", openai::embeddings).class(Chat)
+        .body(&openai::EMBEDDINGS.body)
+        .answers(Answer::Json(200, "EmbeddingList")).upstream()
+        .doc("OpenAI-compatible embeddings relay"),
+    Responses = post("/v1/responses", openai::responses).class(Chat)
+        .body(&openai::RESPONSES.body)
+        .answers(Answer::JsonOrStream("Response", &["message"])).upstream()
+        .doc("OpenAI-compatible Responses API relay, streaming (named events) and not"),
     SessionCreate = post("/api/session", session::sign_in).access(Public).body(&session::SIGN_IN)
         .answers(Answer::Json(200, "SignedIn"))
         .doc("Sign in with name and password: sets the `portcullis_session` cookie"),
@@ -287,6 +299,9 @@ route_table! {
     Models = get("/v1/models", openai::models)
         .answers(Answer::Json(200, "ModelList")).upstream()
         .doc("Models in OpenAI shape: the upstream's list, or the configured model"),
+    Model = get("/v1/models/{*id}", openai::model)
+        .answers(Answer::Json(200, "Model")).upstream()
+        .doc("One model of `/v1/models` (ids may hold `/`); 404 when not listed"),
 }
 
 // Table order is enum order, so `Route::def` is an index.
@@ -337,6 +352,17 @@ fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
     loop {
         match (pat.next(), segs.next()) {
             (None, None) => return Some(params),
+            // `{*name}` (last in a pattern) takes the rest of the path,
+            // slashes included: model ids such as `org/model`.
+            (Some(p), Some(s)) if p.starts_with("{*") => {
+                // `s` is a piece of `path`: the rest starts where it does.
+                let rest = &path[s.as_ptr() as usize - path.as_ptr() as usize..];
+                if s.is_empty() || rest.len() > MAX_PARAM_BYTES {
+                    return None;
+                }
+                params.push(crate::http::percent_decode(rest)?);
+                return Some(params);
+            }
             (Some(p), Some(s)) if p.starts_with('{') => {
                 if s.is_empty() || s.len() > MAX_PARAM_BYTES {
                     return None;
@@ -370,6 +396,11 @@ pub fn resolve(method: Method, path: &str) -> Result<Option<(Route, Vec<String>)
         }
     }
     if allow.is_empty() {
+        // An OpenAI path we do not relay says so (a bare "not found" reads
+        // as "model not found" in some clients).
+        if path.starts_with("/v1/") {
+            return Err(ApiError::unsupported_path(path));
+        }
         return Err(ApiError::NotFound);
     }
     if method == Method::Options {
@@ -470,7 +501,10 @@ mod tests {
         use Route::*;
         for r in Route::ALL {
             let exempt = matches!(r, Health | HealthReady | Ui | UiAsset | Metrics);
-            let chat = matches!(r, Chat | ChatCompletions);
+            let chat = matches!(
+                r,
+                Chat | ChatCompletions | Completions | Embeddings | Responses
+            );
             let want = match (exempt, chat) {
                 (true, _) => RouteClass::Exempt,
                 (_, true) => RouteClass::Chat,
@@ -490,6 +524,9 @@ mod tests {
                     | ConversationUpdate
                     | Chat
                     | ChatCompletions
+                    | Completions
+                    | Embeddings
+                    | Responses
                     | KeysCreate
                     | SessionCreate
                     | AdminUsersCreate

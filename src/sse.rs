@@ -90,6 +90,23 @@ pub fn data_raw(out: &mut dyn Write, json: &str) -> io::Result<()> {
     out.flush()
 }
 
+/// As `data_raw`, preceded by `event: NAME` when a name is given. A name
+/// that is not a plain token (letters, digits, `._-`) is left out rather
+/// than relayed, so it cannot forge SSE lines either.
+pub fn event_raw(out: &mut dyn Write, name: Option<&str>, json: &str) -> io::Result<()> {
+    if let Some(name) = name.filter(|n| {
+        !n.is_empty()
+            && n.len() <= 128
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    }) {
+        out.write_all(b"event: ")?;
+        out.write_all(name.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    data_raw(out, json)
+}
+
 /// `data: [DONE]\n\n`, flushed: the end of an OpenAI stream.
 pub fn done_marker(out: &mut dyn Write) -> io::Result<()> {
     out.write_all(b"data: [DONE]\n\n")?;

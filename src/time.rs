@@ -63,6 +63,36 @@ pub fn http_date(t: SystemTime) -> String {
     )
 }
 
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, the only
+/// form RFC 9110 asks senders to use) back to a time.
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut p = s.split_ascii_whitespace();
+    let (_wkday, d, mon, y, hms, zone) = (
+        p.next()?,
+        p.next()?,
+        p.next()?,
+        p.next()?,
+        p.next()?,
+        p.next()?,
+    );
+    if zone != "GMT" || p.next().is_some() {
+        return None;
+    }
+    let d: u32 = d.parse().ok()?;
+    let m = MONTHS.iter().position(|x| *x == mon)? as u32 + 1;
+    let y: i64 = y.parse().ok()?;
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 || t.next().is_some() {
+        return None;
+    }
+    let secs = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -113,6 +143,24 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_447_743);
+        assert_eq!(parse_http_date(&http_date(t)), Some(t));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        for bad in [
+            "",
+            "120",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{}", bad);
+        }
+    }
 
     #[test]
     fn formats_and_parses_round_trip() {

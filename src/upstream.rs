@@ -59,6 +59,8 @@ const STREAM_BACKLOG_BYTES: usize = 64 * 1024;
 const BACKLOG_WAIT_TICK: Duration = Duration::from_millis(100);
 /// How much of an upstream error body we keep for the log.
 const ERROR_SNIPPET_BYTES: u64 = 2048;
+/// How much of an upstream error body we read for its message.
+const ERROR_BODY_BYTES: u64 = 16 * 1024;
 /// `/v1/models` must answer promptly even when the upstream hangs.
 const MODELS_TIMEOUT: Duration = Duration::from_secs(5);
 /// After `[DONE]`, how much trailing body we read so the connection can go
@@ -69,6 +71,8 @@ const DRAIN_AFTER_DONE_BYTES: u64 = 64 * 1024;
 const HEAD_GRACE_MAX: Duration = Duration::from_secs(2);
 /// Stack for reader threads (they parse lines and JSON; nothing deep).
 const READER_STACK_BYTES: usize = 256 * 1024;
+/// How much of a readiness probe's answer is read (then dropped).
+const PROBE_BODY_BYTES: u64 = 256 * 1024;
 /// ureq's input and output buffer per upstream connection.
 const UPSTREAM_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -100,6 +104,9 @@ pub enum StreamEvent {
 #[derive(Debug)]
 pub struct Chunk {
     pub raw: String,
+    /// The upstream's `event:` name, when it gave one (the Responses API
+    /// names every event; chat completions name none).
+    pub event: Option<String>,
     pub parts: views::Parts,
 }
 
@@ -243,20 +250,103 @@ fn classify(err: ureq::Error, phase: Phase) -> ApiError {
     }
 }
 
-/// An upstream error body, shortened, for the private detail.
-fn error_detail(status: u16, body: &mut ureq::Body) -> String {
+/// An upstream's error status as the contract's error (API.md "Errors:
+/// additions"): a refusal of the request (400, 404, 409, 413, 422) keeps
+/// its status and the upstream's own message, so the client learns why and
+/// SDKs do not retry it; 429 stays 429 with the upstream's `Retry-After`;
+/// anything else (401/403: the upstream refused *our* key; 5xx) is 502
+/// `upstream_error`, with the upstream's words in the private detail only.
+fn refusal(res: &mut ureq::http::Response<ureq::Body>) -> ApiError {
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after_s);
     let mut buf = Vec::new();
-    let _ = body
+    let _ = res
+        .body_mut()
         .with_config()
-        .limit(ERROR_SNIPPET_BYTES)
+        .limit(ERROR_BODY_BYTES)
         .reader()
-        .take(ERROR_SNIPPET_BYTES)
+        .take(ERROR_BODY_BYTES)
         .read_to_end(&mut buf);
-    format!(
-        "upstream status {}: {}",
-        status,
-        String::from_utf8_lossy(&buf)
-    )
+    status_error(status, retry_after, &buf)
+}
+
+/// `refusal` from its parts (for tests and the stream reader alike).
+fn status_error(status: u16, retry_after: Option<u64>, body: &[u8]) -> ApiError {
+    if crate::error::UPSTREAM_REJECTIONS.contains(&status) {
+        let (message, param) = match views::error_message(body) {
+            Some((m, p)) => (m, p),
+            None => (String::from_utf8_lossy(body).into_owned(), None),
+        };
+        return ApiError::upstream_rejected(status, &message, param.as_deref());
+    }
+    if status == 429 {
+        return ApiError::UpstreamRateLimited {
+            retry_after_s: retry_after.unwrap_or(1),
+        };
+    }
+    let snippet = &body[..body.len().min(ERROR_SNIPPET_BYTES as usize)];
+    ApiError::UpstreamError {
+        detail: format!(
+            "upstream status {}: {}",
+            status,
+            String::from_utf8_lossy(snippet)
+        ),
+    }
+}
+
+/// Seconds from a `Retry-After` value (delay-seconds or an HTTP date),
+/// at least 1 and at most an hour.
+fn retry_after_s(v: &str) -> Option<u64> {
+    const MAX: u64 = 3600;
+    let v = v.trim();
+    let secs = match v.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            let at = crate::time::parse_http_date(v)?;
+            at.duration_since(std::time::SystemTime::now())
+                .map(|d| d.as_secs() + 1)
+                .unwrap_or(1)
+        }
+    };
+    Some(secs.clamp(1, MAX))
+}
+
+/// Whether a failed call may be sent again on a new connection: it went
+/// out on a pooled connection (`Trace::connected` false) and no byte of an
+/// answer came back, and it failed on the wire rather than by a timeout
+/// (a timeout may mean the upstream is working on it).
+fn retry_on_new_connection(err: &ureq::Error, trace: abort::Trace) -> bool {
+    !trace.connected
+        && !trace.received
+        && matches!(err, ureq::Error::Io(_) | ureq::Error::Protocol(_))
+        && !matches!(err, ureq::Error::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ))
+}
+
+/// Runs `send` once, and once more on a new connection when the first
+/// attempt met a dead pooled connection (see `retry_on_new_connection`).
+/// `send(true)` must bypass the pool's idle connections.
+fn send_once_more<T>(
+    mut send: impl FnMut(bool) -> Result<T, ureq::Error>,
+) -> Result<T, ureq::Error> {
+    abort::Trace::start();
+    match send(false) {
+        Err(e) if retry_on_new_connection(&e, abort::Trace::get()) => {
+            logging::debug(
+                "upstream connection was closed before it answered; sending again on a new one",
+                &[("error", json!(e.to_string()))],
+            );
+            abort::Trace::start();
+            send(true)
+        }
+        other => other,
+    }
 }
 
 impl Upstream {
@@ -296,14 +386,17 @@ impl Upstream {
         }
     }
 
-    /// Whether the upstream accepts TCP connections, for `/health/ready`:
-    /// `{"status":"ok","latency_ms":..}` or `{"status":"fail","error":..}`.
-    /// A plain connect (no request, so no tokens are spent and no key is
-    /// sent), bounded by `min(connect_timeout_s, wait)`; name resolution
-    /// runs on a helper thread so a slow resolver cannot stretch the wait.
-    /// The result is cached for `PROBE_CACHE` so an unauthenticated
+    /// Whether the upstream answers, for `/health/ready`: an authenticated
+    /// `GET {base_url}/models` (with our key, so a wrong key shows here
+    /// rather than on every chat), bounded by `min(connect_timeout_s,
+    /// wait)`. `{"status":"ok","latency_ms":..}` when it answers (a server
+    /// without a model list, 404/405, counts: it is up), else
+    /// `{"status":"fail","reason":..}` with `unauthorized` (401/403: our key
+    /// is refused), `unreachable`, `timeout` or `error` (5xx, garbage). The
+    /// call runs on a helper thread so a slow resolver cannot stretch the
+    /// wait; the result is cached for `PROBE_CACHE` so an unauthenticated
     /// readiness endpoint cannot be used to flood the model server.
-    pub fn reachability(&self, wait: Duration) -> serde_json::Value {
+    pub fn reachability(self: &Arc<Self>, wait: Duration) -> serde_json::Value {
         const PROBE_CACHE: Duration = Duration::from_secs(5);
         if let Some((at, v)) = self
             .probe
@@ -316,24 +409,35 @@ impl Upstream {
             }
         }
         let wait = wait.min(self.cfg.connect_timeout);
-        let target = host_port(&self.cfg.base_url);
         let started = std::time::Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
+        let up = self.clone();
         let spawned = std::thread::Builder::new()
             .name("upstream-probe".into())
-            .stack_size(64 * 1024)
+            .stack_size(128 * 1024)
             .spawn(move || {
-                use std::net::ToSocketAddrs;
-                let result = match target
-                    .and_then(|t| t.to_socket_addrs().ok())
-                    .and_then(|mut a| a.next())
-                {
-                    Some(addr) => std::net::TcpStream::connect_timeout(&addr, wait)
-                        .map(|_| ())
-                        .map_err(|_| "unreachable"),
-                    None => Err("unresolvable"),
+                let outcome = match up.get("/models", wait, false).call() {
+                    Ok(mut res) => {
+                        let status = res.status().as_u16();
+                        let _ = res
+                            .body_mut()
+                            .with_config()
+                            .limit(PROBE_BODY_BYTES)
+                            .reader()
+                            .take(PROBE_BODY_BYTES)
+                            .read_to_end(&mut Vec::new());
+                        match status {
+                            200..=299 | 404 | 405 => Ok(()),
+                            401 | 403 => Err("unauthorized"),
+                            _ => Err("error"),
+                        }
+                    }
+                    Err(e) => Err(match classify(e, Phase::Head) {
+                        ApiError::UpstreamTimeout { .. } => "timeout",
+                        _ => "unreachable",
+                    }),
                 };
-                let _ = tx.send(result);
+                let _ = tx.send(outcome);
             });
         let outcome = match spawned {
             Ok(_) => rx
@@ -344,7 +448,9 @@ impl Upstream {
         let ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         let v = match outcome {
             Ok(()) => serde_json::json!({ "status": "ok", "latency_ms": ms }),
-            Err(e) => serde_json::json!({ "status": "fail", "latency_ms": ms, "error": e }),
+            Err(e) => {
+                serde_json::json!({ "status": "fail", "latency_ms": ms, "reason": e, "error": e })
+            }
         };
         *self.probe.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((std::time::Instant::now(), v.clone()));
@@ -378,16 +484,51 @@ impl Upstream {
         }
     }
 
-    /// A non-streaming chat completion: the upstream's answer, checked to
-    /// be one JSON object (nothing of it is stored but its bytes), read
-    /// within `timeout_s` and `max_response_bytes`. `body` is the request's
-    /// JSON text.
+    /// A non-streaming chat completion (see `relay`).
     pub fn complete(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        self.relay("/chat/completions", body)
+    }
+
+    /// A POST request to the upstream, builder only. `fresh`: use a new
+    /// connection, not an idle pooled one (see `send_once_more`).
+    fn post(
+        &self,
+        path: &str,
+        accept: &str,
+        fresh: bool,
+        streaming: bool,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
         let rb = self
-            .authorize(self.agent.post(self.url("/chat/completions")))
+            .authorize(self.agent.post(self.url(path)))
             .header("Content-Type", "application/json")
-            .header("Accept", "application/json");
-        let res = rb.send(body).map_err(|e| classify(e, Phase::Head))?;
+            .header("Accept", accept);
+        if !fresh && !streaming {
+            return rb;
+        }
+        let mut cfg = rb.config();
+        if fresh {
+            // No idle connection is young enough: the pool drops them
+            // (they are as old as the one that just failed) and connects.
+            cfg = cfg.max_idle_age(Duration::ZERO);
+        }
+        if streaming {
+            cfg = cfg
+                .timeout_per_call(None)
+                .timeout_recv_body(None)
+                .timeout_per_read(Some(self.cfg.stream_idle_timeout));
+        }
+        cfg.build()
+    }
+
+    /// A non-streaming POST to `path` (`/chat/completions`,
+    /// `/completions`, `/embeddings`, `/responses`): the upstream's answer,
+    /// checked to be one JSON object (nothing of it is stored but its
+    /// bytes), read within `timeout_s` and `max_response_bytes`. `body` is
+    /// the request's JSON text, sent as is.
+    pub fn relay(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let res =
+            send_once_more(|fresh| self.post(path, "application/json", fresh, false).send(body))
+                .map_err(|e| classify(e, Phase::Head))?;
         let bytes = self.answer_bytes(res)?;
         if views::is_json_object(&bytes) {
             Ok(bytes)
@@ -404,9 +545,7 @@ impl Upstream {
     fn answer_bytes(&self, mut res: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ApiError> {
         let status = res.status().as_u16();
         if !(200..300).contains(&status) {
-            return Err(ApiError::UpstreamError {
-                detail: error_detail(status, res.body_mut()),
-            });
+            return Err(refusal(&mut res));
         }
         res.into_body()
             .into_with_config()
@@ -415,21 +554,39 @@ impl Upstream {
             .map_err(|e| classify(e, Phase::Body))
     }
 
-    /// The upstream's model list (`GET /models`), within `MODELS_TIMEOUT`:
-    /// its bytes, checked to be JSON (read them with `views::model_entries`).
-    pub fn models(&self) -> Result<Vec<u8>, ApiError> {
-        let rb = self
-            .authorize(self.agent.get(self.url("/models")))
+    /// A GET request to the upstream within `limit` (builder only); see
+    /// `post` for `fresh`.
+    fn get(
+        &self,
+        path: &str,
+        limit: Duration,
+        fresh: bool,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let mut cfg = self
+            .authorize(self.agent.get(self.url(path)))
             .header("Accept", "application/json")
             .config()
-            .timeout_per_call(Some(
-                MODELS_TIMEOUT.min(self.cfg.connect_timeout + self.cfg.timeout),
-            ))
-            .build();
-        let res = rb.call().map_err(|e| classify(e, Phase::Head))?;
+            .timeout_per_call(Some(limit));
+        if fresh {
+            cfg = cfg.max_idle_age(Duration::ZERO);
+        }
+        cfg.build()
+    }
+
+    /// The upstream's model list (`GET /models`), within `MODELS_TIMEOUT`:
+    /// its bytes, checked to be JSON (read them with `views::model_entries`).
+    /// `Ok(None)` when the upstream has no model list (404, 405, 501:
+    /// some servers serve one model and no `/models`).
+    pub fn models(&self) -> Result<Option<Vec<u8>>, ApiError> {
+        let limit = MODELS_TIMEOUT.min(self.cfg.connect_timeout + self.cfg.timeout);
+        let res = send_once_more(|fresh| self.get("/models", limit, fresh).call())
+            .map_err(|e| classify(e, Phase::Head))?;
+        if matches!(res.status().as_u16(), 404 | 405 | 501) {
+            return Ok(None);
+        }
         let bytes = self.answer_bytes(res)?;
         if views::is_json(&bytes) {
-            Ok(bytes)
+            Ok(Some(bytes))
         } else {
             Err(ApiError::UpstreamError {
                 detail: format!("model list is not JSON ({} bytes)", bytes.len()),
@@ -440,15 +597,18 @@ impl Upstream {
     /// Starts a streamed chat completion on a reader thread and returns at
     /// once. `body` (the request's JSON text) must hold `"stream": true`.
     pub fn open_stream(&self, body: Vec<u8>, request_id: &str) -> Result<StreamHandle, ApiError> {
-        let rb = self
-            .authorize(self.agent.post(self.url("/chat/completions")))
-            .header("Content-Type", "application/json")
-            .header("Accept", "text/event-stream")
-            .config()
-            .timeout_per_call(None)
-            .timeout_recv_body(None)
-            .timeout_per_read(Some(self.cfg.stream_idle_timeout))
-            .build();
+        self.open_stream_at("/chat/completions", body, request_id)
+    }
+
+    /// As `open_stream`, to `path` (`/completions`, `/responses`, ...).
+    pub fn open_stream_at(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        request_id: &str,
+    ) -> Result<StreamHandle, ApiError> {
+        let plain = self.post(path, "text/event-stream", false, true);
+        let fresh = self.post(path, "text/event-stream", true, true);
         let (tx, rx) = sync_channel(CHANNEL_DEPTH);
         let abort = Abort::new();
         let reader_abort = abort.clone();
@@ -466,7 +626,7 @@ impl Upstream {
             .spawn(move || {
                 logging::set_request_id(Some(&request_id));
                 let _scope = reader_abort.enter();
-                let end = read_stream(rb, &body, limit, &out, &reader_abort);
+                let end = read_stream([plain, fresh], &body, limit, &out, &reader_abort);
                 if let Some(ev) = end {
                     let _ = out.tx.send(ev);
                 }
@@ -507,22 +667,25 @@ impl Sender {
 /// The reader thread's body: sends `Opened` and `Chunk`s on `tx`; returns
 /// the final event (None when the consumer is gone or aborted).
 fn read_stream(
-    rb: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    requests: [ureq::RequestBuilder<ureq::typestate::WithBody>; 2],
     body: &[u8],
     limit: u64,
     out: &Sender,
     abort: &Abort,
 ) -> Option<StreamEvent> {
-    let mut res = match rb.send(body) {
+    let mut requests = requests.map(Some);
+    let sent = send_once_more(|fresh| match requests[usize::from(fresh)].take() {
+        Some(rb) if !abort.is_aborted() => rb.send(body),
+        _ => Err(ureq::Error::Io(std::io::ErrorKind::Interrupted.into())),
+    });
+    let mut res = match sent {
         Ok(r) => r,
         Err(_) if abort.is_aborted() => return None,
         Err(e) => return Some(StreamEvent::Failed(classify(e, Phase::Head))),
     };
     let status = res.status().as_u16();
     if !(200..300).contains(&status) {
-        return Some(StreamEvent::Failed(ApiError::UpstreamError {
-            detail: error_detail(status, res.body_mut()),
-        }));
+        return Some(StreamEvent::Failed(refusal(&mut res)));
     }
     out.tx.send(StreamEvent::Opened).ok()?;
     let mut reader = BufReader::new(res.into_body().into_with_config().limit(limit).reader());
@@ -614,9 +777,17 @@ fn on_incoming(
             detail: format!("upstream stream error: {}", shown),
         })));
     }
-    *saw_finish |= parts.finish_reason.is_some();
+    // A chat or completion stream ends with `[DONE]` (or EOF after a
+    // chunk with a `finish_reason`); a Responses API stream ends with its
+    // terminal event and EOF, without `[DONE]`.
+    let terminal = matches!(
+        incoming.event.as_deref().or(parts.kind.as_deref()),
+        Some("response.completed" | "response.incomplete" | "response.failed")
+    );
+    *saw_finish |= parts.finish_reason.is_some() || terminal;
     let chunk = Chunk {
         raw: incoming.data,
+        event: incoming.event,
         parts,
     };
     if out.chunk(chunk) {
@@ -633,33 +804,6 @@ fn drain(reader: &mut impl Read) {
         &mut reader.take(DRAIN_AFTER_DONE_BYTES),
         &mut std::io::sink(),
     );
-}
-
-/// `host:port` of a base URL (default ports for http/https).
-fn host_port(base_url: &str) -> Option<String> {
-    let (scheme, rest) = base_url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    if authority.is_empty() {
-        return None;
-    }
-    let has_port = match authority.rfind(']') {
-        Some(i) => authority[i..].contains(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
-        Some(authority.to_string())
-    } else {
-        Some(format!(
-            "{}:{}",
-            authority,
-            if scheme.eq_ignore_ascii_case("https") {
-                443
-            } else {
-                80
-            }
-        ))
-    }
 }
 
 /// A chat request body for the upstream, as JSON text.
@@ -692,25 +836,6 @@ pub fn log_failure(err: &ApiError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_port_of_base_urls() {
-        assert_eq!(
-            host_port("http://127.0.0.1:11434/v1").as_deref(),
-            Some("127.0.0.1:11434")
-        );
-        assert_eq!(
-            host_port("https://api.openai.com/v1").as_deref(),
-            Some("api.openai.com:443")
-        );
-        assert_eq!(
-            host_port("http://[::1]:8080/v1").as_deref(),
-            Some("[::1]:8080")
-        );
-        assert_eq!(host_port("http://[::1]/v1").as_deref(), Some("[::1]:80"));
-        assert_eq!(host_port("http://user:pw@h:81/x").as_deref(), Some("h:81"));
-        assert_eq!(host_port("nonsense"), None);
-    }
 
     #[test]
     fn classification_table() {

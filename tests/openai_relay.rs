@@ -38,12 +38,25 @@ fn v1_models_relays_the_upstream_list_and_falls_back_to_the_configured_model() {
         Some(&*format!("Bearer {}", UPSTREAM_KEY))
     );
 
+    // An upstream without a model list (404): the configured model.
+    let unlisted = FakeUpstream::start(Mode::Error {
+        status: 404,
+        body: r#"{"detail":"Not Found"}"#.into(),
+    });
+    let u = Server::start(
+        opts_for(&unlisted.base_url()).env("PORTCULLIS_UPSTREAM_MODEL", "configured-model"),
+    );
+    let r = u.get("/v1/models");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["id"], "configured-model");
+    // An upstream that is down is an error, not a list of a model that
+    // then fails to answer.
     let down = Server::start(
         opts_for(&refused_base_url()).env("PORTCULLIS_UPSTREAM_MODEL", "configured-model"),
     );
     let r = down.get("/v1/models");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["data"][0]["id"], "configured-model");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
     assert_no_leak(&s, &[&r.text()]);
 }
 
@@ -70,7 +83,7 @@ fn v1_non_streaming_relay_sends_the_key_as_bearer_and_reuses_the_connection() {
         );
         let body = q.json();
         assert_eq!(body["model"], "gpt-oss:20b", "default model from settings");
-        assert_eq!(body["stream"], false);
+        assert!(body.get("stream").is_none(), "nothing added but the model");
         assert_eq!(body["messages"][0]["content"], "hi");
     }
     assert_eq!(
@@ -116,9 +129,9 @@ fn v1_streaming_relays_chunks_in_openai_framing_and_ends_with_done() {
     let sent = up.requests()[0].json();
     assert_eq!(sent["model"], "picked-model");
     assert_eq!(sent["stream"], true);
-    assert!(
-        sent.get("unknown_field").is_none(),
-        "unknown fields are not relayed"
+    assert_eq!(
+        sent["unknown_field"], 1,
+        "fields the relay does not read pass through"
     );
     // The reader drains the body after [DONE] before the client sees the
     // end, so the connection is back in the pool for the next stream.

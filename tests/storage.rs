@@ -218,16 +218,35 @@ fn readiness_reports_database_and_upstream() {
     assert_eq!(v["checks"]["database"]["status"], "ok");
     assert!(v["checks"]["database"]["latency_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(v["checks"]["upstream"]["status"], "fail", "{}", v);
-    assert_eq!(v["checks"]["upstream"]["error"], "unreachable");
+    assert_eq!(v["checks"]["upstream"]["reason"], "unreachable");
 
-    // A listening upstream is reported ok.
-    let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let s = Server::start(Opts::new().env(
-        "PORTCULLIS_UPSTREAM_BASE_URL",
-        &format!("http://{}/v1", live.local_addr().unwrap()),
-    ));
+    // An upstream that answers `GET /models` with our key is ok; one that
+    // refuses the key is reported `unauthorized` (every chat would fail).
+    let live = support::fake_upstream::FakeUpstream::start(support::fake_upstream::Mode::Normal);
+    let s = Server::start(Opts::new().env("PORTCULLIS_UPSTREAM_BASE_URL", &live.base_url()));
     let v = s.get("/health/ready").json();
     assert_eq!(v["checks"]["upstream"]["status"], "ok", "{}", v);
+    let probe = &live.requests()[0];
+    assert_eq!(
+        (probe.method.as_str(), probe.path.as_str()),
+        ("GET", "/v1/models")
+    );
+    let refusing =
+        support::fake_upstream::FakeUpstream::start(support::fake_upstream::Mode::Error {
+            status: 401,
+            body: r#"{"error":{"message":"Incorrect API key provided"}}"#.into(),
+        });
+    let s = Server::start(Opts::new().env("PORTCULLIS_UPSTREAM_BASE_URL", &refusing.base_url()));
+    let r = s.get("/health/ready");
+    assert_eq!(
+        r.status,
+        200,
+        "the upstream never fails readiness: {}",
+        r.text()
+    );
+    let v = r.json();
+    assert_eq!(v["checks"]["upstream"]["status"], "fail", "{}", v);
+    assert_eq!(v["checks"]["upstream"]["reason"], "unauthorized", "{}", v);
 }
 
 #[test]

@@ -194,8 +194,11 @@ impl Field {
 pub enum Unknown {
     /// 400 `validation_failed` naming it (our own `/api` routes).
     Refused,
-    /// Skipped, never forwarded (the OpenAI relay: SDKs add fields).
+    /// Skipped, never forwarded.
     Dropped,
+    /// Forwarded as sent, unread (the OpenAI relay: SDKs and model servers
+    /// add fields of their own, such as `top_k` or `grammar`).
+    Passed,
 }
 
 /// A JSON object request body.

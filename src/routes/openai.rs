@@ -1,27 +1,32 @@
-//! `POST /v1/chat/completions` and `GET /v1/models`: an OpenAI-compatible
-//! relay to the upstream, behind the same filters, rate limits and stream
-//! slots as `/api/chat`. Works unmodified with the official OpenAI SDKs
-//! (`scripts/openai_sdk_check.py`).
+//! The OpenAI-compatible relay: `POST /v1/chat/completions`,
+//! `/v1/completions`, `/v1/embeddings`, `/v1/responses` (streaming and
+//! not), `GET /v1/models` and `GET /v1/models/{id}`, behind the same
+//! filters, rate limits and stream slots as `/api/chat`. Works unmodified
+//! with the official OpenAI SDKs (`scripts/openai_sdk_check.py`).
 //!
-//! The request must be an object with a non-empty `messages` array of
-//! objects with a known `role`; `model` defaults to `[upstream] model`. The
-//! OpenAI fields in `RELAYED_FIELDS` are passed through as sent; any other
-//! field is dropped (not an error: SDKs add new optional fields over time,
-//! and we never forward what we have not reviewed). Answers are relayed as
-//! the upstream sent them: non-streaming bounded by `max_response_bytes`,
-//! streaming re-framed as `data: {...}` events ending with `data: [DONE]`.
-//! Errors use the contract's body (`{"error":{"code","message","type",
-//! "param","request_id"}}`, which OpenAI SDKs read as an API error); a failure after
-//! the stream began is sent as one `data: {"error":...}` event, and the
-//! stream ends without `[DONE]` (the SDKs raise it).
+//! A request is forwarded as the client sent it, byte for byte, except
+//! for what the relay must set: a missing `model` becomes `[upstream]
+//! model` (see `prepare`). The relay reads only what it needs (`model`
+//! for the key's allowlist, `stream`, the route's required fields, chat
+//! `messages` for a clear 400) and never re-serialises what it does not
+//! understand, so vendor parameters (`top_k`, `grammar`,
+//! `chat_template_kwargs`) arrive as sent. Answers are relayed as the
+//! upstream sent them: non-streaming bounded by `max_response_bytes`,
+//! streaming re-framed event by event (`data:` lines, the event's name
+//! when it has one) and ended with `data: [DONE]` (chat and text
+//! completions) or the terminal event (responses). Errors use the
+//! contract's body (`{"error":{"code","message","type","param",
+//! "request_id"}}`, which OpenAI SDKs read as an API error); an upstream's
+//! refusal keeps its status and message (`upstream_rejected`); a failure
+//! after the stream began is sent as one error event, and the stream ends
+//! without `[DONE]` (the SDKs raise it).
 //!
 //! Nothing here builds a `Value` tree of what a client or the upstream
 //! sent: the request's top level is read as raw fields (`json_body`),
 //! `messages` is checked element by element with a visitor that stores
-//! nothing, and the upstream's copy is written from the raw texts; answers
-//! are relayed as the bytes received (`upstream::views`).
+//! nothing, and answers are relayed as the bytes received
+//! (`upstream::views`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
 
@@ -35,32 +40,11 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Reply};
 use crate::json_body;
 use crate::logging;
+use crate::router::Route;
 use crate::routes::fields::{Body, Field, Kind, Unknown, MODEL_MAX};
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::upstream::{self, views, StreamEvent};
 
-/// OpenAI chat-completion fields relayed to the upstream unchanged.
-const RELAYED_FIELDS: &[&str] = &[
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "max_completion_tokens",
-    "max_tokens",
-    "n",
-    "parallel_tool_calls",
-    "presence_penalty",
-    "reasoning_effort",
-    "response_format",
-    "seed",
-    "stop",
-    "stream_options",
-    "temperature",
-    "tool_choice",
-    "tools",
-    "top_logprobs",
-    "top_p",
-    "user",
-];
 /// Roles a relayed message may have: the stored roles (`db::Role`) and
 /// those only OpenAI's API knows (relayed, never stored).
 pub const ROLES: &[&str] = &[
@@ -84,64 +68,150 @@ const MESSAGES: Field = Field::new(
 )
 .required();
 const STREAM: Field = Field::new("stream", Kind::Bool);
+const PROMPT: Field = Field::new("prompt", Kind::Any)
+    .required()
+    .doc("passed to the upstream as sent");
+const INPUT: Field = Field::new("input", Kind::Any).doc("passed to the upstream as sent");
 
-/// `POST /v1/chat/completions`: `model`, `messages` and `stream` checked,
-/// the `RELAYED_FIELDS` passed on as sent, any other field dropped.
-pub const BODY: Body = Body {
-    name: "OpenAiChatRequest",
-    fields: &{
-        const ANY: Field = Field::new("", Kind::Any).doc("passed to the upstream as sent");
-        let mut all = [ANY; 3 + RELAYED_FIELDS.len()];
-        all[0] = MODEL;
-        all[1] = MESSAGES;
-        all[2] = STREAM;
-        let mut i = 0;
-        while i < RELAYED_FIELDS.len() {
-            all[3 + i].name = RELAYED_FIELDS[i];
-            i += 1;
-        }
-        all
+/// How a relayed route's answer streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streaming {
+    /// Never (`/v1/embeddings`): the request is relayed as a whole.
+    No,
+    /// `data: {chunk}` events ending with `data: [DONE]` (chat and text
+    /// completions).
+    Chunks,
+    /// Named events (`event: response.output_text.delta`) ending with a
+    /// terminal event and no `[DONE]` (the Responses API).
+    Events,
+}
+
+/// A relayed `/v1` POST route: where it goes upstream, the fields the
+/// relay reads (checked; every other field is forwarded as sent, unread),
+/// and how its answer streams.
+pub struct Relay {
+    pub upstream_path: &'static str,
+    pub body: Body,
+    pub streaming: Streaming,
+}
+
+/// `POST /v1/chat/completions`.
+pub const CHAT: Relay = Relay {
+    upstream_path: "/chat/completions",
+    body: Body {
+        name: "OpenAiChatRequest",
+        fields: &[MODEL, MESSAGES, STREAM],
+        unknown: Unknown::Passed,
     },
-    unknown: Unknown::Dropped,
+    streaming: Streaming::Chunks,
 };
 
-/// Validates an OpenAI chat request (the body's bytes) and builds the
-/// upstream's copy as JSON text: `model`, `messages` and the
-/// `RELAYED_FIELDS` as sent, `stream` as a boolean. Returns it, whether
-/// it asks for a stream, and the model it names.
-pub fn relay_request(
-    body: &[u8],
-    default_model: &str,
-) -> Result<(Vec<u8>, bool, String), ApiError> {
-    let fields = BODY.parse(body)?;
-    let messages = fields
-        .raw("messages")
-        .ok_or_else(|| ApiError::validation("messages", "is required"))?;
-    check_messages(messages)?;
-    let model = MODEL
-        .opt_str(&fields)?
-        .unwrap_or_else(|| default_model.to_string());
-    let stream = STREAM.opt_bool(&fields)?.unwrap_or(false);
+/// `POST /v1/completions` (text completions, the legacy API).
+pub const COMPLETIONS: Relay = Relay {
+    upstream_path: "/completions",
+    body: Body {
+        name: "OpenAiCompletionRequest",
+        fields: &[MODEL, PROMPT, STREAM],
+        unknown: Unknown::Passed,
+    },
+    streaming: Streaming::Chunks,
+};
 
-    let model_raw = serde_json::value::to_raw_value(&model).map_err(ApiError::internal)?;
-    let stream_raw = serde_json::value::to_raw_value(&stream).map_err(ApiError::internal)?;
-    let mut out: BTreeMap<&str, &RawValue> = BTreeMap::new();
-    out.insert("model", &model_raw);
-    out.insert("messages", messages);
-    out.insert("stream", &stream_raw);
-    for (name, raw) in fields.iter() {
-        if RELAYED_FIELDS.contains(&name) {
-            out.insert(name, raw);
+/// `POST /v1/embeddings`.
+pub const EMBEDDINGS: Relay = Relay {
+    upstream_path: "/embeddings",
+    body: Body {
+        name: "OpenAiEmbeddingRequest",
+        fields: &[MODEL, INPUT.required()],
+        unknown: Unknown::Passed,
+    },
+    streaming: Streaming::No,
+};
+
+/// `POST /v1/responses` (what Codex and LangChain's `use_responses_api`
+/// speak).
+pub const RESPONSES: Relay = Relay {
+    upstream_path: "/responses",
+    body: Body {
+        name: "OpenAiResponsesRequest",
+        fields: &[MODEL, INPUT, STREAM],
+        unknown: Unknown::Passed,
+    },
+    streaming: Streaming::Events,
+};
+
+/// A relayed request, ready to send.
+pub struct Prepared {
+    /// The body for the upstream: the client's bytes, unchanged but for
+    /// what the relay must set (a missing `model`).
+    pub body: Vec<u8>,
+    pub stream: bool,
+    pub model: String,
+}
+
+/// Checks what the relay needs of a request body (an object; `model` a
+/// string, `stream` a boolean, each at most once; the route's required
+/// fields present; chat `messages` well formed) and returns the body to
+/// send: the same bytes, with `"model"` added at the front when the client
+/// named none. Nothing else is read, rewritten or dropped, so vendor
+/// parameters (`top_k`, `min_p`, `grammar`, `chat_template_kwargs`) reach
+/// the upstream byte for byte.
+pub fn prepare(relay: &Relay, body: Vec<u8>, default_model: &str) -> Result<Prepared, ApiError> {
+    let (model, stream) = {
+        let fields = relay.body.parse(&body)?;
+        fields.reject_repeated()?;
+        for f in relay.body.fields.iter().filter(|f| f.required) {
+            if fields.value(f.name).is_none() {
+                return Err(ApiError::validation(f.name, "is required"));
+            }
         }
+        if let Some(messages) = fields.raw("messages") {
+            check_messages(messages)?;
+        }
+        let stream = match relay.streaming {
+            Streaming::No => false,
+            _ => STREAM.opt_bool(&fields)?.unwrap_or(false),
+        };
+        (MODEL.opt_str(&fields)?, stream)
+    };
+    let (body, model) = match model {
+        Some(m) => (body, m),
+        None => {
+            let value = serde_json::to_string(default_model).map_err(ApiError::internal)?;
+            (
+                insert_field(body, "model", &value),
+                default_model.to_string(),
+            )
+        }
+    };
+    Ok(Prepared {
+        body,
+        stream,
+        model,
+    })
+}
+
+/// `body` (a JSON object's text) with `"name":value` added as its first
+/// member; every other byte stays as it was.
+pub fn insert_field(body: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
+    let Some(open) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return body;
+    };
+    let empty = body[open + 1..]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
+    let mut out = Vec::with_capacity(body.len() + name.len() + value.len() + 4);
+    out.extend_from_slice(&body[..=open]);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value.as_bytes());
+    if !empty {
+        out.push(b',');
     }
-    if !fields.unknown().is_empty() {
-        logging::debug(
-            "dropped unknown OpenAI fields",
-            &[("fields", json!(fields.unknown()))],
-        );
-    }
-    let text = serde_json::to_vec(&out).map_err(ApiError::internal)?;
-    Ok((text, stream, model))
+    out.extend_from_slice(&body[open + 1..]);
+    out
 }
 
 /// Checks `messages` (its raw text) without storing it: an array of 1 to
@@ -292,7 +362,7 @@ pub fn error_value(err: &ApiError, request_id: &str) -> Value {
 
 /// Logs how a stream ended (the access log line was written when the head
 /// went out).
-pub fn log_stream_end(route: crate::router::Route, outcome: &str, started: Instant) {
+pub fn log_stream_end(route: Route, outcome: &str, started: Instant) {
     logging::info(
         "stream ended",
         &[
@@ -303,16 +373,42 @@ pub fn log_stream_end(route: crate::router::Route, outcome: &str, started: Insta
     );
 }
 
+pub fn chat_completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    relay(app, ctx, &CHAT, Route::ChatCompletions)
+}
+
 pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let (request, stream, model) = relay_request(&ctx.body, &app.cfg.upstream.model)?;
+    relay(app, ctx, &COMPLETIONS, Route::Completions)
+}
+
+pub fn embeddings(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    relay(app, ctx, &EMBEDDINGS, Route::Embeddings)
+}
+
+pub fn responses(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    relay(app, ctx, &RESPONSES, Route::Responses)
+}
+
+/// Relays one `/v1` POST: checked (`prepare`), the key's model allowlist
+/// applied, then sent as a whole (answered once the upstream's answer is
+/// complete, on the connection's thread without a seat) or streamed (a
+/// stream slot, cancellation when the client goes, pings while the
+/// upstream is silent, `max_stream_s`).
+fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Result<Reply, ApiError> {
+    let body = std::mem::take(&mut ctx.body);
+    let Prepared {
+        body,
+        stream,
+        model,
+    } = prepare(relay, body, &app.cfg.upstream.model)?;
     // A key with a model allowlist: 403 `forbidden` for any other model.
     ctx.check_model(&model)?;
     if !stream {
-        // Waits on a relay thread, not a worker (`server::defer`). The
-        // answer is relayed as received: checked, never parsed into a tree.
+        // Waits without a seat (`server::defer`). The answer is relayed as
+        // received: checked, never parsed into a tree.
         let up = app.upstream.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let answer = up.complete(&request)?;
+            let answer = up.relay(relay.upstream_path, &body)?;
             Ok(Reply::bytes(200, "application/json", answer))
         })));
     }
@@ -321,17 +417,20 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         .streams
         .try_acquire(crate::streams::client_key(ctx))
         .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
-    let mut handle = app.upstream.open_stream(request, &ctx.request_id)?;
+    let mut handle = app
+        .upstream
+        .open_stream_at(relay.upstream_path, body, &ctx.request_id)?;
     let ping_every = app.cfg.upstream.ping_interval;
     let max_stream = app.cfg.upstream.max_stream;
     let request_id = ctx.request_id.clone();
     let metrics = app.metrics.clone();
     let grace = app.upstream.head_grace();
+    let events = relay.streaming == Streaming::Events;
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
         if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, || {}) {
-            log_stream_end(crate::router::Route::ChatCompletions, code, started);
+            log_stream_end(route, code, started);
             return;
         }
         let mut outcome = "complete";
@@ -341,50 +440,77 @@ pub fn completions(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         };
         let end = sse::pump(out, &mut handle, &limits, |out, ev| match ev {
             StreamEvent::Opened => Ok(Flow::Continue),
-            StreamEvent::Chunk(chunk) => sse::data_raw(out, &chunk.raw).map(|_| Flow::Continue),
+            StreamEvent::Chunk(chunk) => {
+                sse::event_raw(out, chunk.event.as_deref(), &chunk.raw).map(|_| Flow::Continue)
+            }
+            // The Responses API ends with its terminal event, not `[DONE]`.
+            StreamEvent::Done if events => Ok(Flow::Stop),
             StreamEvent::Done => sse::done_marker(out).map(|_| Flow::Stop),
             StreamEvent::Failed(err) => {
                 upstream::log_failure(&err);
                 metrics.record_upstream_error(err.code());
                 outcome = err.code();
-                sse::data(out, &error_value(&err, &request_id)).map(|_| Flow::Stop)
+                let value = error_value(&err, &request_id);
+                if events {
+                    sse::event(out, "error", &value).map(|_| Flow::Stop)
+                } else {
+                    sse::data(out, &value).map(|_| Flow::Stop)
+                }
             }
         });
         if end == PumpEnd::ClientGone {
             outcome = "client_gone";
         }
-        log_stream_end(crate::router::Route::ChatCompletions, outcome, started);
+        log_stream_end(route, outcome, started);
     })))
 }
 
-pub fn models(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
+pub fn models(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let up = app.upstream.clone();
+    let configured = app.cfg.upstream.model.clone();
+    let allowed = ctx.key_models.clone();
+    Ok(Reply::deferred(Box::new(move || {
+        let mut data = model_list(&up, &configured)?;
+        // A key limited to some models sees only those.
+        if let Some(allowed) = allowed {
+            data.retain(|m| allowed.iter().any(|a| m["id"] == a.as_str()));
+        }
+        Ok(Reply::json(200, &json!({"object": "list", "data": data})))
+    })))
+}
+
+/// `GET /v1/models/{id}`: the entry of `/v1/models` with that id (ids may
+/// hold `/`), 404 when it is not listed or not allowed to the key.
+pub fn model(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
+    let id = ctx.params.first().cloned().unwrap_or_default();
+    if ctx.check_model(&id).is_err() {
+        return Err(ApiError::NotFound);
+    }
     let up = app.upstream.clone();
     let configured = app.cfg.upstream.model.clone();
     Ok(Reply::deferred(Box::new(move || {
-        models_reply(&up, &configured)
+        model_list(&up, &configured)?
+            .into_iter()
+            .find(|m| m["id"] == id.as_str())
+            .map(|m| Reply::json(200, &m))
+            .ok_or(ApiError::NotFound)
     })))
 }
 
-/// `/v1/models`, on a relay thread: the upstream's list, or the configured
-/// model when the upstream cannot list.
-fn models_reply(up: &crate::upstream::Upstream, configured: &str) -> Result<Reply, ApiError> {
-    let listed = up.models();
-    let data = match &listed {
-        Ok(bytes) => normalize_models(bytes),
-        Err(_) => None,
-    };
-    let data = data.unwrap_or_else(|| {
-        let why = match &listed {
-            Err(e) => format!("{}: {}", e.code(), e.detail().unwrap_or("")),
-            Ok(_) => "the upstream's model list holds no usable entry".to_string(),
-        };
-        logging::warn(
-            "upstream cannot list models; answering the configured model",
-            &[("detail", json!(logging::redact_text(&why)))],
-        );
-        vec![model_entry(configured, 0, "portcullis")]
-    });
-    Ok(Reply::json(200, &json!({"object": "list", "data": data})))
+/// The models in OpenAI's shape: the upstream's list; the configured model
+/// when the upstream has no list or lists nothing usable. An upstream that
+/// fails (unreachable, refusing our key, erring) is an error, not a list
+/// of one model that then fails to answer.
+fn model_list(up: &crate::upstream::Upstream, configured: &str) -> Result<Vec<Value>, ApiError> {
+    let listed = up.models()?;
+    if let Some(data) = listed.as_deref().and_then(normalize_models) {
+        return Ok(data);
+    }
+    logging::info(
+        "the upstream lists no models; answering the configured model",
+        &[("model", json!(configured))],
+    );
+    Ok(vec![model_entry(configured, 0, "portcullis")])
 }
 
 fn model_entry(id: &str, created: i64, owned_by: &str) -> Value {
@@ -415,12 +541,12 @@ mod tests {
     use super::*;
 
     fn relay(body: &Value) -> Result<(Value, bool), ApiError> {
-        relay_request(body.to_string().as_bytes(), "m")
-            .map(|(text, stream, _)| (serde_json::from_slice(&text).unwrap(), stream))
+        prepare(&CHAT, body.to_string().into_bytes(), "m")
+            .map(|p| (serde_json::from_slice(&p.body).unwrap(), p.stream))
     }
 
     #[test]
-    fn relay_request_table() {
+    fn prepare_table() {
         let bad = [
             (json!({}), "messages"),
             (json!({"messages": null}), "messages"),
@@ -463,25 +589,57 @@ mod tests {
             vec!["{\"role\":\"user\"}"; MAX_MESSAGES + 1].join(",")
         );
         assert!(matches!(
-            relay_request(too_many.as_bytes(), "m"),
+            prepare(&CHAT, too_many.into_bytes(), "m"),
             Err(ApiError::ValidationFailed { ref field, .. }) if field == "messages"
         ));
-        let (req, stream) = relay(
-            &json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}], "name": "n"}], "temperature": 0.2, "evil": 1, "stream": true, "tools": [{"type": "function"}]}),
-        )
-        .unwrap();
-        assert!(stream);
-        assert_eq!(req["model"], "m");
-        assert_eq!(req["temperature"], 0.2);
-        assert_eq!(req["tools"], json!([{"type": "function"}]));
-        assert_eq!(req["messages"][0]["name"], "n", "messages relayed as sent");
-        assert!(req.get("evil").is_none());
         for bad_json in ["[1]", "{\"messages\":[}", ""] {
             assert!(matches!(
-                relay_request(bad_json.as_bytes(), "m"),
+                prepare(&CHAT, bad_json.as_bytes().to_vec(), "m"),
                 Err(ApiError::InvalidJson(_))
             ));
         }
+        // A repeated `model` could be read differently upstream: refused.
+        let twice = br#"{"model":"a","messages":[{"role":"user","content":"x"}],"model":"b"}"#;
+        assert!(matches!(
+            prepare(&CHAT, twice.to_vec(), "m"),
+            Err(ApiError::ValidationFailed { ref field, .. }) if field == "model"
+        ));
+        // Each route's required field.
+        for (route, field) in [(&COMPLETIONS, "prompt"), (&EMBEDDINGS, "input")] {
+            assert!(matches!(
+                prepare(route, b"{\"model\":\"x\"}".to_vec(), "m"),
+                Err(ApiError::ValidationFailed { field: ref f, .. }) if f == field
+            ));
+        }
+        // Embeddings never stream, whatever the body says.
+        let p = prepare(&EMBEDDINGS, br#"{"input":"x","stream":true}"#.to_vec(), "m").unwrap();
+        assert!(!p.stream);
+        let p = prepare(&RESPONSES, br#"{"input":"x","stream":true}"#.to_vec(), "m").unwrap();
+        assert!(p.stream);
+    }
+
+    #[test]
+    fn bodies_are_forwarded_byte_for_byte() {
+        // Vendor fields, odd spacing, key order, escapes and number forms
+        // all survive: the bytes are the client's.
+        let sent = br#"{ "model" : "x",  "messages":[{"role":"user","content":"caf\u00e9"}],
+            "grammar":"root ::= \"yes\" | \"no\"", "top_k": 1.50e1, "min_p":0.05,
+            "chat_template_kwargs":{"enable_thinking":false}, "evil": [1,2] }"#;
+        let p = prepare(&CHAT, sent.to_vec(), "default").unwrap();
+        assert_eq!(p.body, sent.to_vec());
+        assert_eq!(p.model, "x");
+        // Without a model, only `"model":"default",` is added at the front.
+        let sent = br#"  {"messages":[{"role":"user","content":"hi"}],"top_k":40}"#;
+        let p = prepare(&CHAT, sent.to_vec(), "def\"ault").unwrap();
+        assert_eq!(
+            String::from_utf8(p.body).unwrap(),
+            r#"  {"model":"def\"ault","messages":[{"role":"user","content":"hi"}],"top_k":40}"#
+        );
+        assert_eq!(p.model, "def\"ault");
+        assert_eq!(
+            insert_field(b"{ }".to_vec(), "a", "1"),
+            b"{\"a\":1 }".to_vec()
+        );
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub fn render() -> String {
 pub fn document() -> Value {
     let mut paths = Map::new();
     for def in ROUTES {
+        // `{*id}` (a parameter that may span segments) is `{id}` here.
         let item = paths
-            .entry(def.path)
+            .entry(def.path.replace("{*", "{"))
             .or_insert_with(|| json!({}))
             .as_object_mut()
             .expect("path items are objects");
@@ -145,7 +146,17 @@ fn parameters(def: &RouteDef) -> Vec<Value> {
         let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
             continue;
         };
+        let (name, spans) = match name.strip_prefix('*') {
+            Some(n) => (n, true),
+            None => (name, false),
+        };
         let schema = match name {
+            _ if spans => json!({
+                "type": "string",
+                "minLength": 1,
+                "maxLength": super::fields::MODEL_MAX,
+                "description": "may hold `/` (model ids such as `org/model`)",
+            }),
             "asset" => json!({
                 "type": "string",
                 "enum": super::ui::files().skip(1).map(|(n, _)| n).collect::<Vec<_>>(),
@@ -522,13 +533,19 @@ pub fn body_schema(body: &Body) -> Value {
     let mut s = json!({
         "type": "object",
         "properties": props,
-        "additionalProperties": body.unknown == Unknown::Dropped,
+        "additionalProperties": body.unknown != Unknown::Refused,
     });
     if !required.is_empty() {
         s["required"] = json!(required);
     }
-    if body.unknown == Unknown::Dropped {
-        s["description"] = "Other fields are dropped, never forwarded".into();
+    match body.unknown {
+        Unknown::Dropped => s["description"] = "Other fields are dropped, never forwarded".into(),
+        Unknown::Passed => {
+            s["description"] =
+                "Other fields (vendor parameters included) are forwarded to the upstream unchanged"
+                    .into()
+        }
+        Unknown::Refused => {}
     }
     s
 }
@@ -712,21 +729,34 @@ fn schemas() -> Value {
             "type": "object",
             "description": "the upstream's chat.completion, relayed as received",
         },
+        "Completion": {
+            "type": "object",
+            "description": "the upstream's text_completion, relayed as received",
+        },
+        "EmbeddingList": {
+            "type": "object",
+            "description": "the upstream's embedding list, relayed as received",
+        },
+        "Response": {
+            "type": "object",
+            "description": "the upstream's Responses API response, relayed as received",
+        },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"type": "string"},
+                "created": {"type": "integer"},
+                "owned_by": {"type": "string"},
+            },
+        },
         "ModelList": {
             "type": "object",
             "required": ["object", "data"],
             "properties": {
                 "object": {"enum": ["list"]},
-                "data": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["id", "object"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "object": {"type": "string"},
-                        "created": {"type": "integer"},
-                        "owned_by": {"type": "string"},
-                    },
-                }},
+                "data": {"type": "array", "items": schema_ref("Model")},
             },
         },
     });
@@ -775,7 +805,7 @@ mod tests {
         }
         let mut routed: Vec<(String, String)> = ROUTES
             .iter()
-            .map(|d| (d.method.as_str().to_string(), d.path.to_string()))
+            .map(|d| (d.method.as_str().to_string(), d.path.replace("{*", "{")))
             .collect();
         documented.sort();
         routed.sort();
@@ -918,7 +948,8 @@ mod tests {
         let doc = document();
         for route in Route::ALL {
             let d = route.def();
-            let op = &doc["paths"][d.path][d.method.as_str().to_ascii_lowercase()];
+            let op =
+                &doc["paths"][d.path.replace("{*", "{")][d.method.as_str().to_ascii_lowercase()];
             let has = |status: &str| op["responses"].get(status).is_some();
             assert_eq!(has("401"), d.access.needs_key(), "{}", d.path);
             assert_eq!(

@@ -31,7 +31,7 @@
 //! has gone back to the pool and serves someone else. Threads without a
 //! scope (non-streaming calls on workers) pay one thread-local lookup.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -42,6 +42,39 @@ use ureq::unversioned::transport::{
 
 thread_local! {
     static SCOPE: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+    static TRACE: Cell<Trace> = const { Cell::new(Trace { connected: false, received: false }) };
+}
+
+/// What the current thread's upstream call did on the wire: whether it
+/// opened a connection (else it used a pooled one) and whether any byte of
+/// an answer arrived. A call that failed on a pooled connection before any
+/// byte arrived met a connection the upstream had already closed (a
+/// server that answers and then closes without `Connection: close`, as
+/// uvicorn does after a 500), and is safe to send again on a new one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub connected: bool,
+    pub received: bool,
+}
+
+impl Trace {
+    /// Starts tracing a call on this thread.
+    pub fn start() {
+        TRACE.with(|t| t.set(Trace::default()));
+    }
+
+    /// What the call on this thread did since `start`.
+    pub fn get() -> Trace {
+        TRACE.with(Cell::get)
+    }
+
+    fn note(f: impl FnOnce(&mut Trace)) {
+        TRACE.with(|t| {
+            let mut v = t.get();
+            f(&mut v);
+            t.set(v);
+        });
+    }
 }
 
 #[derive(Default)]
@@ -154,6 +187,7 @@ impl Connector<()> for AbortableConnector {
         details: &ConnectionDetails,
         chained: Option<()>,
     ) -> Result<Option<Self::Out>, ureq::Error> {
+        Trace::note(|t| t.connected = true);
         if chained.is_none() && details.uri.scheme_str() == Some("http") {
             let tcp = super::plain_tcp::PlainTcp::connect(details)?;
             let handle = tcp.shutdown_handle();
@@ -209,6 +243,13 @@ pub struct AbortableTransport {
 }
 
 impl AbortableTransport {
+    /// Marks the thread's call as answered once input is waiting.
+    fn note_received(&mut self) {
+        if !self.inner.buffers().input().is_empty() {
+            Trace::note(|t| t.received = true);
+        }
+    }
+
     /// Sends what `transmit_output` held back.
     fn flush_pending(&mut self) -> Result<(), ureq::Error> {
         let Some(timeout) = self.pending_timeout.take() else {
@@ -266,6 +307,7 @@ impl Transport for AbortableTransport {
             .flush_pending()
             .and_then(|_| self.inner.maybe_await_input(timeout));
         withdraw(scope);
+        self.note_received();
         r
     }
 
@@ -275,6 +317,7 @@ impl Transport for AbortableTransport {
             .flush_pending()
             .and_then(|_| self.inner.await_input(timeout));
         withdraw(scope);
+        self.note_received();
         r
     }
 

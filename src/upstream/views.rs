@@ -67,6 +67,8 @@ struct TopView<'a> {
     choices: Option<&'a RawValue>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
 }
 
 #[derive(DeriveDeserialize)]
@@ -119,6 +121,9 @@ pub struct Parts {
     pub usage: Option<Value>,
     /// The object has an `error` member (of any value).
     pub error: bool,
+    /// Its `type`, when a string (Responses API events name themselves:
+    /// `response.output_text.delta`, `response.completed`).
+    pub kind: Option<String>,
 }
 
 /// Reads `Parts` from one JSON object; None when `json` is not a JSON
@@ -155,6 +160,7 @@ fn parts(json: &str, in_delta: bool) -> Option<Parts> {
         finish_reason,
         usage: usage(top.usage),
         error: top.error,
+        kind: string(top.kind),
     })
 }
 
@@ -166,6 +172,35 @@ pub fn chunk_parts(data: &str) -> Option<Parts> {
 /// A non-streamed answer's parts; None when it is not a JSON object.
 pub fn answer_parts(bytes: &[u8]) -> Option<Parts> {
     parts(std::str::from_utf8(bytes).ok()?, false)
+}
+
+/// The message (and the offending parameter, when named) of an upstream's
+/// error body, in the shapes real servers use: OpenAI, vLLM, llama.cpp and
+/// LiteLLM `{"error":{"message","param"}}`, Ollama `{"error":"..."}`,
+/// `{"message":"..."}`, FastAPI `{"detail":"..."}` or `{"detail":[{"msg"}]}`.
+/// None when `bytes` is not such a JSON object. Error bodies are small
+/// (the caller reads at most 16 KiB), so a `Value` is fine here.
+pub fn error_message(bytes: &[u8]) -> Option<(String, Option<String>)> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let err = v.get("error");
+    if let Some(m) = err.and_then(|e| text(e.get("message"))) {
+        return Some((m, err.and_then(|e| text(e.get("param")))));
+    }
+    if let Some(m) = text(err).or_else(|| text(v.get("message"))) {
+        return Some((m, None));
+    }
+    match v.get("detail") {
+        Some(Value::String(m)) => Some((m.clone(), None)),
+        Some(Value::Array(items)) => {
+            let msgs: Vec<&str> = items
+                .iter()
+                .filter_map(|i| i.get("msg").and_then(Value::as_str))
+                .collect();
+            (!msgs.is_empty()).then(|| (msgs.join("; "), None))
+        }
+        _ => None,
+    }
 }
 
 /// One entry of a model list, as the upstream sent it.
@@ -264,7 +299,14 @@ mod tests {
                 finish_reason: Some("stop".into()),
                 usage: Some(serde_json::json!({"total_tokens": 3})),
                 error: false,
+                kind: None,
             })
+        );
+        assert_eq!(
+            chunk_parts(r#"{"type":"response.completed","response":{}}"#)
+                .and_then(|p| p.kind)
+                .as_deref(),
+            Some("response.completed")
         );
         let cases: Vec<(&str, Option<Parts>)> = vec![
             ("[1]", None),
@@ -331,6 +373,38 @@ mod tests {
         assert_eq!(model_entries(ollama, 10, 9), vec![e("llama3", 0, None)]);
         for bad in [&b"[1]"[..], b"{\"data\":{}}", b"nope", b"{\"data\":[]}"] {
             assert!(model_entries(bad, 10, 5).is_empty());
+        }
+    }
+
+    #[test]
+    fn error_messages_of_real_servers() {
+        let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
+            (
+                r#"{"error":{"message":"Invalid model name passed in model=x","type":"invalid_request_error","param":"model","code":"400"}}"#,
+                Some(("Invalid model name passed in model=x", Some("model"))),
+            ),
+            (
+                r#"{"error":{"code":400,"message":"the request exceeds the available context size","type":"exceed_context_size_error"}}"#,
+                Some(("the request exceeds the available context size", None)),
+            ),
+            (
+                r#"{"error":"model 'x' not found"}"#,
+                Some(("model 'x' not found", None)),
+            ),
+            (r#"{"message":"bad"}"#, Some(("bad", None))),
+            (r#"{"detail":"Not Found"}"#, Some(("Not Found", None))),
+            (
+                r#"{"detail":[{"loc":["body","x"],"msg":"field required"},{"msg":"too long"}]}"#,
+                Some(("field required; too long", None)),
+            ),
+            (r#"{"detail":[]}"#, None),
+            ("Internal Server Error", None),
+            ("[1]", None),
+        ];
+        for (body, want) in cases {
+            let got = error_message(body.as_bytes());
+            let got = got.as_ref().map(|(m, p)| (m.as_str(), p.as_deref()));
+            assert_eq!(got, *want, "{}", body);
         }
     }
 }
