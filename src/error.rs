@@ -295,7 +295,7 @@ impl ApiError {
             Some((i, _)) => s[..i].to_string(),
             None => s.to_string(),
         };
-        let message = crate::logging::redact_text(message.trim());
+        let message = scrub_addresses(&crate::logging::redact_text(message.trim()));
         let message = if message.is_empty() {
             format!("status {}", status)
         } else {
@@ -444,6 +444,72 @@ impl ApiError {
     }
 }
 
+/// `text` with URLs and IPv4 addresses (with their ports) replaced by
+/// `[address]`: an upstream's message may name hosts of its network, and
+/// answers never show addresses (API.md "Errors").
+fn scrub_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let lower = rest.get(..8).unwrap_or(rest).to_ascii_lowercase();
+        let url = lower.starts_with("http://") || lower.starts_with("https://");
+        let at_word_start = !out.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '.');
+        let ip = at_word_start && ipv4_len(rest) > 0;
+        if url || ip {
+            let end = if url {
+                rest.find(|c: char| {
+                    c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ',')
+                })
+                .unwrap_or(rest.len())
+            } else {
+                let n = ipv4_len(rest);
+                let port = rest[n..]
+                    .strip_prefix(':')
+                    .map(|p| p.bytes().take_while(u8::is_ascii_digit).count())
+                    .filter(|d| *d > 0)
+                    .map_or(0, |d| d + 1);
+                n + port
+            };
+            out.push_str("[address]");
+            rest = &rest[end..];
+            continue;
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Length of a dotted IPv4 address at the start of `s` (0 when none).
+fn ipv4_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut i = 0;
+    for part in 0..4 {
+        let digits = b[i..]
+            .iter()
+            .take(3)
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            return 0;
+        }
+        i += digits;
+        if part < 3 {
+            if b.get(i) != Some(&b'.') {
+                return 0;
+            }
+            i += 1;
+        }
+    }
+    if b.get(i).is_some_and(|c| {
+        c.is_ascii_digit() || *c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+    }) {
+        return 0;
+    }
+    i
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code(), self.message())
@@ -480,6 +546,59 @@ impl From<crate::db::StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_messages_are_redacted_scrubbed_and_cut() {
+        let e = ApiError::upstream_rejected(
+            400,
+            "Invalid model name passed in model=x. Key sk-abcdefghijklmnopqrstuvwxyz012345 at http://10.0.0.5:4000/v1 (host 192.168.1.20:8080), version 1.2.3.4.5",
+            Some("model"),
+        );
+        let ApiError::UpstreamRejected {
+            status,
+            message,
+            param,
+        } = &e
+        else {
+            panic!()
+        };
+        assert_eq!(*status, 400);
+        assert_eq!(param.as_deref(), Some("model"));
+        assert!(
+            message.starts_with("Invalid model name passed in model=x."),
+            "{}",
+            message
+        );
+        for gone in ["sk-abc", "10.0.0.5", "192.168", "8080"] {
+            assert!(!message.contains(gone), "{}", message);
+        }
+        assert!(
+            message.contains("version 1.2.3.4.5"),
+            "not an address: {}",
+            message
+        );
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.code(), "upstream_rejected");
+        assert!(e.message().contains("Invalid model name"));
+        let long = ApiError::upstream_rejected(422, &"é".repeat(2000), None);
+        let ApiError::UpstreamRejected { message, .. } = &long else {
+            panic!()
+        };
+        assert_eq!(message.chars().count(), UPSTREAM_MESSAGE_MAX);
+        assert_eq!(
+            ApiError::upstream_rejected(404, "nope", None).error_type(),
+            "not_found_error"
+        );
+        assert!(ApiError::upstream_rejected(
+            400,
+            "the request exceeds the available context size, try increasing it",
+            None
+        )
+        .is_context_overflow());
+        assert!(
+            !ApiError::upstream_rejected(400, "Invalid model name", None).is_context_overflow()
+        );
+    }
 
     #[test]
     fn every_variant_maps_to_contract_status_and_code() {
