@@ -106,6 +106,9 @@ impl App {
         )
         .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
         let relays = crate::relays::Relays::new(cfg.server.max_concurrent_streams);
+        relays
+            .start_hangup_watch()
+            .map_err(|e| format!("cannot start the relay hang-up watch: {}", e))?;
         let login_throttle = crate::login_throttle::LoginThrottle::new(
             cfg.auth.login_max_failures,
             cfg.auth.login_window,

@@ -269,7 +269,11 @@ fn handle(app: &Arc<App>, mut rq: tiny_http::Request, dispatch: Dispatch, mut se
         // The connection's thread waits on the upstream (it serves only
         // this client), without its seat, counted among the relays.
         seat.release();
-        match app.relays.enter() {
+        // A client that hangs up while the upstream thinks stops the call
+        // (`relays`): the upstream I/O of this thread is abortable by it.
+        let abort = crate::upstream::Abort::new();
+        let _scope = abort.enter();
+        match app.relays.enter(rq.socket_fd(), &abort) {
             Some(_in_flight) => reply = run_deferred(app, &mut ctx, run),
             None => {
                 let err = ApiError::ServerBusy { retry_after_s: 1 };

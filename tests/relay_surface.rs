@@ -585,3 +585,49 @@ fn unknown_openai_paths_say_they_are_not_supported() {
     assert_eq!(s.get("/nope").json()["error"]["message"], "not found");
     assert!(up.requests().is_empty());
 }
+
+/// A client that hangs up while a non-streaming call waits on the model
+/// stops that call: the model does not go on generating for nobody.
+#[test]
+fn a_client_that_hangs_up_stops_its_non_streaming_upstream_call() {
+    let up = FakeUpstream::start(Mode::Hang);
+    let s = Server::start(opts_for(&up.base_url()).env("PORTCULLIS_UPSTREAM_TIMEOUT_S", "120"));
+    for path in ["/v1/chat/completions", "/v1/responses", "/api/chat"] {
+        let before = up.requests().len();
+        let body = match path {
+            "/v1/responses" => json!({"input": "think long"}),
+            "/api/chat" => json!({"message": "think long"}),
+            _ => user_says("think long"),
+        }
+        .to_string();
+        let mut c = support::connect(s.addr);
+        write!(
+            c,
+            "POST {} HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            path,
+            body.len(),
+            body
+        )
+        .unwrap();
+        assert!(
+            up.wait_requests(before + 1, Duration::from_secs(10)),
+            "{}",
+            path
+        );
+        drop(c);
+        assert!(
+            up.wait_closed(Duration::from_secs(5)).is_some(),
+            "{}: the upstream call was not stopped",
+            path
+        );
+    }
+    assert!(
+        support::wait_until(Duration::from_secs(5), || s
+            .log_text()
+            .matches("client gone; stopping its upstream call")
+            .count()
+            >= 3),
+        "{}",
+        s.log_text()
+    );
+}
