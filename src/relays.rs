@@ -117,7 +117,7 @@ fn lock(m: &Mutex<Vec<Watched>>) -> std::sync::MutexGuard<'_, Vec<Watched>> {
 /// Aborts the relays older than `grace` whose client hung up. Runs under
 /// the list's lock: a socket in the list is open (its relay removes it
 /// before the connection can close), so the poll sees the right one.
-fn abort_hung_up(watched: &mut Vec<Watched>, grace: Duration) {
+fn abort_hung_up(watched: &mut [Watched], grace: Duration) {
     let now = Instant::now();
     let old: Vec<usize> = (0..watched.len())
         .filter(|&i| now.duration_since(watched[i].since) >= grace)

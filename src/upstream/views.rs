@@ -378,7 +378,8 @@ mod tests {
 
     #[test]
     fn error_messages_of_real_servers() {
-        let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
+        type Want<'a> = Option<(&'a str, Option<&'a str>)>;
+        let cases: &[(&str, Want)] = &[
             (
                 r#"{"error":{"message":"Invalid model name passed in model=x","type":"invalid_request_error","param":"model","code":"400"}}"#,
                 Some(("Invalid model name passed in model=x", Some("model"))),
