@@ -8,9 +8,16 @@
 //!
 //! Skipped (with a notice) where `python3 -c "import openai"` fails;
 //! `pip install openai` enables it (.ci/run installs it under `CI=true`).
+//!
+//! The official `openai` npm package (pinned in tests/e2e/package-lock.json)
+//! runs its stream helpers through `tests/e2e/openai_sdk.mjs`. That test
+//! skips with a notice where node or tests/e2e/node_modules/openai is
+//! missing, except under `CI=true`, where it fails: .ci/run installs both
+//! (`npm ci` in tests/e2e).
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -183,4 +190,107 @@ fn official_openai_python_sdk_works_unmodified_on_every_route() {
         !s.log_text().contains(&key),
         "the client's key is never logged"
     );
+}
+
+fn e2e_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
+}
+
+/// What the Node SDK test needs and this machine lacks, each with how to
+/// install it.
+fn node_sdk_missing() -> Vec<String> {
+    let mut missing = Vec::new();
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node_ok {
+        missing.push("node (apt-get install nodejs npm)".to_string());
+    }
+    if !e2e_dir().join("node_modules/openai/package.json").is_file() {
+        missing.push("tests/e2e/node_modules/openai (cd tests/e2e && npm ci)".to_string());
+    }
+    missing
+}
+
+/// Bound on the Node script (node start-up included).
+const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[test]
+fn official_openai_node_sdk_stream_helpers_work_unmodified() {
+    let missing = node_sdk_missing();
+    if !missing.is_empty() {
+        let what = missing.join("; ");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI must run the Node SDK test, but this machine lacks: {what} (.ci/run installs them)");
+        }
+        eprintln!("NOTICE: skipping the OpenAI Node SDK test: missing {what}");
+        return;
+    }
+    let up = FakeUpstream::start(Mode::Slow {
+        delay: Duration::from_millis(20),
+    });
+    let s = Server::start(
+        Opts::new()
+            .env("PORTCULLIS_UPSTREAM_BASE_URL", &up.base_url())
+            .env("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", "1000")
+            .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "1000"),
+    );
+    let key = support::first_key(&s);
+    let out_dir = support::TempDir::new("node-sdk");
+    let stdout_path = out_dir.path().join("stdout");
+    let stderr_path = out_dir.path().join("stderr");
+    let mut child = Command::new("node")
+        .arg(e2e_dir().join("openai_sdk.mjs"))
+        .current_dir(e2e_dir())
+        .env("BASE_URL", format!("http://{}", s.addr))
+        .env("API_KEY", &key)
+        .env_remove("MODEL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("start node");
+    let mut status = None;
+    support::wait_until(NODE_TIMEOUT, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    eprintln!("{}{}", stdout, stderr);
+    assert!(
+        status.is_some(),
+        "the Node SDK script did not end within {:?}",
+        NODE_TIMEOUT
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "Node SDK check failed:\n{}{}",
+        stdout,
+        stderr
+    );
+    for name in ["chat.completions.stream()", "responses.stream()"] {
+        assert!(
+            stdout.contains(&format!("ok   {}:", name)),
+            "check {:?} did not pass:\n{}",
+            name,
+            stdout
+        );
+    }
+    assert!(
+        stdout.contains("4/4 checks passed, 0 skipped"),
+        "{}",
+        stdout
+    );
+    let streamed = up
+        .requests()
+        .iter()
+        .filter(|r| r.json()["stream"] == true)
+        .count();
+    assert_eq!(streamed, 3, "every helper streamed through the relay");
 }
