@@ -467,8 +467,10 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 log_store_failure(e);
             }
         };
-        // The retry for the context size, first phase: a refusal seen within
-        // the grace, before the response head went out.
+        // The one retry for the context size is invisible to the client: it
+        // happens only before any `delta` was written. First phase: a
+        // refusal seen within the grace, before even the response head went
+        // out (a second refusal is then answered as plain JSON, as usual).
         let mut opened = handle.wait_opened(grace);
         if let Err(e) = &opened {
             if let Some((body, n)) = retry.take().filter(|_| e.is_context_overflow()) {
@@ -493,8 +495,10 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 let mut end = sse::pump(out, &mut handle, &limits, |out, ev| {
                     answer.on_event(out, ev, &start["message_id"])
                 });
-                // Second phase: a refusal after the head (and `start`), before
-                // any delta; `Answer::on_event` asked for it.
+                // Second phase: a refusal after the head and `start` (which do
+                // not change with the retry) but before any delta, when
+                // `Answer::on_event` stopped the pump for it without writing;
+                // the new stream is pumped in the old one's place.
                 if let Some(body) = answer.retry_now.take() {
                     end = match reopen(&mut handle, body) {
                         Ok(()) => sse::pump(out, &mut handle, &limits, |out, ev| {
