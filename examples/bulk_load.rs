@@ -317,7 +317,9 @@ fn fill(tx: &Connection, a: &Args) -> rusqlite::Result<Vec<String>> {
                     status,
                     model,
                     usage,
-                    t
+                    t,
+                    // Answers stopped by themselves; questions have none.
+                    model.map(|_| "stop")
                 ])?;
                 last_at[i] = t;
             }

@@ -1,7 +1,19 @@
 //! A standalone mock of an OpenAI-compatible model server, for trying
-//! portcullis without a real LLM. It streams a few words slowly, answers
-//! non-streaming requests at once and lists two models. The same code is the
-//! fake upstream of the integration tests (tests/support/fake_upstream.rs).
+//! portcullis without a real LLM. It serves what the relay forwards, shaped
+//! as OpenAI sends it, so the official SDKs accept it through portcullis:
+//! - `POST /v1/chat/completions` and `POST /v1/completions`: streamed word
+//!   by word after a pause each (the first chat chunk names
+//!   `delta.role`; with `stream_options.include_usage` a last chunk with
+//!   empty `choices` carries `usage`; then `data: [DONE]`), or answered at
+//!   once without `stream`;
+//! - `POST /v1/responses`: a Responses API `response` object, or streamed
+//!   as its named events (`response.created` ...
+//!   `response.output_text.delta` ... `response.completed`);
+//! - `POST /v1/embeddings`: one small vector per input;
+//! - `GET /v1/models` (two models) and `GET /v1/models/{id}`.
+//!
+//! The same code is the fake upstream of the integration tests
+//! (tests/support/fake_upstream.rs).
 //!
 //! Usage: `cargo run --example mock_upstream -- [ADDR] [DELAY_MS] [MODE]`
 //! (defaults 127.0.0.1:11434, 150 and `slow`), then point portcullis at it:
@@ -53,7 +65,7 @@ fn main() {
         ".",
     ]);
     println!(
-        "mock upstream listening on {} (base_url {})",
+        "mock upstream listening on {} (base_url {}): POST /chat/completions, /completions, /responses, /embeddings; GET /models, /models/{{id}}",
         fake.addr,
         fake.base_url()
     );

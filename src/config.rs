@@ -153,6 +153,8 @@ pub struct UpstreamConfig {
     pub max_response_bytes: u64,
     pub history_max_messages: usize,
     pub history_max_chars: usize,
+    /// The model's context window in tokens (history trimming, `routes::chat`).
+    pub context_tokens: usize,
     pub max_idle_connections: usize,
     /// Models served: names or `prefix*` patterns (see `serves`).
     pub models: Vec<String>,

@@ -30,4 +30,5 @@ pub mod sse;
 pub mod streams;
 pub mod threads;
 pub mod time;
+pub mod tokens;
 pub mod upstream;

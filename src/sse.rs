@@ -31,7 +31,19 @@ pub fn open_or_fail(
     metrics: &crate::metrics::Metrics,
     before_answer: impl FnOnce(),
 ) -> Option<&'static str> {
-    if let Err(e) = handle.wait_opened(grace) {
+    answer_opening(out, handle.wait_opened(grace), metrics, before_answer)
+}
+
+/// As `open_or_fail`, for a caller that waited itself
+/// (`StreamHandle::wait_opened`), to look at a refusal first (`/api/chat`
+/// retries one for the context size with less history).
+pub fn answer_opening(
+    out: &mut StreamOut,
+    opened: Result<bool, crate::error::ApiError>,
+    metrics: &crate::metrics::Metrics,
+    before_answer: impl FnOnce(),
+) -> Option<&'static str> {
+    if let Err(e) = opened {
         if !out.started() {
             before_answer();
         }

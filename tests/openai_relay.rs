@@ -1,5 +1,5 @@
-//! The OpenAI-compatible relay (`/v1/chat/completions`, `/v1/models`)
-//! against a fake upstream and the real binary: framing, failure mapping,
+//! The OpenAI-compatible relay (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, `/v1/responses`, `/v1/models`) against a fake upstream and the real binary: framing, failure mapping,
 //! pings, disconnects, stream slots, and the server-level guarantees of
 //! relays (streams outlive the idle timeout, relays never wait on workers).
 //! Contract: docs/contract.md "Errors" (502/504/503), `/v1/*`.
@@ -144,6 +144,143 @@ fn v1_streaming_relays_chunks_in_openai_framing_and_ends_with_done() {
         up.connections(),
         1,
         "a completed stream's connection is reused"
+    );
+}
+
+#[test]
+fn v1_chat_stream_keeps_the_role_chunk_and_the_usage_chunk_in_order() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let s = start(&up);
+    let mut body = user_says("stream please");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let mut c = SseClient::open(s.addr, "/v1/chat/completions", &body);
+    assert_eq!(c.status, 200);
+    let frames: Vec<_> = c
+        .all(Duration::from_secs(10))
+        .into_iter()
+        .filter(|f| !f.comment)
+        .collect();
+    let n = frames.len();
+    assert_eq!(frames[n - 1].data, "[DONE]");
+    let first = data_json(&frames[0]);
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    // The usage chunk: empty choices, after the finish chunk.
+    let usage = data_json(&frames[n - 2]);
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 12);
+    assert_eq!(
+        data_json(&frames[n - 3])["choices"][0]["finish_reason"],
+        "stop"
+    );
+}
+
+#[test]
+fn v1_completions_embeddings_and_responses_relay_the_upstreams_answers() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let s = start(&up);
+
+    let r = post(&s, "/v1/completions", &json!({"prompt": "Say hi"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], up.answer_text());
+
+    let r = post(&s, "/v1/embeddings", &json!({"input": ["a", "b", "c"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    let indexes: Vec<u64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 1, 2]);
+    assert!(v["data"][0]["embedding"][0].is_f64());
+
+    let r = post(&s, "/v1/responses", &json!({"input": "Say hi"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(v["output"][0]["content"][0]["text"], up.answer_text());
+
+    let paths: Vec<String> = up.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/v1/completions", "/v1/embeddings", "/v1/responses"]
+    );
+
+    // Text completions stream as chunks ending with [DONE].
+    let mut c = SseClient::open(
+        s.addr,
+        "/v1/completions",
+        &json!({"prompt": "Say hi", "stream": true}),
+    );
+    assert_eq!(c.status, 200);
+    let events = c.events(Duration::from_secs(10));
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            assert_eq!(v["object"], "text_completion");
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(text, up.answer_text());
+
+    // Responses stream as named events ending with response.completed.
+    let mut c = SseClient::open(
+        s.addr,
+        "/v1/responses",
+        &json!({"input": "Say hi", "stream": true}),
+    );
+    assert_eq!(c.status, 200);
+    let events = c.events(Duration::from_secs(10));
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(e, _)| e.as_deref().expect("every event is named"))
+        .collect();
+    assert_eq!(names[0], "response.created");
+    assert_eq!(*names.last().unwrap(), "response.completed");
+    assert!(!events.iter().any(|(_, d)| d == "[DONE]"));
+    let mut text = String::new();
+    for (i, (name, data)) in events.iter().enumerate() {
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"].as_str(), name.as_deref(), "type names the event");
+        assert_eq!(v["sequence_number"], i as u64);
+        if v["type"] == "response.output_text.delta" {
+            text.push_str(v["delta"].as_str().unwrap());
+        }
+    }
+    assert_eq!(text, up.answer_text());
+}
+
+#[test]
+fn v1_responses_stream_closed_by_the_client_stops_the_upstream() {
+    let up = FakeUpstream::start(Mode::Slow {
+        delay: Duration::from_millis(300),
+    });
+    up.set_tokens(&["a"; 200]);
+    let s = start(&up);
+    let mut c = SseClient::open(
+        s.addr,
+        "/v1/responses",
+        &json!({"input": "hi", "stream": true}),
+    );
+    assert_eq!(c.status, 200);
+    let first = c.next(Duration::from_secs(5)).unwrap();
+    assert_eq!(first.event.as_deref(), Some("response.created"));
+    drop(c);
+    let took = up.wait_closed(Duration::from_secs(2));
+    assert!(took.is_some(), "the upstream connection was not closed");
+    let conn = up.requests()[0].conn;
+    assert!(up.abandoned(conn), "the upstream stream was cut short");
+    assert!(
+        up.token_times().len() < 10,
+        "the upstream stopped streaming"
     );
 }
 

@@ -514,6 +514,7 @@ fn new_message<'a>(conversation_id: &'a str, content: &'a str) -> portcullis::db
         status: portcullis::db::Status::Complete,
         model: None,
         usage: None,
+        finish_reason: None,
     }
 }
 

@@ -236,7 +236,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { section: "upstream", key: "history_max_messages", default: "50", kind: Uint { min: 1, max: 10_000 },
         doc: "History sent upstream: at most this many messages." },
     Setting { section: "upstream", key: "history_max_chars", default: "32000", kind: Uint { min: 100, max: 10_000_000 },
-        doc: "History sent upstream: at most this many characters." },
+        doc: "History sent upstream: at most this many characters (an outer cap; `context_tokens` is what normally decides)." },
+    Setting { section: "upstream", key: "context_tokens", default: "8192", kind: Uint { min: 256, max: 10_000_000 },
+        doc: "The model's context window, in tokens: the history sent upstream is trimmed, oldest turns first (the system prompt and the new turn kept), to fit it minus the answer's `max_tokens` (else a quarter of it, at most 4096) and a tenth for the estimate's error; a turn that cannot fit is refused with 400." },
     Setting { section: "upstream", key: "max_idle_connections", default: "64", kind: Uint { min: 0, max: 1024 },
         doc: "Idle keep-alive connections kept to the upstream (match the concurrency you expect, or busy moments open and close connections per request)." },
 

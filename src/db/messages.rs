@@ -68,10 +68,14 @@ pub struct Message {
     /// Epoch milliseconds.
     pub created_at: i64,
     pub usage: Option<serde_json::Value>,
+    /// Why the answer ended, as the upstream said (`stop`, `length`,
+    /// ...); None for user turns and while partial or on error.
+    pub finish_reason: Option<String>,
 }
 
 impl Message {
-    /// The contract's shape; `usage` only when known.
+    /// The contract's shape; `usage` only when known, `finish_reason`
+    /// always (null when absent).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = json!({
             "id": self.id,
@@ -81,6 +85,7 @@ impl Message {
             "status": self.status.as_str(),
             "model": opt_json(&self.model),
             "created_at": crate::time::format_millis(self.created_at),
+            "finish_reason": opt_json(&self.finish_reason),
         });
         if let Some(u) = &self.usage {
             v["usage"] = u.clone();
@@ -98,12 +103,13 @@ pub struct NewMessage<'a> {
     pub status: Status,
     pub model: Option<&'a str>,
     pub usage: Option<&'a serde_json::Value>,
+    pub finish_reason: Option<&'a str>,
 }
 
 /// The columns `from_row` reads, in its order.
 macro_rules! columns {
     () => {
-        "seq, id, conversation_id, role, content, status, model, created_at, usage"
+        "seq, id, conversation_id, role, content, status, model, created_at, usage, finish_reason"
     };
 }
 /// The newest `?2` messages, newest first (the chat history).
@@ -128,8 +134,8 @@ const CONVERSATION_OF: &str = "SELECT m.conversation_id FROM messages m
      WHERE m.id = ?1 AND c.owner_id = ?2";
 /// The message row as the server writes it (also `examples/bulk_load.rs`).
 pub const INSERT: &str =
-    "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    "INSERT INTO messages (id, conversation_id, role, content, status, model, usage, created_at, finish_reason)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 /// Moves a conversation's `updated_at` to a new message's time (also
 /// `examples/bulk_load.rs`).
 pub const BUMP_CONVERSATION: &str =
@@ -177,6 +183,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Message, Position)> {
         created_at: r.get(7)?,
         // Written by us as JSON; unreadable text is dropped, not fatal.
         usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+        finish_reason: r.get(9)?,
     };
     let pos = Position {
         created_at: m.created_at,
@@ -205,7 +212,8 @@ impl Db {
                     m.status,
                     m.model,
                     usage_text,
-                    now
+                    now,
+                    m.finish_reason
                 ],
             )?;
             tx.execute_cached(BUMP_CONVERSATION, params![m.conversation_id, now])?;
@@ -218,12 +226,13 @@ impl Db {
                 model: m.model.map(str::to_string),
                 created_at: now,
                 usage: m.usage.cloned(),
+                finish_reason: m.finish_reason.map(str::to_string),
             })
         })
     }
 
-    /// Replaces a message's content, status and usage (a streamed answer
-    /// being completed). Unknown id: `NotFound`.
+    /// Replaces a message's content, status, usage and finish reason (a
+    /// streamed answer being completed). Unknown id: `NotFound`.
     pub fn update_message(
         &self,
         owner: Owner,
@@ -231,6 +240,7 @@ impl Db {
         content: &str,
         status: Status,
         usage: Option<&serde_json::Value>,
+        finish_reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let usage_text = usage.map(|u| u.to_string());
         self.write(|tx| {
@@ -241,8 +251,9 @@ impl Db {
                 return Err(StoreError::NotFound);
             };
             tx.execute_cached(
-                "UPDATE messages SET content = ?2, status = ?3, usage = ?4 WHERE id = ?1",
-                params![id, content, status, usage_text],
+                "UPDATE messages SET content = ?2, status = ?3, usage = ?4, finish_reason = ?5
+                 WHERE id = ?1",
+                params![id, content, status, usage_text, finish_reason],
             )?;
             tx.execute_cached(
                 BUMP_CONVERSATION,
@@ -314,6 +325,7 @@ mod tests {
             status: Status::Complete,
             model: None,
             usage: None,
+            finish_reason: None,
         }
     }
 
@@ -391,8 +403,15 @@ mod tests {
             )
             .unwrap();
         let usage = json!({"prompt_tokens": 3});
-        db.update_message(o, &m.id, "done", Status::Complete, Some(&usage))
-            .unwrap();
+        db.update_message(
+            o,
+            &m.id,
+            "done",
+            Status::Complete,
+            Some(&usage),
+            Some("length"),
+        )
+        .unwrap();
         let got = db.recent_messages(o, &c.id, 10).unwrap().remove(0);
         assert_eq!(
             (got.content.as_str(), got.status, got.usage.clone()),
@@ -401,8 +420,11 @@ mod tests {
         assert_eq!(got.to_json()["usage"]["prompt_tokens"], 3);
         assert_eq!(got.to_json()["status"], "complete");
         assert_eq!(got.to_json()["role"], "assistant");
+        assert_eq!(got.to_json()["finish_reason"], "length");
+        let user = db.insert_message(o, &msg(&c.id, "hi")).unwrap();
+        assert_eq!(user.to_json()["finish_reason"], serde_json::Value::Null);
         assert_eq!(
-            db.update_message(o, "nope", "x", Status::Complete, None),
+            db.update_message(o, "nope", "x", Status::Complete, None, None),
             Err(StoreError::NotFound)
         );
     }

@@ -270,6 +270,7 @@ mod tests {
                 status: crate::db::Status::Complete,
                 model: None,
                 usage: None,
+                finish_reason: None,
             },
         )
         .unwrap();

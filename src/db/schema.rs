@@ -125,6 +125,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit ADD COLUMN user_id TEXT;
     ALTER TABLE audit ADD COLUMN session TEXT;
     ",
+    // 3: why an answer ended (`stop`, `length`, ...; NULL while partial,
+    // on error, and for every row written before).
+    "
+    ALTER TABLE messages ADD COLUMN finish_reason TEXT;
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -450,11 +450,19 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
                 upstream::log_failure(&err);
                 metrics.record_upstream_error(err.code());
                 outcome = err.code();
-                let value = error_value(&err, &request_id);
                 if events {
+                    // The Responses API's own error event: its fields at
+                    // the top, `type` "error".
+                    let value = json!({
+                        "type": "error",
+                        "code": err.code(),
+                        "message": err.message(),
+                        "param": err.param(),
+                        "request_id": request_id,
+                    });
                     sse::event(out, "error", &value).map(|_| Flow::Stop)
                 } else {
-                    sse::data(out, &value).map(|_| Flow::Stop)
+                    sse::data(out, &error_value(&err, &request_id)).map(|_| Flow::Stop)
                 }
             }
         });

@@ -638,7 +638,7 @@ fn schemas() -> Value {
         },
         "Message": {
             "type": "object",
-            "required": ["id", "conversation_id", "role", "content", "status", "model", "created_at"],
+            "required": ["id", "conversation_id", "role", "content", "status", "model", "created_at", "finish_reason"],
             "properties": {
                 "id": {"type": "string"},
                 "conversation_id": {"type": "string"},
@@ -648,6 +648,10 @@ fn schemas() -> Value {
                 "model": opt_str,
                 "created_at": time,
                 "usage": {"type": ["object", "null"]},
+                "finish_reason": {
+                    "enum": ["stop", "length", "content_filter", "tool_calls", null],
+                    "description": "why a complete answer ended (`length`: cut at the length limit); null for user turns and while partial or on error",
+                },
             },
         },
         "SignedIn": {

@@ -191,8 +191,10 @@ async function loadConversations() {
 const STATUS_LABEL = { partial: "partial answer", error: "no answer", streaming: "answering…" };
 
 // A message bubble. Its status (complete, partial, error, streaming) is a
-// class for the colour and words in the meta line for everyone.
-function messageItem(role, content, status, when) {
+// class for the colour and words in the meta line for everyone. A complete
+// answer whose finish_reason is "length" (cut at the length limit) gets the
+// class "cut" and a note after its text saying so.
+function messageItem(role, content, status, when, finishReason) {
   const li = document.createElement("li");
   const meta = document.createElement("span");
   meta.className = "meta";
@@ -200,18 +202,27 @@ function messageItem(role, content, status, when) {
   text.className = "text";
   text.textContent = content;
   li.append(meta, text);
-  setMessageStatus(li, role, status || "complete", when);
+  setMessageStatus(li, role, status || "complete", when, finishReason);
   return li;
 }
 
-function setMessageStatus(li, role, status, when) {
+function setMessageStatus(li, role, status, when, finishReason) {
   if (when) li.dataset.when = when;
-  li.className = `msg ${role} ${status}`;
+  const cut = status === "complete" && finishReason === "length";
+  li.className = `msg ${role} ${status}` + (cut ? " cut" : "");
   const who = role === "user" ? "You" : role === "assistant" ? "Assistant" : "System";
   const parts = [who];
   if (li.dataset.when) parts.push(new Date(li.dataset.when).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
   if (STATUS_LABEL[status]) parts.push(STATUS_LABEL[status]);
   li.querySelector(".meta").textContent = parts.join(" · ");
+  const old = li.querySelector(".cut-note");
+  if (old) old.remove();
+  if (cut) {
+    const note = document.createElement("span");
+    note.className = "cut-note";
+    note.textContent = "Cut at the length limit: the answer is incomplete.";
+    li.append(note);
+  }
 }
 
 function showTitle() {
@@ -233,7 +244,7 @@ async function loadMessages() {
     const page = await apiJson("GET", `/api/conversations/${encodeURIComponent(state.conversation.id)}/messages?limit=200` + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
     for (const m of page.items) {
       const content = m.status === "error" && !m.content ? "No answer was received." : m.content;
-      items.push(messageItem(m.role, content, m.status, m.created_at));
+      items.push(messageItem(m.role, content, m.status, m.created_at, m.finish_reason));
     }
     cursor = page.next_cursor;
   } while (cursor);
@@ -342,8 +353,8 @@ async function send(text) {
   const body = { message: text, stream: true };
   if (state.conversation) body.conversation_id = state.conversation.id;
   else if (state.project) body.project_id = state.project.id;
-  const end = (status, message, kind) => {
-    setMessageStatus(bubble, "assistant", status);
+  const end = (status, message, kind, finishReason) => {
+    setMessageStatus(bubble, "assistant", status, undefined, finishReason);
     setStatus(message, kind);
   };
   try {
@@ -374,7 +385,8 @@ async function send(text) {
         scrollToEnd();
       } else if (name === "done") {
         finished = true;
-        end("complete", "");
+        if (data.finish_reason === "length") end("complete", "The answer was cut at the length limit.", "warn", "length");
+        else end("complete", "");
       } else if (name === "error") {
         failed = true;
         end(out.textContent ? "partial" : "error", (data.message || "The answer failed.") + " (" + (data.code || "error") + ")", "error");

@@ -1,10 +1,25 @@
 //! A fake OpenAI-compatible upstream: a real HTTP/1.1 server on a real
 //! socket (std `TcpListener`, one thread per connection), in the test
-//! process. It answers `POST /chat/completions` (JSON, or SSE with
-//! `"stream": true`) and `GET /models` according to its `Mode`, records
-//! every request (headers and body), and notices when a client closes a
-//! connection (`wait_closed`), which is how tests prove that portcullis
-//! stopped an upstream request.
+//! process. It answers according to its `Mode`:
+//! - `POST /chat/completions` and `POST /completions`: JSON, or with
+//!   `"stream": true` SSE chunks as OpenAI sends them (the first chat
+//!   chunk names `delta.role`; with `stream_options.include_usage` a last
+//!   chunk with empty `choices` carries `usage`), then `data: [DONE]`;
+//! - `POST /responses`: a Responses API `response` object, or with
+//!   `"stream": true` its named events (`response.created` ...
+//!   `response.output_text.delta` ... `response.completed`, each `event:
+//!   NAME` + `data: {"type":NAME,"sequence_number":N,...}`), so the
+//!   official SDKs' stream helpers accept it;
+//! - `POST /embeddings`: one embedding per input;
+//! - `GET /models` and `GET /models/{id}` (`set_models`).
+//!
+//! Every mode applies to every route where it makes sense (`Error` and
+//! `Hang` everywhere; `Garbage`, `Huge` and `TinyValues` to whole answers;
+//! the streaming modes to every stream). It records every request
+//! (headers and body), and notices when a client closes a connection
+//! (`wait_closed`, `is_closed`) or leaves in the middle of a stream
+//! (`abandoned`), which is how tests prove that portcullis stopped an
+//! upstream request.
 //!
 //! Keep-alive works as in real servers: answers carry Content-Length or
 //! chunked framing and the connection stays open for the next request, so
@@ -46,9 +61,11 @@ pub enum Mode {
     /// Streams content chunks of `chunk_bytes` as fast as the client takes
     /// them, without end (see `streamed_bytes`).
     Flood { chunk_bytes: usize },
-    /// Chosen per request by the text of its last message: the mode of the
-    /// first rule whose word it contains, else `default`. Lets a browser
-    /// test steer the fake through what a person types ("slowly", "fail").
+    /// Chosen per request by the text it asks about (the last message's
+    /// content, else `input` or `prompt`, see `steering_text`): the mode of
+    /// the first rule whose word it contains, else `default`. Lets a
+    /// browser test steer the fake through what a person types ("slowly",
+    /// "fail"), and an SDK test pick a refusal for one call.
     ByMessage {
         rules: Vec<(String, Mode)>,
         default: Box<Mode>,
@@ -61,19 +78,29 @@ impl Mode {
         let Mode::ByMessage { rules, default } = self else {
             return self;
         };
-        let body = req.json();
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("")
-            .to_string();
+        let last = steering_text(&req.json());
         rules
             .into_iter()
             .find(|(word, _)| last.contains(word.as_str()))
             .map_or(*default, |(_, mode)| mode)
             .for_request(req)
     }
+}
+
+/// The text a request asks about: its last message's content (chat), its
+/// `input` (a string, or the last item's content) or its `prompt`.
+fn steering_text(body: &Value) -> String {
+    let last_content = |list: &Value| {
+        list.as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .map(str::to_string)
+    };
+    last_content(&body["messages"])
+        .or_else(|| body["input"].as_str().map(str::to_string))
+        .or_else(|| last_content(&body["input"]))
+        .or_else(|| body["prompt"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// One request as the fake received it.
@@ -109,11 +136,15 @@ struct State {
     closed: Vec<usize>,
     /// Bytes of streamed bodies written so far (all connections).
     streamed_bytes: usize,
+    /// Connections whose client left before a stream's end.
+    abandoned: Vec<usize>,
 }
 
 struct Shared {
     mode: Mutex<Mode>,
     tokens: Mutex<Vec<String>>,
+    /// The entries `GET /models` lists.
+    models: Mutex<Vec<Value>>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -144,6 +175,7 @@ impl FakeUpstream {
                 " fake".into(),
                 "!".into(),
             ]),
+            models: Mutex::new(model_entries(&["fake-model", "other-model"])),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
@@ -182,6 +214,12 @@ impl FakeUpstream {
         *self.shared.tokens.lock().unwrap() = tokens.iter().map(|t| t.to_string()).collect();
     }
 
+    /// The ids `GET /models` lists, in order (default `fake-model`,
+    /// `other-model`).
+    pub fn set_models(&self, ids: &[&str]) {
+        *self.shared.models.lock().unwrap() = model_entries(ids);
+    }
+
     pub fn answer_text(&self) -> String {
         self.shared.tokens.lock().unwrap().concat()
     }
@@ -198,6 +236,12 @@ impl FakeUpstream {
     /// Whether the client closed connection `conn` (see `Recorded::conn`).
     pub fn is_closed(&self, conn: usize) -> bool {
         self.shared.state.lock().unwrap().closed.contains(&conn)
+    }
+
+    /// Whether the client of connection `conn` left in the middle of a
+    /// streamed answer (before its last event).
+    pub fn abandoned(&self, conn: usize) -> bool {
+        self.shared.state.lock().unwrap().abandoned.contains(&conn)
     }
 
     /// Bytes of streamed answers written so far (SSE bodies).
@@ -359,44 +403,18 @@ fn reset(sock: &TcpStream) {
     let _ = sock.shutdown(std::net::Shutdown::Both);
 }
 
-fn chunk_json(content: Option<&str>, finish: Option<&str>) -> Value {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let mut v = json!({
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": "fake-model",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    });
-    if finish.is_some() {
-        v["usage"] = json!({"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12});
-    }
-    v
-}
-
-/// A normal answer with `content`, padded to about `bytes` with
+/// A normal chat answer with `content`, padded to about `bytes` with
 /// `"pad":[0,0,...]`.
 pub fn tiny_values_answer(content: &str, bytes: usize) -> Vec<u8> {
-    let mut out = json!({
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": "fake-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-    })
-    .to_string()
-    .into_bytes();
-    out.pop(); // the closing brace
-    out.extend_from_slice(b",\"pad\":[0");
-    while out.len() + 3 < bytes {
-        out.extend_from_slice(b",0");
-    }
-    out.extend_from_slice(b"]}");
-    out
+    let whole = whole_answer(Api::Chat, &Value::Null, content);
+    pad_with_tiny_values(whole.to_string().into_bytes(), bytes)
+}
+
+fn model_entries(ids: &[&str]) -> Vec<Value> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| json!({"id": id, "object": "model", "created": 1_700_000_000 + i as i64, "owned_by": "fake"}))
+        .collect()
 }
 
 fn write_json(w: &mut TcpStream, status: u16, body: &[u8]) -> bool {
@@ -417,6 +435,329 @@ fn write_chunk(w: &mut TcpStream, data: &str) -> bool {
     w.write_all(text.as_bytes()).and_then(|_| w.flush()).is_ok()
 }
 
+/// The routes the fake serves (paths end with these; the base URL's
+/// `/v1` comes before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+    Embeddings,
+    Responses,
+}
+
+impl Api {
+    fn of(req: &Recorded) -> Option<Api> {
+        if req.method != "POST" {
+            return None;
+        }
+        let path = req.path.split('?').next().unwrap_or("");
+        [
+            ("/chat/completions", Api::Chat),
+            ("/completions", Api::Completions),
+            ("/embeddings", Api::Embeddings),
+            ("/responses", Api::Responses),
+        ]
+        .into_iter()
+        .find(|(suffix, _)| path.ends_with(suffix))
+        .map(|(_, api)| api)
+    }
+}
+
+const USAGE_PROMPT: u64 = 7;
+const USAGE_COMPLETION: u64 = 5;
+
+fn chat_usage() -> Value {
+    json!({"prompt_tokens": USAGE_PROMPT, "completion_tokens": USAGE_COMPLETION, "total_tokens": USAGE_PROMPT + USAGE_COMPLETION})
+}
+
+fn responses_usage() -> Value {
+    json!({
+        "input_tokens": USAGE_PROMPT,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": USAGE_COMPLETION,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": USAGE_PROMPT + USAGE_COMPLETION,
+    })
+}
+
+/// A whole (non-streaming) answer of `api` whose text is `content`.
+fn whole_answer(api: Api, req: &Value, content: &str) -> Value {
+    match api {
+        Api::Chat => json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "fake-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": chat_usage(),
+        }),
+        Api::Completions => json!({
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": 1_700_000_000,
+            "model": "fake-model",
+            "choices": [{"text": content, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": chat_usage(),
+        }),
+        Api::Embeddings => embeddings_answer(req),
+        Api::Responses => response_object("completed", Some(content)),
+    }
+}
+
+/// An embedding per input (`input` a string: one; an array: one per
+/// element), each a few floats derived from its index.
+fn embeddings_answer(req: &Value) -> Value {
+    let count = match &req["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..count)
+        .map(|i| {
+            let base = i as f64;
+            json!({"object": "embedding", "index": i, "embedding": [0.25 + base, -0.5, 0.125, base / 8.0]})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": req["model"].as_str().unwrap_or("fake-model"),
+        "usage": {"prompt_tokens": USAGE_PROMPT, "total_tokens": USAGE_PROMPT},
+    })
+}
+
+const RESPONSE_ID: &str = "resp_fake";
+const MESSAGE_ID: &str = "msg_fake";
+
+/// The Responses API's message item holding `text` (None: no content yet).
+fn message_item(status: &str, text: Option<&str>) -> Value {
+    let content = match text {
+        Some(t) => json!([output_text_part(t)]),
+        None => json!([]),
+    };
+    json!({"id": MESSAGE_ID, "type": "message", "status": status, "role": "assistant", "content": content})
+}
+
+fn output_text_part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+/// A Responses API `response` object; with `text`, its output is one
+/// message holding it, and it carries usage.
+fn response_object(status: &str, text: Option<&str>) -> Value {
+    let done = text.is_some();
+    json!({
+        "id": RESPONSE_ID,
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "status": status,
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "max_output_tokens": null,
+        "model": "fake-model",
+        "output": match text {
+            Some(t) => json!([message_item("completed", Some(t))]),
+            None => json!([]),
+        },
+        "parallel_tool_calls": true,
+        "previous_response_id": null,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": if done { responses_usage() } else { Value::Null },
+        "metadata": {},
+    })
+}
+
+/// `body` (a JSON object's text) padded to about `bytes` with
+/// `"pad":[0,0,...]`.
+fn pad_with_tiny_values(mut out: Vec<u8>, bytes: usize) -> Vec<u8> {
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"pad\":[0");
+    while out.len() + 3 < bytes {
+        out.extend_from_slice(b",0");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// How a streamed answer ended.
+enum Streamed {
+    /// Every event went out (the body is complete).
+    Complete,
+    /// The fake reset the connection on purpose (`ResetMidStream`).
+    Reset,
+    /// The client went away before the end.
+    ClientGone,
+}
+
+/// The events of one streamed answer in the upstream's own framing: chat
+/// and text completions as `data: {chunk}` ending with `data: [DONE]`,
+/// the Responses API as named events (`event: NAME` + `data:
+/// {"type":NAME,"sequence_number":N,...}`) ending with
+/// `response.completed`, as OpenAI sends them.
+struct Events {
+    api: Api,
+    /// `stream_options.include_usage`: a last chunk with empty `choices`
+    /// and `usage` before `[DONE]` (else usage rides on the finish chunk,
+    /// as llama.cpp sends it).
+    include_usage: bool,
+    sequence: u64,
+    text: String,
+    role_sent: bool,
+}
+
+impl Events {
+    fn new(api: Api, req: &Value) -> Events {
+        Events {
+            api,
+            include_usage: req["stream_options"]["include_usage"] == json!(true),
+            sequence: 0,
+            text: String::new(),
+            role_sent: false,
+        }
+    }
+
+    fn named(&mut self, name: &str, mut fields: Value) -> String {
+        fields["type"] = json!(name);
+        fields["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        format!("event: {}\ndata: {}\n\n", name, fields)
+    }
+
+    fn chunk(&mut self, content: Option<&str>, finish: Option<&str>) -> String {
+        let mut v = match self.api {
+            Api::Completions => json!({
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1_700_000_000,
+                "model": "fake-model",
+                "choices": [{"text": content.unwrap_or(""), "index": 0, "logprobs": null, "finish_reason": finish}],
+            }),
+            _ => {
+                let mut delta = json!({});
+                // The first chunk names the role, as OpenAI's does (the
+                // Node SDK's stream helper needs it).
+                if !self.role_sent {
+                    delta["role"] = json!("assistant");
+                    self.role_sent = true;
+                }
+                if let Some(c) = content {
+                    delta["content"] = json!(c);
+                }
+                json!({
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 1_700_000_000,
+                    "model": "fake-model",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                })
+            }
+        };
+        if finish.is_some() && !self.include_usage {
+            v["usage"] = chat_usage();
+        }
+        format!("data: {}\n\n", v)
+    }
+
+    /// What precedes the first token.
+    fn opening(&mut self) -> Vec<String> {
+        if self.api != Api::Responses {
+            return Vec::new();
+        }
+        vec![
+            self.named(
+                "response.created",
+                json!({"response": response_object("in_progress", None)}),
+            ),
+            self.named(
+                "response.in_progress",
+                json!({"response": response_object("in_progress", None)}),
+            ),
+            self.named(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": message_item("in_progress", None)}),
+            ),
+            self.named(
+                "response.content_part.added",
+                json!({"item_id": MESSAGE_ID, "output_index": 0, "content_index": 0, "part": output_text_part("")}),
+            ),
+        ]
+    }
+
+    fn token(&mut self, t: &str) -> String {
+        self.text.push_str(t);
+        match self.api {
+            Api::Responses => self.named(
+                "response.output_text.delta",
+                json!({"item_id": MESSAGE_ID, "output_index": 0, "content_index": 0, "delta": t, "logprobs": []}),
+            ),
+            _ => self.chunk(Some(t), None),
+        }
+    }
+
+    /// What follows the last token, the end marker included.
+    fn closing(&mut self) -> Vec<String> {
+        let text = self.text.clone();
+        match self.api {
+            Api::Responses => vec![
+                self.named(
+                    "response.output_text.done",
+                    json!({"item_id": MESSAGE_ID, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+                ),
+                self.named(
+                    "response.content_part.done",
+                    json!({"item_id": MESSAGE_ID, "output_index": 0, "content_index": 0, "part": output_text_part(&text)}),
+                ),
+                self.named(
+                    "response.output_item.done",
+                    json!({"output_index": 0, "item": message_item("completed", Some(&text))}),
+                ),
+                self.named(
+                    "response.completed",
+                    json!({"response": response_object("completed", Some(&text))}),
+                ),
+            ],
+            _ => {
+                let mut out = vec![self.chunk(None, Some("stop"))];
+                if self.include_usage {
+                    let object = match self.api {
+                        Api::Completions => "text_completion",
+                        _ => "chat.completion.chunk",
+                    };
+                    let last = json!({
+                        "id": "chatcmpl-fake",
+                        "object": object,
+                        "created": 1_700_000_000,
+                        "model": "fake-model",
+                        "choices": [],
+                        "usage": chat_usage(),
+                    });
+                    out.push(format!("data: {}\n\n", last));
+                }
+                out.push("data: [DONE]\n\n".to_string());
+                out
+            }
+        }
+    }
+
+    /// An event that is not JSON, in this API's framing.
+    fn garbage(&self) -> Vec<String> {
+        match self.api {
+            Api::Responses => {
+                vec!["event: response.output_text.delta\ndata: {not json at all\n\n".into()]
+            }
+            _ => vec![
+                "data: {not json at all\n\n".into(),
+                "data: [DONE]\n\n".into(),
+            ],
+        }
+    }
+}
+
 /// Answers one request; false when the connection must end.
 fn answer(
     shared: &Shared,
@@ -434,35 +775,42 @@ fn answer(
     if let Mode::Error { status, body } = mode {
         return write_json(w, *status, body.as_bytes());
     }
-    if req.method == "GET" && req.path.ends_with("/models") {
-        let list = json!({"object": "list", "data": [
-            {"id": "fake-model", "object": "model", "created": 1_700_000_000, "owned_by": "fake"},
-            {"id": "other-model", "object": "model", "created": 1_700_000_001, "owned_by": "fake"},
-        ]});
+    let path = req.path.split('?').next().unwrap_or("");
+    if req.method == "GET" && path.ends_with("/models") {
+        let data = shared.models.lock().unwrap().clone();
+        let list = json!({"object": "list", "data": data});
         return write_json(w, 200, list.to_string().as_bytes());
     }
-    if !(req.method == "POST" && req.path.ends_with("/chat/completions")) {
-        return write_json(w, 404, br#"{"error":{"message":"no such route"}}"#);
+    if let (true, Some((_, id))) = (req.method == "GET", path.split_once("/models/")) {
+        let id = percent_decode(id);
+        let models = shared.models.lock().unwrap().clone();
+        return match models.iter().find(|m| m["id"] == id.as_str()) {
+            Some(m) => write_json(w, 200, m.to_string().as_bytes()),
+            None => write_json(
+                w,
+                404,
+                json!({"error": {"message": format!("The model `{}` does not exist", id), "type": "invalid_request_error", "param": null, "code": "model_not_found"}}).to_string().as_bytes(),
+            ),
+        };
     }
-    let stream = req.json()["stream"] == json!(true);
+    let Some(api) = Api::of(req) else {
+        return write_json(w, 404, br#"{"error":{"message":"no such route"}}"#);
+    };
+    let body = req.json();
+    let stream = api != Api::Embeddings && body["stream"] == json!(true);
     if !stream {
         let content = match mode {
             Mode::Garbage => return write_json(w, 200, b"<html>surprise, not JSON</html>"),
             Mode::Huge { bytes } => "x".repeat(*bytes),
             Mode::TinyValues { bytes } => {
-                return write_json(w, 200, &tiny_values_answer(&tokens.concat(), *bytes))
+                let whole = whole_answer(api, &body, &tokens.concat());
+                let padded = pad_with_tiny_values(whole.to_string().into_bytes(), *bytes);
+                return write_json(w, 200, &padded);
             }
             _ => tokens.concat(),
         };
-        let body = json!({
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "created": 1_700_000_000,
-            "model": "fake-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-        });
-        return write_json(w, 200, body.to_string().as_bytes());
+        let whole = whole_answer(api, &body, &content);
+        return write_json(w, 200, whole.to_string().as_bytes());
     }
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
     if w.write_all(head.as_bytes())
@@ -471,36 +819,65 @@ fn answer(
     {
         return false;
     }
+    let events = Events::new(api, &body);
+    match stream_events(shared, w, sock, mode, tokens, events) {
+        Streamed::Complete => true,
+        Streamed::Reset => false,
+        Streamed::ClientGone => {
+            let mut st = shared.state.lock().unwrap();
+            st.abandoned.push(req.conn);
+            shared.changed.notify_all();
+            false
+        }
+    }
+}
+
+/// Writes a streamed answer's events (the head is out) as `mode` says.
+fn stream_events(
+    shared: &Shared,
+    w: &mut TcpStream,
+    sock: &TcpStream,
+    mode: &Mode,
+    tokens: &[String],
+    mut events: Events,
+) -> Streamed {
+    let send = |w: &mut TcpStream, evs: Vec<String>| evs.iter().all(|ev| write_chunk(w, ev));
+    if let Mode::Garbage = mode {
+        let evs = events.garbage();
+        return if send(w, evs) && write_chunk(w, "") {
+            Streamed::Complete
+        } else {
+            Streamed::ClientGone
+        };
+    }
+    let opening = events.opening();
+    if !send(w, opening) {
+        return Streamed::ClientGone;
+    }
     if let Mode::Flood { chunk_bytes } = mode {
-        let ev = format!(
-            "data: {}\n\n",
-            chunk_json(Some(&"x".repeat(*chunk_bytes)), None)
-        );
+        let x = "x".repeat(*chunk_bytes);
         loop {
+            let ev = events.token(&x);
+            events.text.clear();
             if !write_chunk(w, &ev) {
-                return false;
+                return Streamed::ClientGone;
             }
             shared.state.lock().unwrap().streamed_bytes += ev.len();
         }
-    }
-    if let Mode::Garbage = mode {
-        return write_chunk(w, "data: {not json at all\n\n")
-            && write_chunk(w, "data: [DONE]\n\n")
-            && write_chunk(w, "");
     }
     for (i, t) in tokens.iter().enumerate() {
         if let Mode::ResetMidStream { tokens_before } = mode {
             if i == *tokens_before {
                 reset(sock);
-                return false;
+                return Streamed::Reset;
             }
         }
         if let Mode::Slow { delay } = mode {
             if !idle(sock, *delay) {
-                return false;
+                return Streamed::ClientGone;
             }
         }
-        let ev = format!("data: {}\n\n", chunk_json(Some(t), None));
+        let ev = events.token(t);
         shared
             .state
             .lock()
@@ -508,20 +885,48 @@ fn answer(
             .token_times
             .push(Instant::now());
         if !write_chunk(w, &ev) {
-            return false;
+            return Streamed::ClientGone;
         }
     }
     if let Mode::ResetMidStream { .. } = mode {
         reset(sock);
-        return false;
+        return Streamed::Reset;
     }
     if let Mode::KeepAlive { every } = mode {
         loop {
             if !idle(sock, *every) || !write_chunk(w, ": keep-alive\n\n") {
-                return false;
+                return Streamed::ClientGone;
             }
         }
     }
-    let fin = format!("data: {}\n\n", chunk_json(None, Some("stop")));
-    write_chunk(w, &fin) && write_chunk(w, "data: [DONE]\n\n") && write_chunk(w, "")
+    let closing = events.closing();
+    if send(w, closing) && write_chunk(w, "") {
+        Streamed::Complete
+    } else {
+        Streamed::ClientGone
+    }
+}
+
+/// `%XX` escapes decoded (model ids with `/` arrive as `%2F`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
