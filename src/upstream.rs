@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-pub use abort::Abort;
+pub use abort::{scope_aborted, Abort};
 
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;

@@ -371,6 +371,11 @@ impl Upstreams {
         for candidate in self.candidates(model) {
             let mut lease = candidate.lease();
             let r = f(&lease.member.client);
+            if crate::upstream::scope_aborted() {
+                // The client left (`relays`): no next upstream, and this
+                // failure is not the upstream's.
+                return r;
+            }
             lease.settle(r.as_ref().map(|_| ()));
             match r {
                 Err(e) if fails_over(&e) => {

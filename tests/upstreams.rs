@@ -557,3 +557,36 @@ fn a_thousand_calls_across_a_killed_upstream_all_succeed() {
     );
     assert!(doomed.calls() > 0 && survivor.calls() > 0);
 }
+
+/// A client that hangs up while the first upstream hangs stops the call:
+/// the next upstream is not tried for nobody, and the hang-up is not
+/// counted against the first.
+#[test]
+fn a_client_that_leaves_during_a_failover_stops_it() {
+    let d = Up::start("default", Act::Answer, &["m"]);
+    let slow = Up::start("slow", Act::Hang, &["x"]);
+    let spare = Up::start("spare", Act::Answer, &["x"]);
+    let s = server(
+        &d,
+        &(named("slow", &slow, "x", "timeout_s = 60") + &named("spare", &spare, "x", "")),
+        &[],
+    );
+    let body = r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut c = support::connect(s.addr);
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        body
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || slow.calls() == 1));
+    drop(c);
+    let idle = || metric(&s, "portcullis_upstream_in_flight{upstream=\"slow\"}") == Some(0.0);
+    assert!(wait_until(Duration::from_secs(10), idle), "the call ended");
+    assert_eq!(spare.calls(), 0, "no failover for a client that left");
+    assert_eq!(
+        metric(&s, "portcullis_upstream_failures_total{upstream=\"slow\"}"),
+        Some(0.0)
+    );
+}
