@@ -166,6 +166,41 @@ N32=$(printf '%s\n' "${n32s[@]}" | median); P32=$(printf '%s\n' "${p32s[@]}" | m
 T32_RATIO=$(printf '%s\n' "${t32s[@]}" | median)
 kill "$(cat "$TMP/nginx.pid")"; rm -f "$TMP/nginx.pid"
 
+# ---- 3b. relay overhead with three upstreams configured --------------------
+# A second portcullis on M_PORT with [upstream] and two [upstream.NAME]
+# sections all serving the model (three loadgen upstreams), against the
+# one-upstream server; one client, alternating, ROUNDS rounds.
+echo "3b. three upstreams" >&2
+M_PORT=19104; U2=127.0.0.1:19105; U3=127.0.0.1:19106
+"$LOADGEN" upstream "$U2" 20 & PIDS+=($!)
+"$LOADGEN" upstream "$U3" 20 & PIDS+=($!)
+wait_port 19105; wait_port 19106
+printf '[upstream]\nmodels = bench\n[upstream.second]\nbase_url = http://%s/v1\nmodels = bench\n[upstream.third]\nbase_url = http://%s/v1\nmodels = bench\n' "$U2" "$U3" > "$TMP/three.ini"
+mkdir -p "$TMP/three"
+env -i PATH="$PATH" HOME="$TMP" \
+  PORTCULLIS_SERVER_BIND=127.0.0.1:$M_PORT PORTCULLIS_SERVER_DATA_DIR="$TMP/three" \
+  PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE=1000000 PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE=1000000 \
+  PORTCULLIS_UPSTREAM_BASE_URL=http://$UP/v1 PORTCULLIS_UPSTREAM_MODEL=bench \
+  PORTCULLIS_LOGGING_FILE="$TMP/three/portcullis.log" \
+  "$BIN" serve --config "$TMP/three.ini" >/dev/null 2>"$TMP/three/stderr" & M_PID=$!; PIDS+=("$M_PID")
+wait_port $M_PORT
+for _ in $(seq 1 100); do [ -s "$TMP/three/first_api_key" ] && break; sleep 0.05; done
+cp "$TMP/post.lua" "$TMP/post1.lua"
+sed "s/Bearer $KEY/Bearer $(cat "$TMP/three/first_api_key")/" "$TMP/post1.lua" > "$TMP/post3.lua"
+one=(); three=()
+for round in $(seq 1 "$ROUNDS"); do
+  cp "$TMP/post1.lua" "$TMP/post.lua"
+  one+=("$(lat http://127.0.0.1:$P_PORT/v1/chat/completions | awk '{print $2}')")
+  cp "$TMP/post3.lua" "$TMP/post.lua"
+  three+=("$(lat http://127.0.0.1:$M_PORT/v1/chat/completions | awk '{print $2}')")
+done
+cp "$TMP/post1.lua" "$TMP/post.lua"
+ONE_P50=$(printf '%s\n' "${one[@]}" | median); THREE_P50=$(printf '%s\n' "${three[@]}" | median)
+ONE_OVER=$((ONE_P50 - D_P50)); THREE_OVER=$((THREE_P50 - D_P50))
+THREE_RATIO=$(awk -v a="$THREE_OVER" -v b="$ONE_OVER" 'BEGIN{printf "%.2f", a/b}')
+THREE_CALLS=$(grep -c '"status":200' "$TMP/three/portcullis.log" || true)
+kill "$M_PID" 2>/dev/null; wait "$M_PID" 2>/dev/null || true
+
 # ---- 4. storage: create and list at 32 connections --------------------------
 echo "4. storage" >&2
 cat > "$TMP/create.lua" <<EOF
@@ -336,6 +371,19 @@ Upstream: \`loadgen upstream\` (keep-alive, answers at once).
   ${t32s[*]}; target ≥ 0.5).
   Answers other than 2xx in those runs: nginx $N32_BAD, portcullis **$P32_BAD** (target 0: a relay refuses only
   beyond its configured limits; test \`a_client_per_relay_slot_is_never_refused\`).
+
+## Relay overhead with three upstreams configured
+\`[upstream]\` and two \`[upstream.NAME]\` sections all serving the model
+(three \`loadgen upstream\`s), one client, against the one-upstream server,
+alternating, $ROUNDS rounds of \`wrk -t1 -c1 -d${DUR}s\` (p50 µs per round).
+
+| server | p50 µs per round | overhead over direct (median) |
+|---|---|---|
+| one upstream | ${one[*]} | $ONE_OVER µs |
+| three upstreams | ${three[*]} | $THREE_OVER µs |
+
+Ratio **$THREE_RATIO** (target: at most 1.10). Answers 200 from the
+three-upstream server: $THREE_CALLS.
 
 ## Where the time went (per relayed request)
 The same $PROFILE_N non-streaming relayed requests (one keep-alive client,

@@ -21,8 +21,9 @@ pub struct App {
     pub relays: crate::relays::Relays,
     /// Shared with stream threads, which count their own upstream failures.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// The upstream client (the only outbound HTTP in the process).
-    pub upstream: std::sync::Arc<crate::upstream::Upstream>,
+    /// The upstreams, chosen per call by model (`upstreams.rs`; the only
+    /// outbound HTTP in the process).
+    pub upstreams: std::sync::Arc<crate::upstreams::Upstreams>,
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
     pub limiter: Limiter,
@@ -78,10 +79,14 @@ impl App {
             cfg.server.max_concurrent_streams,
             cfg.server.max_streams_per_client,
         );
-        let upstream = std::sync::Arc::new(crate::upstream::Upstream::new(
-            &cfg.upstream,
-            upstream_key.clone(),
-        ));
+        let upstreams = crate::upstreams::Upstreams::new(&cfg, &|var: &str| {
+            if var == cfg.upstream.api_key_env {
+                return upstream_key.clone();
+            }
+            let key = crate::secret::load_upstream_key(var);
+            warn_if_too_short_to_redact(var, key.as_ref());
+            key
+        });
         let db = crate::db::Db::open(&cfg)?;
         if cfg.auth.mode == crate::config::AuthMode::ApiKey {
             ensure_first_key(&db, &cfg.server.data_dir)?;
@@ -120,7 +125,7 @@ impl App {
             streams,
             relays,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
-            upstream,
+            upstreams,
             db,
             audit,
             limiter,

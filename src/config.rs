@@ -11,6 +11,7 @@ pub mod settings;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -155,6 +156,30 @@ pub struct UpstreamConfig {
     /// The model's context window in tokens (history trimming, `routes::chat`).
     pub context_tokens: usize,
     pub max_idle_connections: usize,
+    /// Models served: names or `prefix*` patterns (see `serves`).
+    pub models: Vec<String>,
+    pub weight: u64,
+    pub max_attempts: usize,
+    pub eject_after_failures: u32,
+    pub eject_for: Duration,
+}
+
+impl UpstreamConfig {
+    /// Whether `model` is one this upstream names (exactly, or by a
+    /// `prefix*` pattern).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => p == model,
+        })
+    }
+}
+
+/// An `[upstream.NAME]` section: one more upstream, by name.
+#[derive(Clone, Debug)]
+pub struct NamedUpstream {
+    pub name: String,
+    pub cfg: UpstreamConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -180,6 +205,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub upstream: UpstreamConfig,
     pub logging: LoggingConfig,
+    /// The `[upstream.NAME]` sections, in file order (the default
+    /// `[upstream]` serves what none of them claims).
+    #[serde(skip)]
+    pub named_upstreams: Vec<NamedUpstream>,
     /// The file the settings were read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -211,6 +240,7 @@ pub fn parse_ini(
     let sections = settings::sections();
     let mut out = Vec::new();
     let mut section: Option<String> = None;
+    let mut named: Vec<String> = Vec::new();
     for (i, raw_line) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = raw_line.trim();
@@ -223,6 +253,26 @@ pub fn parse_ini(
                 ConfigError(format!("{}: malformed section header {:?}", at(), line))
             })?;
             let name = name.trim();
+            if let Some(upstream) = name.strip_prefix("upstream.") {
+                if !valid_upstream_name(upstream) {
+                    return Err(ConfigError(format!(
+                        "{}: [{}]: an upstream's name is 1 to 32 of a-z, 0-9, `_` and `-` (and not `default`)",
+                        at(),
+                        name
+                    )));
+                }
+                if named.contains(&name.to_string()) {
+                    return Err(ConfigError(format!(
+                        "{}: [{}] is defined twice",
+                        at(),
+                        name
+                    )));
+                }
+                named.push(name.to_string());
+                out.push((name.to_string(), String::new(), String::new(), line_no));
+                section = Some(name.to_string());
+                continue;
+            }
             if !sections.contains(&name) {
                 return Err(ConfigError(format!(
                     "{}: unknown section [{}] (known: {})",
@@ -250,7 +300,23 @@ pub fn parse_ini(
                 key
             )));
         };
-        if settings::find(section, key).is_none() {
+        if section.starts_with("upstream.") {
+            if !settings::PER_UPSTREAM.contains(&key) {
+                let why = if settings::find("upstream", key).is_some() {
+                    "holds for every upstream: set it in [upstream]"
+                } else {
+                    "is not an upstream setting"
+                };
+                return Err(ConfigError(format!(
+                    "{}: key `{}` in [{}] {} (per upstream: {})",
+                    at(),
+                    key,
+                    section,
+                    why,
+                    settings::PER_UPSTREAM.join(", ")
+                )));
+            }
+        } else if settings::find(section, key).is_none() {
             return Err(ConfigError(format!(
                 "{}: unknown key `{}` in [{}]",
                 at(),
@@ -279,6 +345,125 @@ pub fn parse_ini(
     Ok(out)
 }
 
+/// 1 to 32 of `a-z0-9_-`, and not `default` (the name `[upstream]` goes by).
+fn valid_upstream_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name != "default"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The `[upstream.NAME]` sections (`entries`: header rows with an empty
+/// key, then their keys) as upstreams: each starts from `[upstream]`'s
+/// values (as finally set, environment included) except the keys of
+/// `PER_UPSTREAM_OWN`, which start at their defaults; its own keys are
+/// checked against the same rows. Errors name file, line and key.
+fn named_upstreams(
+    raw: &Raw,
+    entries: &[(String, String, String, usize)],
+    file: &Path,
+) -> Result<Vec<NamedUpstream>, ConfigError> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let (section, _, _, header_line) = &entries[i];
+        let mut own: Vec<&(String, String, String, usize)> = Vec::new();
+        i += 1;
+        while i < entries.len() && entries[i].1.is_empty().not() {
+            own.push(&entries[i]);
+            i += 1;
+        }
+        let at = |line: usize| format!("{}:{}", file.display(), line);
+        for required in ["base_url", "models"] {
+            if !own.iter().any(|(_, k, _, _)| k == required) {
+                return Err(ConfigError(format!(
+                    "{}: [{}] needs `{}`",
+                    at(*header_line),
+                    section,
+                    required
+                )));
+            }
+        }
+        let mut fields = serde_json::Map::new();
+        for (s, (value, origin)) in SETTINGS.iter().zip(raw) {
+            if s.section != "upstream" {
+                continue;
+            }
+            let mine = own.iter().find(|(_, k, _, _)| k == s.key);
+            let (value, origin) = match mine {
+                Some((_, _, v, line)) => (v.as_str(), at(*line)),
+                // No key unless the section names its variable.
+                None if s.key == "api_key_env" => ("", "built-in default".to_string()),
+                None if settings::PER_UPSTREAM_OWN.contains(&s.key) => {
+                    (s.default, "built-in default".to_string())
+                }
+                None => (value.as_str(), origin.to_string()),
+            };
+            let checked = s.kind.check(value).map_err(|what| {
+                ConfigError(format!(
+                    "{}: [{}] {} = {:?}: {}",
+                    origin, section, s.key, value, what
+                ))
+            })?;
+            fields.insert(s.field().to_string(), checked);
+        }
+        let cfg: UpstreamConfig = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| ConfigError(format!("{}: [{}]: {}", at(*header_line), section, e)))?;
+        if cfg.models.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: [{}] models is empty: name the models it serves",
+                at(*header_line),
+                section
+            )));
+        }
+        out.push(NamedUpstream {
+            name: section["upstream.".len()..].to_string(),
+            cfg,
+        });
+    }
+    Ok(out)
+}
+
+/// Refuses upstreams that overlap: two sections for the same server
+/// (the same `base_url` and key variable), or one model name listed twice
+/// in one section.
+fn check_upstreams(cfg: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
+    let place = file.map_or("the configuration".to_string(), |f| f.display().to_string());
+    let mut all: Vec<(&str, &UpstreamConfig)> = vec![("upstream", &cfg.upstream)];
+    all.extend(
+        cfg.named_upstreams
+            .iter()
+            .map(|n| (n.name.as_str(), &n.cfg)),
+    );
+    for (i, (a, ca)) in all.iter().enumerate() {
+        for (b, cb) in &all[i + 1..] {
+            if ca.base_url == cb.base_url && ca.api_key_env == cb.api_key_env {
+                return Err(ConfigError(format!(
+                    "{}: upstreams `{}` and `{}` are the same server ({}): list its models in one section",
+                    place, a, b, ca.base_url
+                )));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &ca.models {
+            if !seen.insert(m) {
+                return Err(ConfigError(format!(
+                    "{}: [{}] models lists {:?} twice",
+                    place,
+                    if *a == "upstream" {
+                        "upstream".to_string()
+                    } else {
+                        format!("upstream.{}", a)
+                    },
+                    m
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The environment variable that overrides (section, key).
 pub fn env_name(section: &str, key: &str) -> String {
     format!("PORTCULLIS_{}_{}", section, key).to_ascii_uppercase()
@@ -298,6 +483,7 @@ impl Config {
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
         let mut raw = defaults();
+        let mut named = Vec::new();
         let file = match path {
             Some(p) => Some(p.to_path_buf()),
             None => {
@@ -310,6 +496,10 @@ impl Config {
                 ConfigError(format!("cannot read config file {}: {}", file.display(), e))
             })?;
             for (s, k, v, line) in parse_ini(&text, file)? {
+                if s.starts_with("upstream.") {
+                    named.push((s, k, v, line));
+                    continue;
+                }
                 let i = index_of(&s, &k).expect("parse_ini returns known keys only");
                 let origin = Origin::File {
                     path: file.clone(),
@@ -320,6 +510,10 @@ impl Config {
         }
         apply_env(&mut raw, env)?;
         let mut cfg = build(&raw)?;
+        if let Some(file) = &file {
+            cfg.named_upstreams = named_upstreams(&raw, &named, file)?;
+        }
+        check_upstreams(&cfg, file.as_deref())?;
         cfg.source = file;
         Ok(cfg)
     }
@@ -516,6 +710,79 @@ mod tests {
         let r = Config::load_with_env(Some(&path), &env);
         let _ = std::fs::remove_dir_all(&dir);
         r
+    }
+
+    #[test]
+    fn named_upstreams_inherit_timeouts_and_name_their_own_server() {
+        let cfg = load_text(
+            "[upstream]\nbase_url = http://127.0.0.1:11434/v1\ntimeout_s = 45\n\n\
+             [upstream.big]\nbase_url = http://10.0.0.2:8000/v1\nmodels = openai/gpt-oss-120b, qwen*\nweight = 3\napi_key_env = VLLM_KEY\n\n\
+             [upstream.hosted]\nbase_url = https://api.openai.com/v1\nmodels = gpt-4o*\ntimeout_s = 90\n",
+            &[("PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT_S", "7")],
+        )
+        .unwrap();
+        let names: Vec<&str> = cfg
+            .named_upstreams
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(names, ["big", "hosted"]);
+        let big = &cfg.named_upstreams[0].cfg;
+        assert_eq!(big.base_url, "http://10.0.0.2:8000/v1");
+        assert_eq!(big.weight, 3);
+        assert_eq!(big.api_key_env, "VLLM_KEY");
+        assert_eq!(
+            big.timeout,
+            Duration::from_secs(45),
+            "inherited from [upstream]"
+        );
+        assert_eq!(
+            big.connect_timeout,
+            Duration::from_secs(7),
+            "environment included"
+        );
+        assert!(big.serves("qwen2.5:7b") && big.serves("openai/gpt-oss-120b"));
+        assert!(!big.serves("openai/gpt-oss-20b"));
+        let hosted = &cfg.named_upstreams[1].cfg;
+        assert_eq!(hosted.timeout, Duration::from_secs(90));
+        assert_eq!(hosted.api_key_env, "", "a key variable is not inherited");
+        assert_eq!(hosted.weight, 1);
+        assert!(
+            cfg.upstream.models.is_empty(),
+            "the default serves the rest"
+        );
+    }
+
+    #[test]
+    fn bad_named_upstreams_are_refused_with_file_line_and_key() {
+        let cases = [
+            ("[upstream.a]\nmodels = x\n", ":1: [upstream.a] needs `base_url`"),
+            ("[upstream.a]\nbase_url = http://h/v1\n", ":1: [upstream.a] needs `models`"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = ,\n", ":1: [upstream.a] models is empty"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = x\nmodel = y\n", ":4: key `model` in [upstream.a] holds for every upstream"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = x\nmax_attempts = 3\n", ":4: key `max_attempts` in [upstream.a] holds for every upstream"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = x\nweight = 0\n", ":4: [upstream.a] weight = \"0\""),
+            ("[upstream.a]\nbase_url = ftp://h\nmodels = x\n", ":2: [upstream.a] base_url"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = a*b\n", ":3: [upstream.a] models"),
+            ("[upstream.A]\n", ":1: [upstream.A]: an upstream's name"),
+            ("[upstream.default]\n", ":1: [upstream.default]: an upstream's name"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = x\n[upstream.a]\n", ":4: [upstream.a] is defined twice"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = x\n[upstream.b]\nbase_url = http://h/v1\nmodels = y\n", "upstreams `a` and `b` are the same server"),
+            ("[upstream.a]\nbase_url = http://127.0.0.1:11434/v1\nmodels = x\napi_key_env = PORTCULLIS_UPSTREAM_KEY\n", "upstreams `upstream` and `a` are the same server"),
+            ("[upstream.a]\nbase_url = http://h/v1\nmodels = x, x\n", "[upstream.a] models lists \"x\" twice"),
+        ];
+        for (text, want) in cases {
+            let err = load_text(text, &[])
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {}", text));
+            assert!(
+                err.0.contains(want),
+                "{:?}\n  got: {}\n  want: {}",
+                text,
+                err.0,
+                want
+            );
+        }
     }
 
     #[test]

@@ -32,3 +32,4 @@ pub mod threads;
 pub mod time;
 pub mod tokens;
 pub mod upstream;
+pub mod upstreams;

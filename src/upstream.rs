@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-pub use abort::Abort;
+pub use abort::{scope_aborted, Abort};
 
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
@@ -220,6 +220,15 @@ enum Phase {
     Body,
 }
 
+/// The detail of an answer over `max_response_bytes`.
+const OVERSIZE: &str = "answer larger than max_response_bytes";
+
+/// Whether an `upstream_error`'s detail says the answer was too large
+/// (another upstream would not answer smaller: no failover).
+pub fn is_oversize(detail: &str) -> bool {
+    detail.starts_with(OVERSIZE)
+}
+
 /// Maps a ureq failure to the contract's code (see the module doc).
 fn classify(err: ureq::Error, phase: Phase) -> ApiError {
     use ureq::Timeout as T;
@@ -244,7 +253,7 @@ fn classify(err: ureq::Error, phase: Phase) -> ApiError {
             ApiError::UpstreamUnavailable { detail }
         }
         ureq::Error::BodyExceedsLimit(n) => ApiError::UpstreamError {
-            detail: format!("answer larger than max_response_bytes ({} bytes)", n),
+            detail: format!("{} ({} bytes)", OVERSIZE, n),
         },
         _ => ApiError::UpstreamError { detail },
     }
@@ -594,51 +603,113 @@ impl Upstream {
         }
     }
 
-    /// Starts a streamed chat completion on a reader thread and returns at
-    /// once. `body` (the request's JSON text) must hold `"stream": true`.
-    pub fn open_stream(&self, body: Vec<u8>, request_id: &str) -> Result<StreamHandle, ApiError> {
-        self.open_stream_at("/chat/completions", body, request_id)
-    }
-
-    /// As `open_stream`, to `path` (`/completions`, `/responses`, ...).
+    /// Starts a streamed POST to `path` (`/chat/completions`, `/responses`,
+    /// ...) on a reader thread and returns at once. `body` (the request's
+    /// JSON text) must hold `"stream": true`. Several upstreams go through
+    /// `upstreams::Upstreams::open_stream`.
     pub fn open_stream_at(
-        &self,
+        self: &Arc<Self>,
         path: &str,
         body: Vec<u8>,
         request_id: &str,
     ) -> Result<StreamHandle, ApiError> {
-        let plain = self.post(path, "text/event-stream", false, true);
-        let fresh = self.post(path, "text/event-stream", true, true);
-        let (tx, rx) = sync_channel(CHANNEL_DEPTH);
-        let abort = Abort::new();
-        let reader_abort = abort.clone();
-        let backlog = Arc::new(Backlog::default());
-        let out = Sender {
-            tx,
-            backlog: backlog.clone(),
-            abort: abort.clone(),
+        let only = StreamTry {
+            upstream: self.clone(),
+            attempt: Box::new(()),
         };
-        let limit = self.cfg.max_response_bytes;
-        let request_id = request_id.to_string();
-        std::thread::Builder::new()
-            .name("upstream-reader".into())
-            .stack_size(READER_STACK_BYTES)
-            .spawn(move || {
-                logging::set_request_id(Some(&request_id));
-                let _scope = reader_abort.enter();
-                let end = read_stream([plain, fresh], &body, limit, &out, &reader_abort);
-                if let Some(ev) = end {
-                    let _ = out.tx.send(ev);
-                }
-            })
-            .map_err(|e| ApiError::internal(format!("cannot start upstream reader: {}", e)))?;
-        Ok(StreamHandle {
-            rx,
-            abort,
-            backlog,
-            finished: false,
-        })
+        open_stream_tries(vec![only], path, body, request_id, |_| false)
     }
+}
+
+/// One upstream a stream may be sent to, and who to tell when it is tried.
+pub struct StreamTry {
+    pub upstream: Arc<Upstream>,
+    pub attempt: Box<dyn Attempt>,
+}
+
+/// Bookkeeping around one attempt (see `upstreams::Candidate`): `begin`
+/// before the request goes out; `settle` with how its head went (`Ok`: the
+/// stream opened; `Err`: it failed before sending anything). Dropped when
+/// the attempt (or, for the one that opened, the stream) is over.
+pub trait Attempt: Send {
+    fn begin(&mut self) {}
+    fn settle(&mut self, _outcome: Result<(), &ApiError>) {}
+}
+
+/// A lone upstream keeps no books.
+impl Attempt for () {}
+
+/// Starts a streamed POST to `path` on a reader thread and returns at
+/// once. The reader sends it to `tries` in turn while the attempt fails
+/// before the stream opened and `fails_over` says so (nothing has reached
+/// the client then: `Opened` is sent only after a 2xx head); an abort (the
+/// client left) stops it in every phase. `body` must hold `"stream": true`.
+pub fn open_stream_tries(
+    tries: Vec<StreamTry>,
+    path: &str,
+    body: Vec<u8>,
+    request_id: &str,
+    fails_over: fn(&ApiError) -> bool,
+) -> Result<StreamHandle, ApiError> {
+    let (tx, rx) = sync_channel(CHANNEL_DEPTH);
+    let abort = Abort::new();
+    let reader_abort = abort.clone();
+    let backlog = Arc::new(Backlog::default());
+    let out = Sender {
+        tx,
+        backlog: backlog.clone(),
+        abort: abort.clone(),
+    };
+    let request_id = request_id.to_string();
+    let path = path.to_string();
+    std::thread::Builder::new()
+        .name("upstream-reader".into())
+        .stack_size(READER_STACK_BYTES)
+        .spawn(move || {
+            logging::set_request_id(Some(&request_id));
+            let _scope = reader_abort.enter();
+            let n = tries.len();
+            for (i, mut t) in tries.into_iter().enumerate() {
+                if reader_abort.is_aborted() {
+                    return;
+                }
+                let requests = [
+                    t.upstream.post(&path, "text/event-stream", false, true),
+                    t.upstream.post(&path, "text/event-stream", true, true),
+                ];
+                t.attempt.begin();
+                match send_head(requests, &body, &reader_abort) {
+                    Ok(res) => {
+                        t.attempt.settle(Ok(()));
+                        let limit = t.upstream.cfg.max_response_bytes;
+                        if let Some(ev) = pump_body(res, limit, &out, &reader_abort) {
+                            let _ = out.tx.send(ev);
+                        }
+                        return;
+                    }
+                    Err(None) => return,
+                    Err(Some(e)) => {
+                        t.attempt.settle(Err(&e));
+                        if i + 1 < n && fails_over(&e) && !reader_abort.is_aborted() {
+                            logging::info(
+                                "upstream failed before the stream opened; trying the next",
+                                &[("code", json!(e.code()))],
+                            );
+                            continue;
+                        }
+                        let _ = out.tx.send(StreamEvent::Failed(e));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| ApiError::internal(format!("cannot start upstream reader: {}", e)))?;
+    Ok(StreamHandle {
+        rx,
+        abort,
+        backlog,
+        finished: false,
+    })
 }
 
 /// The reader's side of the channel: chunks wait for backlog room.
@@ -666,13 +737,13 @@ impl Sender {
 
 /// The reader thread's body: sends `Opened` and `Chunk`s on `tx`; returns
 /// the final event (None when the consumer is gone or aborted).
-fn read_stream(
+/// Sends a streamed request and reads its head: the response when it is
+/// 2xx, else the error (`None`: aborted, the consumer is gone).
+fn send_head(
     requests: [ureq::RequestBuilder<ureq::typestate::WithBody>; 2],
     body: &[u8],
-    limit: u64,
-    out: &Sender,
     abort: &Abort,
-) -> Option<StreamEvent> {
+) -> Result<ureq::http::Response<ureq::Body>, Option<ApiError>> {
     let mut requests = requests.map(Some);
     let sent = send_once_more(|fresh| match requests[usize::from(fresh)].take() {
         Some(rb) if !abort.is_aborted() => rb.send(body),
@@ -680,13 +751,25 @@ fn read_stream(
     });
     let mut res = match sent {
         Ok(r) => r,
-        Err(_) if abort.is_aborted() => return None,
-        Err(e) => return Some(StreamEvent::Failed(classify(e, Phase::Head))),
+        Err(_) if abort.is_aborted() => return Err(None),
+        Err(e) => return Err(Some(classify(e, Phase::Head))),
     };
     let status = res.status().as_u16();
     if !(200..300).contains(&status) {
-        return Some(StreamEvent::Failed(refusal(&mut res)));
+        return Err(Some(refusal(&mut res)));
     }
+    Ok(res)
+}
+
+/// The reader thread's body once the head was 2xx: sends `Opened` and
+/// `Chunk`s on `out`; returns the final event (None when the consumer is
+/// gone or aborted).
+fn pump_body(
+    res: ureq::http::Response<ureq::Body>,
+    limit: u64,
+    out: &Sender,
+    abort: &Abort,
+) -> Option<StreamEvent> {
     out.tx.send(StreamEvent::Opened).ok()?;
     let mut reader = BufReader::new(res.into_body().into_with_config().limit(limit).reader());
     let mut parser = sse::Parser::default();

@@ -202,7 +202,8 @@ fn a_blocked_writer_makes_other_writes_answer_503_quickly_and_reads_go_on() {
 
 #[test]
 fn readiness_reports_database_and_upstream() {
-    // An upstream that is down is reported but does not fail readiness.
+    // An upstream that is down is reported (status "fail" when no upstream
+    // is ok) but does not make readiness 503.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -212,9 +213,19 @@ fn readiness_reports_database_and_upstream() {
         &format!("http://{}/v1", closed),
     ));
     let r = s.get("/health/ready");
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "only the database makes it 503: {}",
+        r.text()
+    );
     let v = r.json();
-    assert_eq!(v["status"], "ok");
+    assert_eq!(v["status"], "fail", "no upstream is ok: {}", v);
+    assert_eq!(
+        v["checks"]["upstreams"]["default"]["status"], "fail",
+        "{}",
+        v
+    );
     assert_eq!(v["checks"]["database"]["status"], "ok");
     assert!(v["checks"]["database"]["latency_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(v["checks"]["upstream"]["status"], "fail", "{}", v);

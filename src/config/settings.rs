@@ -51,7 +51,28 @@ pub enum Item {
     Origin,
     /// An IP address or a CIDR.
     IpOrCidr,
+    /// A model name, or a `prefix*` pattern.
+    ModelPattern,
 }
+
+/// The `[upstream]` keys an `[upstream.NAME]` section may set (the others
+/// hold for every upstream). A named upstream does not inherit `base_url`,
+/// `api_key_env`, `models` or `weight` from `[upstream]`; the rest it does.
+pub const PER_UPSTREAM: &[&str] = &[
+    "base_url",
+    "api_key_env",
+    "models",
+    "weight",
+    "context_tokens",
+    "connect_timeout_s",
+    "timeout_s",
+    "stream_idle_timeout_s",
+    "max_stream_s",
+    "max_response_bytes",
+    "max_idle_connections",
+];
+/// Of `PER_UPSTREAM`, what a named upstream must set itself.
+pub const PER_UPSTREAM_OWN: &[&str] = &["base_url", "api_key_env", "models", "weight"];
 
 /// One row of the table.
 #[derive(Debug)]
@@ -188,6 +209,16 @@ pub const SETTINGS: &[Setting] = &[
         doc: "OpenAI-compatible base URL (Ollama, llama.cpp, vLLM or OpenAI)." },
     Setting { section: "upstream", key: "model", default: "gpt-oss:20b", kind: Text { min_chars: 1, max_chars: 200 },
         doc: "Model used when a request names none." },
+    Setting { section: "upstream", key: "models", default: "", kind: List { item: ModelPattern, min_items: 0 },
+        doc: "Models this upstream serves: names, or `prefix*` patterns. In `[upstream]`, empty means every model that no `[upstream.NAME]` section claims; each `[upstream.NAME]` must name some." },
+    Setting { section: "upstream", key: "weight", default: "1", kind: Uint { min: 1, max: 1000 },
+        doc: "Share of the load among upstreams serving the same model: a call goes to the one with the fewest calls in flight per unit of weight." },
+    Setting { section: "upstream", key: "max_attempts", default: "2", kind: Uint { min: 1, max: 10 },
+        doc: "In `[upstream]` only: upstreams one call may try. A refused connection, a 5xx, a 429 or a timeout moves it to the next upstream serving its model, but only before the client received any byte." },
+    Setting { section: "upstream", key: "eject_after_failures", default: "5", kind: Uint { min: 0, max: 1000 },
+        doc: "In `[upstream]` only: an upstream that failed this many calls in a row is skipped for `eject_for_s` (0: never)." },
+    Setting { section: "upstream", key: "eject_for_s", default: "30", kind: Seconds { min: 1, max: 3600 },
+        doc: "In `[upstream]` only: how long an ejected upstream is skipped; then one call probes it." },
     Setting { section: "upstream", key: "api_key_env", default: "PORTCULLIS_UPSTREAM_KEY", kind: EnvVarName,
         doc: "Name of the environment variable holding the upstream API key (optional); the key itself never lives in this file." },
     Setting { section: "upstream", key: "connect_timeout_s", default: "5", kind: Seconds { min: 1, max: 600 },
@@ -361,6 +392,7 @@ impl Item {
             Host => "host name",
             Origin => "origin",
             IpOrCidr => "IP address or CIDR",
+            ModelPattern => "model name or pattern",
         };
         match n {
             1 => format!("one {one}"),
@@ -373,6 +405,7 @@ impl Item {
             Host => "host names",
             Origin => "origins (`scheme://host[:port]`)",
             IpOrCidr => "IP addresses or CIDRs",
+            ModelPattern => "model names or `prefix*` patterns",
         }
     }
 
@@ -399,6 +432,20 @@ impl Item {
                 Ok(_) => Ok(items),
                 Err(bad) => Err(format!("{bad:?} is not an IP address or CIDR")),
             },
+            ModelPattern => {
+                for m in &items {
+                    let body = m.strip_suffix('*').unwrap_or(m);
+                    if m.chars().count() > 200
+                        || body.contains('*')
+                        || m.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(format!(
+                            "{m:?} is not a model name or a `prefix*` pattern (no spaces, `*` only at the end)"
+                        ));
+                    }
+                }
+                Ok(items)
+            }
         }
     }
 }

@@ -289,10 +289,12 @@ fn log_retry(err: &ApiError, messages: usize) {
     );
 }
 
+/// Where chat turns go upstream.
+const CHAT_PATH: &str = "/chat/completions";
+
 pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let req = parse(ctx)?;
     let cfg = &app.cfg.upstream;
-    let window = Window::new(cfg.context_tokens, req.max_tokens)?;
     // Capacity before any write: a refused request leaves no trace.
     let slot = match req.stream {
         true => Some(
@@ -318,6 +320,13 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         }
         None => None,
     };
+    let model = req
+        .model
+        .clone()
+        .or_else(|| existing.as_ref().and_then(|c| c.model.clone()))
+        .unwrap_or_else(|| app.cfg.upstream.model.clone());
+    // The window of the smallest upstream that may answer this model.
+    let window = Window::new(app.upstreams.context_tokens(&model), req.max_tokens)?;
     // A turn that cannot fit is refused before anything is stored (a new
     // conversation has no system prompt yet).
     let system_prompt = existing.as_ref().and_then(|c| c.system_prompt.as_deref());
@@ -336,11 +345,6 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             )?
         }
     };
-    let model = req
-        .model
-        .clone()
-        .or_else(|| conversation.model.clone())
-        .unwrap_or_else(|| app.cfg.upstream.model.clone());
     ctx.check_model(&model)?;
     let user = app.db.insert_message(
         owner,
@@ -379,15 +383,15 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let retry_req = history.halved().map(|h| (build(&h), h.turns.len()));
 
     let Some(slot) = slot else {
-        let (up, db) = (app.upstream.clone(), app.db.clone());
+        let (up, db) = (app.upstreams.clone(), app.db.clone());
         let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
         let owner_id = owner_id.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let mut answered = up.complete(&upstream_req);
+            let mut answered = up.relay(&model, CHAT_PATH, &upstream_req);
             if let (Err(e), Some((body, n))) = (&answered, &retry_req) {
                 if e.is_context_overflow() {
                     log_retry(e, *n);
-                    answered = up.complete(body);
+                    answered = up.relay(&model, CHAT_PATH, body);
                 }
             }
             // Only the content, usage and finish reason are read.
@@ -438,7 +442,10 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         },
     )?;
     let request_id = ctx.request_id.clone();
-    let mut handle = match app.upstream.open_stream(upstream_req, &request_id) {
+    let mut handle = match app
+        .upstreams
+        .open_stream(&model, CHAT_PATH, upstream_req, &request_id)
+    {
         Ok(h) => h,
         Err(e) => {
             store_end(app, owner, &assistant.id, "", Status::Error);
@@ -447,7 +454,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     };
     let start = json!({"conversation_id": conversation.id, "user_message_id": user.id, "message_id": assistant.id});
     let app_db = app.db.clone();
-    let up = app.upstream.clone();
+    let up = app.upstreams.clone();
     let metrics = app.metrics.clone();
     let ping_every = cfg.ping_interval;
     let max_stream = cfg.max_stream;
@@ -457,7 +464,8 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let started = Instant::now();
         let mut retry = retry_req;
         let reopen = |handle: &mut StreamHandle, body: Vec<u8>| {
-            up.open_stream(body, &request_id).map(|h| *handle = h)
+            up.open_stream(&model, CHAT_PATH, body, &request_id)
+                .map(|h| *handle = h)
         };
         let store_error = || {
             let id = start["message_id"].as_str().unwrap_or_default();

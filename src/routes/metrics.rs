@@ -23,9 +23,11 @@ pub fn get(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
         g.busy_workers = s.busy_workers() as u64;
         g.open_connections = s.open_connections() as u64;
     }
+    let mut text = app.metrics.render(&g);
+    app.upstreams.render_metrics(&mut text);
     Ok(Reply::bytes(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
-        app.metrics.render(&g).into_bytes(),
+        text.into_bytes(),
     ))
 }

@@ -44,6 +44,7 @@ use crate::router::Route;
 use crate::routes::fields::{Body, Field, Kind, Unknown, MODEL_MAX};
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::upstream::{self, views, StreamEvent};
+use crate::upstreams::Upstreams;
 
 /// Roles a relayed message may have: the stored roles (`db::Role`) and
 /// those only OpenAI's API knows (relayed, never stored).
@@ -406,9 +407,9 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
     if !stream {
         // Waits without a seat (`server::defer`). The answer is relayed as
         // received: checked, never parsed into a tree.
-        let up = app.upstream.clone();
+        let up = app.upstreams.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let answer = up.relay(relay.upstream_path, &body)?;
+            let answer = up.relay(&model, relay.upstream_path, &body)?;
             Ok(Reply::bytes(200, "application/json", answer))
         })));
     }
@@ -417,14 +418,14 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
         .streams
         .try_acquire(crate::streams::client_key(ctx))
         .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
-    let mut handle = app
-        .upstream
-        .open_stream_at(relay.upstream_path, body, &ctx.request_id)?;
+    let mut handle =
+        app.upstreams
+            .open_stream(&model, relay.upstream_path, body, &ctx.request_id)?;
     let ping_every = app.cfg.upstream.ping_interval;
     let max_stream = app.cfg.upstream.max_stream;
     let request_id = ctx.request_id.clone();
     let metrics = app.metrics.clone();
-    let grace = app.upstream.head_grace();
+    let grace = app.upstreams.head_grace();
     let events = relay.streaming == Streaming::Events;
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
@@ -474,7 +475,7 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
 }
 
 pub fn models(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
-    let up = app.upstream.clone();
+    let up = app.upstreams.clone();
     let configured = app.cfg.upstream.model.clone();
     let allowed = ctx.key_models.clone();
     Ok(Reply::deferred(Box::new(move || {
@@ -494,7 +495,7 @@ pub fn model(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     if ctx.check_model(&id).is_err() {
         return Err(ApiError::NotFound);
     }
-    let up = app.upstream.clone();
+    let up = app.upstreams.clone();
     let configured = app.cfg.upstream.model.clone();
     Ok(Reply::deferred(Box::new(move || {
         model_list(&up, &configured)?
@@ -505,20 +506,83 @@ pub fn model(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     })))
 }
 
-/// The models in OpenAI's shape: the upstream's list; the configured model
-/// when the upstream has no list or lists nothing usable. An upstream that
-/// fails (unreachable, refusing our key, erring) is an error, not a list
-/// of one model that then fails to answer.
-fn model_list(up: &crate::upstream::Upstream, configured: &str) -> Result<Vec<Value>, ApiError> {
-    let listed = up.models()?;
-    if let Some(data) = listed.as_deref().and_then(normalize_models) {
-        return Ok(data);
+/// The models in OpenAI's shape: the union of the upstreams' lists, each
+/// model once (the first upstream, in section order, that lists it wins).
+/// A named upstream contributes only models it serves (others would not
+/// be routed to it). An upstream without a list (or an ejected one, not
+/// asked) contributes the names it is configured with: the default its
+/// configured model. An upstream that fails is left out (and logged); when
+/// every one fails, that is the answer, not a list of models that then
+/// fail to answer.
+fn model_list(ups: &Upstreams, configured: &str) -> Result<Vec<Value>, ApiError> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut first_err = None;
+    let mut any = false;
+    for m in ups.members() {
+        let is_default = m.name == crate::upstreams::DEFAULT_NAME;
+        let listed = if ups.is_ejected(m) {
+            Ok(None)
+        } else {
+            m.client.models()
+        };
+        let entries = match listed {
+            Ok(bytes) => {
+                any = true;
+                match bytes.as_deref().and_then(normalize_models) {
+                    Some(l) if is_default => l,
+                    Some(l) => l
+                        .into_iter()
+                        .filter(|e| e["id"].as_str().is_some_and(|id| m.cfg().serves(id)))
+                        .collect(),
+                    None => configured_entries(m, is_default.then_some(configured)),
+                }
+            }
+            Err(e) => {
+                logging::warn(
+                    "an upstream cannot list its models",
+                    &[
+                        ("upstream", json!(m.name)),
+                        ("code", json!(e.code())),
+                        (
+                            "detail",
+                            json!(logging::redact_text(e.detail().unwrap_or(""))),
+                        ),
+                    ],
+                );
+                first_err.get_or_insert(e);
+                continue;
+            }
+        };
+        for e in entries {
+            if out.len() < MAX_MODELS && !out.iter().any(|o| o["id"] == e["id"]) {
+                out.push(e);
+            }
+        }
     }
+    match (any, first_err) {
+        (false, Some(e)) => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// What an upstream without a model list offers: the exact names of its
+/// `models` (patterns name no model), and `configured` for the default.
+fn configured_entries(m: &crate::upstreams::Member, configured: Option<&str>) -> Vec<Value> {
     logging::info(
-        "the upstream lists no models; answering the configured model",
-        &[("model", json!(configured))],
+        "an upstream lists no models; answering the models it is configured with",
+        &[("upstream", json!(m.name))],
     );
-    Ok(vec![model_entry(configured, 0, "portcullis")])
+    configured
+        .into_iter()
+        .chain(
+            m.cfg()
+                .models
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !p.ends_with('*')),
+        )
+        .map(|id| model_entry(id, 0, "portcullis"))
+        .collect()
 }
 
 fn model_entry(id: &str, created: i64, owned_by: &str) -> Value {

@@ -1,7 +1,11 @@
 //! `GET /health/ready`: readiness. The database check is one cheap query
 //! bounded by `ready_timeout_s` (interrupted past it, see `db::ready`);
-//! 503 when it fails. The upstream is reported but never fails readiness:
-//! a model server that is down is a degraded chat, not a dead backend.
+//! 503 when it fails. Each upstream is checked (`Upstream::reachability`:
+//! `GET /models` with its key, cached) and reported by name under
+//! `checks.upstreams` (the default's also as `checks.upstream`); the
+//! top-level `status` is `fail` when no upstream is ok, but only the
+//! database makes the answer 503: a model server that is down is a
+//! degraded chat, not a dead backend to take out of a load balancer.
 
 use serde_json::{json, Value};
 
@@ -11,11 +15,6 @@ use crate::http::{Ctx, Reply};
 
 fn millis(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
-}
-
-/// The upstream's reachability (a bounded, cached TCP connect).
-fn upstream_check(app: &App) -> Value {
-    app.upstream.reachability(app.cfg.database.ready_timeout)
 }
 
 pub fn ready(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
@@ -36,9 +35,15 @@ pub fn ready(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
             )
         }
     };
+    let upstreams = app.upstreams.readiness(app.cfg.database.ready_timeout);
+    let any_upstream = upstreams.values().any(|v| v["status"] == "ok");
+    let default = upstreams
+        .get(crate::upstreams::DEFAULT_NAME)
+        .cloned()
+        .unwrap_or(Value::Null);
     let body = json!({
-        "status": if ok { "ok" } else { "fail" },
-        "checks": { "database": database, "upstream": upstream_check(app) },
+        "status": if ok && any_upstream { "ok" } else { "fail" },
+        "checks": { "database": database, "upstream": default, "upstreams": upstreams },
     });
     Ok(Reply::json(if ok { 200 } else { 503 }, &body))
 }

@@ -128,6 +128,16 @@ impl Abort {
     }
 }
 
+/// Whether the current thread's scope (if any) was aborted: its client
+/// left, so no further upstream call should be tried for it.
+pub fn scope_aborted() -> bool {
+    SCOPE.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|shared| shared.aborted.load(Ordering::SeqCst))
+    })
+}
+
 /// Publishes `handles` to the current thread's scope for one I/O call.
 /// Returns the scope to withdraw from afterwards.
 fn publish(handles: &[Weak<dyn ShutdownHandle>]) -> Option<Arc<Shared>> {
