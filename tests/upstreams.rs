@@ -590,3 +590,31 @@ fn a_client_that_leaves_during_a_failover_stops_it() {
         Some(0.0)
     );
 }
+
+/// The same for a stream: a client gone while the first upstream hangs
+/// stops the reader before it tries the next one.
+#[test]
+fn a_stream_whose_client_leaves_during_a_failover_stops_it() {
+    let d = Up::start("default", Act::Answer, &["m"]);
+    let slow = Up::start("slow", Act::Hang, &["x"]);
+    let spare = Up::start("spare", Act::Answer, &["x"]);
+    let s = server(
+        &d,
+        &(named("slow", &slow, "x", "timeout_s = 60") + &named("spare", &spare, "x", "")),
+        &[("PORTCULLIS_UPSTREAM_STREAM_IDLE_TIMEOUT_S", "60")],
+    );
+    let c = SseClient::open(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"model": "x", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(c.status, 200, "the head went out after the grace");
+    assert!(wait_until(Duration::from_secs(10), || slow.calls() == 1));
+    drop(c);
+    let idle = || metric(&s, "portcullis_upstream_in_flight{upstream=\"slow\"}") == Some(0.0);
+    assert!(
+        wait_until(Duration::from_secs(10), idle),
+        "the stream ended"
+    );
+    assert_eq!(spare.calls(), 0, "no failover for a client that left");
+}
