@@ -5,7 +5,8 @@
 //!   `prefix*` patterns), and the default when its own `models` match or
 //!   when no named upstream claims the model.
 //! - Balance: among the candidates, the least busy by weight (calls in
-//!   flight / `weight`), not random; ties go to the earlier section.
+//!   flight, this one included, per unit of `weight`), not random; ties go
+//!   to the heavier, then to the earlier section.
 //! - Failover, only while it is safe: before the client received any byte,
 //!   a refused connection, a 5xx, a 429 or a timeout (`fails_over`) moves
 //!   the call to the next candidate, at most `max_attempts` tries in all.
@@ -308,11 +309,15 @@ impl Upstreams {
             .copied()
             .filter(|m| lock(&m.ejected_until).is_none())
             .collect();
-        // Least busy by weight: in_flight / weight, compared without division.
+        // Least busy by weight: the load each would have with this call,
+        // (in_flight + 1) / weight, compared without division; on a tie the
+        // heavier first, then section order (the sort is stable). The +1
+        // lets weights count when nothing is in flight: an idle weight-5
+        // upstream goes before an idle weight-1 one.
         ready.sort_by(|a, b| {
-            let la = a.in_flight.load(Ordering::Acquire) as u128 * b.weight as u128;
-            let lb = b.in_flight.load(Ordering::Acquire) as u128 * a.weight as u128;
-            la.cmp(&lb)
+            let la = (a.in_flight.load(Ordering::Acquire) as u128 + 1) * b.weight as u128;
+            let lb = (b.in_flight.load(Ordering::Acquire) as u128 + 1) * a.weight as u128;
+            la.cmp(&lb).then(b.weight.cmp(&a.weight))
         });
         // A probe goes first: it is how an ejected upstream comes back,
         // and if it fails the call still fails over to a ready one.
