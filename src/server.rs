@@ -128,7 +128,7 @@ impl Running {
         self.app.begin_shutdown();
         self.server.stop_accepting();
         let deadline = Instant::now() + grace;
-        let drained = loop {
+        loop {
             let idle = self.seats.taken() == 0
                 && self.seats.waiting() == 0
                 && self.server.pending_requests() == 0
@@ -141,8 +141,7 @@ impl Running {
                 break false;
             }
             std::thread::sleep(DRAIN_POLL);
-        };
-        drained
+        }
     }
 }
 

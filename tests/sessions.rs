@@ -3,7 +3,6 @@
 //! works at once, expiry, one answer for a wrong name and a wrong
 //! password, and sign-in attempts limited per name and per address.
 
-#[allow(dead_code)]
 mod support;
 
 use std::io::Write;

@@ -6,7 +6,6 @@
 //! answer exactly like an unknown id, lists must not show others' rows,
 //! and deletes cascade only within the owner's data.
 
-#[allow(dead_code)]
 mod support;
 
 use serde_json::{json, Value};
