@@ -493,11 +493,6 @@ impl Upstream {
         }
     }
 
-    /// A non-streaming chat completion (see `relay`).
-    pub fn complete(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-        self.relay("/chat/completions", body)
-    }
-
     /// A POST request to the upstream, builder only. `fresh`: use a new
     /// connection, not an idle pooled one (see `send_once_more`).
     fn post(

@@ -265,11 +265,6 @@ impl Upstreams {
         m.ejected(Instant::now()).is_some()
     }
 
-    /// The default upstream (`[upstream]`).
-    pub fn default_member(&self) -> &Arc<Member> {
-        &self.members[0]
-    }
-
     /// The upstreams that serve `model`, in section order.
     fn serving(&self, model: &str) -> Vec<&Arc<Member>> {
         let named: Vec<&Arc<Member>> = self

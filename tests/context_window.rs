@@ -15,7 +15,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -113,37 +113,16 @@ fn serve(conn: TcpStream, shared: &Shared) {
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut r = BufReader::new(conn.try_clone().unwrap());
-    let mut length = 0usize;
-    let mut request_line = String::new();
-    if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+    let Some(q) = support::fake_upstream::read_request(&mut r, 0) else {
         return;
-    }
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    if r.read_exact(&mut body).is_err() {
-        return;
-    }
+    };
     let mut w = conn;
-    if !request_line.starts_with("POST ") || !request_line.contains("/chat/completions") {
+    if q.method != "POST" || !q.path.ends_with("/chat/completions") {
         let _ = w
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let req: Value = serde_json::from_slice(&q.body).unwrap_or(Value::Null);
     let n = req["messages"].as_array().map_or(0, Vec::len);
     let stream = req["stream"] == json!(true);
     {

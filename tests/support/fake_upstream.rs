@@ -287,8 +287,9 @@ impl FakeUpstream {
     }
 }
 
-/// Reads one request head and body; None when the client closed.
-fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Recorded> {
+/// Reads one request head and body; None when the client closed. The
+/// tests' own purpose-built upstreams read requests with it too.
+pub fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Recorded> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
