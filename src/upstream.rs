@@ -17,7 +17,7 @@
 //! truncated or oversized answer -> 502 `upstream_error`. The upstream's own
 //! words go only into the private `detail` (logged after `redact_text`).
 //!
-//! Streaming runs on a reader thread per request (`open_stream`), which
+//! Streaming runs on a reader thread per request (`open_stream_tries`), which
 //! sends `StreamEvent`s over a channel bounded in events and in bytes
 //! (`STREAM_BACKLOG_BYTES`) to the stream thread that owns the client
 //! socket: when the client stops reading, the reader stops reading the
