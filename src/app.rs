@@ -26,6 +26,8 @@ pub struct App {
     pub upstreams: std::sync::Arc<crate::upstreams::Upstreams>,
     pub db: crate::db::Db,
     pub audit: crate::audit::Audit,
+    /// Token limits and usage rows (`usage.rs`).
+    pub usage: std::sync::Arc<crate::usage::Usage>,
     pub limiter: Limiter,
     /// Failed authentications per client address (`filters::auth`), apart
     /// from `limiter` so failing addresses never crowd out request buckets.
@@ -100,6 +102,7 @@ impl App {
             crate::config::AuthMode::ApiKey => None,
         };
         let audit = crate::audit::Audit::start(db.clone());
+        let usage = crate::usage::Usage::start(&cfg.limits, db.clone())?;
         let limiter = Limiter::new(&cfg.rate_limit);
         let auth_failures = Limiter::for_auth_failures(
             cfg.auth.max_failures_per_minute,
@@ -128,6 +131,7 @@ impl App {
             upstreams,
             db,
             audit,
+            usage,
             limiter,
             auth_failures,
             sweeper: Mutex::new(Some(sweeper)),
@@ -169,6 +173,7 @@ impl App {
             s.stop();
         }
         self.audit.stop();
+        self.usage.stop();
     }
 
     pub fn begin_shutdown(&self) {

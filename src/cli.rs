@@ -5,7 +5,9 @@
 //! [--models a,b] | keys list | keys revoke ID`,
 //! `portcullis users create --name N [--role admin|member] | users list |
 //! users disable ID`,
-//! `portcullis audit [--since RFC3339] [--limit N]`, `--help`, `--version`.
+//! `portcullis audit [--since RFC3339] [--limit N]`,
+//! `portcullis usage [--since T] [--until T] [--by day|model|key|user]
+//! [--user NAME]`, `--help`, `--version`.
 //!
 //! Exit codes: 0 success, 1 failure (bad configuration, failed checklist,
 //! start-up error), 2 usage error.
@@ -40,6 +42,10 @@ USAGE:
                                               refuse the user's keys at once (data kept)
     portcullis audit [--since TIME] [--limit N] [--config PATH]
                                               print the audit trail
+    portcullis usage [--since TIME] [--until TIME] [--by day|model|key|user]
+                     [--user NAME] [--config PATH]
+                                              token usage (default: the last 30 days
+                                              by day); TIME is RFC 3339 or a date
     portcullis --help | --version
 
 Without --config, ./config.ini is read when it exists, else built-in defaults.
@@ -77,6 +83,12 @@ pub enum Command {
         since: Option<String>,
         limit: usize,
     },
+    Usage {
+        since: Option<String>,
+        until: Option<String>,
+        by: crate::db::usage::GroupBy,
+        user: Option<String>,
+    },
     Help,
     Version,
 }
@@ -98,6 +110,8 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut expires_in_days = None;
     let mut models = None;
     let mut since = None;
+    let mut until = None;
+    let mut by = None;
     let mut limit = 100usize;
     let mut i = 0;
     while i < args.len() {
@@ -153,6 +167,13 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                 models = Some(list)
             }
             "--since" => since = Some(value(a)?),
+            "--until" => until = Some(value(a)?),
+            "--by" => {
+                by = Some(
+                    crate::db::usage::GroupBy::parse(&value(a)?)
+                        .ok_or("--by is day, model, key or user")?,
+                )
+            }
             "--limit" => {
                 limit = value(a)?
                     .parse()
@@ -200,6 +221,12 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
             since: since.clone(),
             limit,
         },
+        ["usage"] => Command::Usage {
+            since: since.clone(),
+            until: until.clone(),
+            by: by.unwrap_or(crate::db::usage::GroupBy::Day),
+            user: user.clone(),
+        },
         [other, ..] => return Err(format!("unknown command `{}`", other)),
     };
     flag_misuse(
@@ -215,7 +242,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         "--name",
     )?;
     let key_create = matches!(command, Command::KeysCreate { .. });
-    flag_misuse(user.is_none() || key_create, "--user")?;
+    let usage = matches!(command, Command::Usage { .. });
+    flag_misuse(user.is_none() || key_create || usage, "--user")?;
+    flag_misuse(until.is_none() || usage, "--until")?;
+    flag_misuse(by.is_none() || usage, "--by")?;
     flag_misuse(expires_in_days.is_none() || key_create, "--expires-in-days")?;
     flag_misuse(models.is_none() || key_create, "--models")?;
     flag_misuse(
@@ -223,7 +253,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         "--role",
     )?;
     flag_misuse(
-        since.is_none() || matches!(command, Command::Audit { .. }),
+        since.is_none() || usage || matches!(command, Command::Audit { .. }),
         "--since",
     )?;
     Ok(Invocation { command, config })
@@ -272,6 +302,18 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::KeysList => crate::keys_cli::list(&cfg),
         Command::KeysRevoke { id } => crate::keys_cli::revoke(&cfg, &id),
         Command::Audit { since, limit } => crate::keys_cli::audit(&cfg, since.as_deref(), limit),
+        Command::Usage {
+            since,
+            until,
+            by,
+            user,
+        } => crate::keys_cli::usage(
+            &cfg,
+            since.as_deref(),
+            until.as_deref(),
+            by,
+            user.as_deref(),
+        ),
         Command::Help | Command::Version => 0,
     }
 }

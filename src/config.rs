@@ -123,6 +123,20 @@ pub struct RateLimitConfig {
     pub max_tracked_clients: usize,
 }
 
+/// `[limits]`: token limits and budgets every user has unless the admin
+/// gave them their own (`usage::Limits`); 0 is no limit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub tokens_per_minute: u64,
+    pub tokens_per_day: u64,
+    pub tokens_per_month: u64,
+    pub max_streams: u64,
+    pub default_max_tokens: u64,
+    pub usage_flush_interval: Duration,
+    pub usage_queue_rows: usize,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -202,6 +216,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub auth: AuthConfig,
     pub rate_limit: RateLimitConfig,
+    pub limits: LimitsConfig,
     pub database: DatabaseConfig,
     pub upstream: UpstreamConfig,
     pub logging: LoggingConfig,

@@ -32,6 +32,12 @@ pub enum ApiError {
     RateLimited {
         retry_after_s: u64,
     },
+    /// A token budget (`window`: "day" or "month") is spent until it
+    /// renews in `retry_after_s`.
+    BudgetExceeded {
+        window: &'static str,
+        retry_after_s: u64,
+    },
     /// A bug; `detail` is logged, and shown only in debug mode.
     Internal {
         detail: String,
@@ -112,6 +118,7 @@ pub enum Code {
     ExpectationFailed,
     HostNotAllowed,
     RateLimited,
+    BudgetExceeded,
     HeadersTooLarge,
     Internal,
     NotImplemented,
@@ -125,7 +132,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in status order (for documents and tests).
-    pub const ALL: [Code; 25] = [
+    pub const ALL: [Code; 26] = [
         Code::InvalidJson,
         Code::ValidationFailed,
         Code::BadRequest,
@@ -143,6 +150,7 @@ impl Code {
         Code::ExpectationFailed,
         Code::HostNotAllowed,
         Code::RateLimited,
+        Code::BudgetExceeded,
         Code::HeadersTooLarge,
         Code::Internal,
         Code::NotImplemented,
@@ -177,6 +185,9 @@ impl Code {
             Code::ExpectationFailed => (417, "expectation_failed", INVALID),
             Code::HostNotAllowed => (421, "host_not_allowed", "permission_error"),
             Code::RateLimited => (429, "rate_limited", "rate_limit_error"),
+            // OpenAI's own type for a spent quota (its SDKs raise
+            // `RateLimitError` for any 429).
+            Code::BudgetExceeded => (429, "budget_exceeded", "insufficient_quota"),
             Code::HeadersTooLarge => (431, "headers_too_large", INVALID),
             Code::Internal => (500, "internal", SERVER),
             Code::NotImplemented => (501, "not_implemented", SERVER),
@@ -239,6 +250,7 @@ impl ApiError {
             UnsupportedMediaType => Code::UnsupportedMediaType,
             HostNotAllowed => Code::HostNotAllowed,
             RateLimited { .. } => Code::RateLimited,
+            BudgetExceeded { .. } => Code::BudgetExceeded,
             Internal { .. } => Code::Internal,
             UpstreamUnavailable { .. } => Code::UpstreamUnavailable,
             UpstreamError { .. } => Code::UpstreamError,
@@ -381,6 +393,13 @@ impl ApiError {
             RateLimited { retry_after_s } => {
                 format!("rate limit exceeded; retry in {} s", retry_after_s)
             }
+            BudgetExceeded {
+                window,
+                retry_after_s,
+            } => format!(
+                "your token budget for this {} is spent; it renews in {} s",
+                window, retry_after_s
+            ),
             Internal { .. } => "internal error".into(),
             UpstreamUnavailable { .. } => "the model server is unavailable".into(),
             UpstreamError { .. } => "the model server returned an error".into(),
@@ -416,6 +435,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => vec![("Allow", allow.join(", "))],
             ApiError::RateLimited { retry_after_s }
             | ApiError::UpstreamRateLimited { retry_after_s }
+            | ApiError::BudgetExceeded { retry_after_s, .. }
             | ApiError::ServerBusy { retry_after_s } => {
                 vec![("Retry-After", retry_after_s.to_string())]
             }

@@ -232,3 +232,103 @@ pub fn audit(cfg: &Config, since: Option<&str>, limit: usize) -> i32 {
         Err(e) => fail("cannot read the audit trail", e),
     }
 }
+
+/// `portcullis usage`: a report as `GET /api/admin/usage` gives it, as a
+/// table (users by name). Rows a running server has not flushed yet (at
+/// most `limits.usage_flush_interval_ms` old) are not in it.
+pub fn usage(
+    cfg: &Config,
+    since: Option<&str>,
+    until: Option<&str>,
+    by: crate::db::usage::GroupBy,
+    user: Option<&str>,
+) -> i32 {
+    let time = |flag: &str, v: Option<&str>| {
+        match v {
+        None => Ok(None),
+        Some(s) => crate::time::parse_rfc3339(s).map(Some).ok_or_else(|| {
+            eprintln!(
+                "portcullis: {} {:?} is not an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)",
+                flag, s
+            );
+            2
+        }),
+    }
+    };
+    let (since, until) = match (time("--since", since), time("--until", until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let until = until.unwrap_or_else(crate::time::now_millis);
+    let since = since.unwrap_or(until - 30 * crate::time::DAY_MS);
+    let Some(db) = open(cfg) else { return 1 };
+    let users = match db.list_users() {
+        Ok(u) => u,
+        Err(e) => return fail("cannot read the users", e),
+    };
+    let user_id = match user {
+        None => None,
+        Some(name) => match users.iter().find(|u| u.name == name) {
+            Some(u) => Some(u.id.clone()),
+            None => {
+                eprintln!("portcullis: no user named {:?}", name);
+                return 1;
+            }
+        },
+    };
+    let q = crate::db::usage::UsageQuery {
+        since_ms: since,
+        until_ms: until,
+        user_id: user_id.as_deref(),
+        group_by: by,
+    };
+    let items = match db.usage_report(&q) {
+        Ok(items) => items,
+        Err(e) => return fail("cannot read the usage", e),
+    };
+    println!(
+        "usage from {} to {}, by {}",
+        crate::time::format_millis(since),
+        crate::time::format_millis(until),
+        by.as_str()
+    );
+    println!(
+        "{:<26} {:>10} {:>14} {:>14} {:>14}",
+        by.as_str(),
+        "requests",
+        "prompt",
+        "completion",
+        "total"
+    );
+    let mut total = (0, 0, 0);
+    for i in &items {
+        let group = match (by, &i.group) {
+            (_, None) => "(no key)".to_string(),
+            (crate::db::usage::GroupBy::User, Some(id)) => users
+                .iter()
+                .find(|u| &u.id == id)
+                .map_or_else(|| id.clone(), |u| u.name.clone()),
+            (_, Some(g)) => g.clone(),
+        };
+        println!(
+            "{:<26} {:>10} {:>14} {:>14} {:>14}",
+            group,
+            i.requests,
+            i.prompt_tokens,
+            i.completion_tokens,
+            i.prompt_tokens + i.completion_tokens
+        );
+        total.0 += i.requests;
+        total.1 += i.prompt_tokens;
+        total.2 += i.completion_tokens;
+    }
+    println!(
+        "{:<26} {:>10} {:>14} {:>14} {:>14}",
+        "total",
+        total.0,
+        total.1,
+        total.2,
+        total.1 + total.2
+    );
+    0
+}

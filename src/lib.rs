@@ -33,3 +33,4 @@ pub mod time;
 pub mod tokens;
 pub mod upstream;
 pub mod upstreams;
+pub mod usage;

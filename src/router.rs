@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::http::{Ctx, Method, Reply};
 use crate::routes::fields::{Body, Field};
 use crate::routes::{chat, conversations, csrf, health, metrics, openai, openapi, projects};
-use crate::routes::{ready, session, ui, users};
+use crate::routes::{ready, session, ui, usage, users};
 
 /// A handler: the filtered request in, a reply or a contract error out.
 pub type Handler = fn(&App, &mut Ctx) -> Result<Reply, ApiError>;
@@ -186,6 +186,17 @@ const PAGE_OF_CONVERSATIONS: &[Query] = &[
 ];
 const PAGE_OF_MESSAGES: &[Query] = &[Query::Limit, Query::Cursor(page::Kind::Messages)];
 const ADMIN_KEYS_QUERY: &[Query] = &[Query::Field(users::ADMIN_KEYS_USER_ID)];
+const USAGE_QUERY: &[Query] = &[
+    Query::Field(usage::SINCE),
+    Query::Field(usage::UNTIL),
+    Query::Field(usage::GROUP_BY),
+];
+const ADMIN_USAGE_QUERY: &[Query] = &[
+    Query::Field(usage::SINCE),
+    Query::Field(usage::UNTIL),
+    Query::Field(usage::GROUP_BY),
+    Query::Field(usage::USER_ID),
+];
 
 use Access::{Admin, Local, Public};
 use RouteClass::{Chat, Exempt};
@@ -296,6 +307,12 @@ route_table! {
         .doc("A new API key for any user, shown once (admin)"),
     AdminKeyDelete = delete("/api/admin/keys/{id}", users::admin_keys_delete).access(Admin)
         .doc("Revoke any user's key at once (admin)"),
+    Usage = get("/api/usage", usage::own).query(USAGE_QUERY)
+        .answers(Answer::Json(200, "UsageReport"))
+        .doc("The caller's token usage, grouped by day, model or key"),
+    AdminUsage = get("/api/admin/usage", usage::admin).access(Admin).query(ADMIN_USAGE_QUERY)
+        .answers(Answer::Json(200, "UsageReport"))
+        .doc("Everyone's token usage (or one user's), grouped by day, model, key or user (admin)"),
     Models = get("/v1/models", openai::models)
         .answers(Answer::Json(200, "ModelList")).upstream()
         .doc("Models in OpenAI shape: the upstream's list, or the configured model"),

@@ -93,7 +93,7 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -106,7 +106,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -138,6 +138,62 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
     let frac3: String = frac.chars().chain("000".chars()).take(3).collect();
     let ms: i64 = frac3.parse().ok()?;
     Some((days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss) * 1000 + ms)
+}
+
+/// Milliseconds in a day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The day (since the epoch, UTC) of epoch milliseconds.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS)
+}
+
+/// The first day of the month holding `day`.
+pub fn month_start(day: i64) -> i64 {
+    let (y, m, _) = civil_from_days(day);
+    days_from_civil(y, m, 1)
+}
+
+/// The first day of the month after the one holding `day`.
+pub fn next_month_start(day: i64) -> i64 {
+    let (y, m, _) = civil_from_days(day);
+    match m {
+        12 => days_from_civil(y + 1, 1, 1),
+        _ => days_from_civil(y, m + 1, 1),
+    }
+}
+
+/// `YYYY-MM-DD` of a day since the epoch.
+pub fn format_day(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{:04}-{:02}-{:02}", y, m, d)
+}
+
+/// Parses an RFC 3339 time with `Z` or an offset (`2026-12-02T10:00:00+01:00`,
+/// fractions of a second allowed), or a bare date (`2026-12-02`, its
+/// midnight UTC), to epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    if s.len() == 10 {
+        return parse_rfc3339_millis(&format!("{}T00:00:00Z", s));
+    }
+    if s.ends_with('Z') || s.ends_with('z') {
+        return parse_rfc3339_millis(&format!("{}Z", &s[..s.len() - 1]).replacen('t', "T", 1));
+    }
+    // `±HH:MM` at the end.
+    let cut = s.len().checked_sub(6)?;
+    let (local, offset) = (s.get(..cut)?, s.get(cut..)?);
+    let sign = match offset.as_bytes()[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (hh, mm) = offset[1..].split_once(':')?;
+    let (hh, mm): (i64, i64) = (hh.parse().ok()?, mm.parse().ok()?);
+    if hh > 23 || mm > 59 {
+        return None;
+    }
+    let at = parse_rfc3339_millis(&format!("{}Z", local))?;
+    Some(at - sign * (hh * 3600 + mm * 60) * 1000)
 }
 
 #[cfg(test)]
@@ -183,5 +239,28 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_447_743_123);
         assert_eq!(http_date(t), "Mon, 23 Nov 2026 15:29:03 GMT");
         assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
+
+    #[test]
+    fn days_months_and_offsets() {
+        let t = parse_rfc3339("2026-12-02T10:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-12-02T11:30:00+01:30"), Some(t));
+        assert_eq!(parse_rfc3339("2026-12-02T08:00:00.000-02:00"), Some(t));
+        assert_eq!(parse_rfc3339("2026-12-02"), Some(t - 10 * 3_600_000));
+        for bad in [
+            "",
+            "2026-12-02T10:00:00",
+            "2026-12-02T10:00:00+25:00",
+            "yesterday",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{}", bad);
+        }
+        let day = day_of(t);
+        assert_eq!(format_day(day), "2026-12-02");
+        assert_eq!(format_day(month_start(day)), "2026-12-01");
+        assert_eq!(format_day(next_month_start(day)), "2027-01-01");
+        let feb = day_of(parse_rfc3339("2028-02-29").unwrap());
+        assert_eq!(format_day(next_month_start(feb)), "2028-03-01");
+        assert_eq!(month_start(month_start(feb)), month_start(feb));
     }
 }

@@ -74,6 +74,91 @@ pub fn safety_margin(context_tokens: usize) -> usize {
     (context_tokens / 10).max(32)
 }
 
+/// Adds up the estimate of text that arrives in pieces (a stream's
+/// deltas) as if it were one text: rounded up once, at the end.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counter(usize);
+
+impl Counter {
+    pub fn add(&mut self, piece: &str) {
+        self.0 += piece.bytes().map(twelfths).sum::<usize>();
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.0.div_ceil(12)
+    }
+}
+
+/// Tokens an inline file (`data:` URL: an image, audio) is counted for:
+/// models see such input as a few hundred to a thousand tokens, far
+/// from what its base64 text would count.
+pub const INLINE_FILE: usize = 1000;
+
+/// The estimated prompt tokens of a request body (the JSON text an
+/// OpenAI-compatible route takes): every string value counted by the
+/// rule (keys not), an inline `data:` file as `INLINE_FILE`, plus
+/// `MESSAGE_OVERHEAD` per object that has a `role` and `REPLY_OVERHEAD`
+/// once. Read without building a tree; 0 for what is not JSON. Used for
+/// admission to the token limits (`usage`), settled afterwards with the
+/// upstream's count.
+pub fn estimate_json(body: &[u8]) -> usize {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Sum<'a>(&'a mut usize);
+    impl<'de> DeserializeSeed<'de> for Sum<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Sum<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<(), E> {
+            *self.0 += match v.starts_with("data:") {
+                true => INLINE_FILE,
+                false => estimate(v),
+            };
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Sum(self.0))?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "role" {
+                    *self.0 += MESSAGE_OVERHEAD;
+                }
+                map.next_value_seed(Sum(self.0))?;
+            }
+            Ok(())
+        }
+    }
+    let mut n = 0;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match Sum(&mut n).deserialize(&mut de) {
+        Ok(()) => n + REPLY_OVERHEAD,
+        Err(_) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +189,28 @@ mod tests {
     fn the_margin_is_a_tenth_with_a_floor() {
         assert_eq!(safety_margin(8192), 819);
         assert_eq!(safety_margin(256), 32);
+    }
+
+    #[test]
+    fn pieces_count_as_one_text_and_bodies_count_their_strings() {
+        let mut c = Counter::default();
+        for piece in ["a", "b", "c", "d"] {
+            c.add(piece);
+        }
+        assert_eq!(c.tokens(), estimate("abcd"));
+        let body =
+            br#"{"model":"abc","messages":[{"role":"user","content":"abcdef"}],"max_tokens":5}"#;
+        // "abc" 1 + "user" 2 + "abcdef" 2 + one role 5 + reply 3.
+        assert_eq!(
+            estimate_json(body),
+            1 + 2 + 2 + MESSAGE_OVERHEAD + REPLY_OVERHEAD
+        );
+        let image =
+            br#"{"input":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}"#;
+        assert_eq!(
+            estimate_json(image),
+            estimate("image_url") + INLINE_FILE + REPLY_OVERHEAD
+        );
+        assert_eq!(estimate_json(b"not json"), 0);
     }
 }

@@ -165,9 +165,20 @@ pub struct StreamHandle {
     abort: Abort,
     backlog: Arc<Backlog>,
     finished: bool,
+    /// The name of the upstream tried last (the one streaming once
+    /// `Opened` came), for the usage row.
+    upstream: Arc<Mutex<String>>,
 }
 
 impl StreamHandle {
+    /// The name of the upstream that took the stream (or was tried last).
+    pub fn upstream_name(&self) -> String {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<StreamEvent, RecvTimeoutError> {
         let ev = self.rx.recv_timeout(timeout)?;
@@ -609,6 +620,7 @@ impl Upstream {
         request_id: &str,
     ) -> Result<StreamHandle, ApiError> {
         let only = StreamTry {
+            name: crate::upstreams::DEFAULT_NAME.to_string(),
             upstream: self.clone(),
             attempt: Box::new(()),
         };
@@ -618,6 +630,8 @@ impl Upstream {
 
 /// One upstream a stream may be sent to, and who to tell when it is tried.
 pub struct StreamTry {
+    /// The upstream's name (`[upstream.NAME]`; `default`).
+    pub name: String,
     pub upstream: Arc<Upstream>,
     pub attempt: Box<dyn Attempt>,
 }
@@ -657,6 +671,8 @@ pub fn open_stream_tries(
     };
     let request_id = request_id.to_string();
     let path = path.to_string();
+    let upstream = Arc::new(Mutex::new(String::new()));
+    let tried = upstream.clone();
     std::thread::Builder::new()
         .name("upstream-reader".into())
         .stack_size(READER_STACK_BYTES)
@@ -672,6 +688,7 @@ pub fn open_stream_tries(
                     t.upstream.post(&path, "text/event-stream", false, true),
                     t.upstream.post(&path, "text/event-stream", true, true),
                 ];
+                *tried.lock().unwrap_or_else(|e| e.into_inner()) = t.name.clone();
                 t.attempt.begin();
                 match send_head(requests, &body, &reader_abort) {
                     Ok(res) => {
@@ -700,6 +717,7 @@ pub fn open_stream_tries(
         })
         .map_err(|e| ApiError::internal(format!("cannot start upstream reader: {}", e)))?;
     Ok(StreamHandle {
+        upstream,
         rx,
         abort,
         backlog,

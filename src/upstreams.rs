@@ -351,25 +351,31 @@ impl Upstreams {
     }
 
     /// A non-streaming POST for `model` (see `Upstream::relay`), failing
-    /// over as the module doc says.
+    /// over as the module doc says; `served` is set to the name of the
+    /// upstream that answered (or was tried last).
     pub fn relay(
         self: &Arc<Self>,
         model: &str,
         path: &str,
         body: &[u8],
+        served: &mut String,
     ) -> Result<Vec<u8>, ApiError> {
-        self.call(model, |up| up.relay(path, body))
+        self.call(model, served, |up| up.relay(path, body))
     }
 
-    /// `f` on the leased upstreams in turn until one does not fail over.
+    /// `f` on the leased upstreams in turn until one does not fail over;
+    /// `served` names the last one tried.
     pub fn call<T>(
         self: &Arc<Self>,
         model: &str,
+        served: &mut String,
         mut f: impl FnMut(&Upstream) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut last = None;
         for candidate in self.candidates(model) {
             let mut lease = candidate.lease();
+            served.clear();
+            served.push_str(&lease.member.name);
             let r = f(&lease.member.client);
             if crate::upstream::scope_aborted() {
                 // The client left (`relays`): no next upstream, and this
@@ -407,6 +413,7 @@ impl Upstreams {
             .candidates(model)
             .into_iter()
             .map(|c| StreamTry {
+                name: c.member.name.clone(),
                 upstream: c.member.client.clone(),
                 attempt: Box::new(c),
             })

@@ -186,6 +186,22 @@ pub const SETTINGS: &[Setting] = &[
     Setting { section: "rate_limit", key: "max_tracked_clients", default: "100000", kind: Uint { min: 16, max: 10_000_000 },
         doc: "Hard cap on tracked clients; memory stays bounded under address churn." },
 
+    // [limits]
+    Setting { section: "limits", key: "tokens_per_minute", default: "0", kind: Uint { min: 0, max: 1_000_000_000 },
+        doc: "Tokens (prompt + completion) per user per minute, refilled continuously; over it, 429 `rate_limited` with the exact Retry-After. A user's own limit (`PATCH /api/admin/users/{id}` `limits`) replaces it. 0: no limit." },
+    Setting { section: "limits", key: "tokens_per_day", default: "0", kind: Uint { min: 0, max: 1_000_000_000_000 },
+        doc: "Tokens per user per UTC day; once spent, 429 `budget_exceeded` until midnight UTC. 0: no limit." },
+    Setting { section: "limits", key: "tokens_per_month", default: "0", kind: Uint { min: 0, max: 1_000_000_000_000 },
+        doc: "Tokens per user per calendar month (UTC); once spent, 429 `budget_exceeded` until the month's end. 0: no limit." },
+    Setting { section: "limits", key: "max_streams", default: "0", kind: Uint { min: 0, max: 100_000 },
+        doc: "Concurrent streams per user (over it: 429 `rate_limited`); `server.max_streams_per_client` still holds per key and address. 0: no limit." },
+    Setting { section: "limits", key: "default_max_tokens", default: "1024", kind: Uint { min: 1, max: 10_000_000 },
+        doc: "The answer's tokens a call is admitted for when it names no `max_tokens` (the estimate is settled with the real usage afterwards)." },
+    Setting { section: "limits", key: "usage_flush_interval_ms", default: "1000", kind: Millis { min: 10, max: 60_000 },
+        doc: "Usage rows are written in one transaction at least this often (a crash loses at most this much accounting; admission is decided in memory)." },
+    Setting { section: "limits", key: "usage_queue_rows", default: "50000", kind: Uint { min: 100, max: 10_000_000 },
+        doc: "Usage rows held in memory while the database cannot take them; past it the oldest are dropped and counted (`portcullis_usage_rows_dropped_total`)." },
+
     // [database]
     Setting { section: "database", key: "path", default: "portcullis.db", kind: Path,
         doc: "SQLite file, relative to `data_dir` (or absolute)." },

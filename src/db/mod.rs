@@ -61,6 +61,7 @@ pub mod reads;
 pub mod ready;
 pub mod schema;
 pub mod sessions;
+pub mod usage;
 pub mod users;
 pub mod writer;
 

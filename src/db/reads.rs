@@ -54,6 +54,10 @@ pub enum Reach {
     /// Every row of a table, in index order: only for a command-line
     /// listing whose whole point is every row (`portcullis keys list`).
     EveryRow,
+    /// The rows of a time range, along the index that orders them by time
+    /// (usage reports: the day sums of whole days, the rows of the partial
+    /// days at the ends); never the rows outside the range.
+    TimeRange,
 }
 
 impl Read {
@@ -76,6 +80,7 @@ pub const MODULES: &[(&str, &[Read])] = &[
     ("audit_log.rs", super::audit_log::READS),
     ("users.rs", super::users::READS),
     ("sessions.rs", super::sessions::READS),
+    ("usage.rs", super::usage::READS),
 ];
 
 /// Every listed read.

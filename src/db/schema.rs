@@ -130,6 +130,50 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE messages ADD COLUMN finish_reason TEXT;
     ",
+    // 4: usage accounting and per-user token limits (`db::usage`).
+    // Compact: every name (user id, key id, model, upstream, route) is a
+    // small integer of `usage_labels`, and `at` is the row id, so the rows
+    // are stored in time order and a time range is a range of the table
+    // itself. `usage_days` keeps each day's sums per (user, key, model),
+    // updated in the transaction that adds the rows: reports read whole
+    // days from it and only the partial days at the ends from `usage`.
+    "
+    CREATE TABLE usage_labels (
+        id    INTEGER PRIMARY KEY,
+        label TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE usage (
+        at                INTEGER PRIMARY KEY, -- µs since the epoch when the call ended; unique
+        user_id           INTEGER NOT NULL,
+        key_id            INTEGER NOT NULL,    -- 0: no key (a browser session, auth mode none)
+        model             INTEGER NOT NULL,
+        upstream          INTEGER NOT NULL,
+        route             INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        estimated         INTEGER NOT NULL,    -- 1: the upstream sent no usage
+        status            INTEGER NOT NULL,    -- the HTTP status of the call (499: the client left)
+        latency_ms        INTEGER NOT NULL
+    );
+    CREATE INDEX usage_by_user ON usage (user_id, at);
+    CREATE TABLE usage_days (
+        day               INTEGER NOT NULL,    -- days since the epoch (UTC)
+        user_id           INTEGER NOT NULL,
+        key_id            INTEGER NOT NULL,
+        model             INTEGER NOT NULL,
+        requests          INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        PRIMARY KEY (day, user_id, key_id, model)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_days_by_user ON usage_days (user_id, day);
+
+    -- A user's own limits; NULL: the `[limits]` default.
+    ALTER TABLE users ADD COLUMN tokens_per_minute INTEGER;
+    ALTER TABLE users ADD COLUMN tokens_per_day INTEGER;
+    ALTER TABLE users ADD COLUMN tokens_per_month INTEGER;
+    ALTER TABLE users ADD COLUMN max_streams INTEGER;
+    ",
 ];
 
 /// The schema version this binary writes.

@@ -84,6 +84,32 @@ pub struct User {
     pub disabled: bool,
     pub has_password: bool,
     pub created_at: i64,
+    /// The user's own token limits (None: the `[limits]` default).
+    pub limits: UserLimits,
+}
+
+/// The per-user limits' names (API.md "Usage, token limits and budgets"),
+/// in the order of `UserLimits` and of their columns.
+pub const LIMIT_NAMES: [&str; 4] = [
+    "tokens_per_minute",
+    "tokens_per_day",
+    "tokens_per_month",
+    "max_streams",
+];
+
+/// A user's own limits, by `LIMIT_NAMES`; None: the `[limits]` default
+/// (0 is "no limit", as there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserLimits(pub [Option<u64>; 4]);
+
+impl UserLimits {
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (name, v) in LIMIT_NAMES.iter().zip(self.0) {
+            m.insert(name.to_string(), json!(v));
+        }
+        serde_json::Value::Object(m)
+    }
 }
 
 impl User {
@@ -95,6 +121,7 @@ impl User {
             "disabled": self.disabled,
             "has_password": self.has_password,
             "created_at": crate::time::format_millis(self.created_at),
+            "limits": self.limits.to_json(),
         })
     }
 
@@ -114,6 +141,9 @@ pub struct UserPatch {
     pub disabled: Option<bool>,
     /// A new Argon2id hash (hashed by the caller, off the writer).
     pub password_hash: Option<String>,
+    /// Limits to change, by `LIMIT_NAMES`: `Some(None)` goes back to the
+    /// default, `None` leaves the limit as it is.
+    pub limits: [Option<Option<u64>>; 4],
 }
 
 /// The name every database made before users existed gives its data to.
@@ -124,7 +154,8 @@ pub const NAME_MAX_CHARS: usize = 64;
 
 macro_rules! columns {
     () => {
-        "id, name, role, disabled, password_hash IS NOT NULL, created_at"
+        "id, name, role, disabled, password_hash IS NOT NULL, created_at, \
+         tokens_per_minute, tokens_per_day, tokens_per_month, max_streams"
     };
 }
 const GET: &str = concat!("SELECT ", columns!(), " FROM users WHERE id = ?1");
@@ -175,7 +206,17 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         disabled: r.get(3)?,
         has_password: r.get(4)?,
         created_at: r.get(5)?,
+        limits: UserLimits([
+            opt_u64(r, 6)?,
+            opt_u64(r, 7)?,
+            opt_u64(r, 8)?,
+            opt_u64(r, 9)?,
+        ]),
     })
+}
+
+fn opt_u64(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(r.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
 }
 
 /// A user name: 1..64 of `[A-Za-z0-9._@-]`.
@@ -218,6 +259,7 @@ pub fn insert_user(
         disabled: false,
         has_password: password_hash.is_some(),
         created_at: crate::time::now_millis(),
+        limits: UserLimits::default(),
     };
     tx.execute_cached(
         INSERT,
@@ -338,6 +380,24 @@ impl Db {
                 "UPDATE users SET role = ?2, disabled = ?3 WHERE id = ?1",
                 params![u.id, u.role, u.disabled],
             )?;
+            for (i, change) in patch.limits.iter().enumerate() {
+                if let Some(v) = change {
+                    u.limits.0[i] = *v;
+                }
+            }
+            if patch.limits.iter().any(Option::is_some) {
+                tx.execute_cached(
+                    "UPDATE users SET tokens_per_minute = ?2, tokens_per_day = ?3, \
+                     tokens_per_month = ?4, max_streams = ?5 WHERE id = ?1",
+                    params![
+                        u.id,
+                        u.limits.0[0].map(|v| v as i64),
+                        u.limits.0[1].map(|v| v as i64),
+                        u.limits.0[2].map(|v| v as i64),
+                        u.limits.0[3].map(|v| v as i64)
+                    ],
+                )?;
+            }
             if let Some(hash) = &patch.password_hash {
                 tx.execute_cached(
                     "UPDATE users SET password_hash = ?2 WHERE id = ?1",
@@ -357,6 +417,7 @@ impl Db {
                     "role": patch.role.map(Role::as_str),
                     "disabled": patch.disabled,
                     "password_changed": patch.password_hash.is_some(),
+                    "limits": patch.limits.iter().any(Option::is_some).then(|| u.limits.to_json()),
                 }),
             )?;
             Ok(u)

@@ -53,6 +53,7 @@ use crate::logging;
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
 use crate::tokens;
 use crate::upstream::{self, views, StreamEvent, StreamHandle};
+use crate::usage::{Call, Outcome};
 
 /// Longest user message, in characters.
 pub const MESSAGE_MAX: usize = 32_000;
@@ -331,6 +332,22 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     // conversation has no system prompt yet).
     let system_prompt = existing.as_ref().and_then(|c| c.system_prompt.as_deref());
     window.check_turn(system_prompt, &req.message)?;
+    ctx.check_model(&model)?;
+    // The token limits, before anything is stored: admitted on the new
+    // turn and the system prompt, then reserved for the whole history once
+    // it is built (`Ticket::set_prompt`).
+    let turn = tokens::message(&req.message)
+        + system_prompt.map_or(0, tokens::message)
+        + tokens::REPLY_OVERHEAD;
+    let mut ticket = app.usage.admit(Call {
+        user_id: &owner_id,
+        key_id: ctx.key_id.as_deref(),
+        model: &model,
+        route: crate::router::Route::Chat.name(),
+        prompt: turn as u64,
+        max_tokens: req.max_tokens,
+        stream: req.stream,
+    })?;
     let conversation = match existing {
         Some(c) => c,
         None => {
@@ -345,7 +362,6 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             )?
         }
     };
-    ctx.check_model(&model)?;
     let user = app.db.insert_message(
         owner,
         &NewMessage {
@@ -379,6 +395,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
     }
     let build = |h: &History| upstream::chat_request(&model, h.messages(), req.stream, &extra);
     let upstream_req = build(&history);
+    ticket.set_prompt(tokens::estimate_json(&upstream_req) as u64);
     // The one retry's request, built now: the stored messages are not kept.
     let retry_req = history.halved().map(|h| (build(&h), h.turns.len()));
 
@@ -387,13 +404,15 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
         let owner_id = owner_id.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let mut answered = up.relay(&model, CHAT_PATH, &upstream_req);
+            let mut served = String::new();
+            let mut answered = up.relay(&model, CHAT_PATH, &upstream_req, &mut served);
             if let (Err(e), Some((body, n))) = (&answered, &retry_req) {
                 if e.is_context_overflow() {
                     log_retry(e, *n);
-                    answered = up.relay(&model, CHAT_PATH, body);
+                    answered = up.relay(&model, CHAT_PATH, body, &mut served);
                 }
             }
+            ticket.settle(super::openai::answer_outcome(served, &answered));
             // Only the content, usage and finish reason are read.
             let answered = answered.and_then(|a| {
                 let parts = views::answer_parts(&a).unwrap_or_default();
@@ -486,12 +505,20 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 opened = reopen(&mut handle, body).and_then(|()| handle.wait_opened(grace));
             }
         }
+        let refused = opened.as_ref().err().map(ApiError::status);
+        let accepted = matches!(opened, Ok(true));
         if let Some(code) = sse::answer_opening(out, opened, &metrics, store_error) {
+            ticket.settle(Outcome {
+                upstream: handle.upstream_name(),
+                status: refused.unwrap_or(502),
+                ..Outcome::default()
+            });
             super::openai::log_stream_end(crate::router::Route::Chat, code, started);
             return;
         }
         let mut answer = Answer {
             retry,
+            accepted,
             ..Answer::default()
         };
         let limits = PumpLimits {
@@ -538,6 +565,17 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         if let Some(err) = &answer.failed {
             metrics.record_upstream_error(err.code());
         }
+        ticket.settle(Outcome {
+            upstream: handle.upstream_name(),
+            status: match (&end, &answer.failed) {
+                (PumpEnd::ClientGone, _) => super::openai::CLIENT_GONE,
+                (_, Some(err)) => err.status(),
+                _ => 200,
+            },
+            usage: answer.usage.clone(),
+            accepted: answer.accepted,
+            generated: answer.generated.tokens() as u64,
+        });
         let finish =
             (status == Status::Complete).then(|| finish_reason(answer.finish_reason.as_deref()));
         let id = start["message_id"].as_str().unwrap_or_default();
@@ -569,6 +607,10 @@ struct Answer {
     /// before any delta went out: the stream thread sends it and goes on
     /// pumping, and the client sees no trace of the first attempt.
     retry_now: Option<Vec<u8>>,
+    /// The upstream took the request (for the usage row).
+    accepted: bool,
+    /// What it generated, estimated (when it sends no usage).
+    generated: tokens::Counter,
 }
 
 impl Answer {
@@ -580,9 +622,15 @@ impl Answer {
         message_id: &Value,
     ) -> io::Result<Flow> {
         match ev {
-            StreamEvent::Opened => Ok(Flow::Continue),
+            StreamEvent::Opened => {
+                self.accepted = true;
+                Ok(Flow::Continue)
+            }
             StreamEvent::Chunk(chunk) => {
                 let parts = chunk.parts;
+                for text in [&parts.content, &parts.other_text].into_iter().flatten() {
+                    self.generated.add(text);
+                }
                 if parts.usage.is_some() {
                     self.usage = parts.usage;
                 }

@@ -25,6 +25,7 @@ pub fn get(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
     }
     let mut text = app.metrics.render(&g);
     app.upstreams.render_metrics(&mut text);
+    app.usage.render_metrics(&mut text);
     Ok(Reply::bytes(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

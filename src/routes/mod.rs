@@ -14,6 +14,7 @@ pub mod projects;
 pub mod ready;
 pub mod session;
 pub mod ui;
+pub mod usage;
 pub mod users;
 
 use crate::app::App;

@@ -43,8 +43,10 @@ use crate::logging;
 use crate::router::Route;
 use crate::routes::fields::{Body, Field, Kind, Unknown, MODEL_MAX};
 use crate::sse::{self, Flow, PumpEnd, PumpLimits};
+use crate::tokens;
 use crate::upstream::{self, views, StreamEvent};
 use crate::upstreams::Upstreams;
+use crate::usage::{Call, Outcome};
 
 /// Roles a relayed message may have: the stored roles (`db::Role`) and
 /// those only OpenAI's API knows (relayed, never stored).
@@ -73,6 +75,16 @@ const PROMPT: Field = Field::new("prompt", Kind::Any)
     .required()
     .doc("passed to the upstream as sent");
 const INPUT: Field = Field::new("input", Kind::Any).doc("passed to the upstream as sent");
+const MAX_TOKENS: Field = Field::new("max_tokens", Kind::Any)
+    .doc("passed as sent; a whole number is what the call is admitted for under the token limits");
+const MAX_COMPLETION_TOKENS: Field = Field::new("max_completion_tokens", Kind::Any)
+    .doc("passed as sent; as `max_tokens` for the token limits");
+const MAX_OUTPUT_TOKENS: Field = Field::new("max_output_tokens", Kind::Any)
+    .doc("passed as sent; as `max_tokens` for the token limits");
+const STREAM_OPTIONS: Field = Field::new("stream_options", Kind::Any).doc(
+    "passed as sent, with `include_usage` set for accounting; the usage chunk that adds \
+     reaches the client only when it asked for it",
+);
 
 /// How a relayed route's answer streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +113,14 @@ pub const CHAT: Relay = Relay {
     upstream_path: "/chat/completions",
     body: Body {
         name: "OpenAiChatRequest",
-        fields: &[MODEL, MESSAGES, STREAM],
+        fields: &[
+            MODEL,
+            MESSAGES,
+            STREAM,
+            STREAM_OPTIONS,
+            MAX_TOKENS,
+            MAX_COMPLETION_TOKENS,
+        ],
         unknown: Unknown::Passed,
     },
     streaming: Streaming::Chunks,
@@ -112,7 +131,7 @@ pub const COMPLETIONS: Relay = Relay {
     upstream_path: "/completions",
     body: Body {
         name: "OpenAiCompletionRequest",
-        fields: &[MODEL, PROMPT, STREAM],
+        fields: &[MODEL, PROMPT, STREAM, STREAM_OPTIONS, MAX_TOKENS],
         unknown: Unknown::Passed,
     },
     streaming: Streaming::Chunks,
@@ -135,7 +154,7 @@ pub const RESPONSES: Relay = Relay {
     upstream_path: "/responses",
     body: Body {
         name: "OpenAiResponsesRequest",
-        fields: &[MODEL, INPUT, STREAM],
+        fields: &[MODEL, INPUT, STREAM, MAX_OUTPUT_TOKENS],
         unknown: Unknown::Passed,
     },
     streaming: Streaming::Events,
@@ -144,10 +163,65 @@ pub const RESPONSES: Relay = Relay {
 /// A relayed request, ready to send.
 pub struct Prepared {
     /// The body for the upstream: the client's bytes, unchanged but for
-    /// what the relay must set (a missing `model`).
+    /// what the relay must set (a missing `model`, `include_usage`).
     pub body: Vec<u8>,
     pub stream: bool,
     pub model: String,
+    /// The answer's token cap the request names (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`), for admission.
+    pub max_tokens: Option<u64>,
+    /// The stream's usage chunk is ours (the relay asked for it): it is
+    /// not relayed.
+    pub strip_usage: bool,
+}
+
+/// Where the body's `stream_options` stands on `include_usage`.
+enum UsageAsk {
+    /// `include_usage: true`: the client wants the usage chunk.
+    Asked,
+    /// No `stream_options`: `stream_options` is added.
+    NoOptions,
+    /// `stream_options` without `include_usage`: it is added to them (the
+    /// byte range of the object).
+    Missing(std::ops::Range<usize>),
+    /// `include_usage` is something else (false, null) or `stream_options`
+    /// is not an object: that value's range becomes `true` (or the options
+    /// `{"include_usage":true}`).
+    Replace(std::ops::Range<usize>, &'static str),
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptionsView<'a> {
+    #[serde(borrow, default)]
+    include_usage: Option<&'a RawValue>,
+}
+
+/// The byte range of `part` (borrowed from `body`) within `body`.
+fn range_in(body: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + part.len();
+    (body.get(start..end) == Some(part.as_bytes())).then_some(start..end)
+}
+
+fn usage_ask(body: &[u8], options: Option<&RawValue>) -> Option<UsageAsk> {
+    let Some(raw) = options else {
+        return Some(UsageAsk::NoOptions);
+    };
+    let whole = range_in(body, raw.get())?;
+    if !json_body::is_object_text(raw.get()) {
+        return Some(UsageAsk::Replace(whole, "{\"include_usage\":true}"));
+    }
+    let view: StreamOptionsView = serde_json::from_str(raw.get()).ok()?;
+    Some(match view.include_usage {
+        Some(v) if v.get() == "true" => UsageAsk::Asked,
+        Some(v) => UsageAsk::Replace(range_in(body, v.get())?, "true"),
+        None => UsageAsk::Missing(whole),
+    })
+}
+
+fn splice(mut body: Vec<u8>, range: std::ops::Range<usize>, with: &[u8]) -> Vec<u8> {
+    body.splice(range, with.iter().copied());
+    body
 }
 
 /// Checks what the relay needs of a request body (an object; `model` a
@@ -158,7 +232,7 @@ pub struct Prepared {
 /// parameters (`top_k`, `min_p`, `grammar`, `chat_template_kwargs`) reach
 /// the upstream byte for byte.
 pub fn prepare(relay: &Relay, body: Vec<u8>, default_model: &str) -> Result<Prepared, ApiError> {
-    let (model, stream) = {
+    let (model, stream, max_tokens, ask) = {
         let fields = relay.body.parse(&body)?;
         fields.reject_repeated()?;
         for f in relay.body.fields.iter().filter(|f| f.required) {
@@ -173,7 +247,32 @@ pub fn prepare(relay: &Relay, body: Vec<u8>, default_model: &str) -> Result<Prep
             Streaming::No => false,
             _ => STREAM.opt_bool(&fields)?.unwrap_or(false),
         };
-        (MODEL.opt_str(&fields)?, stream)
+        // The answer's cap, when the request names a whole number (else
+        // the upstream's business: relayed as sent).
+        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|f| fields.value(f).and_then(|r| r.get().parse::<u64>().ok()));
+        let ask = match (relay.streaming, stream) {
+            (Streaming::Chunks, true) => usage_ask(&body, fields.raw("stream_options")),
+            _ => None,
+        };
+        (MODEL.opt_str(&fields)?, stream, max_tokens, ask)
+    };
+    // Ask a stream for its usage (what the limits settle with).
+    let strip_usage = matches!(
+        ask,
+        Some(UsageAsk::NoOptions | UsageAsk::Missing(_) | UsageAsk::Replace(..))
+    );
+    let body = match ask {
+        Some(UsageAsk::NoOptions) => {
+            insert_field(body, "stream_options", "{\"include_usage\":true}")
+        }
+        Some(UsageAsk::Missing(r)) => {
+            let options = insert_field(body[r.clone()].to_vec(), "include_usage", "true");
+            splice(body, r, &options)
+        }
+        Some(UsageAsk::Replace(r, with)) => splice(body, r, with.as_bytes()),
+        Some(UsageAsk::Asked) | None => body,
     };
     let (body, model) = match model {
         Some(m) => (body, m),
@@ -189,6 +288,8 @@ pub fn prepare(relay: &Relay, body: Vec<u8>, default_model: &str) -> Result<Prep
         body,
         stream,
         model,
+        max_tokens,
+        strip_usage,
     })
 }
 
@@ -401,23 +502,44 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
         body,
         stream,
         model,
+        max_tokens,
+        strip_usage,
     } = prepare(relay, body, &app.cfg.upstream.model)?;
     // A key with a model allowlist: 403 `forbidden` for any other model.
     ctx.check_model(&model)?;
-    if !stream {
+    let slot = match stream {
+        true => Some(
+            app.streams
+                .try_acquire(crate::streams::client_key(ctx))
+                .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?,
+        ),
+        false => None,
+    };
+    // The user's token limits, on the request's estimate.
+    let ticket = app.usage.admit(Call {
+        user_id: &ctx.principal()?.user_id,
+        key_id: ctx.key_id.as_deref(),
+        model: &model,
+        route: route.name(),
+        prompt: tokens::estimate_json(&body) as u64,
+        max_tokens: match relay.streaming {
+            Streaming::No => Some(0),
+            _ => max_tokens,
+        },
+        stream,
+    })?;
+    let Some(slot) = slot else {
         // Waits without a seat (`server::defer`). The answer is relayed as
         // received: checked, never parsed into a tree.
         let up = app.upstreams.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let answer = up.relay(&model, relay.upstream_path, &body)?;
-            Ok(Reply::bytes(200, "application/json", answer))
+            let mut served = String::new();
+            let answer = up.relay(&model, relay.upstream_path, &body, &mut served);
+            ticket.settle(answer_outcome(served, &answer));
+            Ok(Reply::bytes(200, "application/json", answer?))
         })));
-    }
+    };
 
-    let slot = app
-        .streams
-        .try_acquire(crate::streams::client_key(ctx))
-        .ok_or(ApiError::ServerBusy { retry_after_s: 1 })?;
     let mut handle =
         app.upstreams
             .open_stream(&model, relay.upstream_path, body, &ctx.request_id)?;
@@ -430,18 +552,41 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
     Ok(sse::reply(Box::new(move |out| {
         let _slot = slot;
         let started = Instant::now();
-        if let Some(code) = sse::open_or_fail(out, &mut handle, grace, &metrics, || {}) {
+        let mut spent = Outcome::default();
+        let opened = handle.wait_opened(grace);
+        match &opened {
+            Ok(accepted) => spent.accepted = *accepted,
+            Err(e) => spent.status = e.status(),
+        }
+        if let Some(code) = sse::answer_opening(out, opened, &metrics, || {}) {
+            spent.upstream = handle.upstream_name();
+            ticket.settle(spent);
             log_stream_end(route, code, started);
             return;
         }
+        let mut generated = tokens::Counter::default();
         let mut outcome = "complete";
         let limits = PumpLimits {
             ping_every,
             deadline: started + max_stream,
         };
         let end = sse::pump(out, &mut handle, &limits, |out, ev| match ev {
-            StreamEvent::Opened => Ok(Flow::Continue),
+            StreamEvent::Opened => {
+                spent.accepted = true;
+                Ok(Flow::Continue)
+            }
             StreamEvent::Chunk(chunk) => {
+                let parts = &chunk.parts;
+                for text in [&parts.content, &parts.other_text].into_iter().flatten() {
+                    generated.add(text);
+                }
+                if let Some(u) = &parts.usage {
+                    spent.usage = Some(u.clone());
+                    // The chunk the relay asked for: not the client's.
+                    if strip_usage && !parts.choices {
+                        return Ok(Flow::Continue);
+                    }
+                }
                 sse::event_raw(out, chunk.event.as_deref(), &chunk.raw).map(|_| Flow::Continue)
             }
             // The Responses API ends with its terminal event, not `[DONE]`.
@@ -451,6 +596,7 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
                 upstream::log_failure(&err);
                 metrics.record_upstream_error(err.code());
                 outcome = err.code();
+                spent.status = err.status();
                 if events {
                     // The Responses API's own error event: its fields at
                     // the top, `type` "error".
@@ -469,9 +615,51 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
         });
         if end == PumpEnd::ClientGone {
             outcome = "client_gone";
+            spent.status = CLIENT_GONE;
         }
+        if spent.status == 0 {
+            spent.status = 200;
+        }
+        spent.upstream = handle.upstream_name();
+        spent.generated = generated.tokens() as u64;
+        ticket.settle(spent);
         log_stream_end(route, outcome, started);
     })))
+}
+
+/// The status a call is recorded with when its client left first (as
+/// nginx logs it).
+pub const CLIENT_GONE: u16 = 499;
+
+/// How a non-streaming call ended, for its usage row: the answer's
+/// `usage` (or the estimate of its text), or the failure's status; a
+/// call whose client hung up (`relays`) is 499 and charged its prompt.
+pub fn answer_outcome(upstream: String, answer: &Result<Vec<u8>, ApiError>) -> Outcome {
+    match answer {
+        Ok(bytes) => {
+            let parts = views::answer_parts(bytes).unwrap_or_default();
+            let mut generated = tokens::Counter::default();
+            for text in [&parts.content, &parts.other_text].into_iter().flatten() {
+                generated.add(text);
+            }
+            Outcome {
+                upstream,
+                status: 200,
+                usage: parts.usage,
+                accepted: true,
+                generated: generated.tokens() as u64,
+            }
+        }
+        Err(e) => {
+            let gone = upstream::scope_aborted();
+            Outcome {
+                upstream,
+                status: if gone { CLIENT_GONE } else { e.status() },
+                accepted: gone,
+                ..Outcome::default()
+            }
+        }
+    }
 }
 
 pub fn models(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {

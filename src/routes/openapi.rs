@@ -661,10 +661,50 @@ fn schemas() -> Value {
         },
         "Me": {
             "type": "object",
-            "required": ["user", "auth"],
+            "required": ["user", "auth", "usage"],
             "properties": {
                 "user": schema_ref("Principal"),
                 "auth": {"enum": ["key", "session", "none"]},
+                "usage": {
+                    "type": "object",
+                    "description": "the caller's limits in force (0: none) and tokens spent today and this month (UTC)",
+                    "required": ["limits", "today", "month", "in_flight_tokens", "streams"],
+                    "properties": {
+                        "limits": schema_ref("Limits"),
+                        "today": {"type": "object", "properties": {"tokens": {"type": "integer"}, "day": {"type": "string", "format": "date"}}},
+                        "month": {"type": "object", "properties": {"tokens": {"type": "integer"}, "from": {"type": "string", "format": "date"}}},
+                        "in_flight_tokens": {"type": "integer", "description": "reserved by calls not yet settled"},
+                        "streams": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "Limits": {
+            "type": "object",
+            "properties": {
+                "tokens_per_minute": {"type": ["integer", "null"]},
+                "tokens_per_day": {"type": ["integer", "null"]},
+                "tokens_per_month": {"type": ["integer", "null"]},
+                "max_streams": {"type": ["integer", "null"]},
+            },
+        },
+        "UsageReport": {
+            "type": "object",
+            "required": ["since", "until", "group_by", "items"],
+            "properties": {
+                "since": time,
+                "until": time,
+                "group_by": {"enum": ["day", "model", "key", "user"]},
+                "items": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["group", "requests", "prompt_tokens", "completion_tokens"],
+                    "properties": {
+                        "group": {"type": ["string", "null"], "description": "the day (YYYY-MM-DD), model, key id (null: no key) or user id"},
+                        "requests": {"type": "integer"},
+                        "prompt_tokens": {"type": "integer"},
+                        "completion_tokens": {"type": "integer"},
+                    },
+                }},
             },
         },
         "Principal": {
@@ -686,6 +726,7 @@ fn schemas() -> Value {
                 "disabled": {"type": "boolean"},
                 "has_password": {"type": "boolean"},
                 "created_at": time,
+                "limits": {"description": "the user's own limits; null: the `[limits]` default", "allOf": [schema_ref("Limits")]},
             },
         },
         "UserList": {

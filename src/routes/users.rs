@@ -38,6 +38,11 @@ const EXPIRES_IN_DAYS: Field = Field::new(
 .doc("the key stops working after this many days");
 const MODELS: Field = Field::new("models", Kind::Any)
     .doc("an array of model names the key may use (absent or null: any)");
+const LIMITS: Field = Field::new("limits", Kind::Any).doc(
+    "the user's own limits: `tokens_per_minute`, `tokens_per_day`, `tokens_per_month`, \
+     `max_streams`, each a whole number (0: no limit) or null (back to the `[limits]` default); \
+     limits not named stay as they are",
+);
 const USER_ID: Field = Field::string("user_id", 1, ID_MAX).required();
 /// `?user_id=` of `GET /api/admin/keys`.
 pub const ADMIN_KEYS_USER_ID: Field = USER_ID;
@@ -65,7 +70,7 @@ pub const USER_CREATE: Body = Body {
 /// `PATCH /api/admin/users/{id}`.
 pub const USER_UPDATE: Body = Body {
     name: "UserUpdate",
-    fields: &[ROLE, DISABLED, PASSWORD],
+    fields: &[ROLE, DISABLED, PASSWORD, LIMITS],
     unknown: Unknown::Refused,
 };
 
@@ -77,9 +82,10 @@ pub fn me(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         (_, Some(_)) => "session",
         (crate::config::AuthMode::ApiKey, None) => "key",
     };
+    let usage = app.usage.status(&p.user_id)?;
     Ok(Reply::json(
         200,
-        &json!({"user": p.to_json(), "auth": auth}),
+        &json!({"user": p.to_json(), "auth": auth, "usage": usage}),
     ))
 }
 
@@ -212,11 +218,69 @@ pub fn admin_users_update(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         role: ROLE.opt_str(&body)?.map(|r| parse_role(&r)).transpose()?,
         disabled: DISABLED.opt_bool(&body)?,
         password_hash: password_hash(&body)?,
+        limits: limits_patch(&body)?,
     };
     let user = app
         .db
         .update_user(id(ctx)?, &patch, &crate::audit::actor(ctx))?;
+    if patch.limits.iter().any(Option::is_some) {
+        app.usage.set_limits(&user.id, user.limits);
+    }
     Ok(Reply::json(200, &user.to_json()))
+}
+
+/// Largest limit a user may be given.
+const LIMIT_MAX: u64 = 1_000_000_000_000;
+
+/// The `limits` object of a user PATCH as written: a limit absent
+/// (None), null (`Some(None)`) or a number. Unknown names stop the parse
+/// at once (`deny_unknown_fields`): nothing of a huge object is kept.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    #[serde(default, deserialize_with = "present")]
+    tokens_per_minute: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    tokens_per_day: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    tokens_per_month: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    max_streams: Option<Option<u64>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// The `limits` of a user PATCH, by `LIMIT_NAMES` (see `UserPatch`).
+fn limits_patch(body: &crate::json_body::Fields) -> Result<[Option<Option<u64>>; 4], ApiError> {
+    let Some(raw) = body.raw("limits") else {
+        return Ok([None; 4]);
+    };
+    let bad = || {
+        ApiError::validation(
+            "limits",
+            format!(
+                "must be an object of {}, each a whole number from 0 to {} (0: no limit) or null (the default)",
+                crate::db::users::LIMIT_NAMES.join(", "),
+                LIMIT_MAX
+            ),
+        )
+    };
+    if !crate::json_body::is_object_text(raw.get()) {
+        return Err(bad());
+    }
+    let b: LimitsBody = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+    let out = [
+        b.tokens_per_minute,
+        b.tokens_per_day,
+        b.tokens_per_month,
+        b.max_streams,
+    ];
+    if out.iter().flatten().flatten().any(|v| *v > LIMIT_MAX) {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 /// `DELETE /api/admin/users/{id}`: disables the user (data kept).

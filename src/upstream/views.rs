@@ -69,6 +69,19 @@ struct TopView<'a> {
     usage: Option<&'a RawValue>,
     #[serde(borrow, default, rename = "type")]
     kind: Option<&'a RawValue>,
+    /// A Responses API event's text (`response.output_text.delta`).
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    /// A Responses API event's response (`response.completed` holds the
+    /// usage there).
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+}
+
+#[derive(DeriveDeserialize)]
+struct ResponseView<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
 }
 
 #[derive(DeriveDeserialize)]
@@ -79,12 +92,21 @@ struct ChoiceView<'a> {
     message: Option<&'a RawValue>,
     #[serde(borrow, default)]
     finish_reason: Option<&'a RawValue>,
+    /// Text completions' answer.
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
 }
 
 #[derive(DeriveDeserialize)]
 struct ContentView<'a> {
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
+    /// Reasoning models' thinking (gpt-oss through llama.cpp, vLLM:
+    /// `reasoning_content`; Ollama: `reasoning`): generated tokens too.
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning: Option<&'a RawValue>,
 }
 
 /// An object field's raw value parsed as `T`; None when it is not an
@@ -124,6 +146,11 @@ pub struct Parts {
     /// Its `type`, when a string (Responses API events name themselves:
     /// `response.output_text.delta`, `response.completed`).
     pub kind: Option<String>,
+    /// `choices` is an array with an element (a usage-only chunk has none).
+    pub choices: bool,
+    /// Other generated text, counted but not shown: a text completion's
+    /// `text`, a Responses event's `delta`, a reasoning model's thinking.
+    pub other_text: Option<String>,
 }
 
 /// Reads `Parts` from one JSON object; None when `json` is not a JSON
@@ -147,21 +174,45 @@ fn parts(json: &str, in_delta: bool) -> Option<Parts> {
         .choices
         .and_then(|c| serde_json::from_str::<First<&RawValue>>(c.get()).ok())
         .and_then(|f| object(f.0));
-    let (content, finish_reason) = match choice {
+    let has_choice = choice.is_some();
+    let (content, finish_reason, other_text) = match choice {
         Some(c) => {
             let holder = if in_delta { c.delta } else { c.message };
-            let content = object::<ContentView>(holder).and_then(|v| string(v.content));
-            (content, string(c.finish_reason))
+            let view = object::<ContentView>(holder);
+            let content = view.as_ref().and_then(|v| string(v.content));
+            let other = view
+                .and_then(|v| string(v.reasoning_content).or_else(|| string(v.reasoning)))
+                .or_else(|| string(c.text));
+            (content, string(c.finish_reason), other)
         }
-        None => (None, None),
+        None => (None, None, string(top.delta)),
     };
+    let usage = usage(top.usage)
+        .or_else(|| object::<ResponseView>(top.response).and_then(|r| usage(r.usage)));
     Some(Parts {
         content,
         finish_reason,
-        usage: usage(top.usage),
+        usage,
         error: top.error,
         kind: string(top.kind),
+        choices: has_choice,
+        other_text,
     })
+}
+
+/// (prompt, completion) tokens of a `usage` object in the shapes upstreams
+/// use: chat and text completions, embeddings (`prompt_tokens`,
+/// `completion_tokens`, `total_tokens`), the Responses API
+/// (`input_tokens`, `output_tokens`). None when it names neither count.
+pub fn token_counts(usage: &Value) -> Option<(u64, u64)> {
+    let n = |k: &str| usage.get(k).and_then(Value::as_u64);
+    let prompt = n("prompt_tokens").or_else(|| n("input_tokens"));
+    let completion = n("completion_tokens").or_else(|| n("output_tokens"));
+    let completion = completion.or_else(|| Some(n("total_tokens")?.saturating_sub(prompt?)));
+    match (prompt, completion) {
+        (None, None) => None,
+        (p, c) => Some((p.unwrap_or(0), c.unwrap_or(0))),
+    }
 }
 
 /// A stream chunk's parts; None when it is not a JSON object.
@@ -300,6 +351,8 @@ mod tests {
                 usage: Some(serde_json::json!({"total_tokens": 3})),
                 error: false,
                 kind: None,
+                choices: true,
+                other_text: None,
             })
         );
         assert_eq!(
@@ -317,11 +370,17 @@ mod tests {
             (r#"{"choices":5,"usage":[1]}"#, Some(Parts::default())),
             (
                 r#"{"choices":[{"delta":{"content":7}}]}"#,
-                Some(Parts::default()),
+                Some(Parts {
+                    choices: true,
+                    ..Parts::default()
+                }),
             ),
             (
                 r#"{"choices":[{"delta":null,"finish_reason":null}]}"#,
-                Some(Parts::default()),
+                Some(Parts {
+                    choices: true,
+                    ..Parts::default()
+                }),
             ),
             (
                 r#"{"error":null}"#,
@@ -335,6 +394,40 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(chunk_parts(input), want, "{}", input);
         }
+    }
+
+    #[test]
+    fn generated_text_and_usage_in_every_shape() {
+        let other = |c: &str| chunk_parts(c).and_then(|p| p.other_text);
+        assert_eq!(
+            other(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#).as_deref(),
+            Some("hmm")
+        );
+        assert_eq!(
+            other(r#"{"choices":[{"delta":{"reasoning":"hm"}}]}"#).as_deref(),
+            Some("hm")
+        );
+        assert_eq!(
+            other(r#"{"choices":[{"text":"once"}]}"#).as_deref(),
+            Some("once")
+        );
+        assert_eq!(
+            other(r#"{"type":"response.output_text.delta","delta":"up"}"#).as_deref(),
+            Some("up")
+        );
+        let completed = chunk_parts(
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":4,"output_tokens":2}}}"#,
+        )
+        .unwrap();
+        assert_eq!(token_counts(&completed.usage.unwrap()), Some((4, 2)));
+        let usage_only =
+            chunk_parts(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#)
+                .unwrap();
+        assert!(!usage_only.choices);
+        assert_eq!(token_counts(&usage_only.usage.unwrap()), Some((3, 1)));
+        let embeddings = serde_json::json!({"prompt_tokens": 8, "total_tokens": 8});
+        assert_eq!(token_counts(&embeddings), Some((8, 0)));
+        assert_eq!(token_counts(&serde_json::json!({"n": 1})), None);
     }
 
     #[test]

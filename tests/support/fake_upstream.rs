@@ -25,6 +25,9 @@
 //! chunked framing and the connection stays open for the next request, so
 //! tests can count connections to check reuse (`connections`).
 //!
+//! A request whose text (see `steering_text`) holds `no-usage` is answered
+//! without any `usage` (as some servers do), streamed or not.
+//!
 //! `examples/mock_upstream.rs` includes this file to run it standalone.
 #![allow(dead_code)]
 
@@ -101,6 +104,11 @@ fn steering_text(body: &Value) -> String {
         .or_else(|| last_content(&body["input"]))
         .or_else(|| body["prompt"].as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// Whether the answer to `body` carries `usage` (see the module doc).
+fn sends_usage(body: &Value) -> bool {
+    !steering_text(body).contains("no-usage")
 }
 
 /// One request as the fake received it.
@@ -606,6 +614,8 @@ struct Events {
     /// and `usage` before `[DONE]` (else usage rides on the finish chunk,
     /// as llama.cpp sends it).
     include_usage: bool,
+    /// Whether any usage is sent (`sends_usage`).
+    usage: bool,
     sequence: u64,
     text: String,
     role_sent: bool,
@@ -616,6 +626,7 @@ impl Events {
         Events {
             api,
             include_usage: req["stream_options"]["include_usage"] == json!(true),
+            usage: sends_usage(req),
             sequence: 0,
             text: String::new(),
             role_sent: false,
@@ -658,7 +669,7 @@ impl Events {
                 })
             }
         };
-        if finish.is_some() && !self.include_usage {
+        if finish.is_some() && !self.include_usage && self.usage {
             v["usage"] = chat_usage();
         }
         format!("data: {}\n\n", v)
@@ -717,14 +728,17 @@ impl Events {
                     "response.output_item.done",
                     json!({"output_index": 0, "item": message_item("completed", Some(&text))}),
                 ),
-                self.named(
-                    "response.completed",
-                    json!({"response": response_object("completed", Some(&text))}),
-                ),
+                {
+                    let mut response = response_object("completed", Some(&text));
+                    if !self.usage {
+                        response["usage"] = Value::Null;
+                    }
+                    self.named("response.completed", json!({ "response": response }))
+                },
             ],
             _ => {
                 let mut out = vec![self.chunk(None, Some("stop"))];
-                if self.include_usage {
+                if self.include_usage && self.usage {
                     let object = match self.api {
                         Api::Completions => "text_completion",
                         _ => "chat.completion.chunk",
@@ -810,7 +824,10 @@ fn answer(
             }
             _ => tokens.concat(),
         };
-        let whole = whole_answer(api, &body, &content);
+        let mut whole = whole_answer(api, &body, &content);
+        if !sends_usage(&body) {
+            whole.as_object_mut().map(|o| o.remove("usage"));
+        }
         return write_json(w, 200, whole.to_string().as_bytes());
     }
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
