@@ -5,7 +5,8 @@ running portcullis, on every route the relay serves:
 - models.list, models.retrieve (the first listed model, a listed id
   holding a `/` when there is one, and an unknown id as NotFoundError);
 - chat.completions.create (plain; stream=True with
-  stream_options.include_usage, ending cleanly at `data: [DONE]`; the
+  stream_options.include_usage, ending cleanly at `data: [DONE]`; stream=True
+  without it, where no usage chunk may reach the client; the
   chat.completions.stream() helper, or beta.chat.completions.stream() in
   older SDKs);
 - completions.create (plain and stream=True);
@@ -159,6 +160,20 @@ def main() -> int:
         assert usage is not None and usage.total_tokens > 0, "no usage chunk"
         return f"{chunks} chunks, {text!r}, {usage.total_tokens} tokens"
 
+    def streamed_without_usage():
+        # portcullis asks the upstream for usage (its token accounting)
+        # and must not hand the extra chunk to a client that did not ask:
+        # every chunk keeps its choice, none carries usage.
+        chunks = list(
+            client.chat.completions.create(
+                model=model(), messages=user("Say hello"), stream=True
+            )
+        )
+        assert chunks, "no chunks"
+        assert all(c.choices for c in chunks), "a chunk without choices reached the client"
+        assert all(c.usage is None for c in chunks), "a usage chunk reached the client"
+        return f"{len(chunks)} chunks, none with usage"
+
     def stream_helper():
         completions = client.chat.completions
         if not hasattr(completions, "stream"):
@@ -296,6 +311,7 @@ def main() -> int:
         ("models.retrieve (unknown)", retrieve_unknown),
         ("chat.completions (plain)", plain),
         ("chat.completions (stream)", streamed),
+        ("chat.completions (stream, usage not asked)", streamed_without_usage),
         ("chat.completions.stream()", stream_helper),
         ("completions (plain)", completion),
         ("completions (stream)", completion_stream),

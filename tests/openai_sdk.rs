@@ -123,6 +123,7 @@ fn official_openai_python_sdk_works_unmodified_on_every_route() {
         "chat.completions.stream()",
         "responses.stream()",
         "upstream refusal",
+        "chat.completions (stream, usage not asked)",
     ] {
         assert!(
             stdout.contains(&format!("ok   {}:", name)),
@@ -132,7 +133,7 @@ fn official_openai_python_sdk_works_unmodified_on_every_route() {
         );
     }
     assert!(
-        stdout.contains("18/18 checks passed, 0 skipped"),
+        stdout.contains("19/19 checks passed, 0 skipped"),
         "{}",
         stdout
     );
@@ -279,7 +280,11 @@ fn official_openai_node_sdk_stream_helpers_work_unmodified() {
         stdout,
         stderr
     );
-    for name in ["chat.completions.stream()", "responses.stream()"] {
+    for name in [
+        "chat.completions.stream()",
+        "responses.stream()",
+        "chat.completions (stream, usage not asked)",
+    ] {
         assert!(
             stdout.contains(&format!("ok   {}:", name)),
             "check {:?} did not pass:\n{}",
@@ -288,7 +293,7 @@ fn official_openai_node_sdk_stream_helpers_work_unmodified() {
         );
     }
     assert!(
-        stdout.contains("4/4 checks passed, 0 skipped"),
+        stdout.contains("5/5 checks passed, 0 skipped"),
         "{}",
         stdout
     );
@@ -297,5 +302,5 @@ fn official_openai_node_sdk_stream_helpers_work_unmodified() {
         .iter()
         .filter(|r| r.json()["stream"] == true)
         .count();
-    assert_eq!(streamed, 3, "every helper streamed through the relay");
+    assert_eq!(streamed, 4, "every helper streamed through the relay");
 }

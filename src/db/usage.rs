@@ -365,3 +365,107 @@ impl Db {
         Ok(items.into_iter().map(|(_, i)| i).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testing::temp_db;
+
+    const HOUR_US: i64 = 3_600_000_000;
+
+    fn row(at_us: i64, user: &str, model: &str, prompt: u64) -> UsageRow {
+        UsageRow {
+            at_us,
+            user_id: user.into(),
+            key_id: None,
+            model: model.into(),
+            upstream: "default".into(),
+            route: "/v1/chat/completions",
+            prompt_tokens: prompt,
+            completion_tokens: 1,
+            estimated: false,
+            status: 200,
+            latency_ms: 3,
+        }
+    }
+
+    #[test]
+    fn reports_add_whole_days_from_the_sums_and_the_ends_from_the_rows() {
+        let db = temp_db();
+        let day0 = 20_000 * DAY_MS * 1000; // µs
+                                           // Rows across four days; their prompt tokens tell them apart.
+        let rows = [
+            row(day0 + 6 * HOUR_US, "a", "m", 1),
+            row(day0 + 18 * HOUR_US, "a", "m", 2),
+            row(day0 + 24 * HOUR_US + 12 * HOUR_US, "b", "n", 4),
+            row(day0 + 48 * HOUR_US + 3 * HOUR_US, "a", "n", 8),
+            row(day0 + 48 * HOUR_US + 20 * HOUR_US, "a", "m", 16),
+            row(day0 + 72 * HOUR_US, "a", "m", 32),
+        ];
+        // In two batches: the day sums add up across writes.
+        db.record_usage(&rows[..3]).unwrap();
+        db.record_usage(&rows[3..]).unwrap();
+        let ms = |us: i64| us / 1000;
+        let report = |since: i64, until: i64, user: Option<&str>, by: GroupBy| {
+            db.usage_report(&UsageQuery {
+                since_ms: ms(since),
+                until_ms: ms(until),
+                user_id: user,
+                group_by: by,
+            })
+            .unwrap()
+        };
+        // Every window against a plain sum over the rows.
+        let windows = [
+            (day0, day0 + 96 * HOUR_US),
+            (day0 + 12 * HOUR_US, day0 + 60 * HOUR_US),
+            (day0 + 7 * HOUR_US, day0 + 17 * HOUR_US),
+            (day0 + 18 * HOUR_US, day0 + 72 * HOUR_US),
+            (day0 + 24 * HOUR_US, day0 + 48 * HOUR_US),
+            (day0 + 30 * HOUR_US, day0 + 30 * HOUR_US),
+        ];
+        for (since, until) in windows {
+            for user in [None, Some("a"), Some("b")] {
+                let want: u64 = rows
+                    .iter()
+                    .filter(|r| r.at_us >= since && r.at_us < until)
+                    .filter(|r| user.is_none_or(|u| r.user_id == u))
+                    .map(|r| r.prompt_tokens)
+                    .sum();
+                for by in GroupBy::ALL {
+                    let got: u64 = report(since, until, user, by)
+                        .iter()
+                        .map(|i| i.prompt_tokens)
+                        .sum();
+                    assert_eq!(got, want, "{:?}..{:?} {:?} {:?}", since, until, user, by);
+                }
+            }
+        }
+        let by_day = report(day0, day0 + 96 * HOUR_US, Some("a"), GroupBy::Day);
+        let days: Vec<(Option<&str>, u64, u64)> = by_day
+            .iter()
+            .map(|i| (i.group.as_deref(), i.requests, i.prompt_tokens))
+            .collect();
+        assert_eq!(
+            days,
+            [
+                (Some("2024-10-04"), 2, 3),
+                (Some("2024-10-06"), 2, 24),
+                (Some("2024-10-07"), 1, 32)
+            ]
+        );
+        let by_model = report(day0, day0 + 96 * HOUR_US, None, GroupBy::Model);
+        assert_eq!(by_model[0].group.as_deref(), Some("m"), "most tokens first");
+        assert_eq!(
+            report(day0, day0 + 96 * HOUR_US, None, GroupBy::Key)[0].group,
+            None
+        );
+        assert!(report(day0, day0 + 96 * HOUR_US, Some("nobody"), GroupBy::Day).is_empty());
+        // The limits' view: a user's day and month from the sums.
+        assert_eq!(
+            db.usage_spent("a", 20_000, 20_002).unwrap(),
+            (8 + 16 + 2, 1 + 2 + 8 + 16 + 32 + 5)
+        );
+        assert_eq!(db.last_usage_at().unwrap(), day0 + 72 * HOUR_US);
+    }
+}

@@ -65,6 +65,20 @@ await check("chat.completions (stream)", async () => {
   return JSON.stringify(text);
 });
 
+await check("chat.completions (stream, usage not asked)", async () => {
+  // portcullis asks the upstream for usage itself; that chunk is not ours
+  // to see when we did not ask.
+  const stream = await client.chat.completions.create({ model, messages, stream: true });
+  let chunks = 0;
+  for await (const chunk of stream) {
+    chunks += 1;
+    assert.ok(chunk.choices.length > 0, "a chunk without choices reached the client");
+    assert.ok(!chunk.usage, "a usage chunk reached the client");
+  }
+  assert.ok(chunks > 0, "no chunks");
+  return `${chunks} chunks, none with usage`;
+});
+
 await check("chat.completions.stream()", async () => {
   const stream = client.chat.completions.stream({ model, messages });
   let deltas = "";
