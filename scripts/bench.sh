@@ -23,7 +23,7 @@ need wrk wrk
 need nginx nginx
 
 echo "building release binaries..." >&2
-cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream --example sqlite_ceiling --example bulk_load --example growth_probe >&2
+cargo build --release --locked --bin portcullis --example hello_tiny_http --example loadgen --example mock_upstream --example sqlite_ceiling --example bulk_load --example growth_probe --example usage_load >&2
 BIN=$ROOT/target/release/portcullis
 HELLO=$ROOT/target/release/examples/hello_tiny_http
 LOADGEN=$ROOT/target/release/examples/loadgen
@@ -265,6 +265,10 @@ MEMORY_ROWS=$("$ROOT/scripts/body_memory.sh" --no-build)
 echo "8. cost growth" >&2
 GROWTH=$("$ROOT/scripts/cost_growth.sh" --no-build)
 
+# ---- 8b. usage reports: 30 days over 1,000,000 rows ------------------------
+echo "8b. usage reports" >&2
+USAGE_REPORTS=$("$ROOT/scripts/usage_bench.sh" --no-build)
+
 # ---- 9. where the time goes: per relayed request, before and now ----------
 # The same N relayed requests (one keep-alive client, examples/growth_probe)
 # against this build and against the baseline commit (default: 416b116, the
@@ -496,6 +500,18 @@ answer checked 200), alternating sides. The query plans behind them are
 pinned by \`tests/query_plans.rs\`.
 
 $GROWTH
+
+## Usage reports: 30 days over 1,000,000 rows
+\`scripts/usage_bench.sh\`: \`examples/usage_load.rs\` writes 1,000,000 usage rows
+spread over the last 30 days (20 users, 40 keys, 5 models) through the
+server's own write path (\`Db::record_usage\`: rows, labels and day sums); the
+release server (auth on) then answers the 30-day reports, each
+request on a new connection (curl), every answer checked 200. Reports read
+the day sums of whole days and only the rows of the partial days at the
+window's ends (\`db::usage\`); the baseline is one SQL aggregate over the
+window's rows, what the day sums avoid. Target: under 200 ms.
+
+$USAGE_REPORTS
 
 ## Durability
 150 of 150 acknowledged writes survive a SIGKILL: \`cargo test --test crash\`
