@@ -165,18 +165,51 @@ pub struct StreamHandle {
     abort: Abort,
     backlog: Arc<Backlog>,
     finished: bool,
-    /// The name of the upstream tried last (the one streaming once
-    /// `Opened` came), for the usage row.
-    upstream: Arc<Mutex<String>>,
+    /// The upstreams tried (the one streaming once `Opened` came), for
+    /// the usage rows.
+    tried: Arc<Mutex<Tried>>,
+}
+
+/// The upstreams one call went to, for its usage rows: each attempt that
+/// failed and moved the call on (failover, `/api/chat`'s retry for the
+/// context size), and the one that answered (or was tried last).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tried {
+    pub upstream: String,
+    pub failed: Vec<FailedAttempt>,
+}
+
+/// An attempt that failed before its upstream answered: nothing spent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailedAttempt {
+    pub upstream: String,
+    pub status: u16,
+    pub latency_ms: u64,
+}
+
+impl Tried {
+    /// The attempt now under way.
+    pub fn begin(&mut self, upstream: &str) {
+        self.upstream.clear();
+        self.upstream.push_str(upstream);
+    }
+
+    /// The attempt under way failed with `err` after `since` and the call
+    /// moves on.
+    pub fn failed(&mut self, err: &ApiError, since: std::time::Instant) {
+        self.failed.push(FailedAttempt {
+            upstream: self.upstream.clone(),
+            status: err.status(),
+            latency_ms: since.elapsed().as_millis() as u64,
+        });
+    }
 }
 
 impl StreamHandle {
-    /// The name of the upstream that took the stream (or was tried last).
-    pub fn upstream_name(&self) -> String {
-        self.upstream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The upstreams tried: the one that took the stream (or was tried
+    /// last), and those that failed before it.
+    pub fn tried(&self) -> Tried {
+        self.tried.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The next event, waiting at most `timeout`.
@@ -671,8 +704,8 @@ pub fn open_stream_tries(
     };
     let request_id = request_id.to_string();
     let path = path.to_string();
-    let upstream = Arc::new(Mutex::new(String::new()));
-    let tried = upstream.clone();
+    let tried = Arc::new(Mutex::new(Tried::default()));
+    let reader_tried = tried.clone();
     std::thread::Builder::new()
         .name("upstream-reader".into())
         .stack_size(READER_STACK_BYTES)
@@ -688,7 +721,11 @@ pub fn open_stream_tries(
                     t.upstream.post(&path, "text/event-stream", false, true),
                     t.upstream.post(&path, "text/event-stream", true, true),
                 ];
-                *tried.lock().unwrap_or_else(|e| e.into_inner()) = t.name.clone();
+                reader_tried
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .begin(&t.name);
+                let attempt_started = std::time::Instant::now();
                 t.attempt.begin();
                 match send_head(requests, &body, &reader_abort) {
                     Ok(res) => {
@@ -703,6 +740,10 @@ pub fn open_stream_tries(
                     Err(Some(e)) => {
                         t.attempt.settle(Err(&e));
                         if i + 1 < n && fails_over(&e) && !reader_abort.is_aborted() {
+                            reader_tried
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .failed(&e, attempt_started);
                             logging::info(
                                 "upstream failed before the stream opened; trying the next",
                                 &[("code", json!(e.code()))],
@@ -717,7 +758,7 @@ pub fn open_stream_tries(
         })
         .map_err(|e| ApiError::internal(format!("cannot start upstream reader: {}", e)))?;
     Ok(StreamHandle {
-        upstream,
+        tried,
         rx,
         abort,
         backlog,

@@ -31,7 +31,7 @@ use crate::config::{Config, UpstreamConfig};
 use crate::error::ApiError;
 use crate::logging;
 use crate::secret::Secret;
-use crate::upstream::{Attempt, StreamHandle, StreamTry, Upstream};
+use crate::upstream::{Attempt, StreamHandle, StreamTry, Tried, Upstream};
 
 /// The default upstream's name (`[upstream]`) in logs, metrics, readiness.
 pub const DEFAULT_NAME: &str = "default";
@@ -351,31 +351,30 @@ impl Upstreams {
     }
 
     /// A non-streaming POST for `model` (see `Upstream::relay`), failing
-    /// over as the module doc says; `served` is set to the name of the
-    /// upstream that answered (or was tried last).
+    /// over as the module doc says; `tried` records where it went.
     pub fn relay(
         self: &Arc<Self>,
         model: &str,
         path: &str,
         body: &[u8],
-        served: &mut String,
+        tried: &mut Tried,
     ) -> Result<Vec<u8>, ApiError> {
-        self.call(model, served, |up| up.relay(path, body))
+        self.call(model, tried, |up| up.relay(path, body))
     }
 
     /// `f` on the leased upstreams in turn until one does not fail over;
-    /// `served` names the last one tried.
+    /// `tried` records each attempt.
     pub fn call<T>(
         self: &Arc<Self>,
         model: &str,
-        served: &mut String,
+        tried: &mut Tried,
         mut f: impl FnMut(&Upstream) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut last = None;
         for candidate in self.candidates(model) {
             let mut lease = candidate.lease();
-            served.clear();
-            served.push_str(&lease.member.name);
+            tried.begin(&lease.member.name);
+            let started = std::time::Instant::now();
             let r = f(&lease.member.client);
             if crate::upstream::scope_aborted() {
                 // The client left (`relays`): no next upstream, and this
@@ -385,6 +384,7 @@ impl Upstreams {
             lease.settle(r.as_ref().map(|_| ()));
             match r {
                 Err(e) if fails_over(&e) => {
+                    tried.failed(&e, started);
                     logging::info(
                         "upstream failed before answering; trying the next",
                         &[
@@ -396,6 +396,11 @@ impl Upstreams {
                 }
                 other => return other,
             }
+        }
+        // The last failure is the call's own outcome, not an attempt it
+        // moved on from.
+        if last.is_some() {
+            tried.failed.pop();
         }
         Err(last.unwrap_or_else(|| ApiError::internal("no upstream serves this model")))
     }

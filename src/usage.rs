@@ -50,6 +50,7 @@ use crate::db::users::UserLimits;
 use crate::db::{Db, StoreError};
 use crate::error::ApiError;
 use crate::time::{day_of, month_start, next_month_start, DAY_MS};
+use crate::upstream::Tried;
 
 /// A user's limits in force: their own, else `[limits]`'s. 0: no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -330,18 +331,34 @@ impl Usage {
         drop(tallies);
         let Some(s) = spent else { return };
         self.count_tokens(&open.model, s.prompt, s.completion);
-        self.recorder.push(UsageRow {
+        let row = |upstream: String| UsageRow {
             at_us: 0,
-            user_id: open.user_id,
-            key_id: open.key_id,
-            model: open.model,
-            upstream: s.upstream,
+            user_id: open.user_id.clone(),
+            key_id: open.key_id.clone(),
+            model: open.model.clone(),
+            upstream,
             route: open.route,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            estimated: false,
+            status: 0,
+            latency_ms: 0,
+        };
+        // One row per upstream call: those it moved on from first.
+        for f in s.tried.failed {
+            self.recorder.push(UsageRow {
+                status: f.status,
+                latency_ms: f.latency_ms,
+                ..row(f.upstream)
+            });
+        }
+        self.recorder.push(UsageRow {
             prompt_tokens: s.prompt,
             completion_tokens: s.completion,
             estimated: s.estimated,
             status: s.status,
             latency_ms: open.started.elapsed().as_millis() as u64,
+            ..row(s.tried.upstream)
         });
     }
 
@@ -413,7 +430,7 @@ struct Open {
 
 /// What a call cost, for its row.
 struct Spent {
-    upstream: String,
+    tried: Tried,
     prompt: u64,
     completion: u64,
     estimated: bool,
@@ -423,8 +440,9 @@ struct Spent {
 /// How an upstream call ended, as the handler saw it.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The upstream that answered (or was tried last).
-    pub upstream: String,
+    /// The upstream that answered (or was tried last), and the attempts
+    /// that failed before it (a row each, nothing spent).
+    pub tried: Tried,
     /// The call's HTTP status: 200, the error's status, or 499 when the
     /// client left first.
     pub status: u16,
@@ -477,7 +495,7 @@ impl Ticket {
             None => (0, o.generated, true),
         };
         let spent = Spent {
-            upstream: o.upstream,
+            tried: o.tried,
             prompt,
             completion,
             estimated,

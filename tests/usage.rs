@@ -734,3 +734,39 @@ fn reports_group_and_are_scoped_and_the_cli_prints_them() {
     let (code, _, err) = run_cli(&["usage", "--since", "soon"], &[], &s.dir);
     assert_eq!(code, 2, "{}", err);
 }
+
+#[test]
+fn a_call_that_fails_over_leaves_a_row_for_each_upstream_it_tried() {
+    let up = FakeUpstream::start(Mode::Normal);
+    let config = format!(
+        "[upstream]\nbase_url = {}\nmodels = m\n\n[upstream.backup]\nbase_url = {}\nmodels = m\n",
+        support::relay::refused_base_url(),
+        up.base_url()
+    );
+    // `opts` would point the default upstream at the fake: not here.
+    let (s, admin) = start(
+        Opts::new()
+            .config(&config)
+            .env("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", "100000")
+            .env("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "100000"),
+    );
+    let mut body = chat_body("hi");
+    body["model"] = json!("m");
+    assert_eq!(post(&s, &admin, "/v1/chat/completions", &body).status, 200);
+    body["stream"] = json!(true);
+    assert_eq!(stream_all(&s, &admin, "/v1/chat/completions", &body).0, 200);
+    let rows = wait_rows(&s, &admin, 4);
+    let seen: Vec<(&str, u16, u64, u64)> = rows
+        .iter()
+        .map(|r| (r.upstream.as_str(), r.status, r.prompt, r.completion))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("default", 502, 0, 0),
+            ("backup", 200, PROMPT, COMPLETION),
+            ("default", 502, 0, 0),
+            ("backup", 200, PROMPT, COMPLETION)
+        ]
+    );
+}

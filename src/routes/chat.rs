@@ -404,15 +404,17 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let (conversation_id, user_id) = (conversation.id.clone(), user.id.clone());
         let owner_id = owner_id.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let mut served = String::new();
-            let mut answered = up.relay(&model, CHAT_PATH, &upstream_req, &mut served);
+            let mut tried = upstream::Tried::default();
+            let first = Instant::now();
+            let mut answered = up.relay(&model, CHAT_PATH, &upstream_req, &mut tried);
             if let (Err(e), Some((body, n))) = (&answered, &retry_req) {
                 if e.is_context_overflow() {
                     log_retry(e, *n);
-                    answered = up.relay(&model, CHAT_PATH, body, &mut served);
+                    tried.failed(e, first);
+                    answered = up.relay(&model, CHAT_PATH, body, &mut tried);
                 }
             }
-            ticket.settle(super::openai::answer_outcome(served, &answered));
+            ticket.settle(super::openai::answer_outcome(tried, &answered));
             // Only the content, usage and finish reason are read.
             let answered = answered.and_then(|a| {
                 let parts = views::answer_parts(&a).unwrap_or_default();
@@ -499,9 +501,27 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         // refusal seen within the grace, before even the response head went
         // out (a second refusal is then answered as plain JSON, as usual).
         let mut opened = handle.wait_opened(grace);
+        // The attempts of streams replaced by the retry (each a usage row).
+        let mut earlier: Vec<upstream::FailedAttempt> = Vec::new();
+        let moved_on =
+            |earlier: &mut Vec<upstream::FailedAttempt>, handle: &StreamHandle, status| {
+                let t = handle.tried();
+                earlier.extend(t.failed);
+                earlier.push(upstream::FailedAttempt {
+                    upstream: t.upstream,
+                    status,
+                    latency_ms: started.elapsed().as_millis() as u64,
+                });
+            };
+        let tried = |earlier: &[upstream::FailedAttempt], handle: &StreamHandle| {
+            let mut t = handle.tried();
+            t.failed.splice(0..0, earlier.iter().cloned());
+            t
+        };
         if let Err(e) = &opened {
             if let Some((body, n)) = retry.take().filter(|_| e.is_context_overflow()) {
                 log_retry(e, n);
+                moved_on(&mut earlier, &handle, e.status());
                 opened = reopen(&mut handle, body).and_then(|()| handle.wait_opened(grace));
             }
         }
@@ -509,7 +529,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
         let accepted = matches!(opened, Ok(true));
         if let Some(code) = sse::answer_opening(out, opened, &metrics, store_error) {
             ticket.settle(Outcome {
-                upstream: handle.upstream_name(),
+                tried: tried(&earlier, &handle),
                 status: refused.unwrap_or(502),
                 ..Outcome::default()
             });
@@ -534,7 +554,8 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 // not change with the retry) but before any delta, when
                 // `Answer::on_event` stopped the pump for it without writing;
                 // the new stream is pumped in the old one's place.
-                if let Some(body) = answer.retry_now.take() {
+                if let Some((body, status)) = answer.retry_now.take() {
+                    moved_on(&mut earlier, &handle, status);
                     end = match reopen(&mut handle, body) {
                         Ok(()) => sse::pump(out, &mut handle, &limits, |out, ev| {
                             answer.on_event(out, ev, &start["message_id"])
@@ -566,7 +587,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
             metrics.record_upstream_error(err.code());
         }
         ticket.settle(Outcome {
-            upstream: handle.upstream_name(),
+            tried: tried(&earlier, &handle),
             status: match (&end, &answer.failed) {
                 (PumpEnd::ClientGone, _) => super::openai::CLIENT_GONE,
                 (_, Some(err)) => err.status(),
@@ -603,10 +624,11 @@ struct Answer {
     /// The request with half the history and its number of messages,
     /// while the one retry is unused.
     retry: Option<(Vec<u8>, usize)>,
-    /// Set (from `retry`) when the upstream refused for the context size
-    /// before any delta went out: the stream thread sends it and goes on
-    /// pumping, and the client sees no trace of the first attempt.
-    retry_now: Option<Vec<u8>>,
+    /// Set (from `retry`, with the refusal's status) when the upstream
+    /// refused for the context size before any delta went out: the stream
+    /// thread sends it and goes on pumping, and the client sees no trace
+    /// of the first attempt.
+    retry_now: Option<(Vec<u8>, u16)>,
     /// The upstream took the request (for the usage row).
     accepted: bool,
     /// What it generated, estimated (when it sends no usage).
@@ -656,7 +678,7 @@ impl Answer {
                 match self.retry.take() {
                     Some((body, n)) => {
                         log_retry(&err, n);
-                        self.retry_now = Some(body);
+                        self.retry_now = Some((body, err.status()));
                         Ok(Flow::Stop)
                     }
                     None => self.fail(out, err),

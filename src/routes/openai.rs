@@ -533,9 +533,9 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
         // received: checked, never parsed into a tree.
         let up = app.upstreams.clone();
         return Ok(Reply::deferred(Box::new(move || {
-            let mut served = String::new();
-            let answer = up.relay(&model, relay.upstream_path, &body, &mut served);
-            ticket.settle(answer_outcome(served, &answer));
+            let mut tried = upstream::Tried::default();
+            let answer = up.relay(&model, relay.upstream_path, &body, &mut tried);
+            ticket.settle(answer_outcome(tried, &answer));
             Ok(Reply::bytes(200, "application/json", answer?))
         })));
     };
@@ -559,7 +559,7 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
             Err(e) => spent.status = e.status(),
         }
         if let Some(code) = sse::answer_opening(out, opened, &metrics, || {}) {
-            spent.upstream = handle.upstream_name();
+            spent.tried = handle.tried();
             ticket.settle(spent);
             log_stream_end(route, code, started);
             return;
@@ -620,7 +620,7 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
         if spent.status == 0 {
             spent.status = 200;
         }
-        spent.upstream = handle.upstream_name();
+        spent.tried = handle.tried();
         spent.generated = generated.tokens() as u64;
         ticket.settle(spent);
         log_stream_end(route, outcome, started);
@@ -634,7 +634,7 @@ pub const CLIENT_GONE: u16 = 499;
 /// How a non-streaming call ended, for its usage row: the answer's
 /// `usage` (or the estimate of its text), or the failure's status; a
 /// call whose client hung up (`relays`) is 499 and charged its prompt.
-pub fn answer_outcome(upstream: String, answer: &Result<Vec<u8>, ApiError>) -> Outcome {
+pub fn answer_outcome(tried: upstream::Tried, answer: &Result<Vec<u8>, ApiError>) -> Outcome {
     match answer {
         Ok(bytes) => {
             let parts = views::answer_parts(bytes).unwrap_or_default();
@@ -643,7 +643,7 @@ pub fn answer_outcome(upstream: String, answer: &Result<Vec<u8>, ApiError>) -> O
                 generated.add(text);
             }
             Outcome {
-                upstream,
+                tried,
                 status: 200,
                 usage: parts.usage,
                 accepted: true,
@@ -653,7 +653,7 @@ pub fn answer_outcome(upstream: String, answer: &Result<Vec<u8>, ApiError>) -> O
         Err(e) => {
             let gone = upstream::scope_aborted();
             Outcome {
-                upstream,
+                tried,
                 status: if gone { CLIENT_GONE } else { e.status() },
                 accepted: gone,
                 ..Outcome::default()
