@@ -1,7 +1,8 @@
 //! The built-in chat page (issue 7): served from the binary with ETags and
 //! its own CSP, turned off by `ui = false`, and driven end to end by a
 //! person's steps in headless Chromium (tests/e2e/ui.mjs: playwright-core
-//! with Debian's chromium) against the real binary and a fake upstream.
+//! with Debian's chromium) against the real binary and a fake upstream,
+//! the usage line and the admins' usage view (usage accounting) included.
 //!
 //! The browser test skips with a notice where node, chromium or
 //! tests/e2e/node_modules is missing, except under `CI=true`, where it
@@ -178,6 +179,24 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
         );
         assert_eq!(r.status, 201, "{}", r.text());
     }
+    // bob's own day limit is one token: his first answer spends it, and his
+    // second message meets `budget_exceeded`.
+    let bob = s.get_as("/api/admin/users", &key).json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "bob")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.json(
+        "PATCH",
+        &format!("/api/admin/users/{bob}"),
+        Some(&key),
+        &serde_json::json!({"limits": {"tokens_per_day": 1}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     let shots = TempDir::new("ui-e2e");
     let started = Instant::now();
     let (passed, output) = run_script(

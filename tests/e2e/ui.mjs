@@ -5,7 +5,7 @@
 // streams very slowly for a message holding "slowly", and fails with 500
 // for a message holding "fail"; every answer reports 7 prompt and 5
 // completion tokens of usage. Users have a limit of 100,000 tokens a day
-// and none a month. A second portcullis (NOAUTH_URL) runs with auth mode
+// (USER2 has his own: one token) and none a month. A second portcullis (NOAUTH_URL) runs with auth mode
 // none, where the Origin check is the only defence.
 //
 // Env: BASE_URL, NOAUTH_URL, API_KEY (the first admin's), USER1/PASS1 and
@@ -260,6 +260,19 @@ try {
   await second.getByLabel("Message", { exact: true }).fill("bob's own question");
   await second.keyboard.press("Enter");
   await second.locator("#conversations .pick").first().waitFor();
+  // His one-token day budget is spent by that answer: the next message is
+  // refused with a sentence, and the usage line shows the budget over.
+  await second.waitForFunction(() => document.getElementById("send").disabled === false, null, { timeout: 15000 });
+  await second.getByLabel("Message", { exact: true }).fill("bob's second question");
+  await second.keyboard.press("Enter");
+  await second.locator("#status", { hasText: /^Your token budget for today is spent; it renews in (\d+ (seconds|minutes)|about \d+ hours)\.$/ }).waitFor({ timeout: 10000 });
+  const bobUsage = await second.evaluate(() => ({
+    text: document.querySelector("#my-usage .budget").textContent,
+    over: !!document.querySelector("#my-usage .fill.over"),
+    box: document.getElementById("message").value,
+  }));
+  check(bobUsage.text === `Today ${TOKENS_PER_ANSWER} of 1 tokens` && bobUsage.over && bobUsage.box === "bob's second question",
+    "a spent budget: shown over, the refused message back in the box: " + JSON.stringify(bobUsage));
   const theirs = await second.evaluate(() => [...document.querySelectorAll("#conversations .pick")].map((b) => b.textContent));
   await page.reload();
   await page.locator("#conversations .pick").first().waitFor();
@@ -301,6 +314,8 @@ try {
   check(Object.keys(table).length === 4 && table[USER1] && table[USER2] && table[ADMIN_USER + " admin"], "every user listed: " + JSON.stringify(table));
   check(table[USER1] && table[USER1][3] === fmt(expected) && table[USER1][4] === "default" && table[USER1][5] === "default",
     `alice's row: ${fmt(expected)} tokens, default limits: ` + JSON.stringify(table[USER1]));
+  check(table[USER2] && table[USER2][3] === fmt(TOKENS_PER_ANSWER) && table[USER2][4] === "1" && table[USER2][5] === "default",
+    "bob's row: one answer, his own day limit: " + JSON.stringify(table[USER2]));
   const unlabelledInView = await adminPage.evaluate(() => [...document.querySelectorAll("#usage-dialog button")]
     .filter((el) => !el.getAttribute("aria-label") && !el.textContent.trim()).length);
   check(unlabelledInView === 0, "every button of the usage view has a name");
