@@ -1,7 +1,8 @@
 //! The built-in chat page (issue 7): served from the binary with ETags and
 //! its own CSP, turned off by `ui = false`, and driven end to end by a
 //! person's steps in headless Chromium (tests/e2e/ui.mjs: playwright-core
-//! with Debian's chromium) against the real binary and a fake upstream.
+//! with Debian's chromium) against the real binary and a fake upstream,
+//! the usage line and the admins' usage view (usage accounting) included.
 //!
 //! The browser test skips with a notice where node, chromium or
 //! tests/e2e/node_modules is missing, except under `CI=true`, where it
@@ -38,6 +39,9 @@ const SLOW_TOKEN_GAP: Duration = Duration::from_millis(1200);
 /// Chat requests per minute: few enough that the script's burst of
 /// messages meets a real 429.
 const CHAT_PER_MINUTE: &str = "6";
+/// Tokens per user per day: a limit, so the page's usage line says
+/// "of 100,000 tokens" (the month stays unlimited: "no limit").
+const TOKENS_PER_DAY: &str = "100000";
 /// Bound on the whole browser run (Chromium start-up included).
 const E2E_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -146,7 +150,8 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
             .env("PORTCULLIS_UPSTREAM_BASE_URL", &up.base_url())
             .env("PORTCULLIS_SECURITY_CSRF_TOKENS", "true")
             .env("PORTCULLIS_CSRF_SECRET", CSRF_SECRET)
-            .env("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", CHAT_PER_MINUTE),
+            .env("PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE", CHAT_PER_MINUTE)
+            .env("PORTCULLIS_LIMITS_TOKENS_PER_DAY", TOKENS_PER_DAY),
     );
     // Auth mode none: the Origin check is then the only thing between a
     // cross-site page and the API, so that is where the script proves it.
@@ -158,16 +163,40 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
             .env("PORTCULLIS_CSRF_SECRET", CSRF_SECRET),
     );
     let key = first_key(&s);
-    // Two members with passwords, made through the admin API.
-    for (name, password) in [("alice", "alice's passphrase"), ("bob", "bob's passphrase")] {
+    // Two members and an admin with passwords, made through the admin API
+    // (the first admin has only a key, and the page signs in with a
+    // password).
+    for (name, password, role) in [
+        ("alice", "alice's passphrase", "member"),
+        ("bob", "bob's passphrase", "member"),
+        ("carol", "carol's passphrase", "admin"),
+    ] {
         let r = s.json(
             "POST",
             "/api/admin/users",
             Some(&key),
-            &serde_json::json!({"name": name, "password": password}),
+            &serde_json::json!({"name": name, "password": password, "role": role}),
         );
         assert_eq!(r.status, 201, "{}", r.text());
     }
+    // bob's own day limit is one token: his first answer spends it, and his
+    // second message meets `budget_exceeded`.
+    let bob = s.get_as("/api/admin/users", &key).json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "bob")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.json(
+        "PATCH",
+        &format!("/api/admin/users/{bob}"),
+        Some(&key),
+        &serde_json::json!({"limits": {"tokens_per_day": 1}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     let shots = TempDir::new("ui-e2e");
     let started = Instant::now();
     let (passed, output) = run_script(
@@ -182,6 +211,8 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
             ("PASS1", "alice's passphrase".to_string()),
             ("USER2", "bob".to_string()),
             ("PASS2", "bob's passphrase".to_string()),
+            ("ADMIN_USER", "carol".to_string()),
+            ("ADMIN_PASS", "carol's passphrase".to_string()),
             ("SHOT_DIR", shots.path().display().to_string()),
             ("CHROMIUM", chromium_path().display().to_string()),
         ],
@@ -194,7 +225,14 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
     );
     assert!(passed, "the browser test failed:\n{output}");
     assert!(output.contains(r#"{"result":"pass""#), "{output}");
-    for shot in ["chat.png", "history.png", "phone.png", "errors.png"] {
+    for shot in [
+        "chat.png",
+        "history.png",
+        "phone.png",
+        "errors.png",
+        "usage.png",
+        "usage-phone.png",
+    ] {
         assert!(shots.path().join(shot).is_file(), "no screenshot {shot}");
     }
 

@@ -14,6 +14,11 @@ const state = {
   conversations: [],
   conversation: null,
   controller: null,
+  // GET /api/me's `usage`: limits (0: none), today's and this month's tokens.
+  usage: null,
+  // The admin usage view: its days (UTC, oldest first) and the user charted.
+  usageDays: [],
+  usageUser: null,
 };
 const $ = (id) => document.getElementById(id);
 
@@ -43,8 +48,24 @@ async function describeError(res) {
     case "origin_not_allowed": return "The server refused a request from this page's address (origin).";
     case "not_found": return "That item no longer exists. The lists have been refreshed.";
     case "payload_too_large": return "That message is too large for the server.";
+    // The window (day or month) is named only in the message.
+    case "budget_exceeded": return `Your token budget for ${/month/.test(err.message || "") ? "this month" : "today"} is spent; it renews ${retry ? "in " + duration(Number(retry)) : "later"}.`;
     default: return err.message ? `${err.message} (${code || res.status})` : `The request failed (HTTP ${res.status}).`;
   }
+}
+
+// "40 seconds", "12 minutes", "about 5 hours", "about 3 days".
+function duration(seconds) {
+  if (seconds < 120) return `${seconds} seconds`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} minutes`;
+  if (seconds < 172800) return `about ${Math.round(seconds / 3600)} hours`;
+  return `about ${Math.round(seconds / 86400)} days`;
+}
+
+// An error thrown by apiJson is already a sentence; fetch's own TypeError
+// (no answer at all) is not.
+function sentence(e) {
+  return e instanceof TypeError ? "Network error: the server could not be reached." : e.message;
 }
 
 async function csrfToken(refresh) {
@@ -276,13 +297,17 @@ async function refresh() {
   if (/session has ended/.test($("status").textContent)) await whoAmI();
 }
 
-// Shows the sign-in form, or who is signed in.
+// Shows the sign-in form, or who is signed in (with their usage, and the
+// usage view's button for admins).
 function showSignedIn() {
   const signedIn = !!state.user;
   $("signin-form").hidden = signedIn;
   $("who").hidden = !signedIn;
   $("sign-out").hidden = state.auth !== "session";
+  $("open-usage").hidden = !signedIn || state.user.role !== "admin";
   $("who-name").textContent = signedIn ? "Signed in as " + state.user.name : "";
+  showMyUsage(signedIn ? state.usage : null);
+  if (!signedIn && $("usage-dialog").open) $("usage-dialog").close();
   document.querySelector("main").hidden = !signedIn;
 }
 
@@ -294,9 +319,12 @@ async function whoAmI() {
     const me = await res.json();
     state.user = me.user;
     state.auth = me.auth;
+    state.usage = me.usage || null;
   } else {
     state.user = null;
     state.auth = null;
+    state.usage = null;
+    state.usageUser = null;
     state.project = null;
     state.conversation = null;
     $("projects").replaceChildren();
@@ -404,7 +432,262 @@ async function send(text) {
     await guarded(loadConversations);
     showTitle();
     setStatus(keep, kind);
+    // The answer (or a refusal by a budget) changed what is spent.
+    await refreshMyUsage();
   }
+}
+
+// ---- Usage: the signed-in user's budgets, and the admins' view ----
+
+// Numbers in the page's language (English, like its sentences), so a
+// figure reads "1,234" whatever the browser's locale.
+const NUMBER = new Intl.NumberFormat("en");
+const fmt = (n) => NUMBER.format(n);
+const total = (item) => item.prompt_tokens + item.completion_tokens;
+
+// A bar for a limited budget. It repeats the words beside it, so screen
+// readers skip it. Its width is set through element.style (CSSOM), which
+// the page's CSP allows; a style="" attribute would be refused.
+function budgetBar(used, limit) {
+  const bar = document.createElement("span");
+  bar.className = "bar";
+  bar.setAttribute("aria-hidden", "true");
+  const fill = document.createElement("span");
+  const share = Math.min(1, used / limit);
+  fill.className = "fill" + (share >= 1 ? " over" : share >= 0.8 ? " near" : "");
+  fill.style.width = (share * 100).toFixed(1) + "%";
+  bar.append(fill);
+  return bar;
+}
+
+// "Today 1,234 of 10,000 tokens" and a bar, or "... tokens (no limit)"
+// for a limit of 0.
+function budgetPart(label, used, limit) {
+  const part = document.createElement("span");
+  part.className = "budget";
+  const words = document.createElement("span");
+  words.textContent = limit > 0
+    ? `${label} ${fmt(used)} of ${fmt(limit)} tokens`
+    : `${label} ${fmt(used)} tokens (no limit)`;
+  part.append(words);
+  if (limit > 0) part.append(budgetBar(used, limit));
+  return part;
+}
+
+function showMyUsage(usage) {
+  const el = $("my-usage");
+  el.hidden = !usage;
+  el.classList.remove("error");
+  if (!usage) { el.replaceChildren(); return; }
+  const sep = document.createElement("span");
+  sep.className = "sep";
+  sep.setAttribute("aria-hidden", "true");
+  sep.textContent = "·";
+  el.replaceChildren(
+    budgetPart("Today", usage.today.tokens, usage.limits.tokens_per_day),
+    sep,
+    budgetPart("This month", usage.month.tokens, usage.limits.tokens_per_month));
+}
+
+// Asks /api/me again: an answer has just spent tokens. A failure is said in
+// the usage line itself, so the status line keeps the answer's outcome.
+async function refreshMyUsage() {
+  if (!state.user) return;
+  try {
+    const me = await apiJson("GET", "/api/me");
+    state.usage = me.usage || null;
+    showMyUsage(state.usage);
+  } catch (e) {
+    const el = $("my-usage");
+    el.hidden = false;
+    el.classList.add("error");
+    el.textContent = "Your usage could not be shown. " + sentence(e);
+  }
+}
+
+// The admin view covers the last USAGE_DAYS days, today included.
+const USAGE_DAYS = 30;
+const DAY_MS = 86400000;
+
+// USAGE_DAYS dates (YYYY-MM-DD), oldest first, ending on the server's
+// today: the server counts days in UTC, and the browser's clock or time
+// zone may disagree with it.
+function lastDays() {
+  const today = state.usage ? state.usage.today.day : new Date().toISOString().slice(0, 10);
+  const end = Date.parse(today + "T00:00:00Z");
+  const days = [];
+  for (let i = USAGE_DAYS - 1; i >= 0; i--) days.push(new Date(end - i * DAY_MS).toISOString().slice(0, 10));
+  return days;
+}
+
+function setUsageStatus(text, kind) {
+  const el = $("usage-status");
+  el.textContent = text || "";
+  el.className = "status" + (kind ? " " + kind : "");
+}
+
+async function openUsageView() {
+  $("usage-dialog").showModal();
+  await refreshMyUsage(); // also moves "today" on if the day has changed
+  await loadUsageTable();
+}
+
+// One row per user with their totals over the window; users without calls
+// show zeros. Then the chart of the user picked before, if any, anew.
+async function loadUsageTable() {
+  state.usageDays = lastDays();
+  const days = state.usageDays;
+  $("usage-range").textContent = `${days[0]} to ${days[days.length - 1]} (UTC days)`;
+  setUsageStatus("Loading…");
+  try {
+    const [users, report] = await Promise.all([
+      apiJson("GET", "/api/admin/users"),
+      apiJson("GET", "/api/admin/usage?group_by=user&since=" + days[0]),
+    ]);
+    renderUsageTable(users.items, report.items);
+    setUsageStatus("");
+  } catch (e) {
+    setUsageStatus(sentence(e), "error");
+    return;
+  }
+  if (state.usageUser) await showUserChart(state.usageUser);
+}
+
+// A user's own limit: null means the server's default, 0 none.
+function limitText(v) {
+  if (v === null || v === undefined) return "default";
+  return v === 0 ? "no limit" : fmt(v);
+}
+
+function cell(tag, text) {
+  const c = document.createElement(tag);
+  c.textContent = text;
+  return c;
+}
+
+function renderUsageTable(users, items) {
+  const zero = { requests: 0, prompt_tokens: 0, completion_tokens: 0 };
+  const byUser = new Map(items.map((i) => [i.group, i]));
+  const rows = users.map((u) => ({ user: u, sums: byUser.get(u.id) || zero }));
+  // A deleted user's calls still count in the totals: a row without a
+  // chart (the server no longer knows the user).
+  const known = new Set(users.map((u) => u.id));
+  for (const i of items) {
+    if (i.group && !known.has(i.group)) rows.push({ user: { id: i.group, name: i.group, deleted: true }, sums: i });
+  }
+  rows.sort((a, b) => total(b.sums) - total(a.sums) || a.user.name.localeCompare(b.user.name));
+  $("usage-users").replaceChildren(...rows.map(({ user, sums }) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    if (user.deleted) {
+      th.textContent = "deleted user " + user.id;
+    } else {
+      const pick = button(user.name, "pick", () => showUserChart(user), `Show ${user.name}'s tokens per day`);
+      pick.dataset.userId = user.id;
+      pick.setAttribute("aria-pressed", "false");
+      th.append(pick);
+    }
+    const tags = [user.role === "admin" ? "admin" : "", user.disabled ? "disabled" : ""].filter(Boolean);
+    if (tags.length) th.append(cell("span", " " + tags.join(", ")));
+    tr.append(th,
+      cell("td", fmt(sums.requests)),
+      cell("td", fmt(sums.prompt_tokens)),
+      cell("td", fmt(sums.completion_tokens)),
+      cell("td", fmt(total(sums))),
+      cell("td", user.deleted ? "" : limitText(user.limits.tokens_per_day)),
+      cell("td", user.deleted ? "" : limitText(user.limits.tokens_per_month)));
+    return tr;
+  }));
+  markPicked();
+}
+
+function markPicked() {
+  for (const b of $("usage-users").querySelectorAll("button.pick")) {
+    const picked = !!state.usageUser && b.dataset.userId === state.usageUser.id;
+    b.setAttribute("aria-pressed", picked ? "true" : "false");
+    b.closest("tr").className = picked ? "active" : "";
+  }
+}
+
+async function showUserChart(user) {
+  state.usageUser = user;
+  markPicked();
+  const days = state.usageDays;
+  $("usage-chart-box").hidden = false;
+  $("chart-h").textContent = "Tokens per day: " + user.name;
+  $("usage-chart").replaceChildren();
+  setUsageStatus("Loading…");
+  try {
+    const report = await apiJson("GET", `/api/admin/usage?group_by=day&user_id=${encodeURIComponent(user.id)}&since=${days[0]}`);
+    // A later pick may have answered first: draw only the latest.
+    if (state.usageUser !== user) return;
+    $("usage-chart").replaceChildren(tokensChart(user.name, days, report.items, $("usage-chart").clientWidth));
+    setUsageStatus("");
+  } catch (e) {
+    if (state.usageUser === user) setUsageStatus(sentence(e), "error");
+  }
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+// An SVG element with attributes (never markup: nothing is parsed).
+function svg(tag, attrs, text) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// The chart's margins and height in CSS pixels. Its width is its box's
+// when drawn, so labels keep their size on a phone; it scales from there.
+const CHART = { height: 220, left: 64, right: 8, top: 12, bottom: 28, minWidth: 320, width: 640 };
+
+// Stacked bars of prompt and completion tokens, one per day (the report
+// lists only days with calls; the others are 0), each with a <title> for
+// hover and the whole summed up in the chart's <desc>. Axis labels: the
+// first and last day, 0 and the largest day's total.
+function tokensChart(name, days, items, width) {
+  const byDay = new Map(items.map((i) => [i.group, i]));
+  const zero = { requests: 0, prompt_tokens: 0, completion_tokens: 0 };
+  const sums = days.map((d) => byDay.get(d) || zero);
+  const most = Math.max(0, ...sums.map(total));
+  const all = sums.reduce((n, s) => n + total(s), 0);
+  const c = { ...CHART, width: Math.max(CHART.minWidth, Math.round(width) || CHART.width) };
+  const plotW = c.width - c.left - c.right;
+  const plotH = c.height - c.top - c.bottom;
+  const base = c.top + plotH;
+  const slot = plotW / days.length;
+  const barW = slot * 0.7;
+  const scale = most > 0 ? plotH / most : 0;
+
+  const chart = svg("svg", { viewBox: `0 0 ${c.width} ${c.height}`, class: "chart", role: "img", "aria-labelledby": "chart-title chart-desc" });
+  chart.append(
+    svg("title", { id: "chart-title" }, `Tokens per day for ${name}`),
+    svg("desc", { id: "chart-desc" }, most > 0
+      ? `${days[0]} to ${days[days.length - 1]}: ${fmt(all)} tokens in all; the most in one day ${fmt(most)}, on ${days[sums.findIndex((s) => total(s) === most)]}.`
+      : `${days[0]} to ${days[days.length - 1]}: no tokens.`),
+    svg("line", { class: "axis", x1: c.left, x2: c.width - c.right, y1: base, y2: base }),
+    svg("line", { class: "grid", x1: c.left, x2: c.width - c.right, y1: c.top, y2: c.top }),
+    svg("text", { class: "label", x: c.left - 6, y: c.top + 4, "text-anchor": "end" }, fmt(most)),
+    svg("text", { class: "label", x: c.left - 6, y: base + 4, "text-anchor": "end" }, "0"),
+    svg("text", { class: "label", x: c.left, y: c.height - 8, "text-anchor": "start" }, days[0]),
+    svg("text", { class: "label", x: c.width - c.right, y: c.height - 8, "text-anchor": "end" }, days[days.length - 1]));
+  days.forEach((day, i) => {
+    const s = sums[i];
+    const x = c.left + i * slot + (slot - barW) / 2;
+    const promptH = s.prompt_tokens * scale;
+    const completionH = s.completion_tokens * scale;
+    const g = svg("g", { class: "day", "data-day": day });
+    g.append(
+      svg("title", {}, `${day}: ${fmt(total(s))} tokens (${fmt(s.prompt_tokens)} prompt, ${fmt(s.completion_tokens)} completion) in ${fmt(s.requests)} requests`),
+      // A full-height target, so an empty day has a title to hover too.
+      svg("rect", { class: "hit", x: c.left + i * slot, y: c.top, width: slot, height: plotH }),
+      svg("rect", { class: "prompt", x, y: base - promptH, width: barW, height: promptH }),
+      svg("rect", { class: "completion", x, y: base - promptH - completionH, width: barW, height: completionH }));
+    chart.append(g);
+  });
+  return chart;
 }
 
 async function restoreFromAddress() {
@@ -462,6 +745,10 @@ function init() {
     else if (ev.key === "Escape" && state.controller) { ev.preventDefault(); state.controller.abort(); }
   });
   $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); $("message").focus(); });
+  $("open-usage").addEventListener("click", openUsageView);
+  $("close-usage").addEventListener("click", () => $("usage-dialog").close());
+  // Escape closes the dialog too; either way, focus goes back to its button.
+  $("usage-dialog").addEventListener("close", () => { if (!$("open-usage").hidden) $("open-usage").focus(); });
   whoAmI().then(async (signedIn) => { if (signedIn) { await restoreFromAddress(); await refresh(); } });
 }
 

@@ -3,11 +3,14 @@
 // (api_key auth, CSRF tokens and the Origin check on, a low chat rate
 // limit) in front of a fake upstream that streams a token every ~150 ms,
 // streams very slowly for a message holding "slowly", and fails with 500
-// for a message holding "fail". A second portcullis (NOAUTH_URL) runs with
-// auth mode none, where the Origin check is the only defence.
+// for a message holding "fail"; every answer reports 7 prompt and 5
+// completion tokens of usage. Users have a limit of 100,000 tokens a day
+// (USER2 has his own: one token) and none a month. A second portcullis (NOAUTH_URL) runs with auth mode
+// none, where the Origin check is the only defence.
 //
-// Env: BASE_URL, NOAUTH_URL, API_KEY (the admin's), USER1/PASS1 and
-// USER2/PASS2 (two members), SHOT_DIR, CHROMIUM (executable).
+// Env: BASE_URL, NOAUTH_URL, API_KEY (the first admin's), USER1/PASS1 and
+// USER2/PASS2 (two members), ADMIN_USER/ADMIN_PASS (an admin with a
+// password), SHOT_DIR, CHROMIUM (executable).
 // Prints one JSON line per step; exits 1 with {"failures": [...]}.
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -18,10 +21,24 @@ const NOAUTH = process.env.NOAUTH_URL;
 const KEY = process.env.API_KEY;
 const USER1 = process.env.USER1, PASS1 = process.env.PASS1;
 const USER2 = process.env.USER2, PASS2 = process.env.PASS2;
+const ADMIN_USER = process.env.ADMIN_USER, ADMIN_PASS = process.env.ADMIN_PASS;
+// The fake upstream's usage per answer (tests/support/fake_upstream.rs).
+const TOKENS_PER_ANSWER = 7 + 5;
 const SHOTS = process.env.SHOT_DIR;
 const t0 = Date.now();
 const step = (name, extra) => console.log(JSON.stringify({ step: name, ms: Date.now() - t0, ...extra }));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// GET path on the main server with the first admin's key.
+async function asAdmin(path) {
+  const res = await fetch(BASE + path, { headers: { Authorization: "Bearer " + KEY } });
+  assert.equal(res.status, 200, path);
+  return res.json();
+}
+
+// The usage line's parts ("Today ...", "This month ...") and their bars.
+const usageLine = () => [...document.querySelectorAll("#my-usage .budget")]
+  .map((b) => ({ text: b.textContent, bar: !!b.querySelector(".bar .fill") }));
 
 async function projectCount(base, key) {
   const headers = key ? { Authorization: "Bearer " + key } : {};
@@ -94,7 +111,11 @@ try {
   check(await page.locator("#who-name").textContent() === "Signed in as " + USER1, "shows who is signed in");
   check(await page.evaluate(() => sessionStorage.length === 0 && localStorage.length === 0 && !document.cookie.includes("portcullis_session")),
     "no key or session token reachable by the page's script (HttpOnly cookie)");
-  step("page loaded, signed in by keyboard");
+  const usageBefore = await page.evaluate(usageLine);
+  check(JSON.stringify(usageBefore) === JSON.stringify([{ text: "Today 0 of 100,000 tokens", bar: true }, { text: "This month 0 tokens (no limit)", bar: false }]),
+    "the usage line shows the day's limit with a bar, and no limit for the month: " + JSON.stringify(usageBefore));
+  check(await page.locator("#open-usage").isHidden(), "a member has no usage view button");
+  step("page loaded, signed in by keyboard", { usage: usageBefore.map((u) => u.text) });
 
   // 2. Projects: create two, rename one, delete the other.
   for (const name of ["E2E project", "Scratch"]) {
@@ -142,7 +163,14 @@ try {
   check(full.cls.includes("complete"), "answer marked complete: " + full.cls);
   check(full.text.length > first.text.length && full.text.startsWith(first.text), `answer grew after the first tokens (${first.text.length} -> ${full.text.length})`);
   check(await page.evaluate(() => document.activeElement.id) === "message", "focus stays in the message box");
-  step("answer streamed", { first_chars: first.text.length, final_chars: full.text.length });
+  // The usage line follows the answer's tokens without a reload.
+  const spent = `Today ${TOKENS_PER_ANSWER} of 100,000 tokens`;
+  await page.waitForFunction((t) => [...document.querySelectorAll("#my-usage .budget")].some((b) => b.textContent === t), spent, { timeout: 5000 })
+    .catch(() => {});
+  const usageAfter = await page.evaluate(usageLine);
+  check(usageAfter.length === 2 && usageAfter[0].text === spent && usageAfter[1].text === `This month ${TOKENS_PER_ANSWER} tokens (no limit)`,
+    "the usage line counts the answer's tokens: " + JSON.stringify(usageAfter));
+  step("answer streamed", { first_chars: first.text.length, final_chars: full.text.length, usage: usageAfter.map((u) => u.text) });
   await page.screenshot({ path: SHOTS + "/chat.png" });
 
   // 5. Stop a slow answer after its first token (the Stop button).
@@ -232,6 +260,19 @@ try {
   await second.getByLabel("Message", { exact: true }).fill("bob's own question");
   await second.keyboard.press("Enter");
   await second.locator("#conversations .pick").first().waitFor();
+  // His one-token day budget is spent by that answer: the next message is
+  // refused with a sentence, and the usage line shows the budget over.
+  await second.waitForFunction(() => document.getElementById("send").disabled === false, null, { timeout: 15000 });
+  await second.getByLabel("Message", { exact: true }).fill("bob's second question");
+  await second.keyboard.press("Enter");
+  await second.locator("#status", { hasText: /^Your token budget for today is spent; it renews in (\d+ (seconds|minutes)|about \d+ hours)\.$/ }).waitFor({ timeout: 10000 });
+  const bobUsage = await second.evaluate(() => ({
+    text: document.querySelector("#my-usage .budget").textContent,
+    over: !!document.querySelector("#my-usage .fill.over"),
+    box: document.getElementById("message").value,
+  }));
+  check(bobUsage.text === `Today ${TOKENS_PER_ANSWER} of 1 tokens` && bobUsage.over && bobUsage.box === "bob's second question",
+    "a spent budget: shown over, the refused message back in the box: " + JSON.stringify(bobUsage));
   const theirs = await second.evaluate(() => [...document.querySelectorAll("#conversations .pick")].map((b) => b.textContent));
   await page.reload();
   await page.locator("#conversations .pick").first().waitFor();
@@ -244,15 +285,105 @@ try {
   await second.context().close();
   step("two users, each sees only their own", { mine: mine.length, theirs: theirs.length });
 
-  // 10. Auth mode none: no key needed; CSRF tokens still fetched and sent.
+  // 10. An admin's usage view: opened by keyboard, it lists every user with
+  //     their tokens of the last 30 days; picking one draws their tokens
+  //     per day as an SVG chart of 30 days, today's bar as tall as the
+  //     figure the API reports. Errors read as sentences; Escape closes.
+  const adminPage = await newPage(await browser.newContext({ viewport: { width: 1000, height: 700 } }), "admin");
+  await adminPage.goto(BASE + "/");
+  await adminPage.getByLabel("Name", { exact: true }).fill(ADMIN_USER);
+  await adminPage.getByLabel("Password").fill(ADMIN_PASS);
+  await adminPage.getByLabel("Password").press("Enter");
+  await adminPage.getByText("No projects yet.").waitFor();
+  const openUsage = adminPage.getByRole("button", { name: "Usage per user" });
+  await openUsage.focus();
+  await adminPage.keyboard.press("Enter");
+  const dialog = adminPage.getByRole("dialog", { name: "Usage, last 30 days" });
+  await dialog.waitFor();
+  await adminPage.getByRole("button", { name: `Show ${USER1}'s tokens per day` }).waitFor();
+  // What the API says alice spent, per day, in the same window.
+  const today = (await asAdmin("/api/me")).usage.today.day;
+  const firstDay = new Date(Date.parse(today + "T00:00:00Z") - 29 * 86400000).toISOString().slice(0, 10);
+  const alice = (await asAdmin("/api/admin/users")).items.find((u) => u.name === USER1);
+  const perDay = (await asAdmin(`/api/admin/usage?group_by=day&user_id=${alice.id}&since=${firstDay}`)).items;
+  const expected = perDay.reduce((n, i) => n + i.prompt_tokens + i.completion_tokens, 0);
+  check(perDay.length === 1 && perDay[0].group === today && expected >= TOKENS_PER_ANSWER, "alice's calls are all today's: " + JSON.stringify(perDay));
+  const fmt = (n) => n.toLocaleString("en-US");
+  const table = await adminPage.evaluate(() => Object.fromEntries([...document.querySelectorAll("#usage-users tr")]
+    .map((tr) => [tr.querySelector("th").textContent, [...tr.querySelectorAll("td")].map((td) => td.textContent)])));
+  check(Object.keys(table).length === 4 && table[USER1] && table[USER2] && table[ADMIN_USER + " admin"], "every user listed: " + JSON.stringify(table));
+  check(table[USER1] && table[USER1][3] === fmt(expected) && table[USER1][4] === "default" && table[USER1][5] === "default",
+    `alice's row: ${fmt(expected)} tokens, default limits: ` + JSON.stringify(table[USER1]));
+  check(table[USER2] && table[USER2][3] === fmt(TOKENS_PER_ANSWER) && table[USER2][4] === "1" && table[USER2][5] === "default",
+    "bob's row: one answer, his own day limit: " + JSON.stringify(table[USER2]));
+  const unlabelledInView = await adminPage.evaluate(() => [...document.querySelectorAll("#usage-dialog button")]
+    .filter((el) => !el.getAttribute("aria-label") && !el.textContent.trim()).length);
+  check(unlabelledInView === 0, "every button of the usage view has a name");
+
+  await adminPage.getByRole("button", { name: `Show ${USER1}'s tokens per day` }).click();
+  await adminPage.locator("#usage-chart svg g.day").first().waitFor();
+  const chart = await adminPage.evaluate(() => {
+    const svg = document.querySelector("#usage-chart svg");
+    const height = (g, cls) => Number(g.querySelector("rect." + cls).getAttribute("height"));
+    return {
+      role: svg.getAttribute("role"),
+      name: svg.querySelector(":scope > title").textContent,
+      labels: [...svg.querySelectorAll(":scope > text")].map((t) => t.textContent),
+      days: [...svg.querySelectorAll("g.day")].map((g) => ({
+        day: g.dataset.day,
+        height: height(g, "prompt") + height(g, "completion"),
+        title: g.querySelector("title").textContent,
+      })),
+      heading: document.getElementById("chart-h").textContent,
+      pressed: document.querySelector("#usage-users button[aria-pressed=true]").textContent,
+    };
+  });
+  const last = chart.days[chart.days.length - 1];
+  check(chart.days.length === 30 && chart.days[0].day === firstDay && last && last.day === today, "30 bars, the first 29 days ago, the last today: " + JSON.stringify(chart.days.map((d) => d.day)));
+  check(last && last.height > 100 && last.title.startsWith(`${today}: ${fmt(expected)} tokens`), "today's bar is drawn and its title names its tokens: " + JSON.stringify(last));
+  check(chart.days.slice(0, -1).every((d) => d.height === 0 && d.title.includes(": 0 tokens")), "days without calls are 0");
+  check(chart.labels.includes(fmt(expected)) && chart.labels.includes(firstDay) && chart.labels.includes(today), "axis labels: the largest day, the first and last day: " + JSON.stringify(chart.labels));
+  check(chart.role === "img" && chart.name === "Tokens per day for " + USER1 && chart.heading === "Tokens per day: " + USER1 && chart.pressed === USER1, "the chart is named for its user: " + JSON.stringify(chart));
+  await adminPage.screenshot({ path: SHOTS + "/usage.png" });
+
+  // An error of the report reads as a sentence in the view (the answer is
+  // replaced in the browser: the server has no way to be busy on cue).
+  await adminPage.route(/\/api\/admin\/usage\?/, (r) => r.fulfill({
+    status: 503, headers: { "Content-Type": "application/json", "Retry-After": "2" },
+    body: JSON.stringify({ error: { code: "server_busy", message: "the server is busy; retry shortly" } }),
+  }));
+  await adminPage.getByRole("button", { name: `Show ${USER2}'s tokens per day` }).click();
+  await adminPage.locator("#usage-status", { hasText: "The server is busy; try again in 2 seconds." }).waitFor({ timeout: 5000 });
+  await adminPage.unrouteAll();
+  await adminPage.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  check(await adminPage.evaluate(() => document.activeElement.id) === "open-usage", "closing the view gives focus back to its button");
+
+  // Phone width: the view fits (its table scrolls inside it).
+  await adminPage.setViewportSize({ width: 390, height: 844 });
+  await openUsage.click();
+  await adminPage.getByRole("button", { name: `Show ${USER1}'s tokens per day` }).click();
+  await adminPage.locator("#usage-chart svg g.day").first().waitFor();
+  const usageOverflow = await adminPage.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(usageOverflow <= 0, `horizontal overflow of the usage view at phone width: ${usageOverflow}px`);
+  await adminPage.screenshot({ path: SHOTS + "/usage-phone.png" });
+  await adminPage.context().close();
+  step("admin usage view", { expected, table: table[USER1], bar: last });
+
+  // 11. Auth mode none: no key needed; CSRF tokens still fetched and sent.
+  //     The built-in user is an admin, without limits.
   const open = await newPage(context, "open");
   await open.goto(NOAUTH + "/");
   await open.getByLabel("New project name").fill("Keyless");
   await open.getByLabel("New project name").press("Enter");
   await open.getByRole("button", { name: "Open Keyless" }).waitFor();
+  const openUsageLine = await open.evaluate(usageLine);
+  check(JSON.stringify(openUsageLine.map((u) => u.text)) === JSON.stringify(["Today 0 tokens (no limit)", "This month 0 tokens (no limit)"]),
+    "auth mode none: usage without limits: " + JSON.stringify(openUsageLine));
+  check(await open.getByRole("button", { name: "Usage per user" }).isVisible(), "auth mode none: the usage view is there");
   step("auth mode none works without a key");
 
-  // 11. A page on another origin cannot POST to portcullis.
+  // 12. A page on another origin cannot POST to portcullis.
   const evil = http.createServer((req, res) => {
     const target = new URL(req.url, "http://x").searchParams.get("target");
     res.setHeader("Content-Type", "text/html");
