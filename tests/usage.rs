@@ -347,6 +347,15 @@ fn the_usage_chunk_is_asked_for_and_reaches_only_clients_that_asked() {
             assert_eq!(sent["x"], json!(1), "{}", options);
         }
     }
+    // LiteLLM's usage chunk holds one empty choice: dropped all the same.
+    let mut b = chat_body("litellm-usage");
+    b["stream"] = json!(true);
+    let (_, frames) = stream_all(&s, &admin, "/v1/chat/completions", &b);
+    assert!(
+        frames.iter().all(|f| !f.contains("\"usage\"")),
+        "{:?}",
+        frames
+    );
     // Text completions likewise.
     let (_, frames) = stream_all(
         &s,
@@ -358,7 +367,7 @@ fn the_usage_chunk_is_asked_for_and_reaches_only_clients_that_asked() {
     assert_eq!(sent_options()["include_usage"], json!(true));
 
     // Every one of these calls was settled with the upstream's usage.
-    let rows = wait_rows(&s, &admin, 6);
+    let rows = wait_rows(&s, &admin, 7);
     assert!(
         rows.iter()
             .all(|r| !r.estimated && (r.prompt, r.completion) == (PROMPT, COMPLETION)),

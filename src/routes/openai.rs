@@ -583,7 +583,7 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
                 if let Some(u) = &parts.usage {
                     spent.usage = Some(u.clone());
                     // The chunk the relay asked for: not the client's.
-                    if strip_usage && !parts.choices {
+                    if strip_usage && parts.bare {
                         return Ok(Flow::Continue);
                     }
                 }

@@ -136,7 +136,7 @@ fn usage(raw: Option<&RawValue>) -> Option<Value> {
 /// What the relay needs from a stream chunk or a whole answer:
 /// `choices[0].delta.content` (chunks) or `choices[0].message.content`
 /// (answers), `choices[0].finish_reason`, `usage` when it is an object.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Parts {
     pub content: Option<String>,
     pub finish_reason: Option<String>,
@@ -148,6 +148,10 @@ pub struct Parts {
     pub kind: Option<String>,
     /// `choices` is an array with an element (a usage-only chunk has none).
     pub choices: bool,
+    /// The chunk carries nothing but its envelope (and maybe `usage`): no
+    /// choice, or one with an empty `delta`, no text and no
+    /// `finish_reason` (LiteLLM's usage chunk has such a choice).
+    pub bare: bool,
     /// Other generated text, counted but not shown: a text completion's
     /// `text`, a Responses event's `delta`, a reasoning model's thinking.
     pub other_text: Option<String>,
@@ -175,6 +179,11 @@ fn parts(json: &str, in_delta: bool) -> Option<Parts> {
         .and_then(|c| serde_json::from_str::<First<&RawValue>>(c.get()).ok())
         .and_then(|f| object(f.0));
     let has_choice = choice.is_some();
+    let bare = choice.as_ref().is_none_or(|c| {
+        let empty =
+            |r: Option<&RawValue>| r.is_none_or(|r| matches!(r.get().trim(), "{}" | "null"));
+        empty(c.delta) && c.message.is_none() && c.text.is_none() && empty(c.finish_reason)
+    });
     let (content, finish_reason, other_text) = match choice {
         Some(c) => {
             let holder = if in_delta { c.delta } else { c.message };
@@ -196,6 +205,7 @@ fn parts(json: &str, in_delta: bool) -> Option<Parts> {
         error: top.error,
         kind: string(top.kind),
         choices: has_choice,
+        bare,
         other_text,
     })
 }
@@ -352,6 +362,7 @@ mod tests {
                 error: false,
                 kind: None,
                 choices: true,
+                bare: false,
                 other_text: None,
             })
         );
@@ -361,13 +372,18 @@ mod tests {
                 .as_deref(),
             Some("response.completed")
         );
+        // Nothing but an envelope: `bare` (see `Parts::bare`).
+        let bare = Parts {
+            bare: true,
+            ..Parts::default()
+        };
         let cases: Vec<(&str, Option<Parts>)> = vec![
             ("[1]", None),
             ("{not json", None),
             ("{\"a\":1} x", None),
-            ("{}", Some(Parts::default())),
-            (r#"{"choices":[]}"#, Some(Parts::default())),
-            (r#"{"choices":5,"usage":[1]}"#, Some(Parts::default())),
+            ("{}", Some(bare.clone())),
+            (r#"{"choices":[]}"#, Some(bare.clone())),
+            (r#"{"choices":5,"usage":[1]}"#, Some(bare.clone())),
             (
                 r#"{"choices":[{"delta":{"content":7}}]}"#,
                 Some(Parts {
@@ -379,6 +395,7 @@ mod tests {
                 r#"{"choices":[{"delta":null,"finish_reason":null}]}"#,
                 Some(Parts {
                     choices: true,
+                    bare: true,
                     ..Parts::default()
                 }),
             ),
@@ -386,9 +403,11 @@ mod tests {
                 r#"{"error":null}"#,
                 Some(Parts {
                     error: true,
+                    bare: true,
                     ..Parts::default()
                 }),
             ),
+            // Valid JSON of another shape: read leniently as nothing.
             (r#"{"choices":[1],"choices":[2]}"#, Some(Parts::default())),
         ];
         for (input, want) in cases {
@@ -423,7 +442,18 @@ mod tests {
         let usage_only =
             chunk_parts(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#)
                 .unwrap();
-        assert!(!usage_only.choices);
+        assert!(!usage_only.choices && usage_only.bare);
+        // LiteLLM's usage chunk: one choice with an empty delta.
+        let litellm = r#"{"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":8}}"#;
+        assert!(chunk_parts(litellm).unwrap().bare);
+        for not_bare in [
+            r#"{"choices":[{"index":0,"delta":{"content":""}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[]}}]}"#,
+            r#"{"choices":[{"index":0,"text":""}]}"#,
+        ] {
+            assert!(!chunk_parts(not_bare).unwrap().bare, "{}", not_bare);
+        }
         assert_eq!(token_counts(&usage_only.usage.unwrap()), Some((3, 1)));
         let embeddings = serde_json::json!({"prompt_tokens": 8, "total_tokens": 8});
         assert_eq!(token_counts(&embeddings), Some((8, 0)));

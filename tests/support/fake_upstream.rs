@@ -26,7 +26,9 @@
 //! tests can count connections to check reuse (`connections`).
 //!
 //! A request whose text (see `steering_text`) holds `no-usage` is answered
-//! without any `usage` (as some servers do), streamed or not.
+//! without any `usage` (as some servers do), streamed or not; one holding
+//! `litellm-usage` gets its stream's usage chunk in LiteLLM's shape (one
+//! choice with an empty `delta` instead of no choice).
 //!
 //! `examples/mock_upstream.rs` includes this file to run it standalone.
 #![allow(dead_code)]
@@ -616,6 +618,8 @@ struct Events {
     include_usage: bool,
     /// Whether any usage is sent (`sends_usage`).
     usage: bool,
+    /// The usage chunk as LiteLLM sends it (see the module doc).
+    litellm: bool,
     sequence: u64,
     text: String,
     role_sent: bool,
@@ -627,6 +631,7 @@ impl Events {
             api,
             include_usage: req["stream_options"]["include_usage"] == json!(true),
             usage: sends_usage(req),
+            litellm: steering_text(req).contains("litellm-usage"),
             sequence: 0,
             text: String::new(),
             role_sent: false,
@@ -748,7 +753,7 @@ impl Events {
                         "object": object,
                         "created": 1_700_000_000,
                         "model": "fake-model",
-                        "choices": [],
+                        "choices": if self.litellm { json!([{"index": 0, "delta": {}}]) } else { json!([]) },
                         "usage": chat_usage(),
                     });
                     out.push(format!("data: {}\n\n", last));
