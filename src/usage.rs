@@ -255,17 +255,14 @@ impl Usage {
     ) -> Result<T, ApiError> {
         let now_ms = crate::time::now_millis();
         let today = day_of(now_ms);
-        if !lock(&self.tallies).contains_key(user_id) {
-            // Read without the lock: other users' calls go on meanwhile.
-            let loaded = self.load(user_id, today)?;
-            lock(&self.tallies)
-                .entry(user_id.to_string())
-                .or_insert(loaded);
+        if let Some(t) = lock(&self.tallies).get_mut(user_id) {
+            t.catch_up(today, Instant::now());
+            return f(t, now_ms);
         }
+        // Read without the lock: other users' calls go on meanwhile.
+        let loaded = self.load(user_id, today)?;
         let mut tallies = lock(&self.tallies);
-        let t = tallies
-            .get_mut(user_id)
-            .ok_or_else(|| ApiError::internal("usage tally vanished"))?;
+        let t = tallies.entry(user_id.to_string()).or_insert(loaded);
         t.catch_up(today, Instant::now());
         f(t, now_ms)
     }
@@ -330,35 +327,37 @@ impl Usage {
         }
         drop(tallies);
         let Some(s) = spent else { return };
-        self.count_tokens(&open.model, s.prompt, s.completion);
-        let row = |upstream: String| UsageRow {
-            at_us: 0,
-            user_id: open.user_id.clone(),
-            key_id: open.key_id.clone(),
-            model: open.model.clone(),
-            upstream,
-            route: open.route,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            estimated: false,
-            status: 0,
-            latency_ms: 0,
-        };
+        if s.prompt + s.completion > 0 {
+            self.count_tokens(&open.model, s.prompt, s.completion);
+        }
         // One row per upstream call: those it moved on from first.
         for f in s.tried.failed {
             self.recorder.push(UsageRow {
+                at_us: 0,
+                user_id: open.user_id.clone(),
+                key_id: open.key_id.clone(),
+                model: open.model.clone(),
+                upstream: f.upstream,
+                route: open.route,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                estimated: false,
                 status: f.status,
                 latency_ms: f.latency_ms,
-                ..row(f.upstream)
             });
         }
         self.recorder.push(UsageRow {
+            at_us: 0,
+            latency_ms: open.started.elapsed().as_millis() as u64,
+            user_id: open.user_id,
+            key_id: open.key_id,
+            model: open.model,
+            upstream: s.tried.upstream,
+            route: open.route,
             prompt_tokens: s.prompt,
             completion_tokens: s.completion,
             estimated: s.estimated,
             status: s.status,
-            latency_ms: open.started.elapsed().as_millis() as u64,
-            ..row(s.tried.upstream)
         });
     }
 
@@ -446,8 +445,9 @@ pub struct Outcome {
     /// The call's HTTP status: 200, the error's status, or 499 when the
     /// client left first.
     pub status: u16,
-    /// The upstream's `usage` object, when it sent one.
-    pub usage: Option<Value>,
+    /// (prompt, completion) tokens of the upstream's `usage`, when it sent
+    /// one (`views::token_counts`, `views::answer_counts`).
+    pub counts: Option<(u64, u64)>,
     /// Whether the upstream took the request (its head came, or it was
     /// working on it when the client left): then, without `usage`, the
     /// prompt's estimate is charged.
@@ -484,11 +484,7 @@ impl Ticket {
     /// Replaces the reservation with what the call cost and queues its row.
     pub fn settle(mut self, o: Outcome) {
         let Some(open) = self.open.take() else { return };
-        let counted = o
-            .usage
-            .as_ref()
-            .and_then(crate::upstream::views::token_counts);
-        let (prompt, completion, estimated) = match counted {
+        let (prompt, completion, estimated) = match o.counts {
             Some((p, c)) => (p, c, false),
             None if o.accepted => (open.prompt, o.generated, true),
             // Refused before the upstream took it: nothing was spent.

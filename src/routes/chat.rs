@@ -593,7 +593,7 @@ pub fn chat(app: &App, ctx: &mut Ctx) -> Result<Reply, ApiError> {
                 (_, Some(err)) => err.status(),
                 _ => 200,
             },
-            usage: answer.usage.clone(),
+            counts: answer.usage.as_ref().and_then(views::token_counts),
             accepted: answer.accepted,
             generated: answer.generated.tokens() as u64,
         });

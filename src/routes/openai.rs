@@ -581,7 +581,7 @@ fn relay(app: &App, ctx: &mut Ctx, relay: &'static Relay, route: Route) -> Resul
                     generated.add(text);
                 }
                 if let Some(u) = &parts.usage {
-                    spent.usage = Some(u.clone());
+                    spent.counts = views::token_counts(u).or(spent.counts);
                     // The chunk the relay asked for: not the client's.
                     if strip_usage && parts.bare {
                         return Ok(Flow::Continue);
@@ -637,15 +637,19 @@ pub const CLIENT_GONE: u16 = 499;
 pub fn answer_outcome(tried: upstream::Tried, answer: &Result<Vec<u8>, ApiError>) -> Outcome {
     match answer {
         Ok(bytes) => {
-            let parts = views::answer_parts(bytes).unwrap_or_default();
+            // The usage alone, without a tree; the text only without it.
+            let counts = views::answer_counts(bytes);
             let mut generated = tokens::Counter::default();
-            for text in [&parts.content, &parts.other_text].into_iter().flatten() {
-                generated.add(text);
+            if counts.is_none() {
+                let parts = views::answer_parts(bytes).unwrap_or_default();
+                for text in [&parts.content, &parts.other_text].into_iter().flatten() {
+                    generated.add(text);
+                }
             }
             Outcome {
                 tried,
                 status: 200,
-                usage: parts.usage,
+                counts,
                 accepted: true,
                 generated: generated.tokens() as u64,
             }

@@ -225,6 +225,43 @@ pub fn token_counts(usage: &Value) -> Option<(u64, u64)> {
     }
 }
 
+#[derive(DeriveDeserialize)]
+struct UsageTopView<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+}
+
+#[derive(DeriveDeserialize)]
+struct Counts {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+/// (prompt, completion) tokens of a whole answer's `usage` (top level,
+/// or the Responses API's `response.usage`), read without storing
+/// anything else (what a relayed answer's usage row needs; see
+/// `token_counts` for the shapes).
+pub fn answer_counts(bytes: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let top: UsageTopView = serde_json::from_str(text).ok()?;
+    let raw = top
+        .usage
+        .or_else(|| object::<UsageTopView>(top.response).and_then(|r| r.usage))?;
+    let c: Counts = object(Some(raw))?;
+    let prompt = c.prompt_tokens.or(c.input_tokens);
+    let completion = c.completion_tokens.or(c.output_tokens);
+    let completion = completion.or_else(|| Some(c.total_tokens?.saturating_sub(prompt?)));
+    match (prompt, completion) {
+        (None, None) => None,
+        (p, c) => Some((p.unwrap_or(0), c.unwrap_or(0))),
+    }
+}
+
 /// A stream chunk's parts; None when it is not a JSON object.
 pub fn chunk_parts(data: &str) -> Option<Parts> {
     parts(data, true)
@@ -455,6 +492,25 @@ mod tests {
             assert!(!chunk_parts(not_bare).unwrap().bare, "{}", not_bare);
         }
         assert_eq!(token_counts(&usage_only.usage.unwrap()), Some((3, 1)));
+        for (answer, want) in [
+            (
+                r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+                Some((3, 1)),
+            ),
+            (
+                r#"{"response":{"usage":{"input_tokens":4,"output_tokens":2}}}"#,
+                Some((4, 2)),
+            ),
+            (
+                r#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+                Some((8, 0)),
+            ),
+            (r#"{"usage":null}"#, None),
+            (r#"{"usage":{"n":1}}"#, None),
+            ("[]", None),
+        ] {
+            assert_eq!(answer_counts(answer.as_bytes()), want, "{}", answer);
+        }
         let embeddings = serde_json::json!({"prompt_tokens": 8, "total_tokens": 8});
         assert_eq!(token_counts(&embeddings), Some((8, 0)));
         assert_eq!(token_counts(&serde_json::json!({"n": 1})), None);
