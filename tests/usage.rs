@@ -779,3 +779,25 @@ fn a_call_that_fails_over_leaves_a_row_for_each_upstream_it_tried() {
         ]
     );
 }
+
+#[test]
+fn queued_rows_are_written_at_shutdown() {
+    let up = FakeUpstream::start(Mode::Normal);
+    // A flush interval longer than the test: only the shutdown writes.
+    let (mut s, admin) = start(opts(&up).env("PORTCULLIS_LIMITS_USAGE_FLUSH_INTERVAL_MS", "60000"));
+    assert_eq!(
+        post(&s, &admin, "/v1/chat/completions", &chat_body("hi")).status,
+        200
+    );
+    let count = |s: &Server| -> i64 {
+        rusqlite::Connection::open(s.dir.join("portcullis.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM usage", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&s), 0, "still queued");
+    assert!(s
+        .terminate(Duration::from_secs(10))
+        .is_some_and(|st| st.success()));
+    assert_eq!(count(&s), 1);
+}
