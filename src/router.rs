@@ -206,6 +206,8 @@ route_table! {
         .doc("The built-in chat page (when `ui = true`; else 404)"),
     UiAsset = get("/ui/{asset}", ui::asset).access(Public).class(Exempt).answers(Answer::UiFile)
         .doc("A file of the chat page (when `ui = true`; else 404)"),
+    Favicon = get("/favicon.ico", ui::favicon).access(Public).class(Exempt).answers(Answer::UiFile)
+        .doc("The chat page's icon, cached for a day (when `ui = true`; else 404)"),
     Health = get("/health", health::live).access(Public).class(Exempt)
         .answers(Answer::Json(200, "Health"))
         .doc("Liveness; no database"),
@@ -517,7 +519,7 @@ mod tests {
     fn predicates_follow_the_table() {
         use Route::*;
         for r in Route::ALL {
-            let exempt = matches!(r, Health | HealthReady | Ui | UiAsset | Metrics);
+            let exempt = matches!(r, Health | HealthReady | Ui | UiAsset | Favicon | Metrics);
             let chat = matches!(
                 r,
                 Chat | ChatCompletions | Completions | Embeddings | Responses
@@ -530,7 +532,15 @@ mod tests {
             assert_eq!(r.class(), want, "{:?}", r);
             let no_key = matches!(
                 r,
-                Health | HealthReady | CsrfToken | Ui | UiAsset | OpenApi | Metrics | SessionCreate
+                Health
+                    | HealthReady
+                    | CsrfToken
+                    | Ui
+                    | UiAsset
+                    | Favicon
+                    | OpenApi
+                    | Metrics
+                    | SessionCreate
             );
             assert_eq!(r.auth_exempt(), no_key, "{:?}", r);
             let body = matches!(

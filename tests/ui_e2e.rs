@@ -1,8 +1,11 @@
-//! The built-in chat page (issue 7): served from the binary with ETags and
-//! its own CSP, turned off by `ui = false`, and driven end to end by a
-//! person's steps in headless Chromium (tests/e2e/ui.mjs: playwright-core
-//! with Debian's chromium) against the real binary and a fake upstream,
-//! the usage line and the admins' usage view (usage accounting) included.
+//! The built-in chat page (issues 7 and 17): served from the binary with
+//! ETags and its own CSP, with its icon, turned off by `ui = false`, and
+//! driven end to end by a person's steps in headless Chromium
+//! (tests/e2e/ui.mjs: playwright-core with Debian's chromium) against the
+//! real binary and a fake upstream: sign-in, conversations made by their
+//! first message, the address, markdown answers and hostile ones, how
+//! answers end, phone width with the lists in a drawer, the usage line and
+//! the admins' usage view.
 //!
 //! The browser test skips with a notice where node, chromium or
 //! tests/e2e/node_modules is missing, except under `CI=true`, where it
@@ -43,7 +46,18 @@ const CHAT_PER_MINUTE: &str = "6";
 /// "of 100,000 tokens" (the month stays unlimited: "no limit").
 const TOKENS_PER_DAY: &str = "100000";
 /// Bound on the whole browser run (Chromium start-up included).
-const E2E_TIMEOUT: Duration = Duration::from_secs(180);
+const E2E_TIMEOUT: Duration = Duration::from_secs(240);
+/// A message holding "markdown" gets this answer, a few characters at a
+/// time, so the page draws it while its fence and emphasis are still open.
+const MARKDOWN_ANSWER: &str = "## Setting it up\n\nRun **this once**, then *restart* the `server`:\n\n```bash\nnpm ci --no-audit\necho \"<b>done</b>\" && exit 0\n```\n\n1. First step\n2. Second step\n   - a nested point\n\n- Read [the guide](https://example.com/guide) or <https://example.org/faq>.\n- ~~Old way~~ is gone.\n\n> Quoted advice\n\n| Name | Value |\n|---|---:|\n| size | 3 |\n";
+/// A message holding "hostile" gets this answer: stored XSS attempts that
+/// must stay text (HTML, script-like links, HTML in a code fence).
+const HOSTILE_ANSWER: &str = "<img src=x onerror=\"window.__xss=1\">\n\n[click me](javascript:window.__xss=2) or [this](JaVaScRiPt:window.__xss=3) or [data](data:text/html,<script>window.__xss=4</script>) or [relative](/api/me)\n\n<script>window.__xss=5</script><iframe src=\"javascript:window.__xss=6\"></iframe>\n\n**<svg onload=\"window.__xss=7\">**\n\n![pixel](https://example.com/pixel.png)\n\n```html\n<img src=x onerror=\"window.__xss=8\"><a href=\"javascript:window.__xss=9\">x</a>\n```\n\n[a fine link](https://example.com/fine)";
+/// A message holding "long essay" gets this many paragraphs, cut at the
+/// length limit (`finish_reason: "length"`).
+const LONG_PARAGRAPHS: usize = 40;
+/// Pauses between the pieces of those scripted answers.
+const SCRIPT_GAP: Duration = Duration::from_millis(25);
 
 fn e2e_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
@@ -79,6 +93,20 @@ fn missing_prerequisites() -> Vec<String> {
         missing.push("tests/e2e/node_modules/playwright-core (cd tests/e2e && npm ci)".to_string());
     }
     missing
+}
+
+/// `text` in pieces of `size` characters (what a model streams).
+fn pieces(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+fn scripted(tokens: Vec<String>, finish_reason: &str) -> Mode {
+    Mode::Script {
+        tokens,
+        delay: SCRIPT_GAP,
+        finish_reason: finish_reason.into(),
+    }
 }
 
 fn first_key(s: &Server) -> String {
@@ -140,6 +168,20 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
                     status: 500,
                     body: r#"{"error":{"message":"upstream internals"}}"#.into(),
                 },
+            ),
+            (
+                "markdown".into(),
+                scripted(pieces(MARKDOWN_ANSWER, 5), "stop"),
+            ),
+            ("hostile".into(), scripted(pieces(HOSTILE_ANSWER, 9), "stop")),
+            (
+                "long essay".into(),
+                scripted(
+                    (1..=LONG_PARAGRAPHS)
+                        .map(|n| format!("Paragraph {n} of a long essay that goes on and on until the model reaches its length limit.\n\n"))
+                        .collect(),
+                    "length",
+                ),
             ),
         ],
         default: Box::new(Mode::Slow { delay: TOKEN_GAP }),
@@ -214,6 +256,9 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
             ("ADMIN_USER", "carol".to_string()),
             ("ADMIN_PASS", "carol's passphrase".to_string()),
             ("SHOT_DIR", shots.path().display().to_string()),
+            ("MARKDOWN_ANSWER", MARKDOWN_ANSWER.to_string()),
+            ("HOSTILE_ANSWER", HOSTILE_ANSWER.to_string()),
+            ("LONG_PARAGRAPHS", LONG_PARAGRAPHS.to_string()),
             ("CHROMIUM", chromium_path().display().to_string()),
         ],
         shots.path(),
@@ -226,10 +271,15 @@ fn chat_page_works_end_to_end_in_headless_chromium() {
     assert!(passed, "the browser test failed:\n{output}");
     assert!(output.contains(r#"{"result":"pass""#), "{output}");
     for shot in [
+        "signin.png",
         "chat.png",
         "history.png",
         "phone.png",
+        "phone-menu.png",
+        "phone-markdown.png",
         "errors.png",
+        "markdown.png",
+        "endings.png",
         "usage.png",
         "usage-phone.png",
     ] {
@@ -263,6 +313,7 @@ fn page_and_assets_carry_etags_and_revalidate_with_304() {
     for (path, content_type) in [
         ("/", "text/html"),
         ("/ui/app.js", "text/javascript"),
+        ("/ui/markdown.js", "text/javascript"),
         ("/ui/app.css", "text/css"),
     ] {
         let r = s.get(path);
@@ -298,6 +349,7 @@ fn page_and_assets_carry_etags_and_revalidate_with_304() {
     // Only the embedded assets exist under /ui/.
     for path in [
         "/ui/index.html",
+        "/ui/favicon.ico",
         "/ui/nope.js",
         "/ui/..%2fCargo.toml",
         "/ui/",
@@ -310,7 +362,13 @@ fn page_and_assets_carry_etags_and_revalidate_with_304() {
 #[test]
 fn ui_false_turns_the_page_and_its_assets_off() {
     let s = Server::start(Opts::new().no_auth().env("PORTCULLIS_SERVER_UI", "false"));
-    for path in ["/", "/ui/app.js", "/ui/app.css"] {
+    for path in [
+        "/",
+        "/ui/app.js",
+        "/ui/markdown.js",
+        "/ui/app.css",
+        "/favicon.ico",
+    ] {
         let r = s.get(path);
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.code(), "not_found", "{path}");
@@ -323,4 +381,29 @@ fn ui_false_turns_the_page_and_its_assets_off() {
         );
     }
     assert_eq!(s.get("/health").status, 200, "the API still answers");
+}
+
+/// Issue 17: a first visit asked for `/favicon.ico` and got a 404. The icon
+/// needs no credentials (even in auth mode `api_key`), is an ICO, carries
+/// an ETag (304 when unchanged) and may be cached for a day.
+#[test]
+fn favicon_is_served_without_credentials_and_cached() {
+    let s = Server::start(Opts::new());
+    let r = s.get("/favicon.ico");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/x-icon"));
+    assert_eq!(&r.body[..4], &[0, 0, 1, 0], "an ICO");
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=86400"),
+        "a day in caches"
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    let etag = r.header("etag").expect("ETag").to_string();
+    let again = s.req("GET", "/favicon.ico", &[("If-None-Match", &etag)], None);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    // The page needs no credentials either; the API still does.
+    assert_eq!(s.get("/").status, 200);
+    assert_eq!(s.get("/api/me").status, 401);
 }

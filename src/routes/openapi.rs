@@ -377,10 +377,10 @@ fn success(def: &RouteDef, r: &mut Map<String, Value>) {
         ),
         Answer::UiFile => {
             let files: Vec<(&str, &str)> = super::ui::files().collect();
-            let media: Vec<&str> = if def.path == "/" {
-                files.iter().take(1).map(|(_, m)| *m).collect()
-            } else {
-                files.iter().skip(1).map(|(_, m)| *m).collect()
+            let media: Vec<&str> = match def.path {
+                "/" => files.iter().take(1).map(|(_, m)| *m).collect(),
+                "/favicon.ico" => vec![super::ui::FAVICON_TYPE],
+                _ => files.iter().skip(1).map(|(_, m)| *m).collect(),
             };
             let mut content = Map::new();
             for m in media {

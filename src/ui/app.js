@@ -1,6 +1,7 @@
 // portcullis built-in chat page. No framework, no build step, no inline
 // script: served from /ui/app.js under `default-src 'self'`. Everything is
-// rendered with textContent (never parsed as HTML), so message text is inert.
+// rendered with textContent or built as DOM nodes (answers' markdown by
+// /ui/markdown.js), never parsed as HTML, so message text is inert.
 "use strict";
 
 // Signed in with a session cookie (HttpOnly: this script never sees it),
@@ -13,6 +14,9 @@ const state = {
   project: null,
   conversations: [],
   conversation: null,
+  // Counts changes of what is shown, so an answer still streaming can tell
+  // whether the person has moved on to another conversation.
+  view: 0,
   controller: null,
   // GET /api/me's `usage`: limits (0: none), today's and this month's tokens.
   usage: null,
@@ -119,7 +123,10 @@ function button(label, cls, onClick, aria) {
 }
 
 // One list row per item: a button that opens it, then Rename and Delete.
+// The rows are built anew each time; the button that had the focus gets it
+// back, so a keyboard user keeps their place.
 function renderList(ul, items, current, label, actions) {
+  const focused = ul.contains(document.activeElement) ? document.activeElement.dataset.key : null;
   ul.replaceChildren();
   if (items.length === 0) {
     const li = document.createElement("li");
@@ -137,33 +144,122 @@ function renderList(ul, items, current, label, actions) {
       li.className = "active";
       open.setAttribute("aria-current", "true");
     }
-    li.append(open,
-      button("Rename", "small", () => actions.rename(item), "Rename " + name),
-      button("Delete", "small danger", () => actions.remove(item), "Delete " + name));
+    const rename = button("Rename", "small", () => actions.rename(item), "Rename " + name);
+    const remove = button("Delete", "small danger", () => actions.remove(item), "Delete " + name);
+    open.dataset.key = "open " + item.id;
+    rename.dataset.key = "rename " + item.id;
+    remove.dataset.key = "delete " + item.id;
+    li.append(open, rename, remove);
     ul.append(li);
   }
+  const again = focused && [...ul.querySelectorAll("button")].find((b) => b.dataset.key === focused);
+  if (again) again.focus();
 }
 
 function conversationLabel(c) {
   return c.title || "Untitled, " + c.created_at.slice(0, 16).replace("T", " ");
 }
 
-// The open conversation lives in the address (#c=ID), so a reload finds it.
-function rememberConversation() {
-  const hash = state.conversation ? "#c=" + encodeURIComponent(state.conversation.id) : "";
-  if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname);
+// The address names the project shown and the open conversation
+// (/?project=ID&conversation=ID), so a reload, a bookmark and the browser's
+// Back and Forward find both again.
+function addressFor(project, conversation) {
+  const q = new URLSearchParams();
+  if (project) q.set("project", project.id);
+  if (conversation) q.set("conversation", conversation.id);
+  const query = q.toString();
+  return location.pathname + (query ? "?" + query : "");
+}
+
+// Writes what is shown into the address: "push" after a person's choice
+// (a new step for Back), "replace" to correct or complete the current one.
+function remember(how) {
+  const url = addressFor(state.project, state.conversation);
+  if (url === location.pathname + location.search + location.hash) return;
+  if (how === "push") history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
+}
+
+// The ids the address names. Links of an older page (#c=ID) still open
+// their conversation.
+function addressIds() {
+  const q = new URLSearchParams(location.search);
+  const old = /^#c=(.+)$/.exec(location.hash);
+  let conversation = q.get("conversation");
+  if (!conversation && old) {
+    try { conversation = decodeURIComponent(old[1]); } catch (_) { /* malformed: none */ }
+  }
+  return { project: q.get("project"), conversation };
+}
+
+// GET /api/{kind}s/{id}: the item, or null when it does not exist (or is
+// someone else's: the same 404). Other failures throw a sentence.
+async function lookUp(kind, id) {
+  const res = await api("GET", `/api/${kind}s/` + encodeURIComponent(id));
+  if (res.status === 404) return null;
+  if (!res.ok) throw new Error(await describeError(res));
+  return res.json();
+}
+
+// Takes what the address names as the state to show. An id that no
+// longer exists is dropped from the address; returns the sentence that
+// tells the person so ({text, kind}), or null.
+async function restoreFromAddress() {
+  const ids = addressIds();
+  const missing = [];
+  state.view++;
+  try {
+    state.project = ids.project ? await lookUp("project", ids.project) : null;
+    if (ids.project && !state.project) missing.push("project");
+    state.conversation = ids.conversation ? await lookUp("conversation", ids.conversation) : null;
+    if (ids.conversation && !state.conversation) missing.push("conversation");
+  } catch (e) {
+    state.project = null;
+    state.conversation = null;
+    remember("replace");
+    return { text: "What the address names could not be opened. " + sentence(e), kind: "error" };
+  }
+  remember("replace");
+  if (!missing.length) return null;
+  const gone = missing.length > 1
+    ? "no longer exist (or are not yours), so they are not shown"
+    : "no longer exists (or is not yours), so it is not shown";
+  return { text: `The ${missing.join(" and the ")} named in the address ${gone}.`, kind: "warn" };
+}
+
+// Shows what the address names: at start, after signing in, and on Back
+// and Forward.
+async function openFromAddress() {
+  const warning = await restoreFromAddress();
+  await refresh();
+  // After refresh, which clears the status line when all went well.
+  if (warning) setStatus(warning.text, warning.kind);
+}
+
+// Shows a project's conversations (null: all) and one conversation (null:
+// a new one, created on the server by its first message). `how` is passed
+// to remember(); none when the address already says so (Back, Forward).
+async function show(project, conversation, how) {
+  state.project = project;
+  state.conversation = conversation;
+  state.view++;
+  if (how) remember(how);
+  await refresh();
 }
 
 function pickProject(p) {
-  state.project = state.project && state.project.id === p.id ? null : p;
-  state.conversation = null;
-  refresh();
+  const same = state.project && state.project.id === p.id;
+  return show(same ? null : p, null, "push");
 }
 
 async function loadProjects() {
   const page = await apiJson("GET", "/api/projects?limit=200");
   state.projects = page.items;
-  if (state.project) state.project = state.projects.find((p) => p.id === state.project.id) || null;
+  if (state.project) {
+    // Deleted meanwhile (in another tab): back to all projects.
+    state.project = state.projects.find((p) => p.id === state.project.id) || null;
+    if (!state.project) remember("replace");
+  }
   renderList($("projects"), state.projects, state.project, (p) => p.name, {
     empty: "No projects yet.",
     pick: pickProject,
@@ -176,8 +272,8 @@ async function loadProjects() {
     remove: async (p) => {
       if (!confirm(`Delete the project "${p.name}" with all its conversations?`)) return;
       const done = await guarded(() => apiJson("DELETE", "/api/projects/" + encodeURIComponent(p.id)), "Project deleted.");
-      if (done !== undefined && state.project && state.project.id === p.id) { state.project = null; state.conversation = null; }
-      refresh();
+      if (done !== undefined && state.project && state.project.id === p.id) await show(null, null, "replace");
+      else refresh();
     },
   });
 }
@@ -193,7 +289,11 @@ async function loadConversations() {
   $("conv-scope").textContent = state.project ? "in " + state.project.name : "(all projects)";
   renderList($("conversations"), state.conversations, state.conversation, conversationLabel, {
     empty: "No conversations yet: write a message to start one.",
-    pick: (c) => { state.conversation = c; refresh().then(() => $("message").focus()); },
+    pick: async (c) => {
+      await show(state.project, c, "push");
+      closeMenu();
+      $("message").focus();
+    },
     rename: async (c) => {
       const title = prompt("New title for the conversation", c.title || "");
       if (title === null) return;
@@ -203,46 +303,76 @@ async function loadConversations() {
     remove: async (c) => {
       if (!confirm(`Delete the conversation "${conversationLabel(c)}"?`)) return;
       const done = await guarded(() => apiJson("DELETE", "/api/conversations/" + encodeURIComponent(c.id)), "Conversation deleted.");
-      if (done !== undefined && state.conversation && state.conversation.id === c.id) state.conversation = null;
-      refresh();
+      if (done !== undefined && state.conversation && state.conversation.id === c.id) await show(state.project, null, "replace");
+      else refresh();
     },
   });
 }
 
-const STATUS_LABEL = { partial: "partial answer", error: "no answer", streaming: "answering…" };
+// How a message ended, each outcome marked its own way: words in its meta
+// line (for everyone) and a class (for the colour and border); an answer
+// that did not end normally also gets a note after its text, so even a
+// long one says so at both ends. "cut" is a complete answer whose
+// finish_reason is "length" (stopped by the length limit).
+const OUTCOMES = {
+  streaming: { label: "answering…" },
+  partial: { label: "partial answer", note: "The answer stopped before its end; what arrived is kept." },
+  error: { label: "no answer" },
+  cut: { label: "cut at the length limit", note: "Cut at the length limit: the answer is incomplete." },
+};
 
-// A message bubble. Its status (complete, partial, error, streaming) is a
-// class for the colour and words in the meta line for everyone. A complete
-// answer whose finish_reason is "length" (cut at the length limit) gets the
-// class "cut" and a note after its text saying so.
 function messageItem(role, content, status, when, finishReason) {
   const li = document.createElement("li");
   const meta = document.createElement("span");
   meta.className = "meta";
-  const text = document.createElement("span");
+  const text = document.createElement("div");
   text.className = "text";
-  text.textContent = content;
   li.append(meta, text);
   setMessageStatus(li, role, status || "complete", when, finishReason);
+  showText(li, content, status || "complete");
   return li;
 }
 
 function setMessageStatus(li, role, status, when, finishReason) {
   if (when) li.dataset.when = when;
-  const cut = status === "complete" && finishReason === "length";
-  li.className = `msg ${role} ${status}` + (cut ? " cut" : "");
+  const outcome = status === "complete" && finishReason === "length" ? "cut" : status;
+  li.className = `msg ${role} ${status}` + (outcome === "cut" ? " cut" : "");
   const who = role === "user" ? "You" : role === "assistant" ? "Assistant" : "System";
-  const parts = [who];
-  if (li.dataset.when) parts.push(new Date(li.dataset.when).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
-  if (STATUS_LABEL[status]) parts.push(STATUS_LABEL[status]);
-  li.querySelector(".meta").textContent = parts.join(" · ");
-  const old = li.querySelector(".cut-note");
+  const meta = li.querySelector(".meta");
+  meta.textContent = who;
+  if (li.dataset.when) meta.append(" · " + new Date(li.dataset.when).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+  const o = OUTCOMES[outcome];
+  if (o) {
+    const badge = document.createElement("span");
+    badge.className = "badge " + outcome;
+    badge.textContent = o.label;
+    meta.append(" · ", badge);
+  }
+  const old = li.querySelector(".end-note");
   if (old) old.remove();
-  if (cut) {
-    const note = document.createElement("span");
-    note.className = "cut-note";
-    note.textContent = "Cut at the length limit: the answer is incomplete.";
+  if (o && o.note) {
+    const note = document.createElement("p");
+    note.className = "end-note " + outcome;
+    note.textContent = o.note;
     li.append(note);
+  }
+}
+
+// An answer's text as markdown (a partial one may end in the middle of
+// something); the person's own words and error sentences as typed.
+function showText(li, text, status) {
+  const out = li.querySelector(".text");
+  const markdown = li.classList.contains("assistant") && status !== "error";
+  out.classList.toggle("md", markdown);
+  if (!markdown) {
+    out.textContent = text;
+    return;
+  }
+  try {
+    out.replaceChildren(Markdown.render(text, { streaming: status !== "complete" }));
+  } catch (_) {
+    // A renderer bug must not cost the answer: show it as text.
+    out.textContent = text;
   }
 }
 
@@ -253,7 +383,6 @@ function showTitle() {
 async function loadMessages() {
   const ol = $("messages");
   showTitle();
-  rememberConversation();
   if (!state.conversation) {
     ol.replaceChildren();
     $("empty-chat").hidden = false;
@@ -308,6 +437,8 @@ function showSignedIn() {
   $("who-name").textContent = signedIn ? "Signed in as " + state.user.name : "";
   showMyUsage(signedIn ? state.usage : null);
   if (!signedIn && $("usage-dialog").open) $("usage-dialog").close();
+  $("menu").hidden = !signedIn;
+  if (!signedIn) setMenu(false);
   document.querySelector("main").hidden = !signedIn;
 }
 
@@ -366,12 +497,23 @@ function setBusy(busy) {
   $("messages").setAttribute("aria-busy", busy ? "true" : "false");
 }
 
+// Whether the message list is scrolled to (nearly) its end: an answer
+// growing below keeps it there, but does not pull back a person who
+// scrolled up to read.
+function nearEnd() {
+  const ol = $("messages");
+  return ol.scrollHeight - ol.scrollTop - ol.clientHeight < 48;
+}
+
+// Sends a message and streams the answer into a new bubble. Without an
+// open conversation, the server creates one (titled from the message, in
+// the project shown) and names it in the stream's first event.
 async function send(text) {
   const ol = $("messages");
+  const view = state.view;
   $("empty-chat").hidden = true;
   const mine = messageItem("user", text, "complete", new Date().toISOString());
   const bubble = messageItem("assistant", "", "streaming", new Date().toISOString());
-  const out = bubble.querySelector(".text");
   ol.append(mine, bubble);
   scrollToEnd();
   const controller = new AbortController();
@@ -381,8 +523,23 @@ async function send(text) {
   const body = { message: text, stream: true };
   if (state.conversation) body.conversation_id = state.conversation.id;
   else if (state.project) body.project_id = state.project.id;
+  // The answer so far; drawn at most once per frame, since each drawing
+  // renders all of it again (so an unclosed fence or emphasis is redrawn
+  // right once it closes).
+  let answer = "";
+  let frame = 0;
+  const draw = () => {
+    frame = 0;
+    const follow = nearEnd();
+    showText(bubble, answer, "streaming");
+    if (follow) scrollToEnd();
+  };
+  // The answer's outcome; an error bubble holds the sentence saying why.
   const end = (status, message, kind, finishReason) => {
+    if (frame) cancelAnimationFrame(frame);
+    frame = 0;
     setMessageStatus(bubble, "assistant", status, undefined, finishReason);
+    showText(bubble, status === "error" ? message : answer, status);
     setStatus(message, kind);
   };
   try {
@@ -391,7 +548,6 @@ async function send(text) {
       const why = await describeError(res);
       if (res.status >= 500 && res.status !== 503) {
         // The server kept the message and recorded the failed answer.
-        out.textContent = why;
         end("error", why, "error");
       } else {
         // Refused before anything was stored: give the text back to retry.
@@ -405,25 +561,30 @@ async function send(text) {
     let finished = false;
     let failed = false;
     await readSse(res, (name, data) => {
-      if (name === "start" && !state.conversation) {
-        state.conversation = { id: data.conversation_id, title: null, created_at: new Date().toISOString() };
-        rememberConversation();
+      if (name === "start") {
+        // A new conversation now exists: name it in the address and list
+        // it (with its title) at once, unless the person moved on.
+        if (!state.conversation && state.view === view) {
+          state.conversation = { id: data.conversation_id, project_id: state.project ? state.project.id : null, title: null, created_at: new Date().toISOString() };
+          remember("replace");
+          loadConversations().then(showTitle, () => { /* the list is loaded again at the end */ });
+        }
       } else if (name === "delta") {
-        out.textContent += data.content;
-        scrollToEnd();
+        answer += data.content;
+        if (!frame) frame = requestAnimationFrame(draw);
       } else if (name === "done") {
         finished = true;
         if (data.finish_reason === "length") end("complete", "The answer was cut at the length limit.", "warn", "length");
         else end("complete", "");
       } else if (name === "error") {
         failed = true;
-        end(out.textContent ? "partial" : "error", (data.message || "The answer failed.") + " (" + (data.code || "error") + ")", "error");
+        end(answer ? "partial" : "error", (data.message || "The answer failed.") + " (" + (data.code || "error") + ")", "error");
       }
     });
-    if (!finished && !failed) end(out.textContent ? "partial" : "error", "The answer ended early.", "warn");
+    if (!finished && !failed) end(answer ? "partial" : "error", "The answer ended early.", "warn");
   } catch (e) {
-    if (e.name === "AbortError") end(out.textContent ? "partial" : "error", "Stopped. The partial answer is kept.");
-    else end(out.textContent ? "partial" : "error", "Network error: the server could not be reached.", "error");
+    if (e.name === "AbortError") end(answer ? "partial" : "error", answer ? "Stopped. The partial answer is kept." : "Stopped before any answer arrived.");
+    else end(answer ? "partial" : "error", "Network error: the server could not be reached.", "error");
   } finally {
     state.controller = null;
     setBusy(false);
@@ -434,6 +595,27 @@ async function send(text) {
     setStatus(keep, kind);
     // The answer (or a refusal by a budget) changed what is spent.
     await refreshMyUsage();
+  }
+}
+
+// Copies a code block's text. Without the clipboard API (a page served
+// over plain http from another host is not a "secure context") or without
+// permission, the code is selected instead and the person told how to
+// copy it.
+async function copyCode(button) {
+  const code = button.closest(".code-block").querySelector("code");
+  try {
+    await navigator.clipboard.writeText(code.textContent);
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    setStatus("The code is copied to the clipboard.");
+  } catch (_) {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    setStatus("The browser did not allow copying: the code is selected, press Ctrl+C (⌘C on a Mac) to copy it.", "warn");
   }
 }
 
@@ -690,18 +872,37 @@ function tokensChart(name, days, items, width) {
   return chart;
 }
 
-async function restoreFromAddress() {
-  const m = /^#c=(.+)$/.exec(location.hash);
-  if (!m) return;
-  try {
-    const id = decodeURIComponent(m[1]);
-    const res = await api("GET", "/api/conversations/" + encodeURIComponent(id));
-    if (res.ok) state.conversation = await res.json();
-  } catch (_) { /* fall back to no selection */ }
+// ---- The lists' drawer (phones) ----
+
+// At most this wide, the lists live in a drawer behind the Menu button
+// (the same width as the stylesheet's phone layout).
+const PHONE = window.matchMedia("(max-width: 700px)");
+
+// Opens or closes the drawer. While it is open, the rest of the page is
+// inert, so Tab and a screen reader stay in the drawer.
+function setMenu(open) {
+  $("sidebar").classList.toggle("open", open);
+  $("menu").setAttribute("aria-expanded", open ? "true" : "false");
+  $("scrim").hidden = !open;
+  for (const el of [$("skip"), document.querySelector("header.top"), document.querySelector("section.chat")]) el.inert = open;
+}
+
+function openMenu() {
+  setMenu(true);
+  // Start at the open conversation, else where a new one begins.
+  ($("conversations").querySelector("[aria-current]") || $("new-conversation")).focus();
+}
+
+// Closes the drawer (if open); `focusMenu` gives focus back to the Menu
+// button (Escape, Close), else the caller moves it (to the message box).
+function closeMenu(focusMenu) {
+  if (!$("sidebar").classList.contains("open")) return;
+  setMenu(false);
+  if (focusMenu) $("menu").focus();
 }
 
 function init() {
-  // The address's #fragment holds the open conversation: focus, don't jump.
+  // The skip link's "#message" would change the address: focus instead.
   $("skip").addEventListener("click", (ev) => { ev.preventDefault(); (state.user ? $("message") : $("signin-name")).focus(); });
   $("signin-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -712,7 +913,7 @@ function init() {
     if (!res.ok) { setStatus(await describeError(res), "error"); $("signin-password").select(); return; }
     $("signin-password").value = "";
     state.csrf = null; // a signed-in page needs a token bound to its session
-    if (await whoAmI()) { setStatus(""); await restoreFromAddress(); await refresh(); $("message").focus(); }
+    if (await whoAmI()) { setStatus(""); await openFromAddress(); $("message").focus(); }
   });
   $("sign-out").addEventListener("click", async () => {
     await guarded(() => apiJson("DELETE", "/api/session"));
@@ -727,11 +928,14 @@ function init() {
     const name = $("project-name").value.trim();
     if (!name) return;
     const p = await guarded(() => apiJson("POST", "/api/projects", { name }));
-    if (p) { $("project-name").value = ""; state.project = p; state.conversation = null; refresh(); }
+    if (p) { $("project-name").value = ""; await show(p, null, "push"); }
   });
+  // Only clears the view: the first message creates the conversation, so
+  // no empty one is ever left behind.
   $("new-conversation").addEventListener("click", async () => {
-    const c = await guarded(() => apiJson("POST", "/api/conversations", state.project ? { project_id: state.project.id } : {}));
-    if (c) { state.conversation = c; await refresh(); $("message").focus(); }
+    await show(state.project, null, "push");
+    closeMenu();
+    $("message").focus();
   });
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -745,11 +949,26 @@ function init() {
     else if (ev.key === "Escape" && state.controller) { ev.preventDefault(); state.controller.abort(); }
   });
   $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); $("message").focus(); });
+  // Copy buttons are redrawn with their answer: one listener for all.
+  $("messages").addEventListener("click", (ev) => {
+    const copy = ev.target.closest("button.copy-code");
+    if (copy) copyCode(copy);
+  });
+  $("menu").addEventListener("click", () => ($("sidebar").classList.contains("open") ? closeMenu(true) : openMenu()));
+  $("close-menu").addEventListener("click", () => closeMenu(true));
+  $("scrim").addEventListener("click", () => closeMenu(true));
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && $("sidebar").classList.contains("open")) { ev.preventDefault(); closeMenu(true); }
+  });
+  // Grown past phone width: the lists are beside the chat again.
+  PHONE.addEventListener("change", () => { if (!PHONE.matches) setMenu(false); });
   $("open-usage").addEventListener("click", openUsageView);
   $("close-usage").addEventListener("click", () => $("usage-dialog").close());
   // Escape closes the dialog too; either way, focus goes back to its button.
   $("usage-dialog").addEventListener("close", () => { if (!$("open-usage").hidden) $("open-usage").focus(); });
-  whoAmI().then(async (signedIn) => { if (signedIn) { await restoreFromAddress(); await refresh(); } });
+  // Back and Forward: show what the address names now.
+  window.addEventListener("popstate", () => { if (state.user) openFromAddress(); });
+  whoAmI().then((signedIn) => { if (signedIn) openFromAddress(); });
 }
 
 document.addEventListener("DOMContentLoaded", init);

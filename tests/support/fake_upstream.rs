@@ -66,6 +66,16 @@ pub enum Mode {
     /// Streams content chunks of `chunk_bytes` as fast as the client takes
     /// them, without end (see `streamed_bytes`).
     Flood { chunk_bytes: usize },
+    /// Answers with `tokens` instead of the shared ones (`set_tokens`),
+    /// `delay` before each when streamed, and finishes with
+    /// `finish_reason` ("length": cut at the length limit). Lets a test
+    /// get a given answer (markdown, a hostile one, one cut short) on cue,
+    /// usually as a `ByMessage` rule.
+    Script {
+        tokens: Vec<String>,
+        delay: Duration,
+        finish_reason: String,
+    },
     /// Chosen per request by the text it asks about (the last message's
     /// content, else `input` or `prompt`, see `steering_text`): the mode of
     /// the first rule whose word it contains, else `default`. Lets a
@@ -89,6 +99,22 @@ impl Mode {
             .find(|(word, _)| last.contains(word.as_str()))
             .map_or(*default, |(_, mode)| mode)
             .for_request(req)
+    }
+
+    /// How a complete answer in this mode ends.
+    fn finish_reason(&self) -> &str {
+        match self {
+            Mode::Script { finish_reason, .. } => finish_reason,
+            _ => "stop",
+        }
+    }
+
+    /// The pause before each streamed token, if any.
+    fn token_delay(&self) -> Option<Duration> {
+        match self {
+            Mode::Slow { delay } | Mode::Script { delay, .. } => Some(*delay),
+            _ => None,
+        }
     }
 }
 
@@ -356,7 +382,10 @@ fn serve_connection(shared: &Shared, conn: TcpStream, id: usize) {
             shared.changed.notify_all();
         }
         let mode = shared.mode.lock().unwrap().clone().for_request(&req);
-        let tokens = shared.tokens.lock().unwrap().clone();
+        let tokens = match &mode {
+            Mode::Script { tokens, .. } => tokens.clone(),
+            _ => shared.tokens.lock().unwrap().clone(),
+        };
         let keep_going = answer(shared, &mut w, r.get_ref(), &req, &mode, &tokens);
         if !keep_going {
             break;
@@ -620,15 +649,18 @@ struct Events {
     usage: bool,
     /// The usage chunk as LiteLLM sends it (see the module doc).
     litellm: bool,
+    /// The finish chunk's `finish_reason` (`Mode::finish_reason`).
+    finish_reason: String,
     sequence: u64,
     text: String,
     role_sent: bool,
 }
 
 impl Events {
-    fn new(api: Api, req: &Value) -> Events {
+    fn new(api: Api, req: &Value, finish_reason: &str) -> Events {
         Events {
             api,
+            finish_reason: finish_reason.to_string(),
             include_usage: req["stream_options"]["include_usage"] == json!(true),
             usage: sends_usage(req),
             litellm: steering_text(req).contains("litellm-usage"),
@@ -742,7 +774,8 @@ impl Events {
                 },
             ],
             _ => {
-                let mut out = vec![self.chunk(None, Some("stop"))];
+                let finish = self.finish_reason.clone();
+                let mut out = vec![self.chunk(None, Some(&finish))];
                 if self.include_usage && self.usage {
                     let object = match self.api {
                         Api::Completions => "text_completion",
@@ -830,6 +863,9 @@ fn answer(
             _ => tokens.concat(),
         };
         let mut whole = whole_answer(api, &body, &content);
+        if let Some(reason) = whole.pointer_mut("/choices/0/finish_reason") {
+            *reason = json!(mode.finish_reason());
+        }
         if !sends_usage(&body) {
             whole.as_object_mut().map(|o| o.remove("usage"));
         }
@@ -842,7 +878,7 @@ fn answer(
     {
         return false;
     }
-    let events = Events::new(api, &body);
+    let events = Events::new(api, &body, mode.finish_reason());
     match stream_events(shared, w, sock, mode, tokens, events) {
         Streamed::Complete => true,
         Streamed::Reset => false,
@@ -895,8 +931,8 @@ fn stream_events(
                 return Streamed::Reset;
             }
         }
-        if let Mode::Slow { delay } = mode {
-            if !idle(sock, *delay) {
+        if let Some(delay) = mode.token_delay() {
+            if !idle(sock, delay) {
                 return Streamed::ClientGone;
             }
         }
