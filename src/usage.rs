@@ -531,8 +531,10 @@ struct Queue {
     stopping: bool,
 }
 
-/// Rows that wake the flusher before its interval is up.
-const BATCH_ROWS: usize = 512;
+/// Rows that wake the flusher before its interval is up: under load a
+/// write (and its fsync) carries thousands of rows, a few times a second,
+/// and the queue holds about a megabyte at most between writes.
+const BATCH_ROWS: usize = 4096;
 
 impl Recorder {
     fn start(db: Db, cfg: &LimitsConfig, last_at: i64) -> Result<Recorder, String> {
@@ -616,7 +618,9 @@ impl RecorderInner {
     /// Writes every queued row in one transaction; on failure they go back
     /// to the front of the queue (within its cap) for the next flush.
     fn write_queued(&self) {
-        let rows: Vec<UsageRow> = lock(&self.queue).rows.drain(..).collect();
+        // Taken whole: the queue's buffer goes with it and is freed after
+        // the write, so a burst leaves no large buffer behind.
+        let rows: Vec<UsageRow> = std::mem::take(&mut lock(&self.queue).rows).into();
         if rows.is_empty() {
             return;
         }

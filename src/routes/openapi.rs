@@ -606,10 +606,11 @@ fn schemas() -> Value {
         },
         "CsrfToken": {
             "type": "object",
-            "required": ["token", "expires_in"],
+            "required": ["token", "expires_in", "signed_in"],
             "properties": {
                 "token": {"type": "string"},
                 "expires_in": {"type": "integer", "description": "seconds"},
+                "signed_in": {"type": "boolean", "description": "the request carries a live session, or auth mode is none: whether `/api/me` will answer"},
             },
         },
         "Project": {

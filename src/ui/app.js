@@ -442,10 +442,28 @@ function showSignedIn() {
   document.querySelector("main").hidden = !signedIn;
 }
 
+// Whether this page may be signed in: /api/csrf-token (public) says
+// whether the request carried a live session (or needs none), so a first
+// visit shows the form without a 401 from /api/me in the console. In doubt
+// (an older server, a network error): ask /api/me.
+async function maybeSignedIn() {
+  try {
+    const res = await fetch("/api/csrf-token", { headers: { "Accept": "application/json" } });
+    if (!res.ok) return true;
+    const body = await res.json();
+    state.csrf = body.token;
+    return body.signed_in !== false;
+  } catch (_) {
+    return true;
+  }
+}
+
 // Asks the server who this page is signed in as (nobody: the form).
 async function whoAmI() {
   let res = null;
-  try { res = await api("GET", "/api/me"); } catch (_) { /* offline */ }
+  if (await maybeSignedIn()) {
+    try { res = await api("GET", "/api/me"); } catch (_) { /* offline */ }
+  }
   if (res && res.ok) {
     const me = await res.json();
     state.user = me.user;
@@ -521,6 +539,10 @@ async function send(text) {
   setBusy(true);
   setStatus("Answering… (Stop or Escape ends the answer)");
   const body = { message: text, stream: true };
+  // A first message creates its conversation even when the answer then
+  // fails before streaming (the server keeps the message); that reply
+  // names no conversation, so the page finds the new one in the list.
+  const known = state.conversation ? null : new Set((state.conversations || []).map((c) => c.id));
   if (state.conversation) body.conversation_id = state.conversation.id;
   else if (state.project) body.project_id = state.project.id;
   // The answer so far; drawn at most once per frame, since each drawing
@@ -549,6 +571,7 @@ async function send(text) {
       if (res.status >= 500 && res.status !== 503) {
         // The server kept the message and recorded the failed answer.
         end("error", why, "error");
+        if (known) await adoptNewConversation(known, view);
       } else {
         // Refused before anything was stored: give the text back to retry.
         mine.remove();
@@ -596,6 +619,17 @@ async function send(text) {
     // The answer (or a refusal by a budget) changed what is spent.
     await refreshMyUsage();
   }
+}
+
+// After a first message whose answer failed before streaming: the one
+// conversation that was not in the list before becomes the open one (in
+// the address too), so a retry continues it instead of starting another.
+async function adoptNewConversation(known, view) {
+  try { await loadConversations(); } catch (_) { return; }
+  const fresh = state.conversations.filter((c) => !known.has(c.id));
+  if (fresh.length !== 1 || state.conversation || state.view !== view) return;
+  state.conversation = fresh[0];
+  remember("replace");
 }
 
 // Copies a code block's text. Without the clipboard API (a page served
