@@ -216,13 +216,14 @@ fn parts(json: &str, in_delta: bool) -> Option<Parts> {
 /// (`input_tokens`, `output_tokens`). None when it names neither count.
 pub fn token_counts(usage: &Value) -> Option<(u64, u64)> {
     let n = |k: &str| usage.get(k).and_then(Value::as_u64);
-    let prompt = n("prompt_tokens").or_else(|| n("input_tokens"));
-    let completion = n("completion_tokens").or_else(|| n("output_tokens"));
-    let completion = completion.or_else(|| Some(n("total_tokens")?.saturating_sub(prompt?)));
-    match (prompt, completion) {
-        (None, None) => None,
-        (p, c) => Some((p.unwrap_or(0), c.unwrap_or(0))),
+    Counts {
+        prompt_tokens: n("prompt_tokens"),
+        completion_tokens: n("completion_tokens"),
+        input_tokens: n("input_tokens"),
+        output_tokens: n("output_tokens"),
+        total_tokens: n("total_tokens"),
     }
+    .pair()
 }
 
 #[derive(DeriveDeserialize)]
@@ -242,6 +243,21 @@ struct Counts {
     total_tokens: Option<u64>,
 }
 
+impl Counts {
+    /// (prompt, completion): chat and Responses names, a completion
+    /// derived from `total_tokens` when only that is given; None when the
+    /// object names neither count.
+    fn pair(self) -> Option<(u64, u64)> {
+        let prompt = self.prompt_tokens.or(self.input_tokens);
+        let completion = self.completion_tokens.or(self.output_tokens);
+        let completion = completion.or_else(|| Some(self.total_tokens?.saturating_sub(prompt?)));
+        match (prompt, completion) {
+            (None, None) => None,
+            (p, c) => Some((p.unwrap_or(0), c.unwrap_or(0))),
+        }
+    }
+}
+
 /// (prompt, completion) tokens of a whole answer's `usage` (top level,
 /// or the Responses API's `response.usage`), read without storing
 /// anything else (what a relayed answer's usage row needs; see
@@ -252,14 +268,7 @@ pub fn answer_counts(bytes: &[u8]) -> Option<(u64, u64)> {
     let raw = top
         .usage
         .or_else(|| object::<UsageTopView>(top.response).and_then(|r| r.usage))?;
-    let c: Counts = object(Some(raw))?;
-    let prompt = c.prompt_tokens.or(c.input_tokens);
-    let completion = c.completion_tokens.or(c.output_tokens);
-    let completion = completion.or_else(|| Some(c.total_tokens?.saturating_sub(prompt?)));
-    match (prompt, completion) {
-        (None, None) => None,
-        (p, c) => Some((p.unwrap_or(0), c.unwrap_or(0))),
-    }
+    object::<Counts>(Some(raw))?.pair()
 }
 
 /// A stream chunk's parts; None when it is not a JSON object.
