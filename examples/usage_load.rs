@@ -96,7 +96,7 @@ fn main() {
     let load_s = started.elapsed().as_secs_f64();
 
     // The baseline: the same report as one aggregate over the rows.
-    let conn = db.conn().expect("a connection");
+    let conn = db.sqlite().expect("SQLite").conn().expect("a connection");
     let mut times = Vec::new();
     let mut naive_rows = 0i64;
     for _ in 0..5 {

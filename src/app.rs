@@ -113,6 +113,7 @@ impl App {
             cfg.rate_limit.sweep_interval,
         )
         .map_err(|e| format!("cannot start the rate-limit sweeper thread: {}", e))?;
+        db.start_shared_sweeper(cfg.rate_limit.sweep_interval)?;
         let relays = crate::relays::Relays::new(cfg.server.max_concurrent_streams);
         relays
             .start_hangup_watch()

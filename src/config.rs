@@ -150,6 +150,10 @@ pub struct DatabaseConfig {
     /// `synchronous = full` (default) or `normal`.
     #[serde(rename = "synchronous", deserialize_with = "is_full")]
     pub synchronous_full: bool,
+    /// Empty: SQLite. Else a PostgreSQL URL (holds a password: never logged).
+    pub url: String,
+    pub statement_timeout: Duration,
+    pub limits_fail_open: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

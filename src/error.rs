@@ -555,7 +555,7 @@ impl From<crate::db::StoreError> for ApiError {
             UnknownProject => ApiError::NotFound,
             Invalid { field, message } => ApiError::validation(field, message),
             InvalidCursor => ApiError::validation("cursor", "is not a cursor from this list"),
-            PoolExhausted | Busy | DiskFull => ApiError::ServerBusy {
+            PoolExhausted | Busy | DiskFull | Unavailable => ApiError::ServerBusy {
                 retry_after_s: RETRY_AFTER_S,
             },
             Internal { detail } => ApiError::Internal { detail },

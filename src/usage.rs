@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::LimitsConfig;
+use crate::db::shared::{Account, SharedLimits};
 use crate::db::usage::UsageRow;
 use crate::db::users::UserLimits;
 use crate::db::{Db, StoreError};
@@ -89,7 +90,8 @@ struct Tally {
     /// Tokens the minute bucket holds (at most `tokens_per_minute`; below
     /// zero after a call larger than what it held).
     level: f64,
-    level_at: Instant,
+    /// Wall clock, ms (an account may move between instances).
+    level_at_ms: i64,
     day: i64,
     day_spent: u64,
     /// The first day of the month `month_spent` counts.
@@ -103,7 +105,7 @@ struct Tally {
 impl Tally {
     /// Moves to `today`'s day and month (their spending starts at 0) and
     /// refills the bucket to `now`.
-    fn catch_up(&mut self, today: i64, now: Instant) {
+    fn catch_up(&mut self, today: i64, now_ms: i64) {
         if today != self.day {
             self.day = today;
             self.day_spent = 0;
@@ -114,9 +116,9 @@ impl Tally {
             self.month_spent = 0;
         }
         let cap = self.limits.tokens_per_minute as f64;
-        let refill = now.saturating_duration_since(self.level_at).as_secs_f64() * cap / 60.0;
-        self.level = (self.level + refill).min(cap);
-        self.level_at = now;
+        let elapsed_s = (now_ms - self.level_at_ms).max(0) as f64 / 1000.0;
+        self.level = (self.level + elapsed_s * cap / 60.0).min(cap);
+        self.level_at_ms = self.level_at_ms.max(now_ms);
     }
 
     /// The refusal for a new call now, if any (`now_ms`: wall clock, for
@@ -149,6 +151,57 @@ impl Tally {
         None
     }
 
+    /// A tally without limits (`limits_fail_open` while the store is away).
+    fn unlimited(today: i64, now_ms: i64) -> Tally {
+        Tally::from_account(
+            Limits::default(),
+            Account {
+                level_at_ms: now_ms,
+                day: today,
+                month: month_start(today),
+                ..Account::default()
+            },
+            0,
+        )
+    }
+
+    /// Replaces a call's reservation with what it cost.
+    fn settle(&mut self, estimate: u64, stream: bool, actual: u64) {
+        self.reserved = self.reserved.saturating_sub(estimate);
+        self.streams = self.streams.saturating_sub(u64::from(stream));
+        self.day_spent += actual;
+        self.month_spent += actual;
+        let cap = self.limits.tokens_per_minute as f64;
+        self.level = (self.level + estimate as f64 - actual as f64).min(cap);
+    }
+
+    /// The shared part of this tally (all but the instance's streams).
+    fn account(&self) -> Account {
+        Account {
+            level: self.level,
+            level_at_ms: self.level_at_ms,
+            day: self.day,
+            day_spent: self.day_spent,
+            month: self.month,
+            month_spent: self.month_spent,
+            reserved: self.reserved,
+        }
+    }
+
+    fn from_account(limits: Limits, a: Account, streams: u64) -> Tally {
+        Tally {
+            limits,
+            level: a.level,
+            level_at_ms: a.level_at_ms,
+            day: a.day,
+            day_spent: a.day_spent,
+            month: a.month,
+            month_spent: a.month_spent,
+            reserved: a.reserved,
+            streams,
+        }
+    }
+
     fn status(&self) -> Value {
         json!({
             "limits": self.limits.to_json(),
@@ -170,6 +223,9 @@ pub struct Usage {
     default_max_tokens: u64,
     db: Db,
     tallies: Mutex<HashMap<String, Tally>>,
+    /// With a shared store: this instance's open streams per user (the
+    /// rest of each tally lives in the database, `db::shared`).
+    streams: Mutex<HashMap<String, u64>>,
     recorder: Recorder,
     /// (model, prompt tokens, completion tokens) for the metrics.
     tokens: Mutex<Vec<(String, u64, u64)>>,
@@ -211,6 +267,7 @@ impl Usage {
             default_max_tokens: cfg.default_max_tokens,
             db,
             tallies: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             recorder,
             tokens: Mutex::new(Vec::new()),
         }))
@@ -255,16 +312,89 @@ impl Usage {
     ) -> Result<T, ApiError> {
         let now_ms = crate::time::now_millis();
         let today = day_of(now_ms);
+        if let Some(shared) = self.db.shared() {
+            return match self.with_account(shared, user_id, now_ms, f) {
+                Ok(r) => r,
+                // `limits_fail_open`: admitted unchecked while the database
+                // cannot be reached (a tally without limits).
+                Err((_, Some(f))) if self.db.limits_fail_open() => {
+                    f(&mut Tally::unlimited(today, now_ms), now_ms)
+                }
+                Err((e, _)) => Err(e.into()),
+            };
+        }
         if let Some(t) = lock(&self.tallies).get_mut(user_id) {
-            t.catch_up(today, Instant::now());
+            t.catch_up(today, now_ms);
             return f(t, now_ms);
         }
         // Read without the lock: other users' calls go on meanwhile.
         let loaded = self.load(user_id, today)?;
         let mut tallies = lock(&self.tallies);
         let t = tallies.entry(user_id.to_string()).or_insert(loaded);
-        t.catch_up(today, Instant::now());
+        t.catch_up(today, now_ms);
         f(t, now_ms)
+    }
+
+    /// As `with_tally` on the account in the shared store, under its row
+    /// lock (`db::shared`); the open streams stay this instance's. On a
+    /// store failure `f` comes back unless it ran.
+    #[allow(clippy::type_complexity)]
+    fn with_account<T, F: FnOnce(&mut Tally, i64) -> Result<T, ApiError>>(
+        &self,
+        shared: &dyn SharedLimits,
+        user_id: &str,
+        now_ms: i64,
+        f: F,
+    ) -> Result<Result<T, ApiError>, (StoreError, Option<F>)> {
+        let today = day_of(now_ms);
+        let month = month_start(today);
+        let fresh = |day_spent, month_spent| Account {
+            // Full: `catch_up` cuts it to the user's bucket.
+            level: f64::MAX,
+            level_at_ms: now_ms,
+            day: today,
+            day_spent,
+            month,
+            month_spent,
+            reserved: 0,
+        };
+        let mut f = Some(f);
+        let mut out = None;
+        let mut streams_delta = 0i64;
+        let r = shared.with_account(user_id, &fresh, month, today, &mut |a, own| {
+            let Some(f) = f.take() else { return };
+            // Reservations of calls whose instance died before settling
+            // would stay forever: a new day starts without them (calls in
+            // flight at midnight are then settled against nothing).
+            if a.day != today {
+                a.reserved = 0;
+            }
+            let mut streams = lock(&self.streams);
+            let open = streams.get(user_id).copied().unwrap_or(0);
+            let mut t = Tally::from_account(Limits::with_own(self.defaults, own), *a, open);
+            t.catch_up(today, now_ms);
+            out = Some(f(&mut t, now_ms));
+            *a = t.account();
+            streams_delta = t.streams as i64 - open as i64;
+            if t.streams == 0 {
+                streams.remove(user_id);
+            } else {
+                streams.insert(user_id.to_string(), t.streams);
+            }
+        });
+        match (r, out) {
+            (Ok(()), Some(out)) => Ok(out),
+            (Ok(()), None) => Err((StoreError::internal("the token account was not read"), f)),
+            (Err(e), _) => {
+                // Not committed: this instance's stream count goes back.
+                if streams_delta != 0 {
+                    let mut streams = lock(&self.streams);
+                    let n = streams.entry(user_id.to_string()).or_insert(0);
+                    *n = (*n as i64 - streams_delta).max(0) as u64;
+                }
+                Err((e, f))
+            }
+        }
     }
 
     fn load(&self, user_id: &str, today: i64) -> Result<Tally, StoreError> {
@@ -278,7 +408,7 @@ impl Usage {
         Ok(Tally {
             limits,
             level: limits.tokens_per_minute as f64,
-            level_at: Instant::now(),
+            level_at_ms: crate::time::now_millis(),
             day: today,
             day_spent,
             month: month_start(today),
@@ -315,17 +445,21 @@ impl Usage {
     fn settle(&self, open: Open, spent: Option<Spent>) {
         let actual = spent.as_ref().map_or(0, |s| s.prompt + s.completion);
         let now_ms = crate::time::now_millis();
-        let mut tallies = lock(&self.tallies);
-        if let Some(t) = tallies.get_mut(&open.user_id) {
-            t.catch_up(day_of(now_ms), Instant::now());
-            t.reserved = t.reserved.saturating_sub(open.estimate);
-            t.streams = t.streams.saturating_sub(u64::from(open.stream));
-            t.day_spent += actual;
-            t.month_spent += actual;
-            let cap = t.limits.tokens_per_minute as f64;
-            t.level = (t.level + open.estimate as f64 - actual as f64).min(cap);
+        if let Some(shared) = self.db.shared() {
+            let r = self.with_account(shared, &open.user_id, now_ms, |t, _| {
+                t.settle(open.estimate, open.stream, actual);
+                Ok(())
+            });
+            if let Err((e, _)) = r {
+                crate::logging::warn(
+                    "usage: a call's tokens could not be settled in the shared account",
+                    &[("error", json!(e.to_string()))],
+                );
+            }
+        } else if let Some(t) = lock(&self.tallies).get_mut(&open.user_id) {
+            t.catch_up(day_of(now_ms), now_ms);
+            t.settle(open.estimate, open.stream, actual);
         }
-        drop(tallies);
         let Some(s) = spent else { return };
         if s.prompt + s.completion > 0 {
             self.count_tokens(&open.model, s.prompt, s.completion);
@@ -652,7 +786,7 @@ mod tests {
         Tally {
             limits,
             level: limits.tokens_per_minute as f64,
-            level_at: Instant::now(),
+            level_at_ms: 20_000 * DAY_MS,
             day: 20_000,
             day_spent: 0,
             month: month_start(20_000),
@@ -719,19 +853,19 @@ mod tests {
             tokens_per_minute: 600,
             ..Limits::default()
         });
-        let start = t.level_at;
+        let start = t.level_at_ms;
         t.level = -100.0;
         t.day_spent = 5;
         t.month_spent = 7;
-        t.catch_up(20_000, start + Duration::from_secs(5));
+        t.catch_up(20_000, start + 5_000);
         assert!((t.level - -50.0).abs() < 1e-6, "{}", t.level);
-        t.catch_up(20_000, start + Duration::from_secs(600));
+        t.catch_up(20_000, start + 600_000);
         assert_eq!(t.level, 600.0);
         assert_eq!((t.day_spent, t.month_spent), (5, 7));
-        t.catch_up(20_001, start + Duration::from_secs(600));
+        t.catch_up(20_001, start + 600_000);
         assert_eq!(t.day_spent, 0);
         let next_month = next_month_start(20_000);
-        t.catch_up(next_month, start + Duration::from_secs(600));
+        t.catch_up(next_month, start + 600_000);
         assert_eq!((t.day_spent, t.month_spent, t.month), (0, 0, next_month));
     }
 

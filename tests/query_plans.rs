@@ -70,7 +70,7 @@ fn every_read_uses_an_index_and_sorts_nothing() {
     cfg.database.pool_size = 1;
     // The schema exactly as the server makes it (`db::schema::migrate`).
     let db = Db::open(&cfg).unwrap();
-    let conn = db.conn().unwrap();
+    let conn = db.sqlite().expect("SQLite").conn().unwrap();
     let mut failures = Vec::new();
     let mut names = BTreeSet::new();
     for read in reads::all() {

@@ -219,6 +219,12 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A connection idle this long is checked (`SELECT 1`) before reuse." },
     Setting { section: "database", key: "synchronous", default: "full", kind: OneOf(&["full", "normal"]),
         doc: "`full`: every acknowledged write survives a power loss (one fsync per write). `normal`: survives a process crash, may lose the last writes on power loss; much higher write throughput on slow disks." },
+    Setting { section: "database", key: "url", default: "", kind: Text { min_chars: 0, max_chars: 4096 },
+        doc: "Empty: the SQLite file at `path`. `postgres://USER@HOST:PORT/DB?sslmode=require`: PostgreSQL, the whole store, shared by every instance that names it (limits, budgets, revocations and sessions then hold across them). `sslmode` is `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`. Keep a password out of this file: set `PORTCULLIS_DATABASE_URL` instead." },
+    Setting { section: "database", key: "statement_timeout_ms", default: "5000", kind: Millis { min: 1, max: 600_000 },
+        doc: "PostgreSQL: a statement running longer is cancelled by the server and the request answered 503 `server_busy` (pool checkouts wait `checkout_timeout_ms`)." },
+    Setting { section: "database", key: "limits_fail_open", default: "false", kind: Bool,
+        doc: "PostgreSQL: when the database cannot be reached, `false` refuses requests that limits or budgets must check (503 `server_busy`); `true` admits them unchecked. Never a 401 for a valid key either way." },
 
     // [upstream]
     Setting { section: "upstream", key: "base_url", default: "http://127.0.0.1:11434/v1", kind: HttpUrl,

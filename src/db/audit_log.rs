@@ -9,7 +9,7 @@ use rusqlite::params;
 use serde_json::{json, Value};
 
 use super::reads::{Arg, Read};
-use super::{Db, StoreError};
+use super::{Sqlite, StoreError};
 
 /// What an audit row records. Its name (`as_str`) is the text stored in
 /// the `event` column and printed by `portcullis audit`; nowhere else is
@@ -182,10 +182,10 @@ impl AuditRow {
     }
 }
 
-impl Db {
+impl super::store::AuditTrail for Sqlite {
     /// Writes one audit row in its own transaction (in the writers' queue,
     /// like every write).
-    pub fn record_audit(
+    fn record_audit(
         &self,
         event: AuditEvent,
         actor: &Actor,
@@ -195,7 +195,7 @@ impl Db {
     }
 
     /// Writes several rows (aggregated counters) in one transaction.
-    pub fn record_audit_batch(
+    fn record_audit_batch(
         &self,
         rows: &[(i64, AuditEvent, Actor, Value)],
     ) -> Result<(), StoreError> {
@@ -209,7 +209,7 @@ impl Db {
 
     /// Rows at or after `since` (epoch ms), oldest first, at most `limit`;
     /// without `since`, the newest `limit` rows, still oldest first.
-    pub fn audit_rows(
+    fn audit_rows(
         &self,
         since: Option<i64>,
         limit: usize,
@@ -293,7 +293,7 @@ mod tests {
         }
         assert_eq!("Key_Created".parse::<AuditEvent>(), Err(()));
         let db = temp_db();
-        db.conn()
+        db.sqlite().unwrap().conn()
             .unwrap()
             .execute_batch("INSERT INTO audit (time, event) VALUES (1, 'no_such_event')")
             .unwrap();

@@ -12,7 +12,7 @@ use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
 use super::reads::{Arg, Read};
 use super::users::Owner;
-use super::{monotonic_now, opt_json, owned, Db, StoreError};
+use super::{monotonic_now, opt_json, owned, Sqlite, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conversation {
@@ -151,11 +151,11 @@ fn get_in(conn: &rusqlite::Connection, owner: Owner, id: &str) -> Result<Convers
         .ok_or(StoreError::NotFound)
 }
 
-impl Db {
+impl super::store::Conversations for Sqlite {
     /// Creates a conversation. An unknown `project_id` is
     /// `UnknownProject` (checked in the same transaction as the
     /// insert, so a concurrent project delete cannot slip between).
-    pub fn create_conversation(
+    fn create_conversation(
         &self,
         owner: Owner,
         project_id: Option<&str>,
@@ -204,13 +204,13 @@ impl Db {
     }
 
     /// One conversation, or `NotFound`.
-    pub fn get_conversation(&self, owner: Owner, id: &str) -> Result<Conversation, StoreError> {
+    fn get_conversation(&self, owner: Owner, id: &str) -> Result<Conversation, StoreError> {
         get_in(&*self.conn()?, owner, id)
     }
 
     /// Conversations newest first, optionally of one project (an unknown
     /// project is `UnknownProject`).
-    pub fn list_conversations(
+    fn list_conversations(
         &self,
         owner: Owner,
         project_id: Option<&str>,
@@ -248,7 +248,7 @@ impl Db {
     /// Applies a PATCH. An empty patch is a no-op that returns the
     /// conversation unchanged (JSON merge-patch semantics); otherwise
     /// `updated_at` moves forward.
-    pub fn update_conversation(
+    fn update_conversation(
         &self,
         owner: Owner,
         id: &str,
@@ -301,7 +301,7 @@ impl Db {
 
     /// Deletes a conversation and its messages; audited in the same
     /// transaction.
-    pub fn delete_conversation(
+    fn delete_conversation(
         &self,
         owner: Owner,
         id: &str,

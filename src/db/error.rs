@@ -30,6 +30,9 @@ pub enum StoreError {
     /// rolled back, nothing is corrupted, and it may succeed once space is
     /// freed.
     DiskFull,
+    /// PostgreSQL cannot be reached (refused, cut, restarting, out of
+    /// connections). Load or an outage, not a bug: nothing was written.
+    Unavailable,
     /// Anything else: a bug or a damaged file. `detail` is for logs only.
     Internal { detail: String },
 }
@@ -74,6 +77,7 @@ impl fmt::Display for StoreError {
             StoreError::PoolExhausted => f.write_str("no database connection came free in time"),
             StoreError::Busy => f.write_str("the database is busy (locked by another writer)"),
             StoreError::DiskFull => f.write_str("the database's disk is full"),
+            StoreError::Unavailable => f.write_str("the database cannot be reached"),
             StoreError::Internal { detail } => f.write_str(detail),
         }
     }

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::audit_log::{self, Actor, AuditEvent};
 use super::reads::{Arg, Reach, Read};
 use super::users::{Owner, Principal, Role};
-use super::{Db, StoreError};
+use super::{Sqlite, StoreError};
 use crate::secret::Secret;
 
 pub const KEY_PREFIX: &str = "pcs_";
@@ -212,11 +212,9 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 /// `key_created` audit row; the secret is returned once and never stored.
 /// The caller bumps the key stamp after the commit (`KeyCache::bump_stamp`).
 /// Public for `examples/bulk_load.rs`, which stores keys exactly as this.
-pub fn insert_key(
-    tx: &rusqlite::Connection,
-    new: &NewKey<'_>,
-    actor: &Actor,
-) -> Result<(ApiKey, Secret), StoreError> {
+/// A new key for `new`: the row to store (with the hash of the secret and
+/// the models as JSON text) and the secret, shown once. Both stores call it.
+pub(crate) fn mint_key(new: &NewKey<'_>) -> Result<(ApiKey, Secret, String, Option<String>), StoreError> {
     check_name(new.name)?;
     let secret = new_key();
     let key = ApiKey {
@@ -233,31 +231,88 @@ pub fn insert_key(
         .models
         .as_ref()
         .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
+    let hash = hash_key(secret.expose_str());
+    Ok((key, secret, hash, models))
+}
+
+/// The audit detail of a created key.
+pub(crate) fn created_detail(key: &ApiKey) -> serde_json::Value {
+    json!({ "key": key.id, "name": key.name, "user": key.user_id })
+}
+
+/// What a key row found by its hash means: `row` is (id, stored hash,
+/// revoked_at, expires_at, models, user id, name, role, disabled). The
+/// stored hash is compared in constant time. Expiry is judged by the
+/// caller (`lookup_key`), on every use.
+pub(crate) fn judge(
+    hash: &str,
+    row: Option<(String, String, Option<i64>, Option<i64>, Option<String>, String, String, Role, bool)>,
+) -> KeyLookup {
+    match row {
+        Some((id, stored, revoked, expires_at, models, user_id, name, role, disabled))
+            if crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes()) =>
+        {
+            if revoked.is_some() {
+                KeyLookup::Revoked { id }
+            } else if disabled {
+                KeyLookup::Disabled { id }
+            } else {
+                KeyLookup::Valid(Grant {
+                    key_id: id,
+                    principal: Principal {
+                        user_id,
+                        name,
+                        role,
+                    },
+                    models: models.and_then(|m| serde_json::from_str(&m).ok()),
+                    expires_at,
+                })
+            }
+        }
+        _ => KeyLookup::Unknown,
+    }
+}
+
+/// An expired key is refused as such, whether it came from a cache or not.
+pub(crate) fn unless_expired(found: KeyLookup) -> KeyLookup {
+    match found {
+        KeyLookup::Valid(g) if g.expires_at.is_some_and(|t| t <= crate::time::now_millis()) => {
+            KeyLookup::Expired { id: g.key_id }
+        }
+        other => other,
+    }
+}
+
+/// Creates a key on `tx` (inside the caller's transaction) and its
+/// `key_created` audit row; the secret is returned once and never stored.
+/// The caller bumps the key stamp after the commit (`KeyCache::bump_stamp`).
+/// Public for `examples/bulk_load.rs`, which stores keys exactly as this.
+pub fn insert_key(
+    tx: &rusqlite::Connection,
+    new: &NewKey<'_>,
+    actor: &Actor,
+) -> Result<(ApiKey, Secret), StoreError> {
+    let (key, secret, hash, models) = mint_key(new)?;
     tx.execute_cached(
         INSERT,
         params![
             key.id,
             key.name,
             key.prefix,
-            hash_key(secret.expose_str()),
+            hash,
             key.created_at,
             key.user_id,
             key.expires_at,
             models
         ],
     )?;
-    audit_log::insert(
-        tx,
-        AuditEvent::KeyCreated,
-        actor,
-        &json!({ "key": key.id, "name": key.name, "user": key.user_id }),
-    )?;
+    audit_log::insert(tx, AuditEvent::KeyCreated, actor, &created_detail(&key))?;
     Ok((key, secret))
 }
 
-impl Db {
+impl super::store::ApiKeys for Sqlite {
     /// Creates a key; the secret is returned once and never stored.
-    pub fn create_key(
+    fn create_key(
         &self,
         new: &NewKey<'_>,
         actor: &Actor,
@@ -270,7 +325,7 @@ impl Db {
     /// When no key exists at all, creates one and writes it to `file`
     /// (mode 0600) before committing, so a key is never stored that nobody
     /// can read. Returns whether a key was created.
-    pub fn ensure_first_key(&self, file: &Path) -> Result<bool, String> {
+    fn ensure_first_key(&self, file: &Path) -> Result<bool, String> {
         let r = self.write(|tx| {
             if tx
                 .query_row_cached(ANY, [], |_| Ok(()))
@@ -307,7 +362,7 @@ impl Db {
     }
 
     /// Every key, oldest first (never the key itself).
-    pub fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+    fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare(LIST)?;
         let rows = st.query_map([], key_from_row)?;
@@ -315,7 +370,7 @@ impl Db {
     }
 
     /// One user's keys, oldest first (at most `MAX_LISTED`).
-    pub fn list_user_keys(&self, owner: Owner) -> Result<Vec<ApiKey>, StoreError> {
+    fn list_user_keys(&self, owner: Owner) -> Result<Vec<ApiKey>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(LIST_OF_USER)?;
         let rows = st.query_map(params![owner.id(), MAX_LISTED], key_from_row)?;
@@ -324,7 +379,7 @@ impl Db {
 
     /// Revokes a key at once (the next request with it is refused). With
     /// `only_of`, a key of another user is `NotFound`.
-    pub fn revoke_key(
+    fn revoke_key(
         &self,
         id: &str,
         only_of: Option<Owner>,
@@ -337,6 +392,27 @@ impl Db {
         r
     }
 
+    /// Looks a presented key up: a valid key already seen under the
+    /// current key stamp comes from `KeyCache`; any other is looked up by
+    /// its hash (indexed) and the stored hash compared in constant time.
+    fn lookup_key(&self, presented: &str) -> Result<KeyLookup, StoreError> {
+        let hash = hash_key(presented);
+        let stamp = self.key_cache.current_stamp();
+        let found = match self.key_cache.get(&hash, stamp) {
+            Some(grant) => KeyLookup::Valid(grant),
+            None => {
+                let found = self.lookup_key_in_db(&hash)?;
+                if let KeyLookup::Valid(grant) = &found {
+                    self.key_cache.put(hash, grant.clone(), stamp);
+                }
+                found
+            }
+        };
+        Ok(unless_expired(found))
+    }
+}
+
+impl Sqlite {
     fn revoke_in_db(
         &self,
         id: &str,
@@ -363,31 +439,6 @@ impl Db {
                     Ok(Revoke::Revoked)
                 }
             }
-        })
-    }
-
-    /// Looks a presented key up: a valid key already seen under the
-    /// current key stamp comes from `KeyCache`; any other is looked up by
-    /// its hash (indexed) and the stored hash compared in constant time.
-    pub fn lookup_key(&self, presented: &str) -> Result<KeyLookup, StoreError> {
-        let hash = hash_key(presented);
-        let stamp = self.key_cache.current_stamp();
-        let found = match self.key_cache.get(&hash, stamp) {
-            Some(grant) => KeyLookup::Valid(grant),
-            None => {
-                let found = self.lookup_key_in_db(&hash)?;
-                if let KeyLookup::Valid(grant) = &found {
-                    self.key_cache.put(hash, grant.clone(), stamp);
-                }
-                found
-            }
-        };
-        // Expiry is checked on every use, cached or not.
-        Ok(match found {
-            KeyLookup::Valid(g) if g.expires_at.is_some_and(|t| t <= crate::time::now_millis()) => {
-                KeyLookup::Expired { id: g.key_id }
-            }
-            other => other,
         })
     }
 
@@ -419,29 +470,7 @@ impl Db {
                 ))
             })
             .optional()?;
-        Ok(match row {
-            Some((id, stored, revoked, expires_at, models, user_id, name, role, disabled))
-                if crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes()) =>
-            {
-                if revoked.is_some() {
-                    KeyLookup::Revoked { id }
-                } else if disabled {
-                    KeyLookup::Disabled { id }
-                } else {
-                    KeyLookup::Valid(Grant {
-                        key_id: id,
-                        principal: Principal {
-                            user_id,
-                            name,
-                            role,
-                        },
-                        models: models.and_then(|m| serde_json::from_str(&m).ok()),
-                        expires_at,
-                    })
-                }
-            }
-            _ => KeyLookup::Unknown,
-        })
+        Ok(judge(hash, row))
     }
 }
 
@@ -583,7 +612,7 @@ mod tests {
         assert_eq!(text.len(), 4 + 48);
         assert!(text.starts_with(&key.prefix));
         let stored: String = db
-            .conn()
+            .sqlite().unwrap().conn()
             .unwrap()
             .query_row_cached(
                 "SELECT group_concat(id || name || prefix || hash) FROM api_keys",

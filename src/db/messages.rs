@@ -10,7 +10,7 @@ use serde_json::json;
 use super::page::{Kind, Page, PageReq, Position};
 use super::reads::{Arg, Read};
 use super::users::Owner;
-use super::{monotonic_now, opt_json, owned, Db, StoreError};
+use super::{monotonic_now, opt_json, owned, Sqlite, StoreError};
 
 /// Who wrote a stored message. The one list of stored roles: the schema's
 /// CHECK constraint and the JSON say the same names (`as_str`).
@@ -192,9 +192,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Message, Position)> {
     Ok((m, pos))
 }
 
-impl Db {
+impl super::store::Messages for Sqlite {
     /// Stores a message (unknown conversation: `NotFound`).
-    pub fn insert_message(&self, owner: Owner, m: &NewMessage<'_>) -> Result<Message, StoreError> {
+    fn insert_message(&self, owner: Owner, m: &NewMessage<'_>) -> Result<Message, StoreError> {
         let usage_text = m.usage.map(|u| u.to_string());
         self.write(|tx| {
             if !owned(tx, CONVERSATION_EXISTS, owner, m.conversation_id)? {
@@ -233,7 +233,7 @@ impl Db {
 
     /// Replaces a message's content, status, usage and finish reason (a
     /// streamed answer being completed). Unknown id: `NotFound`.
-    pub fn update_message(
+    fn update_message(
         &self,
         owner: Owner,
         id: &str,
@@ -265,7 +265,7 @@ impl Db {
 
     /// The last `max` messages of a conversation, returned oldest first
     /// (the history sent upstream).
-    pub fn recent_messages(
+    fn recent_messages(
         &self,
         owner: Owner,
         conversation_id: &str,
@@ -287,7 +287,7 @@ impl Db {
 
     /// A page of a conversation's messages, oldest first (unknown
     /// conversation: `NotFound`).
-    pub fn list_messages(
+    fn list_messages(
         &self,
         owner: Owner,
         conversation_id: &str,
@@ -369,7 +369,7 @@ mod tests {
             .create_conversation(o, None, None, None, None, &crate::db::Actor::default())
             .unwrap();
         let insert = |role: &str, status: &str| {
-            db.conn().unwrap().execute(
+            db.sqlite().unwrap().conn().unwrap().execute(
                 "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
                  VALUES (?1, ?2, ?3, '', ?4, 0)",
                 params![crate::ids::new_id(), c.id, role, status],

@@ -55,12 +55,15 @@ pub mod error;
 pub mod keys;
 pub mod messages;
 pub mod page;
+pub mod pg;
 pub mod pool;
 pub mod projects;
 pub mod reads;
 pub mod ready;
 pub mod schema;
 pub mod sessions;
+pub mod shared;
+pub mod store;
 pub mod usage;
 pub mod users;
 pub mod writer;
@@ -76,11 +79,77 @@ pub use messages::{Message, NewMessage, Role, Status};
 pub use page::{Page, PageReq};
 pub use pool::PooledConn;
 pub use projects::Project;
+pub use store::Store;
 pub use users::{Owner, Principal};
 
-/// The database handle: cheap to clone, shared by every worker.
+/// The database handle every worker, filter and command uses: cheap to
+/// clone, one store behind it (SQLite, or PostgreSQL when `database.url`
+/// is set). Its methods are the `store` traits.
 #[derive(Clone)]
-pub struct Db {
+pub struct Db(std::sync::Arc<dyn Store>);
+
+impl std::ops::Deref for Db {
+    type Target = dyn Store;
+    fn deref(&self) -> &(dyn Store + 'static) {
+        &*self.0
+    }
+}
+
+impl Db {
+    /// Opens the configured store (`database.url`: PostgreSQL; else the
+    /// SQLite file) with `pool_size` connections and brings its schema up
+    /// to date. Start-up only; errors are readable.
+    pub fn open(cfg: &Config) -> Result<Db, String> {
+        Self::open_sized(cfg, cfg.database.pool_size, true)
+    }
+
+    /// As `open` with a one-connection pool: the command line's needs.
+    pub fn open_for_cli(cfg: &Config) -> Result<Db, String> {
+        Self::open_sized(cfg, 1, false)
+    }
+
+    fn open_sized(cfg: &Config, size: usize, serving: bool) -> Result<Db, String> {
+        if !cfg.database.url.is_empty() {
+            return Ok(Db(std::sync::Arc::new(pg::Postgres::open(cfg, size)?)));
+        }
+        let db = Sqlite::open_sized(cfg, size)?;
+        if serving {
+            db.start_checkpointer()?;
+        }
+        Ok(Db(std::sync::Arc::new(db)))
+    }
+
+    /// With a shared store, starts the `limits-sweep` thread: every
+    /// `every`, limiter rows that are full again are deleted (they carry
+    /// nothing), so the table holds the clients of the last minute only.
+    /// The thread ends with the last `Db`.
+    pub fn start_shared_sweeper(&self, every: std::time::Duration) -> Result<(), String> {
+        if self.shared().is_none() {
+            return Ok(());
+        }
+        let weak = std::sync::Arc::downgrade(&self.0);
+        crate::threads::spawn("limits-sweep", move || loop {
+            std::thread::sleep(every);
+            let Some(store) = weak.upgrade() else { return };
+            if let Some(Err(e)) = store.shared().map(|s| s.sweep_requests()) {
+                crate::logging::warn(
+                    "rate limits: cannot sweep the shared buckets",
+                    &[("error", serde_json::json!(e.to_string()))],
+                );
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the limits sweeper thread: {}", e))
+    }
+
+    /// The SQLite store, for tests and tools that read its file directly.
+    pub fn sqlite(&self) -> Option<&Sqlite> {
+        self.0.as_sqlite()
+    }
+}
+
+/// The SQLite store: a pool of readers and one writer on the file.
+pub struct Sqlite {
     pool: pool::Pool,
     /// The process's one writer (see `writer.rs`).
     writer: std::sync::Arc<writer::Writer>,
@@ -88,10 +157,12 @@ pub struct Db {
     key_cache: std::sync::Arc<keys::KeyCache>,
 }
 
-impl Db {
-    /// (checkouts that waited, checkouts that timed out), for metrics.
-    pub fn pool_wait_counts(&self) -> (u64, u64) {
-        self.pool.wait_counts()
+impl Store for Sqlite {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+    fn as_sqlite(&self) -> Option<&Sqlite> {
+        Some(self)
     }
 }
 
@@ -120,14 +191,7 @@ impl Cached for rusqlite::Connection {
     }
 }
 
-impl Db {
-    /// Opens the pool (`pool_size` connections) on the configured file and
-    /// brings the schema up to date. Start-up only; errors are readable.
-    pub fn open(cfg: &Config) -> Result<Db, String> {
-        let db = Self::open_sized(cfg, cfg.database.pool_size)?;
-        db.start_checkpointer()?;
-        Ok(db)
-    }
+impl Sqlite {
 
     /// Moves WAL checkpoints off the write path. SQLite's automatic
     /// checkpoint runs inside the commit that crosses 1,000 WAL pages, so
@@ -166,12 +230,7 @@ impl Db {
         Ok(())
     }
 
-    /// As `open` with a one-connection pool: the command line's needs.
-    pub fn open_for_cli(cfg: &Config) -> Result<Db, String> {
-        Self::open_sized(cfg, 1)
-    }
-
-    fn open_sized(cfg: &Config, size: usize) -> Result<Db, String> {
+    fn open_sized(cfg: &Config, size: usize) -> Result<Sqlite, String> {
         let path = cfg.database_path();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -197,7 +256,7 @@ impl Db {
         }
         let writer_conn = pool::open_connection(&pool_cfg)
             .map_err(|e| format!("cannot use database {}: {}", path.display(), e))?;
-        Ok(Db {
+        Ok(Sqlite {
             writer: std::sync::Arc::new(writer::Writer::new(
                 writer_conn,
                 cfg.database.checkout_timeout,
@@ -225,12 +284,6 @@ impl Db {
         // its seat back (more writes then share each commit).
         crate::seats::give_back_for_io();
         self.writer.write(f)
-    }
-
-    /// Writes queued for the writer, running, or waiting for their commit
-    /// (metrics).
-    pub fn writes_in_flight(&self) -> usize {
-        self.writer.in_flight()
     }
 
     pub fn pool(&self) -> &pool::Pool {

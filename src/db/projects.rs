@@ -12,7 +12,7 @@ use super::audit_log::{self, Actor, AuditEvent};
 use super::page::{Kind, Page, PageReq, Position};
 use super::reads::{Arg, Read};
 use super::users::Owner;
-use super::{monotonic_now, opt_json, Db, StoreError};
+use super::{monotonic_now, opt_json, Sqlite, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Project {
@@ -110,8 +110,8 @@ fn get_in(conn: &rusqlite::Connection, owner: Owner, id: &str) -> Result<Project
         .ok_or(StoreError::NotFound)
 }
 
-impl Db {
-    pub fn create_project(
+impl super::store::Projects for Sqlite {
+    fn create_project(
         &self,
         owner: Owner,
         name: &str,
@@ -148,12 +148,12 @@ impl Db {
         })
     }
 
-    pub fn get_project(&self, owner: Owner, id: &str) -> Result<Project, StoreError> {
+    fn get_project(&self, owner: Owner, id: &str) -> Result<Project, StoreError> {
         get_in(&*self.conn()?, owner, id)
     }
 
     /// The owner's projects, newest first.
-    pub fn list_projects(&self, owner: Owner, req: &PageReq) -> Result<Page<Project>, StoreError> {
+    fn list_projects(&self, owner: Owner, req: &PageReq) -> Result<Page<Project>, StoreError> {
         let conn = self.conn()?;
         let before = req.after.unwrap_or(Position {
             created_at: i64::MAX,
@@ -170,7 +170,7 @@ impl Db {
     }
 
     /// Applies a PATCH; an empty one returns the project unchanged.
-    pub fn update_project(
+    fn update_project(
         &self,
         owner: Owner,
         id: &str,
@@ -212,7 +212,7 @@ impl Db {
     }
 
     /// Deletes a project with its conversations and messages.
-    pub fn delete_project(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError> {
+    fn delete_project(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx| {
             get_in(tx, owner, id)?;
             let conversations: i64 =
@@ -278,13 +278,13 @@ mod tests {
         assert_eq!(db.get_conversation(o, &c.id), Err(StoreError::NotFound));
         assert!(db.get_conversation(o, &other.id).is_ok());
         let left: i64 = db
-            .conn()
+            .sqlite().unwrap().conn()
             .unwrap()
             .query_row_cached("SELECT count(*) FROM messages", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
         let audited: String = db
-            .conn()
+            .sqlite().unwrap().conn()
             .unwrap()
             .query_row_cached(
                 "SELECT detail FROM audit WHERE event = 'project_deleted'",

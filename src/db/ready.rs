@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use super::{Db, StoreError};
+use super::{Sqlite, StoreError};
 
 /// Why the database check failed (a short code, never internals).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,11 +62,11 @@ pub fn run_bounded<T>(
     (out, fired)
 }
 
-impl Db {
+impl super::store::Readiness for Sqlite {
     /// Checks that the database answers a cheap query within `limit`
     /// (checkout included, itself bounded by the pool's checkout timeout:
     /// a pool that would refuse requests is not ready). Returns the latency.
-    pub fn check_ready(&self, limit: Duration) -> Result<Duration, (ReadyFailure, Duration)> {
+    fn check_ready(&self, limit: Duration) -> Result<Duration, (ReadyFailure, Duration)> {
         let started = Instant::now();
         let conn = match self
             .pool()
@@ -98,6 +98,14 @@ impl Db {
             (Err(_), true) => Err((ReadyFailure::Timeout, started.elapsed())),
             (Err(e), false) => Err((ReadyFailure::Error(e.to_string()), started.elapsed())),
         }
+    }
+
+    fn pool_wait_counts(&self) -> (u64, u64) {
+        self.pool.wait_counts()
+    }
+
+    fn writes_in_flight(&self) -> usize {
+        self.writer.in_flight()
     }
 }
 
@@ -150,8 +158,8 @@ mod tests {
     fn ready_check_reports_latency_and_pool_exhaustion() {
         let db = crate::db::testing::temp_db();
         assert!(db.check_ready(Duration::from_secs(1)).is_ok());
-        let _a = db.conn().unwrap();
-        let _b = db.conn().unwrap();
+        let _a = db.sqlite().unwrap().conn().unwrap();
+        let _b = db.sqlite().unwrap().conn().unwrap();
         let (why, took) = db.check_ready(Duration::from_millis(50)).unwrap_err();
         assert_eq!(why, ReadyFailure::PoolExhausted);
         assert!(took < Duration::from_secs(1));

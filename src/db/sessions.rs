@@ -13,7 +13,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::reads::{Arg, Read};
 use super::users::{Principal, Role};
-use super::{Cached, Db, StoreError};
+use super::{Cached, Sqlite, StoreError};
 use crate::secret::Secret;
 
 pub const TOKEN_PREFIX: &str = "pcss_";
@@ -45,6 +45,44 @@ pub fn well_formed(s: &str) -> bool {
     })
 }
 
+/// A new token and its hash (the token is the cookie; only the hash is
+/// stored).
+pub(crate) fn new_token() -> (Secret, String) {
+    let token = Secret::new(format!(
+        "{}{}",
+        TOKEN_PREFIX,
+        crate::ids::random_hex(TOKEN_RANDOM_BYTES)
+    ));
+    let hash = super::keys::hash_key(token.expose_str());
+    (token, hash)
+}
+
+/// A session row found by `hash` (stored hash, last used, expires, user
+/// id, name, role, disabled), judged at `now`: its user while it is live,
+/// and whether its last use should be recorded again.
+pub(crate) fn judge(
+    hash: &str,
+    row: Option<(String, i64, i64, String, String, Role, bool)>,
+    idle_ms: i64,
+    now: i64,
+) -> Option<(Principal, bool)> {
+    let (stored, last_used, expires_at, user_id, name, role, disabled) = row?;
+    let live = crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes())
+        && now < expires_at
+        && now < last_used.saturating_add(idle_ms)
+        && !disabled;
+    live.then(|| {
+        (
+            Principal {
+                user_id,
+                name,
+                role,
+            },
+            now - last_used >= TOUCH_EVERY_MS,
+        )
+    })
+}
+
 /// What a presented session token turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionLookup {
@@ -54,16 +92,11 @@ pub enum SessionLookup {
     Invalid,
 }
 
-impl Db {
+impl super::store::Sessions for Sqlite {
     /// Starts a session for `user_id`, valid for `ttl_ms`; returns the
     /// token (set as the cookie, never stored).
-    pub fn create_session(&self, user_id: &str, ttl_ms: i64) -> Result<Secret, StoreError> {
-        let token = Secret::new(format!(
-            "{}{}",
-            TOKEN_PREFIX,
-            crate::ids::random_hex(TOKEN_RANDOM_BYTES)
-        ));
-        let hash = super::keys::hash_key(token.expose_str());
+    fn create_session(&self, user_id: &str, ttl_ms: i64) -> Result<Secret, StoreError> {
+        let (token, hash) = new_token();
         let now = crate::time::now_millis();
         self.write(|tx| {
             tx.execute_cached(
@@ -77,7 +110,7 @@ impl Db {
 
     /// Looks a presented token up at `now` (milliseconds): valid while
     /// neither expired nor idle for `idle_ms`, and its user enabled.
-    pub fn lookup_session(&self, token: &str, idle_ms: i64) -> Result<SessionLookup, StoreError> {
+    fn lookup_session(&self, token: &str, idle_ms: i64) -> Result<SessionLookup, StoreError> {
         if !well_formed(token) {
             return Ok(SessionLookup::Invalid);
         }
@@ -98,17 +131,10 @@ impl Db {
             })
             .optional()?;
         let now = crate::time::now_millis();
-        let Some((stored, last_used, expires_at, user_id, name, role, disabled)) = row else {
+        let Some((principal, touch)) = judge(&hash, row, idle_ms, now) else {
             return Ok(SessionLookup::Invalid);
         };
-        let live = crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes())
-            && now < expires_at
-            && now < last_used.saturating_add(idle_ms)
-            && !disabled;
-        if !live {
-            return Ok(SessionLookup::Invalid);
-        }
-        if now - last_used >= TOUCH_EVERY_MS {
+        if touch {
             self.write(|tx| {
                 tx.execute_cached(
                     "UPDATE sessions SET last_used_at = ?2 WHERE hash = ?1",
@@ -117,18 +143,11 @@ impl Db {
                 Ok(())
             })?;
         }
-        Ok(SessionLookup::Valid {
-            principal: Principal {
-                user_id,
-                name,
-                role,
-            },
-            hash,
-        })
+        Ok(SessionLookup::Valid { principal, hash })
     }
 
     /// Ends a session at once (sign-out).
-    pub fn end_session(&self, hash: &str) -> Result<(), StoreError> {
+    fn end_session(&self, hash: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute_cached("DELETE FROM sessions WHERE hash = ?1", [hash])?;
             Ok(())

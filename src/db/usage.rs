@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension};
 
 use super::reads::{Arg, Reach, Read};
-use super::{Cached, Db, StoreError};
+use super::{Cached, Sqlite, StoreError};
 use crate::time::{day_of, DAY_MS};
 
 /// One upstream call.
@@ -160,15 +160,15 @@ fn label_id(tx: &rusqlite::Connection, label: &str) -> rusqlite::Result<i64> {
 
 /// A day's sums for one (day, user, key, model).
 #[derive(Default)]
-struct Sums {
-    requests: u64,
-    prompt: u64,
-    completion: u64,
+pub(crate) struct Sums {
+    pub requests: u64,
+    pub prompt: u64,
+    pub completion: u64,
 }
 
-impl Db {
+impl super::store::UsageLog for Sqlite {
     /// Adds `rows` and their day sums in one write.
-    pub fn record_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
+    fn record_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -182,7 +182,7 @@ impl Db {
                 ids.insert(l.to_string(), i);
                 Ok(i)
             };
-            let mut days: HashMap<(i64, i64, i64, i64), Sums> = HashMap::new();
+            let mut labels = Vec::with_capacity(rows.len());
             for r in rows {
                 let user = id(tx, &r.user_id)?;
                 let key = match &r.key_id {
@@ -210,13 +210,10 @@ impl Db {
                         r.latency_ms as i64
                     ],
                 )?;
-                let s = days
-                    .entry((day_of(r.at_us / 1000), user, key, model))
-                    .or_default();
-                s.requests += 1;
-                s.prompt += r.prompt_tokens;
-                s.completion += r.completion_tokens;
+                labels.push((user, key, model));
             }
+            let mut next = labels.into_iter();
+            let days = day_sums(rows, |_| next.next().unwrap_or_default());
             for ((day, user, key, model), s) in days {
                 tx.execute_cached(
                     "INSERT INTO usage_days (day, user_id, key_id, model, requests, prompt_tokens, completion_tokens) \
@@ -234,14 +231,14 @@ impl Db {
 
     /// The latest row's time (µs), 0 when there is none: the recorder
     /// goes on from it, so times stay unique across restarts.
-    pub fn last_usage_at(&self) -> Result<i64, StoreError> {
+    fn last_usage_at(&self) -> Result<i64, StoreError> {
         let last: Option<i64> = self.conn()?.query_row_cached(LAST_AT, [], |r| r.get(0))?;
         Ok(last.unwrap_or(0))
     }
 
     /// `user_id`'s tokens spent on `today` and since `month_first` (days
     /// since the epoch), from the day sums.
-    pub fn usage_spent(
+    fn usage_spent(
         &self,
         user_id: &str,
         month_first: i64,
@@ -255,22 +252,15 @@ impl Db {
             return Ok((0, 0));
         };
         let mut stmt = conn.prepare_cached(SPENT)?;
-        let mut rows = stmt.query(params![user, month_first])?;
-        let (mut day, mut month) = (0u64, 0u64);
-        while let Some(r) = rows.next()? {
-            let (d, n): (i64, i64) = (r.get(0)?, r.get(1)?);
-            month += n.max(0) as u64;
-            if d == today {
-                day += n.max(0) as u64;
-            }
-        }
-        Ok((day, month))
+        let days = stmt
+            .query_map(params![user, month_first], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+        Ok(spent_from(days, today))
     }
 
-    /// A report: the calls ended in `[since, until)`, grouped. Whole days
-    /// come from the day sums, the partial days at either end from the
-    /// rows. Days in order; other groups by tokens, most first.
-    pub fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageItem>, StoreError> {
+    /// A report: the calls ended in `[since, until)`, grouped
+    /// (`build_report`).
+    fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageItem>, StoreError> {
         let conn = self.conn()?;
         let user = match q.user_id {
             Some(u) => match conn
@@ -282,88 +272,150 @@ impl Db {
             },
             None => None,
         };
-        let mut acc: HashMap<i64, Sums> = HashMap::new();
-        let mut add = |day: i64, user: i64, key: i64, model: i64, s: Sums| {
-            let group = match q.group_by {
-                GroupBy::Day => day,
-                GroupBy::Model => model,
-                GroupBy::Key => key,
-                GroupBy::User => user,
-            };
-            let e = acc.entry(group).or_default();
-            e.requests += s.requests;
-            e.prompt += s.prompt;
-            e.completion += s.completion;
+        let query = |sql: &str, p: Vec<i64>, width: usize| -> Result<Vec<[i64; 7]>, StoreError> {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(p))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let mut v = [0i64; 7];
+                for (i, x) in v.iter_mut().enumerate().take(width) {
+                    *x = r.get(i)?;
+                }
+                out.push(v);
+            }
+            Ok(out)
         };
-        if q.until_ms > q.since_ms {
-            // Whole days [first, last), rows for the rest.
-            let first = (q.since_ms + DAY_MS - 1).div_euclid(DAY_MS);
-            let last = q.until_ms.div_euclid(DAY_MS);
-            let mut raw = vec![(q.since_ms, q.until_ms)];
-            if first < last {
-                raw = vec![(q.since_ms, first * DAY_MS), (last * DAY_MS, q.until_ms)];
-                let (sql, p) = match user {
-                    Some(u) => (DAYS_OF_USER, vec![first, last, u]),
-                    None => (DAYS, vec![first, last]),
-                };
-                let mut stmt = conn.prepare_cached(sql)?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(p))?;
-                while let Some(r) = rows.next()? {
-                    let s = Sums {
-                        requests: r.get::<_, i64>(4)?.max(0) as u64,
-                        prompt: r.get::<_, i64>(5)?.max(0) as u64,
-                        completion: r.get::<_, i64>(6)?.max(0) as u64,
-                    };
-                    add(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, s);
-                }
-            }
-            for (from, to) in raw.into_iter().filter(|(a, b)| b > a) {
-                let (sql, p) = match user {
-                    Some(u) => (ROWS_OF_USER, vec![from * 1000, to * 1000, u]),
-                    None => (ROWS, vec![from * 1000, to * 1000]),
-                };
-                let mut stmt = conn.prepare_cached(sql)?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(p))?;
-                while let Some(r) = rows.next()? {
-                    let at: i64 = r.get(0)?;
-                    let s = Sums {
-                        requests: 1,
-                        prompt: r.get::<_, i64>(4)?.max(0) as u64,
-                        completion: r.get::<_, i64>(5)?.max(0) as u64,
-                    };
-                    add(day_of(at / 1000), r.get(1)?, r.get(2)?, r.get(3)?, s);
-                }
-            }
-        }
-        let mut items = Vec::with_capacity(acc.len());
-        for (group, s) in acc {
-            let name = match q.group_by {
-                GroupBy::Day => Some(crate::time::format_day(group)),
-                GroupBy::Key if group == NO_KEY => None,
-                _ => conn
-                    .query_row_cached(LABEL_TEXT, [group], |r| r.get(0))
-                    .optional()?,
-            };
-            items.push((
-                group,
-                UsageItem {
-                    group: name,
-                    requests: s.requests,
-                    prompt_tokens: s.prompt,
-                    completion_tokens: s.completion,
-                },
-            ));
-        }
-        match q.group_by {
-            GroupBy::Day => items.sort_by_key(|(g, _)| *g),
-            _ => items.sort_by(|(_, a), (_, b)| {
-                (b.prompt_tokens + b.completion_tokens)
-                    .cmp(&(a.prompt_tokens + a.completion_tokens))
-                    .then_with(|| a.group.cmp(&b.group))
-            }),
-        }
-        Ok(items.into_iter().map(|(_, i)| i).collect())
+        build_report(
+            q,
+            |first, last| match user {
+                Some(u) => query(DAYS_OF_USER, vec![first, last, u], 7),
+                None => query(DAYS, vec![first, last], 7),
+            },
+            |from_us, to_us| match user {
+                Some(u) => query(ROWS_OF_USER, vec![from_us, to_us, u], 6),
+                None => query(ROWS, vec![from_us, to_us], 6),
+            },
+            |id| {
+                Ok(conn
+                    .query_row_cached(LABEL_TEXT, [id], |r| r.get(0))
+                    .optional()?)
+            },
+        )
     }
+}
+
+/// A report from either store, given its three reads: `days(first, last)`
+/// gives the day sums of whole days `[first, last)` as (day, user, key,
+/// model, requests, prompt, completion); `rows(from_us, to_us)` the calls
+/// in that range as (at, user, key, model, prompt, completion); `label(id)`
+/// a label's text. Whole days come from the day sums, the partial days at
+/// either end from the rows. Days in order; other groups by tokens, most
+/// first.
+pub(crate) fn build_report(
+    q: &UsageQuery,
+    mut days: impl FnMut(i64, i64) -> Result<Vec<[i64; 7]>, StoreError>,
+    mut rows: impl FnMut(i64, i64) -> Result<Vec<[i64; 7]>, StoreError>,
+    mut label: impl FnMut(i64) -> Result<Option<String>, StoreError>,
+) -> Result<Vec<UsageItem>, StoreError> {
+    let mut acc: HashMap<i64, Sums> = HashMap::new();
+    let mut add = |day: i64, user: i64, key: i64, model: i64, s: Sums| {
+        let group = match q.group_by {
+            GroupBy::Day => day,
+            GroupBy::Model => model,
+            GroupBy::Key => key,
+            GroupBy::User => user,
+        };
+        let e = acc.entry(group).or_default();
+        e.requests += s.requests;
+        e.prompt += s.prompt;
+        e.completion += s.completion;
+    };
+    let n = |v: i64| v.max(0) as u64;
+    if q.until_ms > q.since_ms {
+        // Whole days [first, last), rows for the rest.
+        let first = (q.since_ms + DAY_MS - 1).div_euclid(DAY_MS);
+        let last = q.until_ms.div_euclid(DAY_MS);
+        let mut raw = vec![(q.since_ms, q.until_ms)];
+        if first < last {
+            raw = vec![(q.since_ms, first * DAY_MS), (last * DAY_MS, q.until_ms)];
+            for r in days(first, last)? {
+                let s = Sums {
+                    requests: n(r[4]),
+                    prompt: n(r[5]),
+                    completion: n(r[6]),
+                };
+                add(r[0], r[1], r[2], r[3], s);
+            }
+        }
+        for (from, to) in raw.into_iter().filter(|(a, b)| b > a) {
+            for r in rows(from * 1000, to * 1000)? {
+                let s = Sums {
+                    requests: 1,
+                    prompt: n(r[4]),
+                    completion: n(r[5]),
+                };
+                add(day_of(r[0] / 1000), r[1], r[2], r[3], s);
+            }
+        }
+    }
+    let mut items = Vec::with_capacity(acc.len());
+    for (group, s) in acc {
+        let name = match q.group_by {
+            GroupBy::Day => Some(crate::time::format_day(group)),
+            GroupBy::Key if group == NO_KEY => None,
+            _ => label(group)?,
+        };
+        items.push((
+            group,
+            UsageItem {
+                group: name,
+                requests: s.requests,
+                prompt_tokens: s.prompt,
+                completion_tokens: s.completion,
+            },
+        ));
+    }
+    match q.group_by {
+        GroupBy::Day => items.sort_by_key(|(g, _)| *g),
+        _ => items.sort_by(|(_, a), (_, b)| {
+            (b.prompt_tokens + b.completion_tokens)
+                .cmp(&(a.prompt_tokens + a.completion_tokens))
+                .then_with(|| a.group.cmp(&b.group))
+        }),
+    }
+    Ok(items.into_iter().map(|(_, i)| i).collect())
+}
+
+/// Each (day, user, key, model)'s sums over `rows`, whose labels are
+/// already ids: `ids(row)` gives (user, key, model).
+pub(crate) fn day_sums(
+    rows: &[UsageRow],
+    mut ids: impl FnMut(&UsageRow) -> (i64, i64, i64),
+) -> HashMap<(i64, i64, i64, i64), Sums> {
+    let mut days: HashMap<(i64, i64, i64, i64), Sums> = HashMap::new();
+    for r in rows {
+        let (user, key, model) = ids(r);
+        let s = days
+            .entry((day_of(r.at_us / 1000), user, key, model))
+            .or_default();
+        s.requests += 1;
+        s.prompt += r.prompt_tokens;
+        s.completion += r.completion_tokens;
+    }
+    days
+}
+
+/// Today's and this month's tokens from (day, tokens) day sums since the
+/// month's first day.
+pub(crate) fn spent_from(days: impl IntoIterator<Item = (i64, i64)>, today: i64) -> (u64, u64) {
+    let (mut day, mut month) = (0u64, 0u64);
+    for (d, n) in days {
+        month += n.max(0) as u64;
+        if d == today {
+            day += n.max(0) as u64;
+        }
+    }
+    (day, month)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::audit_log::{self, Actor, AuditEvent};
 use super::reads::{Arg, Reach, Read};
-use super::{Cached, Db, StoreError};
+use super::{Cached, Sqlite, StoreError};
 
 /// What a user may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -250,17 +250,9 @@ pub fn insert_user(
         .optional()?
         .is_some()
     {
-        return Err(StoreError::invalid("name", "is taken"));
+        return Err(name_taken());
     }
-    let user = User {
-        id: crate::ids::new_id(),
-        name: name.to_string(),
-        role,
-        disabled: false,
-        has_password: password_hash.is_some(),
-        created_at: crate::time::now_millis(),
-        limits: UserLimits::default(),
-    };
+    let user = new_user(name, role, password_hash.is_some());
     tx.execute_cached(
         INSERT,
         params![
@@ -271,17 +263,64 @@ pub fn insert_user(
             user.created_at
         ],
     )?;
-    audit_log::insert(
-        tx,
-        AuditEvent::UserCreated,
-        actor,
-        &json!({ "user": user.id, "name": user.name, "role": role.as_str() }),
-    )?;
+    audit_log::insert(tx, AuditEvent::UserCreated, actor, &created_detail(&user))?;
     Ok(user)
 }
 
-impl Db {
-    pub fn create_user(
+/// The refusal of a name another user has.
+pub(crate) fn name_taken() -> StoreError {
+    StoreError::invalid("name", "is taken")
+}
+
+/// A new user's row (both stores).
+pub(crate) fn new_user(name: &str, role: Role, has_password: bool) -> User {
+    User {
+        id: crate::ids::new_id(),
+        name: name.to_string(),
+        role,
+        disabled: false,
+        has_password,
+        created_at: crate::time::now_millis(),
+        limits: UserLimits::default(),
+    }
+}
+
+pub(crate) fn created_detail(user: &User) -> serde_json::Value {
+    json!({ "user": user.id, "name": user.name, "role": user.role.as_str() })
+}
+
+/// Applies `patch`'s role, disabled flag and limits to `u` (the password
+/// is the caller's: it is stored, never kept in `User`).
+pub(crate) fn apply_patch(u: &mut User, patch: &UserPatch) {
+    if let Some(role) = patch.role {
+        u.role = role;
+    }
+    if let Some(d) = patch.disabled {
+        u.disabled = d;
+    }
+    for (i, change) in patch.limits.iter().enumerate() {
+        if let Some(v) = change {
+            u.limits.0[i] = *v;
+        }
+    }
+    if patch.password_hash.is_some() {
+        u.has_password = true;
+    }
+}
+
+/// The audit detail of an update (what changed; never the password).
+pub(crate) fn updated_detail(u: &User, patch: &UserPatch) -> serde_json::Value {
+    json!({
+        "user": u.id,
+        "role": patch.role.map(Role::as_str),
+        "disabled": patch.disabled,
+        "password_changed": patch.password_hash.is_some(),
+        "limits": patch.limits.iter().any(Option::is_some).then(|| u.limits.to_json()),
+    })
+}
+
+impl super::store::Users for Sqlite {
+    fn create_user(
         &self,
         name: &str,
         role: Role,
@@ -293,7 +332,7 @@ impl Db {
 
     /// The user named `name`, created with `role` if missing (the `local`
     /// user of auth mode `none`).
-    pub fn ensure_user(&self, name: &str, role: Role) -> Result<User, StoreError> {
+    fn ensure_user(&self, name: &str, role: Role) -> Result<User, StoreError> {
         self.write(
             |tx| match tx.query_row_cached(BY_NAME, [name], from_row).optional()? {
                 Some(u) => Ok(u),
@@ -311,14 +350,14 @@ impl Db {
         )
     }
 
-    pub fn get_user(&self, id: &str) -> Result<User, StoreError> {
+    fn get_user(&self, id: &str) -> Result<User, StoreError> {
         self.conn()?
             .query_row_cached(GET, [id], from_row)
             .optional()?
             .ok_or(StoreError::NotFound)
     }
 
-    pub fn user_by_name(&self, name: &str) -> Result<User, StoreError> {
+    fn user_by_name(&self, name: &str) -> Result<User, StoreError> {
         self.conn()?
             .query_row_cached(BY_NAME, [name], from_row)
             .optional()?
@@ -326,7 +365,7 @@ impl Db {
     }
 
     /// Every user, oldest first.
-    pub fn list_users(&self) -> Result<Vec<User>, StoreError> {
+    fn list_users(&self) -> Result<Vec<User>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(LIST)?;
         let rows = st.query_map([], from_row)?;
@@ -334,7 +373,7 @@ impl Db {
     }
 
     /// The oldest enabled admin (keys made without an owner go to it).
-    pub fn first_admin(&self) -> Result<User, StoreError> {
+    fn first_admin(&self) -> Result<User, StoreError> {
         self.conn()?
             .query_row_cached(FIRST_ADMIN, [], from_row)
             .optional()?
@@ -343,7 +382,7 @@ impl Db {
 
     /// (user id, password hash, disabled) of the user named `name`, for
     /// sign-in.
-    pub fn password_of(
+    fn password_of(
         &self,
         name: &str,
     ) -> Result<Option<(String, Option<String>, bool)>, StoreError> {
@@ -359,7 +398,7 @@ impl Db {
     /// the user's next request, also in other processes: the key stamp is
     /// rewritten (cached keys are dropped) and a disabled user's sessions
     /// are ended.
-    pub fn update_user(
+    fn update_user(
         &self,
         id: &str,
         patch: &UserPatch,
@@ -370,21 +409,11 @@ impl Db {
                 .query_row_cached(GET, [id], from_row)
                 .optional()?
                 .ok_or(StoreError::NotFound)?;
-            if let Some(role) = patch.role {
-                u.role = role;
-            }
-            if let Some(d) = patch.disabled {
-                u.disabled = d;
-            }
+            apply_patch(&mut u, patch);
             tx.execute_cached(
                 "UPDATE users SET role = ?2, disabled = ?3 WHERE id = ?1",
                 params![u.id, u.role, u.disabled],
             )?;
-            for (i, change) in patch.limits.iter().enumerate() {
-                if let Some(v) = change {
-                    u.limits.0[i] = *v;
-                }
-            }
             if patch.limits.iter().any(Option::is_some) {
                 tx.execute_cached(
                     "UPDATE users SET tokens_per_minute = ?2, tokens_per_day = ?3, \
@@ -403,23 +432,11 @@ impl Db {
                     "UPDATE users SET password_hash = ?2 WHERE id = ?1",
                     params![u.id, hash],
                 )?;
-                u.has_password = true;
             }
             if u.disabled || patch.password_hash.is_some() {
                 tx.execute_cached("DELETE FROM sessions WHERE user_id = ?1", [&u.id])?;
             }
-            audit_log::insert(
-                tx,
-                AuditEvent::UserUpdated,
-                actor,
-                &json!({
-                    "user": u.id,
-                    "role": patch.role.map(Role::as_str),
-                    "disabled": patch.disabled,
-                    "password_changed": patch.password_hash.is_some(),
-                    "limits": patch.limits.iter().any(Option::is_some).then(|| u.limits.to_json()),
-                }),
-            )?;
+            audit_log::insert(tx, AuditEvent::UserUpdated, actor, &updated_detail(&u, patch))?;
             Ok(u)
         });
         self.key_cache.bump_stamp();

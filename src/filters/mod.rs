@@ -45,7 +45,19 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
 
     let now = Instant::now();
     auth_of(app).check(ctx, now)?;
-    rate_limit::check(&app.limiter, ctx, now).inspect_err(|_| {
+    match app.db.shared() {
+        Some(shared) => rate_limit::check_shared(
+            shared,
+            &app.cfg.rate_limit,
+            app.db.limits_fail_open(),
+            ctx,
+        ),
+        None => rate_limit::check(&app.limiter, ctx, now),
+    }
+    .inspect_err(|e| {
+        if !matches!(e, crate::error::ApiError::RateLimited { .. }) {
+            return;
+        }
         // Counted in memory, written as one audit row per client a minute.
         app.audit
             .rate_limited(ctx, &rate_limit::Identity::of(ctx).to_string());

@@ -46,6 +46,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::RateLimitConfig;
+use crate::db::shared::{SharedLimits, SharedTake};
 use crate::error::ApiError;
 use crate::filters::client_ip;
 use crate::http::{Ctx, RateInfo};
@@ -538,9 +539,94 @@ pub fn check(limiter: &Limiter, ctx: &mut Ctx, now: Instant) -> Result<(), ApiEr
     }
 }
 
+/// As `check`, with the buckets in the store every instance shares
+/// (PostgreSQL: `db::shared`), so a limit holds across instances: one
+/// atomic statement per request. When the store cannot answer, the request
+/// is refused with 503 `server_busy`, or admitted without a check when
+/// `fail_open` (`database.limits_fail_open`).
+pub fn check_shared(
+    store: &dyn SharedLimits,
+    cfg: &RateLimitConfig,
+    fail_open: bool,
+    ctx: &mut Ctx,
+) -> Result<(), ApiError> {
+    let Some(class) = ctx.route.and_then(|r| Class::of(r.class())) else {
+        return Ok(());
+    };
+    let limit = match class {
+        Class::Chat => cfg.chat_per_minute,
+        _ => cfg.other_per_minute,
+    }
+    .max(1);
+    let key = format!("{}:{}", class.policy(), Identity::of(ctx));
+    let taken = match store.take_request(&key, limit, UNITS_PER_TOKEN) {
+        Ok(t) => t,
+        Err(_) if fail_open => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let d = Decision::of(class, limit, take_from(taken, limit));
+    let retry_after_s = d.info.reset_s;
+    ctx.rate = Some(d.info);
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::RateLimited { retry_after_s })
+    }
+}
+
+/// The header fields of a shared GCRA answer, as `Bucket::take` gives
+/// them: whole tokens left, and seconds until full (admitted) or until the
+/// next token (refused, at least 1).
+fn take_from(t: SharedTake, limit: u32) -> Take {
+    let window = UNITS_PER_TOKEN as f64;
+    let per_token = window / f64::from(limit);
+    if t.allowed {
+        let left = ((t.now_us + window - t.tat_us) / per_token + 1e-9).floor();
+        Take {
+            allowed: true,
+            remaining: left.clamp(0.0, f64::from(limit)) as u32,
+            reset_s: ((t.tat_us - t.now_us).max(0.0) / MICROS_PER_S as f64).ceil() as u64,
+        }
+    } else {
+        Take {
+            allowed: false,
+            remaining: 0,
+            reset_s: ((t.tat_us + per_token - t.now_us - window) / MICROS_PER_S as f64)
+                .ceil()
+                .max(1.0) as u64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_answers_read_as_buckets_do() {
+        // 60 a minute: one token a second. Just admitted, 10 s of tokens
+        // used: 50 left, full again in 10 s.
+        let now = 1e15;
+        let t = take_from(
+            SharedTake {
+                allowed: true,
+                tat_us: now + 10e6,
+                now_us: now,
+            },
+            60,
+        );
+        assert_eq!((t.remaining, t.reset_s), (50, 10));
+        // Refused with the bucket empty for 2.5 s more: retry in 3 s.
+        let t = take_from(
+            SharedTake {
+                allowed: false,
+                tat_us: now + 60e6 + 1.5e6,
+                now_us: now,
+            },
+            60,
+        );
+        assert_eq!((t.allowed, t.remaining, t.reset_s), (false, 0, 3));
+    }
 
     const S: Duration = Duration::from_secs(1);
 

@@ -35,6 +35,13 @@ pub fn ready(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
             )
         }
     };
+    // Which store, and (shared store) what limits do while it is away:
+    // `closed` refuses with 503, `open` admits unchecked.
+    let mut database = database;
+    database["backend"] = json!(app.db.backend());
+    if app.db.shared().is_some() {
+        database["limits"] = json!(if app.db.limits_fail_open() { "fail_open" } else { "fail_closed" });
+    }
     let upstreams = app.upstreams.readiness(app.cfg.database.ready_timeout);
     let any_upstream = upstreams.values().any(|v| v["status"] == "ok");
     let default = upstreams

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod fake_upstream;
+pub mod pg;
 pub mod relay;
 pub mod sse;
 
