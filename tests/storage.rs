@@ -37,6 +37,7 @@ fn store_errors_map_to_the_contract_in_one_place() {
         (StoreError::PoolExhausted, busy.clone()),
         (StoreError::Busy, busy.clone()),
         (StoreError::DiskFull, busy.clone()),
+        (StoreError::Unavailable, busy.clone()),
         (
             StoreError::internal("database: boom"),
             ApiError::internal("database: boom"),
