@@ -194,7 +194,11 @@ fn main() {
             other => fail(&format!("a loaded key does not authenticate: {:?}", other)),
         }
     }
-    let conn = db.sqlite().expect("SQLite").conn().unwrap_or_else(|e| fail(&e.to_string()));
+    let conn = db
+        .sqlite()
+        .expect("SQLite")
+        .conn()
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let first = |sql: &str| -> String {
         conn.query_row(sql, [], |r| r.get::<_, Option<String>>(0))
             .optional()

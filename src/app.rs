@@ -66,6 +66,16 @@ impl App {
                 e
             )
         })?;
+        if !cfg.database.url.is_empty()
+            && std::env::var_os(crate::secret::CSRF_SECRET_ENV).is_none()
+        {
+            // Each instance would sign with its own generated secret, and a
+            // page served by one would be refused by the other.
+            crate::logging::warn(
+                "a shared database but no shared CSRF secret: every instance on this database needs the same PORTCULLIS_CSRF_SECRET (this one uses its own data_dir/csrf_secret)",
+                &[],
+            );
+        }
         let upstream_key = crate::secret::load_upstream_key(&cfg.upstream.api_key_env);
         warn_if_too_short_to_redact("the CSRF secret", Some(&csrf_secret));
         warn_if_too_short_to_redact(&cfg.upstream.api_key_env, upstream_key.as_ref());

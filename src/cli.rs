@@ -7,7 +7,8 @@
 //! users disable ID`,
 //! `portcullis audit [--since RFC3339] [--limit N]`,
 //! `portcullis usage [--since T] [--until T] [--by day|model|key|user]
-//! [--user NAME]`, `--help`, `--version`.
+//! [--user NAME]`, `portcullis migrate-to-postgres --from FILE`, `--help`,
+//! `--version`.
 //!
 //! Exit codes: 0 success, 1 failure (bad configuration, failed checklist,
 //! start-up error), 2 usage error.
@@ -46,6 +47,10 @@ USAGE:
                      [--user NAME] [--config PATH]
                                               token usage (default: the last 30 days
                                               by day); TIME is RFC 3339 or a date
+    portcullis migrate-to-postgres --from FILE [--config PATH]
+                                              copy an SQLite file into the empty
+                                              PostgreSQL database of database.url,
+                                              then verify every table
     portcullis --help | --version
 
 Without --config, ./config.ini is read when it exists, else built-in defaults.
@@ -89,6 +94,9 @@ pub enum Command {
         by: crate::db::usage::GroupBy,
         user: Option<String>,
     },
+    MigrateToPostgres {
+        from: PathBuf,
+    },
     Help,
     Version,
 }
@@ -112,6 +120,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut since = None;
     let mut until = None;
     let mut by = None;
+    let mut from = None;
     let mut limit = 100usize;
     let mut i = 0;
     while i < args.len() {
@@ -174,6 +183,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                         .ok_or("--by is day, model, key or user")?,
                 )
             }
+            "--from" => from = Some(PathBuf::from(value(a)?)),
             "--limit" => {
                 limit = value(a)?
                     .parse()
@@ -227,6 +237,11 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
             by: by.unwrap_or(crate::db::usage::GroupBy::Day),
             user: user.clone(),
         },
+        ["migrate-to-postgres"] => Command::MigrateToPostgres {
+            from: from
+                .clone()
+                .ok_or("migrate-to-postgres needs --from FILE")?,
+        },
         [other, ..] => return Err(format!("unknown command `{}`", other)),
     };
     flag_misuse(
@@ -255,6 +270,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     flag_misuse(
         since.is_none() || usage || matches!(command, Command::Audit { .. }),
         "--since",
+    )?;
+    flag_misuse(
+        from.is_none() || matches!(command, Command::MigrateToPostgres { .. }),
+        "--from",
     )?;
     Ok(Invocation { command, config })
 }
@@ -314,6 +333,7 @@ pub fn main(args: Vec<String>) -> i32 {
             by,
             user.as_deref(),
         ),
+        Command::MigrateToPostgres { from } => migrate_to_postgres(&cfg, &from),
         Command::Help | Command::Version => 0,
     }
 }
@@ -348,6 +368,27 @@ fn check_config(cfg: &Config, production: bool) -> i32 {
             eprintln!("  - {}", p);
         }
         1
+    }
+}
+
+/// Copies the SQLite file `from` into the PostgreSQL database of
+/// `database.url` (`db::pg::copy`): the verification lines on standard
+/// output, progress and errors on standard error. Never prints the URL.
+fn migrate_to_postgres(cfg: &Config, from: &std::path::Path) -> i32 {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    match crate::db::pg::copy::run(cfg, from, &mut stdout.lock(), &mut stderr.lock()) {
+        Ok(()) => {
+            eprintln!(
+                "portcullis: {} copied and verified; start portcullis with this database.url",
+                from.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("portcullis: migrate-to-postgres: {}", e);
+            1
+        }
     }
 }
 
@@ -445,6 +486,14 @@ mod tests {
             p(&["keys", "revoke", "k1"]).unwrap().command,
             Command::KeysRevoke { id: "k1".into() }
         );
+        assert_eq!(
+            p(&["migrate-to-postgres", "--from", "old.db"])
+                .unwrap()
+                .command,
+            Command::MigrateToPostgres {
+                from: PathBuf::from("old.db")
+            }
+        );
         assert_eq!(p(&["--version"]).unwrap().command, Command::Version);
         for bad in [
             &["bogus"][..],
@@ -452,6 +501,8 @@ mod tests {
             &["keys"],
             &["keys", "create"],
             &["serve", "--production"],
+            &["migrate-to-postgres"],
+            &["usage", "--from", "old.db"],
             &["--config"],
         ] {
             assert!(p(bad).is_err(), "{:?}", bad);

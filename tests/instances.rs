@@ -32,7 +32,12 @@ fn opts(url: &str, up: &FakeUpstream) -> Opts {
 }
 
 /// Instances A and B on one fresh database, and A's first key (admin).
-fn pair(pg: &PgServer, name: &str, up: &FakeUpstream, extra: &[(&str, &str)]) -> (Server, Server, String) {
+fn pair(
+    pg: &PgServer,
+    name: &str,
+    up: &FakeUpstream,
+    extra: &[(&str, &str)],
+) -> (Server, Server, String) {
     let url = pg.create_database(name);
     let with = |mut o: Opts| {
         for (k, v) in extra {
@@ -59,7 +64,12 @@ fn member(s: &Server, admin: &str, name: &str) -> (String, String, String) {
     let u = post(s, admin, "/api/admin/users", &json!({"name": name}));
     assert_eq!(u.status, 201, "{}", u.text());
     let id = u.json()["id"].as_str().unwrap().to_string();
-    let k = post(s, admin, "/api/admin/keys", &json!({"user_id": id, "name": "k"}));
+    let k = post(
+        s,
+        admin,
+        "/api/admin/keys",
+        &json!({"user_id": id, "name": "k"}),
+    );
     assert_eq!(k.status, 201, "{}", k.text());
     let kj = k.json();
     (
@@ -73,7 +83,12 @@ fn member(s: &Server, admin: &str, name: &str) -> (String, String, String) {
 fn a_limit_of_100_a_minute_lets_100_through_across_both() {
     let Some(pg) = PgServer::shared() else { return };
     let up = FakeUpstream::start(Mode::Normal);
-    let (a, b, key) = pair(pg, "limit100", &up, &[("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "100")]);
+    let (a, b, key) = pair(
+        pg,
+        "limit100",
+        &up,
+        &[("PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE", "100")],
+    );
     let started = Instant::now();
     let (mut ok, mut refused) = (0u64, [0u64; 2]);
     for i in 0..200 {
@@ -97,8 +112,16 @@ fn a_limit_of_100_a_minute_lets_100_through_across_both() {
         ok, refused, refilled
     );
     assert!(ok >= 100, "{} admitted", ok);
-    assert!(ok <= 100 + refilled, "{} admitted: the limit did not hold across instances", ok);
-    assert!(refused[0] > 0 && refused[1] > 0, "both instances refuse: {:?}", refused);
+    assert!(
+        ok <= 100 + refilled,
+        "{} admitted: the limit did not hold across instances",
+        ok
+    );
+    assert!(
+        refused[0] > 0 && refused[1] > 0,
+        "both instances refuse: {:?}",
+        refused
+    );
 }
 
 #[test]
@@ -120,10 +143,19 @@ fn a_key_revoked_or_a_user_disabled_on_one_is_refused_on_the_other() {
     assert_eq!(r.status, 401, "{}", r.text());
 
     let (_, _, key2) = {
-        let k = post(&a, &admin, "/api/admin/keys", &json!({"user_id": user, "name": "k2"}));
+        let k = post(
+            &a,
+            &admin,
+            "/api/admin/keys",
+            &json!({"user_id": user, "name": "k2"}),
+        );
         assert_eq!(k.status, 201, "{}", k.text());
         let kj = k.json();
-        (user.clone(), kj["id"].as_str().unwrap().to_string(), kj["key"].as_str().unwrap().to_string())
+        (
+            user.clone(),
+            kj["id"].as_str().unwrap().to_string(),
+            kj["key"].as_str().unwrap().to_string(),
+        )
     };
     assert_eq!(b.get_as("/api/me", &key2).status, 200);
     let r = b.json(
@@ -135,7 +167,12 @@ fn a_key_revoked_or_a_user_disabled_on_one_is_refused_on_the_other() {
     assert_eq!(r.status, 200, "{}", r.text());
     // A disabled user's key is 403 `forbidden` (API.md), on either.
     let r = a.get_as("/api/me", &key2);
-    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.text()
+    );
 }
 
 #[test]
@@ -161,19 +198,37 @@ fn a_conversation_started_on_one_continues_on_the_other() {
         .iter()
         .filter_map(|m| m["content"].as_str())
         .collect();
-    assert!(history.contains(&"first") && history.contains(&"second"), "{:?}", history);
+    assert!(
+        history.contains(&"first") && history.contains(&"second"),
+        "{:?}",
+        history
+    );
     for s in [&a, &b] {
-        let r = s.get_as(&format!("/api/conversations/{}/messages", conversation), &key);
+        let r = s.get_as(
+            &format!("/api/conversations/{}/messages", conversation),
+            &key,
+        );
         assert_eq!(r.status, 200);
         let roles: Vec<String> = r.json()["items"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| format!("{}:{}", m["role"].as_str().unwrap(), m["status"].as_str().unwrap()))
+            .map(|m| {
+                format!(
+                    "{}:{}",
+                    m["role"].as_str().unwrap(),
+                    m["status"].as_str().unwrap()
+                )
+            })
             .collect();
         assert_eq!(
             roles,
-            ["user:complete", "assistant:complete", "user:complete", "assistant:complete"]
+            [
+                "user:complete",
+                "assistant:complete",
+                "user:complete",
+                "assistant:complete"
+            ]
         );
     }
 }
@@ -214,7 +269,8 @@ fn a_day_budget_is_overspent_by_at_most_one_estimate_across_both() {
             std::thread::spawn(move || {
                 let s = &servers[i % 2];
                 for _ in 0..200 {
-                    let mut c = SseClient::open_as(s.addr, "/v1/chat/completions", Some(&admin), &body);
+                    let mut c =
+                        SseClient::open_as(s.addr, "/v1/chat/completions", Some(&admin), &body);
                     match c.status {
                         200 => {
                             c.all(Duration::from_secs(10));
@@ -240,11 +296,18 @@ fn a_day_budget_is_overspent_by_at_most_one_estimate_across_both() {
         assert_eq!(s.get_as("/api/admin/usage", &admin).status, 200);
     }
     let spent: u64 = pg
-        .psql("budget", "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage")
+        .psql(
+            "budget",
+            "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage",
+        )
         .parse()
         .unwrap();
-    let rows: u64 = pg.psql("budget", "SELECT count(*) FROM usage").parse().unwrap();
-    let estimate = portcullis::tokens::estimate_json(&up.requests().last().unwrap().body) as u64 + 10;
+    let rows: u64 = pg
+        .psql("budget", "SELECT count(*) FROM usage")
+        .parse()
+        .unwrap();
+    let estimate =
+        portcullis::tokens::estimate_json(&up.requests().last().unwrap().body) as u64 + 10;
     let (ok, refused) = (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
     eprintln!(
         "20 clients on two instances: {} admitted, {} refused; spent {} of {} (estimate per call {})",
@@ -252,9 +315,18 @@ fn a_day_budget_is_overspent_by_at_most_one_estimate_across_both() {
     );
     assert_eq!(rows, ok);
     assert!(spent >= LIMIT, "the budget was spent: {}", spent);
-    assert!(spent <= LIMIT + estimate, "overspent by {} with an estimate of {}", spent - LIMIT, estimate);
+    assert!(
+        spent <= LIMIT + estimate,
+        "overspent by {} with an estimate of {}",
+        spent - LIMIT,
+        estimate
+    );
     for s in servers.iter() {
-        assert_eq!(spent_today(s, &admin), spent, "both instances read the one account");
+        assert_eq!(
+            spent_today(s, &admin),
+            spent,
+            "both instances read the one account"
+        );
     }
 }
 
@@ -282,7 +354,11 @@ fn postgres_away_is_503_never_401_and_ready_says_so() {
         assert_eq!(r.status, 503, "{}: {}", path, r.text());
         assert_eq!(r.code(), "server_busy");
         assert!(r.header("Retry-After").is_some());
-        assert!(t.elapsed() < Duration::from_secs(5), "bounded: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "bounded: {:?}",
+            t.elapsed()
+        );
     }
     let r = a.get("/health/ready");
     assert_eq!(r.status, 503);
@@ -291,5 +367,8 @@ fn postgres_away_is_503_never_401_and_ready_says_so() {
     pg.start_again();
     let r = a.get_as("/api/projects", &key);
     assert_eq!(r.status, 200, "the pool reconnects: {}", r.text());
-    assert_eq!(a.get("/health/ready").json()["checks"]["database"]["status"], "ok");
+    assert_eq!(
+        a.get("/health/ready").json()["checks"]["database"]["status"],
+        "ok"
+    );
 }

@@ -496,7 +496,9 @@ fn db_of(dir: &Path) -> portcullis::db::Db {
 /// The user id owning a conversation (the server's `local` user without
 /// auth, `admin` with the first key).
 fn owner_of(db: &portcullis::db::Db, conversation_id: &str) -> String {
-    db.sqlite().unwrap().conn()
+    db.sqlite()
+        .unwrap()
+        .conn()
         .unwrap()
         .query_row(
             "SELECT owner_id FROM conversations WHERE id = ?1",

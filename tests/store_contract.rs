@@ -94,7 +94,10 @@ fn msg<'a>(conversation_id: &'a str, content: &'a str) -> NewMessage<'a> {
 
 fn content_is_owned_paged_patched_and_deleted(db: &Db) {
     let me = db.user_by_name("admin").unwrap().id;
-    let other = db.create_user("other", Role::Member, None, &actor()).unwrap().id;
+    let other = db
+        .create_user("other", Role::Member, None, &actor())
+        .unwrap()
+        .id;
     let (o, x) = (Owner::of(&me), Owner::of(&other));
 
     let p = db.create_project(o, "p", Some("d"), &actor()).unwrap();
@@ -117,7 +120,14 @@ fn content_is_owned_paged_patched_and_deleted(db: &Db) {
     let mut made = Vec::new();
     for i in 0..5 {
         let c = db
-            .create_conversation(o, Some(&p.id), Some(&format!("c{}", i)), None, None, &actor())
+            .create_conversation(
+                o,
+                Some(&p.id),
+                Some(&format!("c{}", i)),
+                None,
+                None,
+                &actor(),
+            )
             .unwrap();
         made.push(c.id);
     }
@@ -144,26 +154,64 @@ fn content_is_owned_paged_patched_and_deleted(db: &Db) {
     }
     made.reverse();
     assert_eq!(seen, made);
-    assert!(db.list_conversations(x, None, &page(50)).unwrap().items.is_empty());
+    assert!(db
+        .list_conversations(x, None, &page(50))
+        .unwrap()
+        .items
+        .is_empty());
 
     // Messages: oldest first, the other user cannot read or add.
     let c = &made[0];
     for i in 0..3 {
         db.insert_message(o, &msg(c, &format!("m{}", i))).unwrap();
     }
-    assert_eq!(db.insert_message(x, &msg(c, "no")), Err(StoreError::NotFound));
+    assert_eq!(
+        db.insert_message(x, &msg(c, "no")),
+        Err(StoreError::NotFound)
+    );
     let listed = db.list_messages(o, c, &page(50)).unwrap().items;
     let texts: Vec<&str> = listed.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(texts, ["m0", "m1", "m2"]);
     let recent = db.recent_messages(o, c, 2).unwrap();
-    assert_eq!(recent.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
-    assert_eq!(db.list_messages(x, c, &page(50)).err(), Some(StoreError::NotFound));
-    db.update_message(o, &listed[2].id, "done", Status::Partial, Some(&json!({"total_tokens": 3})), Some("length"))
-        .unwrap();
-    let m = db.list_messages(o, c, &page(50)).unwrap().items.pop().unwrap();
     assert_eq!(
-        (m.content.as_str(), m.status, m.usage, m.finish_reason.as_deref()),
-        ("done", Status::Partial, Some(json!({"total_tokens": 3})), Some("length"))
+        recent
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["m1", "m2"]
+    );
+    assert_eq!(
+        db.list_messages(x, c, &page(50)).err(),
+        Some(StoreError::NotFound)
+    );
+    db.update_message(
+        o,
+        &listed[2].id,
+        "done",
+        Status::Partial,
+        Some(&json!({"total_tokens": 3})),
+        Some("length"),
+    )
+    .unwrap();
+    let m = db
+        .list_messages(o, c, &page(50))
+        .unwrap()
+        .items
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (
+            m.content.as_str(),
+            m.status,
+            m.usage,
+            m.finish_reason.as_deref()
+        ),
+        (
+            "done",
+            Status::Partial,
+            Some(json!({"total_tokens": 3})),
+            Some("length")
+        )
     );
     assert_eq!(
         db.update_message(x, &m.id, "x", Status::Complete, None, None),
@@ -182,19 +230,30 @@ fn content_is_owned_paged_patched_and_deleted(db: &Db) {
             &actor(),
         )
         .unwrap();
-    assert_eq!((patched.title.as_deref(), patched.project_id), (Some("t"), None));
+    assert_eq!(
+        (patched.title.as_deref(), patched.project_id),
+        (Some("t"), None)
+    );
 
     // Deleting the project takes its four remaining conversations along.
     db.delete_project(o, &p.id, &actor()).unwrap();
     assert_eq!(db.get_conversation(o, &made[1]), Err(StoreError::NotFound));
     assert!(db.get_conversation(o, c).is_ok());
-    assert_eq!(db.delete_conversation(x, c, &actor()), Err(StoreError::NotFound));
+    assert_eq!(
+        db.delete_conversation(x, c, &actor()),
+        Err(StoreError::NotFound)
+    );
     db.delete_conversation(o, c, &actor()).unwrap();
-    assert_eq!(db.list_messages(o, c, &page(5)).err(), Some(StoreError::NotFound));
+    assert_eq!(
+        db.list_messages(o, c, &page(5)).err(),
+        Some(StoreError::NotFound)
+    );
 }
 
 fn users_keys_and_sessions(db: &Db) {
-    let u = db.create_user("ann", Role::Member, Some("$argon2id$x"), &actor()).unwrap();
+    let u = db
+        .create_user("ann", Role::Member, Some("$argon2id$x"), &actor())
+        .unwrap();
     assert!(matches!(
         db.create_user("ann", Role::Member, None, &actor()),
         Err(StoreError::Invalid { field: "name", .. })
@@ -204,14 +263,24 @@ fn users_keys_and_sessions(db: &Db) {
         Err(StoreError::Invalid { field: "name", .. })
     ));
     assert_eq!(db.get_user(&u.id).unwrap(), u);
-    assert_eq!(db.ensure_user("ann", Role::Admin).unwrap().role, Role::Member);
+    assert_eq!(
+        db.ensure_user("ann", Role::Admin).unwrap().role,
+        Role::Member
+    );
     assert_eq!(db.first_admin().unwrap().name, "admin");
     assert_eq!(
-        db.list_users().unwrap().iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        db.list_users()
+            .unwrap()
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>(),
         ["admin", "ann"]
     );
     let (id, hash, disabled) = db.password_of("ann").unwrap().unwrap();
-    assert_eq!((id, hash.as_deref(), disabled), (u.id.clone(), Some("$argon2id$x"), false));
+    assert_eq!(
+        (id, hash.as_deref(), disabled),
+        (u.id.clone(), Some("$argon2id$x"), false)
+    );
 
     let (key, secret) = db
         .create_key(
@@ -226,12 +295,18 @@ fn users_keys_and_sessions(db: &Db) {
         .unwrap();
     match db.lookup_key(secret.expose_str()).unwrap() {
         KeyLookup::Valid(g) => {
-            assert_eq!((g.key_id, g.principal.user_id, g.models), (key.id.clone(), u.id.clone(), Some(vec!["m*".to_string()])));
+            assert_eq!(
+                (g.key_id, g.principal.user_id, g.models),
+                (key.id.clone(), u.id.clone(), Some(vec!["m*".to_string()]))
+            );
         }
         other => panic!("{:?}", other),
     }
     assert_eq!(db.lookup_key("pcs_0000").unwrap(), KeyLookup::Unknown);
-    assert_eq!(db.list_user_keys(Owner::of(&u.id)).unwrap(), vec![key.clone()]);
+    assert_eq!(
+        db.list_user_keys(Owner::of(&u.id)).unwrap(),
+        vec![key.clone()]
+    );
     let (_, expired) = db
         .create_key(
             &NewKey {
@@ -243,7 +318,10 @@ fn users_keys_and_sessions(db: &Db) {
             &actor(),
         )
         .unwrap();
-    assert!(matches!(db.lookup_key(expired.expose_str()).unwrap(), KeyLookup::Expired { .. }));
+    assert!(matches!(
+        db.lookup_key(expired.expose_str()).unwrap(),
+        KeyLookup::Expired { .. }
+    ));
 
     // Sessions live until ended; a disabled user's are refused at once.
     let token = db.create_session(&u.id, 60_000).unwrap();
@@ -255,7 +333,10 @@ fn users_keys_and_sessions(db: &Db) {
         SessionLookup::Invalid => panic!("a new session is valid"),
     };
     db.end_session(&hash).unwrap();
-    assert_eq!(db.lookup_session(token.expose_str(), 60_000).unwrap(), SessionLookup::Invalid);
+    assert_eq!(
+        db.lookup_session(token.expose_str(), 60_000).unwrap(),
+        SessionLookup::Invalid
+    );
     let token = db.create_session(&u.id, 60_000).unwrap();
     let limits = [Some(Some(100)), None, Some(Some(0)), None];
     let patched = db
@@ -272,21 +353,48 @@ fn users_keys_and_sessions(db: &Db) {
     assert!(patched.disabled);
     assert_eq!(patched.limits.0, [Some(100), None, Some(0), None]);
     assert_eq!(db.get_user(&u.id).unwrap(), patched);
-    assert_eq!(db.lookup_session(token.expose_str(), 60_000).unwrap(), SessionLookup::Invalid);
-    assert!(matches!(db.lookup_key(secret.expose_str()).unwrap(), KeyLookup::Disabled { .. }));
-    db.update_user(&u.id, &UserPatch { disabled: Some(false), ..UserPatch::default() }, &actor())
-        .unwrap();
+    assert_eq!(
+        db.lookup_session(token.expose_str(), 60_000).unwrap(),
+        SessionLookup::Invalid
+    );
+    assert!(matches!(
+        db.lookup_key(secret.expose_str()).unwrap(),
+        KeyLookup::Disabled { .. }
+    ));
+    db.update_user(
+        &u.id,
+        &UserPatch {
+            disabled: Some(false),
+            ..UserPatch::default()
+        },
+        &actor(),
+    )
+    .unwrap();
 
     // Revocation: only by its owner when `only_of`, once.
     let stranger = db.create_user("bob", Role::Member, None, &actor()).unwrap();
     assert_eq!(
-        db.revoke_key(&key.id, Some(Owner::of(&stranger.id)), &actor()).unwrap(),
+        db.revoke_key(&key.id, Some(Owner::of(&stranger.id)), &actor())
+            .unwrap(),
         Revoke::NotFound
     );
-    assert_eq!(db.revoke_key(&key.id, Some(Owner::of(&u.id)), &actor()).unwrap(), Revoke::Revoked);
-    assert_eq!(db.revoke_key(&key.id, None, &actor()).unwrap(), Revoke::AlreadyRevoked);
-    assert_eq!(db.revoke_key("nope", None, &actor()).unwrap(), Revoke::NotFound);
-    assert!(matches!(db.lookup_key(secret.expose_str()).unwrap(), KeyLookup::Revoked { .. }));
+    assert_eq!(
+        db.revoke_key(&key.id, Some(Owner::of(&u.id)), &actor())
+            .unwrap(),
+        Revoke::Revoked
+    );
+    assert_eq!(
+        db.revoke_key(&key.id, None, &actor()).unwrap(),
+        Revoke::AlreadyRevoked
+    );
+    assert_eq!(
+        db.revoke_key("nope", None, &actor()).unwrap(),
+        Revoke::NotFound
+    );
+    assert!(matches!(
+        db.lookup_key(secret.expose_str()).unwrap(),
+        KeyLookup::Revoked { .. }
+    ));
     assert_eq!(db.list_keys().unwrap().len(), 2);
     assert_eq!(db.get_user("nope"), Err(StoreError::NotFound));
 }
@@ -298,7 +406,8 @@ fn audit_rows_come_back_in_order(db: &Db) {
         client: Some("127.0.0.1".into()),
         ..Actor::default()
     };
-    db.record_audit(AuditEvent::AuthFailed, &who, &json!({"n": 1})).unwrap();
+    db.record_audit(AuditEvent::AuthFailed, &who, &json!({"n": 1}))
+        .unwrap();
     db.record_audit_batch(&[
         (10, AuditEvent::RateLimited, who.clone(), json!({"n": 2})),
         (20, AuditEvent::RateLimited, who.clone(), json!({"n": 3})),
@@ -308,7 +417,10 @@ fn audit_rows_come_back_in_order(db: &Db) {
     assert_eq!(all.len(), before + 3);
     let since = db.audit_rows(Some(10), 2).unwrap();
     assert_eq!(
-        since.iter().map(|r| r.detail["n"].as_i64()).collect::<Vec<_>>(),
+        since
+            .iter()
+            .map(|r| r.detail["n"].as_i64())
+            .collect::<Vec<_>>(),
         [Some(2), Some(3)]
     );
     assert_eq!(since[0].actor, who);

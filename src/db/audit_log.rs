@@ -209,11 +209,7 @@ impl super::store::AuditTrail for Sqlite {
 
     /// Rows at or after `since` (epoch ms), oldest first, at most `limit`;
     /// without `since`, the newest `limit` rows, still oldest first.
-    fn audit_rows(
-        &self,
-        since: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRow>, StoreError> {
+    fn audit_rows(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let map = |r: &rusqlite::Row<'_>| {
@@ -293,7 +289,9 @@ mod tests {
         }
         assert_eq!("Key_Created".parse::<AuditEvent>(), Err(()));
         let db = temp_db();
-        db.sqlite().unwrap().conn()
+        db.sqlite()
+            .unwrap()
+            .conn()
             .unwrap()
             .execute_batch("INSERT INTO audit (time, event) VALUES (1, 'no_such_event')")
             .unwrap();

@@ -301,12 +301,7 @@ impl super::store::Conversations for Sqlite {
 
     /// Deletes a conversation and its messages; audited in the same
     /// transaction.
-    fn delete_conversation(
-        &self,
-        owner: Owner,
-        id: &str,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
+    fn delete_conversation(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx| {
             let n = tx.execute_cached(
                 "DELETE FROM conversations WHERE id = ?1 AND owner_id = ?2",

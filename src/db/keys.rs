@@ -214,7 +214,9 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 /// Public for `examples/bulk_load.rs`, which stores keys exactly as this.
 /// A new key for `new`: the row to store (with the hash of the secret and
 /// the models as JSON text) and the secret, shown once. Both stores call it.
-pub(crate) fn mint_key(new: &NewKey<'_>) -> Result<(ApiKey, Secret, String, Option<String>), StoreError> {
+pub(crate) fn mint_key(
+    new: &NewKey<'_>,
+) -> Result<(ApiKey, Secret, String, Option<String>), StoreError> {
     check_name(new.name)?;
     let secret = new_key();
     let key = ApiKey {
@@ -246,7 +248,17 @@ pub(crate) fn created_detail(key: &ApiKey) -> serde_json::Value {
 /// caller (`lookup_key`), on every use.
 pub(crate) fn judge(
     hash: &str,
-    row: Option<(String, String, Option<i64>, Option<i64>, Option<String>, String, String, Role, bool)>,
+    row: Option<(
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        String,
+        String,
+        Role,
+        bool,
+    )>,
 ) -> KeyLookup {
     match row {
         Some((id, stored, revoked, expires_at, models, user_id, name, role, disabled))
@@ -312,11 +324,7 @@ pub fn insert_key(
 
 impl super::store::ApiKeys for Sqlite {
     /// Creates a key; the secret is returned once and never stored.
-    fn create_key(
-        &self,
-        new: &NewKey<'_>,
-        actor: &Actor,
-    ) -> Result<(ApiKey, Secret), StoreError> {
+    fn create_key(&self, new: &NewKey<'_>, actor: &Actor) -> Result<(ApiKey, Secret), StoreError> {
         let r = self.write(|tx| insert_key(tx, new, actor));
         self.key_cache.bump_stamp();
         r
@@ -612,7 +620,9 @@ mod tests {
         assert_eq!(text.len(), 4 + 48);
         assert!(text.starts_with(&key.prefix));
         let stored: String = db
-            .sqlite().unwrap().conn()
+            .sqlite()
+            .unwrap()
+            .conn()
             .unwrap()
             .query_row_cached(
                 "SELECT group_concat(id || name || prefix || hash) FROM api_keys",

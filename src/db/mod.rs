@@ -192,7 +192,6 @@ impl Cached for rusqlite::Connection {
 }
 
 impl Sqlite {
-
     /// Moves WAL checkpoints off the write path. SQLite's automatic
     /// checkpoint runs inside the commit that crosses 1,000 WAL pages, so
     /// every write queued behind that commit waited for the database file

@@ -278,13 +278,17 @@ mod tests {
         assert_eq!(db.get_conversation(o, &c.id), Err(StoreError::NotFound));
         assert!(db.get_conversation(o, &other.id).is_ok());
         let left: i64 = db
-            .sqlite().unwrap().conn()
+            .sqlite()
+            .unwrap()
+            .conn()
             .unwrap()
             .query_row_cached("SELECT count(*) FROM messages", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
         let audited: String = db
-            .sqlite().unwrap().conn()
+            .sqlite()
+            .unwrap()
+            .conn()
             .unwrap()
             .query_row_cached(
                 "SELECT detail FROM audit WHERE event = 'project_deleted'",

@@ -38,7 +38,8 @@ pub struct Account {
 pub trait SharedLimits: Send + Sync {
     /// Takes one request from `key`'s bucket of `limit` per `window_us`,
     /// in one atomic statement.
-    fn take_request(&self, key: &str, limit: u32, window_us: u64) -> Result<SharedTake, StoreError>;
+    fn take_request(&self, key: &str, limit: u32, window_us: u64)
+        -> Result<SharedTake, StoreError>;
 
     /// Runs `f` on `user_id`'s account under its row lock and stores what
     /// `f` leaves: concurrent calls from any instance take turns, so a

@@ -83,12 +83,7 @@ pub trait Conversations {
     ) -> Result<Conversation, StoreError>;
     /// Deletes a conversation and its messages; audited in the same
     /// transaction.
-    fn delete_conversation(
-        &self,
-        owner: Owner,
-        id: &str,
-        actor: &Actor,
-    ) -> Result<(), StoreError>;
+    fn delete_conversation(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError>;
 }
 
 pub trait Messages {
@@ -125,11 +120,7 @@ pub trait Messages {
 
 pub trait ApiKeys {
     /// Creates a key; the secret is returned once and never stored.
-    fn create_key(
-        &self,
-        new: &NewKey<'_>,
-        actor: &Actor,
-    ) -> Result<(ApiKey, Secret), StoreError>;
+    fn create_key(&self, new: &NewKey<'_>, actor: &Actor) -> Result<(ApiKey, Secret), StoreError>;
     /// When no key exists at all, creates one and writes it to `file`
     /// (mode 0600) before committing, so a key is never stored that nobody
     /// can read. Returns whether a key was created.
@@ -171,20 +162,13 @@ pub trait Users {
     fn first_admin(&self) -> Result<User, StoreError>;
     /// (user id, password hash, disabled) of the user named `name`, for
     /// sign-in.
-    fn password_of(
-        &self,
-        name: &str,
-    ) -> Result<Option<(String, Option<String>, bool)>, StoreError>;
+    fn password_of(&self, name: &str)
+        -> Result<Option<(String, Option<String>, bool)>, StoreError>;
     /// Applies a PATCH. Disabling, or changing the role, takes effect on
     /// the user's next request, also in other processes: the key stamp is
     /// rewritten (cached keys are dropped) and a disabled user's sessions
     /// are ended.
-    fn update_user(
-        &self,
-        id: &str,
-        patch: &UserPatch,
-        actor: &Actor,
-    ) -> Result<User, StoreError>;
+    fn update_user(&self, id: &str, patch: &UserPatch, actor: &Actor) -> Result<User, StoreError>;
 }
 
 pub trait Sessions {
@@ -214,11 +198,7 @@ pub trait AuditTrail {
     ) -> Result<(), StoreError>;
     /// Rows at or after `since` (epoch ms), oldest first, at most `limit`;
     /// without `since`, the newest `limit` rows, still oldest first.
-    fn audit_rows(
-        &self,
-        since: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRow>, StoreError>;
+    fn audit_rows(&self, since: Option<i64>, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
 }
 
 pub trait UsageLog {

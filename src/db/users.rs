@@ -398,12 +398,7 @@ impl super::store::Users for Sqlite {
     /// the user's next request, also in other processes: the key stamp is
     /// rewritten (cached keys are dropped) and a disabled user's sessions
     /// are ended.
-    fn update_user(
-        &self,
-        id: &str,
-        patch: &UserPatch,
-        actor: &Actor,
-    ) -> Result<User, StoreError> {
+    fn update_user(&self, id: &str, patch: &UserPatch, actor: &Actor) -> Result<User, StoreError> {
         let r = self.write(|tx| {
             let mut u = tx
                 .query_row_cached(GET, [id], from_row)
@@ -436,7 +431,12 @@ impl super::store::Users for Sqlite {
             if u.disabled || patch.password_hash.is_some() {
                 tx.execute_cached("DELETE FROM sessions WHERE user_id = ?1", [&u.id])?;
             }
-            audit_log::insert(tx, AuditEvent::UserUpdated, actor, &updated_detail(&u, patch))?;
+            audit_log::insert(
+                tx,
+                AuditEvent::UserUpdated,
+                actor,
+                &updated_detail(&u, patch),
+            )?;
             Ok(u)
         });
         self.key_cache.bump_stamp();

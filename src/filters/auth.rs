@@ -54,7 +54,9 @@ impl SessionStore for crate::db::Db {
         token: &str,
         idle_ms: i64,
     ) -> Result<crate::db::sessions::SessionLookup, ApiError> {
-        Ok(crate::db::store::Sessions::lookup_session(&**self, token, idle_ms)?)
+        Ok(crate::db::store::Sessions::lookup_session(
+            &**self, token, idle_ms,
+        )?)
     }
 }
 

@@ -46,12 +46,9 @@ pub fn run(app: &App, ctx: &mut Ctx) -> Result<Option<Reply>, ApiError> {
     let now = Instant::now();
     auth_of(app).check(ctx, now)?;
     match app.db.shared() {
-        Some(shared) => rate_limit::check_shared(
-            shared,
-            &app.cfg.rate_limit,
-            app.db.limits_fail_open(),
-            ctx,
-        ),
+        Some(shared) => {
+            rate_limit::check_shared(shared, &app.cfg.rate_limit, app.db.limits_fail_open(), ctx)
+        }
         None => rate_limit::check(&app.limiter, ctx, now),
     }
     .inspect_err(|e| {

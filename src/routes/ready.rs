@@ -40,7 +40,11 @@ pub fn ready(app: &App, _ctx: &mut Ctx) -> Result<Reply, ApiError> {
     let mut database = database;
     database["backend"] = json!(app.db.backend());
     if app.db.shared().is_some() {
-        database["limits"] = json!(if app.db.limits_fail_open() { "fail_open" } else { "fail_closed" });
+        database["limits"] = json!(if app.db.limits_fail_open() {
+            "fail_open"
+        } else {
+            "fail_closed"
+        });
     }
     let upstreams = app.upstreams.readiness(app.cfg.database.ready_timeout);
     let any_upstream = upstreams.values().any(|v| v["status"] == "ok");

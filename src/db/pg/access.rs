@@ -26,11 +26,13 @@ fn parse_role(s: &str) -> Result<Role, StoreError> {
 
 // --- audit ---
 
-const A_INSERT: &str = "INSERT INTO audit (time, event, request_id, key_id, client, detail, user_id, session)
+const A_INSERT: &str =
+    "INSERT INTO audit (time, event, request_id, key_id, client, detail, user_id, session)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const A_SINCE: &str = "SELECT id, time, event, request_id, key_id, client, detail, user_id, session
      FROM audit WHERE time >= $1 ORDER BY time, id LIMIT $2";
-const A_NEWEST: &str = "SELECT id, time, event, request_id, key_id, client, detail, user_id, session
+const A_NEWEST: &str =
+    "SELECT id, time, event, request_id, key_id, client, detail, user_id, session
      FROM audit ORDER BY time DESC, id DESC LIMIT $1";
 
 pub fn insert_audit(
@@ -87,9 +89,7 @@ impl store::AuditTrail for Postgres {
         actor: &Actor,
         detail: &Value,
     ) -> Result<(), StoreError> {
-        self.write(|tx, st| {
-            insert_audit(tx, st, crate::time::now_millis(), event, actor, detail)
-        })
+        self.write(|tx, st| insert_audit(tx, st, crate::time::now_millis(), event, actor, detail))
     }
 
     fn record_audit_batch(
@@ -168,7 +168,13 @@ fn insert_user(
     // UNIQUE constraint: that is the same "taken".
     tx.execute(
         &s,
-        &[&u.id, &u.name, &role.as_str(), &password_hash, &u.created_at],
+        &[
+            &u.id,
+            &u.name,
+            &role.as_str(),
+            &password_hash,
+            &u.created_at,
+        ],
     )
     .map_err(|e| match e.code() {
         Some(c) if *c == postgres::error::SqlState::UNIQUE_VIOLATION => users::name_taken(),
@@ -305,12 +311,15 @@ impl store::Users for Postgres {
 
 // --- keys ---
 
-const K_INSERT: &str = "INSERT INTO api_keys (id, name, prefix, hash, created_at, user_id, expires_at, models)
+const K_INSERT: &str =
+    "INSERT INTO api_keys (id, name, prefix, hash, created_at, user_id, expires_at, models)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const K_LIST: &str = "SELECT id, name, prefix, created_at, revoked_at, user_id, expires_at, models FROM api_keys ORDER BY created_at, id";
-const K_LIST_OF_USER: &str = "SELECT id, name, prefix, created_at, revoked_at, user_id, expires_at, models FROM api_keys
+const K_LIST_OF_USER: &str =
+    "SELECT id, name, prefix, created_at, revoked_at, user_id, expires_at, models FROM api_keys
      WHERE user_id = $1 ORDER BY created_at, id LIMIT $2";
-const K_BY_HASH: &str = "SELECT k.id, k.hash, k.revoked_at, k.expires_at, k.models, u.id, u.name, u.role, u.disabled
+const K_BY_HASH: &str =
+    "SELECT k.id, k.hash, k.revoked_at, k.expires_at, k.models, u.id, u.name, u.role, u.disabled
      FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.hash = $1";
 
 fn api_key(r: &Row) -> ApiKey {
@@ -369,7 +378,10 @@ impl store::ApiKeys for Postgres {
             // Instances starting together: one creates the key.
             let s = st.get(tx, "SELECT pg_advisory_xact_lock($1)")?;
             tx.execute(&s, &[&0x7063_0010_i64])?;
-            if tx.query_opt("SELECT 1 FROM api_keys LIMIT 1", &[])?.is_some() {
+            if tx
+                .query_opt("SELECT 1 FROM api_keys LIMIT 1", &[])?
+                .is_some()
+            {
                 return Ok(false);
             }
             let admin = one_user(tx, st, U_BY_NAME, users::UPGRADE_ADMIN)?
@@ -541,4 +553,3 @@ impl store::Sessions for Postgres {
         })
     }
 }
-

@@ -19,8 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use rustls::pki_types::pem::PemObject;
 use postgres::{Client, Statement};
+use rustls::pki_types::pem::PemObject;
 
 use crate::config::DatabaseConfig;
 use crate::db::StoreError;
@@ -435,7 +435,9 @@ pub struct PgConn {
 
 impl PgConn {
     fn slot(&mut self) -> &mut Slot {
-        self.slot.as_mut().expect("a PgConn holds its slot until dropped")
+        self.slot
+            .as_mut()
+            .expect("a PgConn holds its slot until dropped")
     }
 
     pub fn client(&mut self) -> &mut Client {
@@ -446,6 +448,11 @@ impl PgConn {
     pub fn parts(&mut self) -> (&mut Client, &mut Statements) {
         let s = self.slot();
         (&mut s.client, &mut s.statements)
+    }
+
+    /// Closes this connection instead of giving it back.
+    pub fn discard(&mut self) {
+        self.broken = true;
     }
 
     /// After `e`: a connection that may be in an unknown state is not
@@ -502,8 +509,10 @@ mod tests {
 
     #[test]
     fn urls_keep_their_tls_mode_and_never_echo_a_password() {
-        let t = parse_url("postgres://u:secret@db.example:5433/app?sslmode=verify-full&application_name=x")
-            .unwrap();
+        let t = parse_url(
+            "postgres://u:secret@db.example:5433/app?sslmode=verify-full&application_name=x",
+        )
+        .unwrap();
         assert_eq!(t.ssl, SslMode::VerifyFull);
         assert_eq!(parse_url("postgres://u@h/d").unwrap().ssl, SslMode::Prefer);
         assert_eq!(

@@ -208,7 +208,10 @@ impl store::Projects for Postgres {
     fn delete_project(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx, st| {
             project_in(tx, st, owner, id)?;
-            let s = st.get(tx, "SELECT count(*) FROM conversations WHERE project_id = $1")?;
+            let s = st.get(
+                tx,
+                "SELECT count(*) FROM conversations WHERE project_id = $1",
+            )?;
             let conversations: i64 = tx.query_one(&s, &[&id])?.get(0);
             let s = st.get(tx, "DELETE FROM projects WHERE id = $1 AND owner_id = $2")?;
             if tx.execute(&s, &[&id, &owner.id()])? == 0 {
@@ -420,14 +423,12 @@ impl store::Conversations for Postgres {
         })
     }
 
-    fn delete_conversation(
-        &self,
-        owner: Owner,
-        id: &str,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
+    fn delete_conversation(&self, owner: Owner, id: &str, actor: &Actor) -> Result<(), StoreError> {
         self.write(|tx, st| {
-            let s = st.get(tx, "DELETE FROM conversations WHERE id = $1 AND owner_id = $2")?;
+            let s = st.get(
+                tx,
+                "DELETE FROM conversations WHERE id = $1 AND owner_id = $2",
+            )?;
             if tx.execute(&s, &[&id, &owner.id()])? == 0 {
                 return Err(StoreError::NotFound);
             }
@@ -586,7 +587,12 @@ impl store::Messages for Postgres {
                 c,
                 st,
                 M_LIST,
-                &[&conversation_id, &after.created_at, &after.seq, &req.fetch()],
+                &[
+                    &conversation_id,
+                    &after.created_at,
+                    &after.seq,
+                    &req.fetch(),
+                ],
                 message,
             )?
             .into_iter()

@@ -25,13 +25,15 @@ const TAKE: &str = "INSERT INTO rate_limits AS r (key, tat_us, ok, seen_us)
        seen_us = excluded.seen_us
      RETURNING tat_us, ok, seen_us";
 
-const ACCOUNT: &str = "SELECT a.level, a.level_at_ms, a.day, a.day_spent, a.month, a.month_spent, a.reserved,
+const ACCOUNT: &str =
+    "SELECT a.level, a.level_at_ms, a.day, a.day_spent, a.month, a.month_spent, a.reserved,
             u.tokens_per_minute, u.tokens_per_day, u.tokens_per_month, u.max_streams
      FROM token_accounts a LEFT JOIN users u ON u.id = a.user_id
      WHERE a.user_id = $1 FOR UPDATE OF a";
 const NEW_ACCOUNT: &str = "INSERT INTO token_accounts (user_id, level, level_at_ms, day, day_spent, month, month_spent, reserved)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id) DO NOTHING";
-const SAVE_ACCOUNT: &str = "UPDATE token_accounts SET level = $2, level_at_ms = $3, day = $4, day_spent = $5,
+const SAVE_ACCOUNT: &str =
+    "UPDATE token_accounts SET level = $2, level_at_ms = $3, day = $4, day_spent = $5,
      month = $6, month_spent = $7, reserved = $8 WHERE user_id = $1";
 /// A user's tokens per day since the month's first day (`db::usage`).
 const SPENT: &str = "SELECT d.day, d.prompt_tokens + d.completion_tokens FROM usage_days d

@@ -3,7 +3,8 @@
 //! database. Module map: `conn` (the URL, TLS, the pool, errors), `schema`
 //! (migrations), `content` (projects, conversations, messages), `access`
 //! (users, keys, sessions, audit), `usage` (usage rows and reports),
-//! `limits` (the request limiter and token accounts every instance shares).
+//! `limits` (the request limiter and token accounts every instance shares),
+//! `copy` (`migrate-to-postgres`).
 //!
 //! What differs from SQLite, and why:
 //! - No cache in front of keys or sessions: every request looks its key or
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod conn;
 pub mod content;
+pub mod copy;
 pub mod limits;
 pub mod schema;
 pub mod usage;
@@ -89,13 +91,20 @@ impl crate::db::store::Readiness for Postgres {
         let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
         let r = c
             .client()
-            .batch_execute(&format!("SET LOCAL statement_timeout = {}; SELECT 1", ms))
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL statement_timeout = {}; SELECT 1; COMMIT",
+                ms
+            ))
             .map_err(conn::store_error);
         match r {
             Ok(()) => Ok(started.elapsed()),
-            Err(StoreError::Busy) => Err((ReadyFailure::Timeout, started.elapsed())),
+            // The batch stopped inside its transaction: not reusable.
+            Err(StoreError::Busy) => {
+                c.discard();
+                Err((ReadyFailure::Timeout, started.elapsed()))
+            }
             Err(e) => {
-                c.discard_if_broken(&e);
+                c.discard();
                 Err((ReadyFailure::Error(e.to_string()), started.elapsed()))
             }
         }
