@@ -242,24 +242,24 @@ pub(crate) fn created_detail(key: &ApiKey) -> serde_json::Value {
     json!({ "key": key.id, "name": key.name, "user": key.user_id })
 }
 
+/// A key row found by its hash (see `judge`).
+pub(crate) type KeyRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    String,
+    String,
+    Role,
+    bool,
+);
+
 /// What a key row found by its hash means: `row` is (id, stored hash,
 /// revoked_at, expires_at, models, user id, name, role, disabled). The
 /// stored hash is compared in constant time. Expiry is judged by the
 /// caller (`lookup_key`), on every use.
-pub(crate) fn judge(
-    hash: &str,
-    row: Option<(
-        String,
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        String,
-        String,
-        Role,
-        bool,
-    )>,
-) -> KeyLookup {
+pub(crate) fn judge(hash: &str, row: Option<KeyRow>) -> KeyLookup {
     match row {
         Some((id, stored, revoked, expires_at, models, user_id, name, role, disabled))
             if crate::ids::constant_time_eq(stored.as_bytes(), hash.as_bytes()) =>
@@ -451,18 +451,7 @@ impl Sqlite {
     }
 
     fn lookup_key_in_db(&self, hash: &str) -> Result<KeyLookup, StoreError> {
-        type Row = (
-            String,
-            String,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            String,
-            String,
-            Role,
-            bool,
-        );
-        let row: Option<Row> = self
+        let row: Option<KeyRow> = self
             .conn()?
             .query_row_cached(BY_HASH, [hash], |r| {
                 Ok((

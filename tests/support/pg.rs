@@ -367,7 +367,7 @@ fn find_bins() -> Option<Bins> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     for (_, bin) in versions {
         let b = Bins {
             initdb: bin.join("initdb"),
