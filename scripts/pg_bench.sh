@@ -29,12 +29,14 @@ command -v wrk >/dev/null || { echo "pg_bench.sh needs wrk" >&2; exit 1; }
 
 TMP=$(mktemp -d /tmp/portcullis-pgbench.XXXXXX)
 chmod 755 "$TMP"
+# The cluster's own dir (PostgreSQL refuses to run as root).
+PGD=$TMP/pgroot; mkdir -m 700 "$PGD"
 PIDS=()
 AS=()
-if [ "$(id -u)" = 0 ]; then AS=(runuser -u postgres --); chown postgres "$TMP"; fi
+if [ "$(id -u)" = 0 ]; then AS=(runuser -u postgres --); chown postgres "$PGD"; fi
 cleanup() {
   for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  "${AS[@]}" "$PGBIN/pg_ctl" -D "$TMP/pg" -m immediate stop >/dev/null 2>&1 || true
+  "${AS[@]}" "$PGBIN/pg_ctl" -D "$PGD/pg" -m immediate stop >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   rm -rf "$TMP"
 }
@@ -49,9 +51,9 @@ us_of() { awk 'function us(v){ if (v ~ /us$/) return v+0; if (v ~ /ms$/) return 
   /^ +50%/{p50=us($2)} /^ +99%/{p99=us($2)} /Requests\/sec/{rps=$2} END{printf "%.0f %.0f %s\n", p50, p99, rps}'; }
 
 echo "starting PostgreSQL..." >&2
-"${AS[@]}" "$PGBIN/initdb" -D "$TMP/pg" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-"${AS[@]}" "$PGBIN/pg_ctl" -D "$TMP/pg" -w -t 60 -l "$TMP/pg.log" \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $TMP -c max_connections=100" start >/dev/null
+"${AS[@]}" "$PGBIN/initdb" -D "$PGD/pg" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+"${AS[@]}" "$PGBIN/pg_ctl" -D "$PGD/pg" -w -t 60 -l "$PGD/pg.log" \
+  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PGD -c max_connections=100" start >/dev/null
 PGV=$("$PGBIN/postgres" --version | awk '{print $3}')
 psql_() { "${AS[@]}" "$PGBIN/psql" -X -q -h 127.0.0.1 -p $PG_PORT -U postgres -d postgres -c "$1" >/dev/null; }
 psql_ "CREATE DATABASE one"
@@ -69,8 +71,8 @@ start_pc() {
     PORTCULLIS_SERVER_DATA_DIR="$dir" \
     PORTCULLIS_SERVER_MAX_CONNECTIONS=1024 \
     PORTCULLIS_SERVER_MAX_CONNECTIONS_PER_IP=512 \
-    PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE=100000000 \
-    PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE=100000000 \
+    PORTCULLIS_RATE_LIMIT_CHAT_PER_MINUTE=1000000 \
+    PORTCULLIS_RATE_LIMIT_OTHER_PER_MINUTE=1000000 \
     PORTCULLIS_UPSTREAM_BASE_URL=http://$UP/v1 \
     PORTCULLIS_UPSTREAM_MODEL=bench \
     PORTCULLIS_DATABASE_URL="$url" \
@@ -78,8 +80,9 @@ start_pc() {
     PORTCULLIS_CSRF_SECRET=0123456789abcdef0123456789abcdef \
     PORTCULLIS_LOGGING_FILE="$dir/portcullis.log" \
     "$BIN" serve >/dev/null 2>"$dir/stderr" &
+  # (a failed start is reported with its message)
   PIDS+=($!)
-  wait_port "$port"
+  wait_port "$port" || { cat "$dir/stderr" >&2; exit 1; }
 }
 start_pc $S_PORT "$TMP/sqlite" ""
 start_pc $A_PORT "$TMP/pg-one" "$URL_ONE"

@@ -12,7 +12,7 @@
 //! hold what instances share: `rate_limits` (the request limiter's cells;
 //! UNLOGGED: losing them in a database crash only refills buckets) and
 //! `token_accounts` (each user's token bucket, day and month spending and
-//! reservations).
+//! reservations; UNLOGGED too: rebuilt from `usage_days` after a crash).
 
 use crate::db::StoreError;
 
@@ -150,7 +150,10 @@ CREATE UNLOGGED TABLE rate_limits (
     ok      BOOLEAN NOT NULL,           -- whether the last check admitted
     seen_us DOUBLE PRECISION NOT NULL   -- the database's clock at the last check
 );
-CREATE TABLE token_accounts (
+-- UNLOGGED: no WAL flush on the two account updates of every call. After
+-- a database crash it is empty, and each account starts again from the
+-- day sums in `usage_days` (durable), losing only in-flight reservations.
+CREATE UNLOGGED TABLE token_accounts (
     user_id     TEXT PRIMARY KEY,
     level       DOUBLE PRECISION NOT NULL,
     level_at_ms BIGINT NOT NULL,
