@@ -269,6 +269,11 @@ GROWTH=$("$ROOT/scripts/cost_growth.sh" --no-build)
 echo "8b. usage reports" >&2
 USAGE_REPORTS=$("$ROOT/scripts/usage_bench.sh" --no-build)
 
+# ---- 8c. PostgreSQL and two instances ----------------------------------------
+echo "8c. PostgreSQL" >&2
+cargo build --release --locked --example limiter_check >&2
+PG_FIGURES=$("$ROOT/scripts/pg_bench.sh" --no-build 2>/dev/null || echo "(skipped: scripts/pg_bench.sh needs PostgreSQL: apt-get install postgresql)")
+
 # ---- 9. where the time goes: per relayed request, before and now ----------
 # The same N relayed requests (one keep-alive client, examples/growth_probe)
 # against this build and against the baseline commit (default: 416b116, the
@@ -512,6 +517,13 @@ window's ends (\`db::usage\`); the baseline is one SQL aggregate over the
 window's rows, what the day sums avoid. Target: under 200 ms.
 
 $USAGE_REPORTS
+
+## PostgreSQL and two instances (issue 18)
+\`scripts/pg_bench.sh\`: the relay and creates with SQLite, with PostgreSQL,
+and with two instances on one PostgreSQL database, in one run; and the shared
+limiter's check alone (target: at most 500 µs at p50).
+
+$PG_FIGURES
 
 ## Durability
 150 of 150 acknowledged writes survive a SIGKILL: \`cargo test --test crash\`
