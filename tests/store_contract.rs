@@ -494,3 +494,37 @@ fn readiness_answers(db: &Db) {
     let (waited, timed_out) = db.pool_wait_counts();
     assert_eq!(timed_out, 0, "{}", waited);
 }
+
+/// `sslmode` against a server that requires TLS on TCP: `disable` is
+/// refused by the server, `prefer` and `require` encrypt, `verify-full`
+/// accepts the server's certificate only with it as `sslrootcert` (the
+/// self-signed certificate is not under the Mozilla roots).
+#[test]
+fn sslmode_reaches_a_server_that_requires_tls() {
+    // A server of its own: this test restarts it.
+    let Some(pg) = PgServer::start() else { return };
+    pg.create_database("tls");
+    let cert = pg.require_tls();
+    let dir = TempDir::new("contract-tls");
+    let open = |query: &str| {
+        let mut cfg = Config::default();
+        cfg.server.data_dir = dir.path().to_path_buf();
+        cfg.database.url = format!("{}?{}", pg.url("tls"), query);
+        cfg.database.pool_size = 1;
+        Db::open(&cfg)
+    };
+    assert!(
+        open("sslmode=disable").is_err(),
+        "the server refuses plain TCP"
+    );
+    let rooted = format!("sslmode=verify-full&sslrootcert={}", cert.display());
+    for q in ["sslmode=prefer", "sslmode=require", rooted.as_str()] {
+        let db = open(q).unwrap_or_else(|e| panic!("{}: {}", q, e));
+        db.check_ready(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{}: {:?}", q, e));
+    }
+    assert!(
+        open("sslmode=verify-full").is_err(),
+        "an unknown issuer is refused"
+    );
+}

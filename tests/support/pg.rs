@@ -245,6 +245,98 @@ impl PgServer {
         }
     }
 
+    /// Restarts the server with TLS required on TCP (a self-signed
+    /// certificate for 127.0.0.1 made with `openssl`; `hostnossl` refused)
+    /// and returns its CA's certificate, for `sslrootcert`.
+    pub fn require_tls(&self) -> PathBuf {
+        let data = self.data_dir();
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        // A CA of its own and a server certificate it signs (a self-signed
+        // certificate marked CA cannot be the server's own under webpki).
+        let ca = self.dir.path().join("ca.crt");
+        let ca_key = self.dir.path().join("ca.key");
+        let csr = self.dir.path().join("server.csr");
+        let ext = self.dir.path().join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let os = |s: &str| std::ffi::OsStr::new(s).to_owned();
+        openssl(&[
+            &os("req"),
+            &os("-x509"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-days"),
+            &os("2"),
+            &os("-subj"),
+            &os("/CN=portcullis test CA"),
+            &os("-keyout"),
+            ca_key.as_os_str(),
+            &os("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(&[
+            &os("req"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-subj"),
+            &os("/CN=127.0.0.1"),
+            &os("-keyout"),
+            key.as_os_str(),
+            &os("-out"),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            &os("x509"),
+            &os("-req"),
+            &os("-in"),
+            csr.as_os_str(),
+            &os("-CA"),
+            ca.as_os_str(),
+            &os("-CAkey"),
+            ca_key.as_os_str(),
+            &os("-CAcreateserial"),
+            &os("-days"),
+            &os("2"),
+            &os("-extfile"),
+            ext.as_os_str(),
+            &os("-out"),
+            cert.as_os_str(),
+        ]);
+        for f in [&cert, &key] {
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some(u) = &self.run_as {
+                std::os::unix::fs::chown(f, Some(u.uid), Some(u.gid)).unwrap();
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n").unwrap();
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        self.stop();
+        self.start_again();
+        ca
+    }
+
     /// The server's log (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
