@@ -54,6 +54,33 @@ impl ConversationPatch {
     pub fn is_empty(&self) -> bool {
         *self == ConversationPatch::default()
     }
+
+    /// Applies the patch to `c` (both stores), moving `updated_at` on.
+    pub(crate) fn apply(&self, c: &mut Conversation) {
+        let set = |field: &mut Option<String>, v: &Option<Option<String>>| {
+            if let Some(v) = v {
+                field.clone_from(v);
+            }
+        };
+        set(&mut c.project_id, &self.project_id);
+        set(&mut c.title, &self.title);
+        set(&mut c.model, &self.model);
+        set(&mut c.system_prompt, &self.system_prompt);
+        c.updated_at = crate::time::now_millis().max(c.updated_at);
+    }
+
+    /// What changes, by name (never the new text), for the audit row.
+    pub(crate) fn fields(&self) -> Vec<&'static str> {
+        [
+            ("project_id", self.project_id.is_some()),
+            ("title", self.title.is_some()),
+            ("model", self.model.is_some()),
+            ("system_prompt", self.system_prompt.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect()
+    }
 }
 
 /// The columns `from_row` reads, in its order.
@@ -265,30 +292,13 @@ impl super::store::Conversations for Sqlite {
                     return Err(StoreError::UnknownProject);
                 }
             }
-            let set = |field: &mut Option<String>, v: &Option<Option<String>>| {
-                if let Some(v) = v {
-                    field.clone_from(v);
-                }
-            };
-            set(&mut c.project_id, &patch.project_id);
-            set(&mut c.title, &patch.title);
-            set(&mut c.model, &patch.model);
-            set(&mut c.system_prompt, &patch.system_prompt);
-            c.updated_at = crate::time::now_millis().max(c.updated_at);
+            patch.apply(&mut c);
             tx.execute_cached(
                 "UPDATE conversations SET project_id = ?2, title = ?3, model = ?4, system_prompt = ?5, updated_at = ?6
                  WHERE id = ?1",
                 params![c.id, c.project_id, c.title, c.model, c.system_prompt, c.updated_at],
             )?;
-            let fields: Vec<&str> = [
-                ("project_id", patch.project_id.is_some()),
-                ("title", patch.title.is_some()),
-                ("model", patch.model.is_some()),
-                ("system_prompt", patch.system_prompt.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(f, set)| set.then_some(f))
-            .collect();
+            let fields = patch.fields();
             audit_log::insert(
                 tx,
                 AuditEvent::ConversationUpdated,

@@ -43,6 +43,30 @@ pub struct ProjectPatch {
     pub description: Option<Option<String>>,
 }
 
+impl ProjectPatch {
+    /// Applies the patch to `p` (both stores), moving `updated_at` on.
+    pub(crate) fn apply(&self, p: &mut Project) {
+        if let Some(name) = &self.name {
+            p.name.clone_from(name);
+        }
+        if let Some(d) = &self.description {
+            p.description.clone_from(d);
+        }
+        p.updated_at = crate::time::now_millis().max(p.updated_at);
+    }
+
+    /// What changes, by name (never the new text), for the audit row.
+    pub(crate) fn fields(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("description", self.description.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect()
+    }
+}
+
 /// The columns `from_row` reads, in its order.
 macro_rules! columns {
     () => {
@@ -182,25 +206,12 @@ impl super::store::Projects for Sqlite {
             if *patch == ProjectPatch::default() {
                 return Ok(p);
             }
-            if let Some(name) = &patch.name {
-                p.name.clone_from(name);
-            }
-            if let Some(d) = &patch.description {
-                p.description.clone_from(d);
-            }
-            p.updated_at = crate::time::now_millis().max(p.updated_at);
+            patch.apply(&mut p);
             tx.execute_cached(
                 "UPDATE projects SET name = ?2, description = ?3, updated_at = ?4 WHERE id = ?1",
                 params![p.id, p.name, p.description, p.updated_at],
             )?;
-            // What changed, by name (never the new text).
-            let fields: Vec<&str> = [
-                ("name", patch.name.is_some()),
-                ("description", patch.description.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(f, set)| set.then_some(f))
-            .collect();
+            let fields = patch.fields();
             audit_log::insert(
                 tx,
                 AuditEvent::ProjectUpdated,

@@ -175,25 +175,13 @@ impl store::Projects for Postgres {
             if *patch == ProjectPatch::default() {
                 return Ok(p);
             }
-            if let Some(name) = &patch.name {
-                p.name.clone_from(name);
-            }
-            if let Some(d) = &patch.description {
-                p.description.clone_from(d);
-            }
-            p.updated_at = crate::time::now_millis().max(p.updated_at);
+            patch.apply(&mut p);
             let s = st.get(
                 tx,
                 "UPDATE projects SET name = $2, description = $3, updated_at = $4 WHERE id = $1",
             )?;
             tx.execute(&s, &[&p.id, &p.name, &p.description, &p.updated_at])?;
-            let fields: Vec<&str> = [
-                ("name", patch.name.is_some()),
-                ("description", patch.description.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(f, set)| set.then_some(f))
-            .collect();
+            let fields = patch.fields();
             audit(
                 tx,
                 st,
@@ -378,16 +366,7 @@ impl store::Conversations for Postgres {
                     return Err(StoreError::UnknownProject);
                 }
             }
-            let set = |field: &mut Option<String>, v: &Option<Option<String>>| {
-                if let Some(v) = v {
-                    field.clone_from(v);
-                }
-            };
-            set(&mut c.project_id, &patch.project_id);
-            set(&mut c.title, &patch.title);
-            set(&mut c.model, &patch.model);
-            set(&mut c.system_prompt, &patch.system_prompt);
-            c.updated_at = crate::time::now_millis().max(c.updated_at);
+            patch.apply(&mut c);
             let s = st.get(
                 tx,
                 "UPDATE conversations SET project_id = $2, title = $3, model = $4, system_prompt = $5, updated_at = $6 WHERE id = $1",
@@ -403,15 +382,7 @@ impl store::Conversations for Postgres {
                     &c.updated_at,
                 ],
             )?;
-            let fields: Vec<&str> = [
-                ("project_id", patch.project_id.is_some()),
-                ("title", patch.title.is_some()),
-                ("model", patch.model.is_some()),
-                ("system_prompt", patch.system_prompt.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(f, set)| set.then_some(f))
-            .collect();
+            let fields = patch.fields();
             audit(
                 tx,
                 st,
